@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
-    let Ok(libtorch) = std::env::var("LIBTORCH") else { return };
+    let Ok(libtorch) = std::env::var("LIBTORCH") else {
+        return;
+    };
     let torch = std::fs::canonicalize(&libtorch).unwrap_or_else(|_| PathBuf::from(&libtorch));
     let mut dirs = vec![torch.join("lib")];
     if let Some(root) = torch.parent() {

@@ -1,0 +1,182 @@
+//! Checkpoints: a run directory holds `config.json` (readable settings) and
+//! `checkpoint.safetensors` (weights, EMA weights, optimiser state; the step in the metadata).
+//! Every file is written atomically, so a crash never leaves a half-written checkpoint.
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use tch::{nn::VarStore, Kind, Tensor};
+
+use crate::{Error, Result};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "checkpoint.safetensors";
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+/// Named tensors plus string metadata, as stored in a safetensors file.
+#[derive(Default)]
+pub struct TensorFile {
+    pub tensors: BTreeMap<String, Tensor>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl TensorFile {
+    /// Adds every variable of `vs` under `prefix/`.
+    pub fn insert_vars(&mut self, prefix: &str, vs: &VarStore) {
+        for (name, var) in vs.variables() {
+            self.tensors.insert(
+                format!("{prefix}/{name}"),
+                var.detach().to_device(tch::Device::Cpu),
+            );
+        }
+    }
+
+    /// Copies the tensors under `prefix/` into the variables of `vs`, which must match them
+    /// one to one in names and shapes.
+    pub fn load_vars(&self, prefix: &str, vs: &mut VarStore, path: &Path) -> Result<()> {
+        let vars = vs.variables();
+        let expected = self
+            .tensors
+            .keys()
+            .filter(|k| k.starts_with(&format!("{prefix}/")))
+            .count();
+        if expected != vars.len() {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "holds {expected} tensors under '{prefix}/', the model has {}",
+                    vars.len()
+                ),
+            ));
+        }
+        tch::no_grad(|| {
+            for (name, mut var) in vars {
+                let key = format!("{prefix}/{name}");
+                let saved = self
+                    .tensors
+                    .get(&key)
+                    .ok_or_else(|| Error::checkpoint(path, format!("missing tensor '{key}'")))?;
+                if saved.size() != var.size() {
+                    return Err(Error::checkpoint(
+                        path,
+                        format!(
+                            "tensor '{key}' has shape {:?}, the model needs {:?}",
+                            saved.size(),
+                            var.size()
+                        ),
+                    ));
+                }
+                var.f_copy_(saved)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn get(&self, key: &str, path: &Path) -> Result<&Tensor> {
+        self.tensors
+            .get(key)
+            .ok_or_else(|| Error::checkpoint(path, format!("missing tensor '{key}'")))
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut owned = Vec::with_capacity(self.tensors.len());
+        for (name, t) in &self.tensors {
+            let t = t.contiguous();
+            let dtype = match t.kind() {
+                Kind::Float => Dtype::F32,
+                Kind::Double => Dtype::F64,
+                Kind::Int64 => Dtype::I64,
+                k => {
+                    return Err(Error::checkpoint(
+                        path,
+                        format!("tensor '{name}' has unsupported kind {k:?}"),
+                    ))
+                }
+            };
+            let mut bytes = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
+            t.f_copy_data_u8(&mut bytes, t.numel())?;
+            owned.push((
+                name.clone(),
+                dtype,
+                t.size().iter().map(|&d| d as usize).collect::<Vec<_>>(),
+                bytes,
+            ));
+        }
+        let views = owned
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                TensorView::new(*dtype, shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| Error::checkpoint(path, e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bytes = safetensors::serialize(views, &Some(self.metadata.clone()))
+            .map_err(|e| Error::checkpoint(path, e.to_string()))?;
+        write_atomic(path, &bytes)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| Error::checkpoint(path, format!("not a safetensors file: {e}")))?;
+        let file = SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::checkpoint(path, format!("corrupt safetensors file: {e}")))?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in file.tensors() {
+            let kind = match view.dtype() {
+                Dtype::F32 => Kind::Float,
+                Dtype::F64 => Kind::Double,
+                Dtype::I64 => Kind::Int64,
+                d => {
+                    return Err(Error::checkpoint(
+                        path,
+                        format!("tensor '{name}' has unsupported dtype {d:?}"),
+                    ))
+                }
+            };
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            tensors.insert(name, Tensor::f_from_data_size(view.data(), &shape, kind)?);
+        }
+        Ok(TensorFile {
+            tensors,
+            metadata: header.metadata().clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// Reads a JSON file into `T`, naming the file and the field in errors.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::checkpoint(path, e.to_string()))
+}
+
+/// Writes `value` as pretty JSON, atomically.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    write_atomic(path, text.as_bytes())
+}
+
+/// The two files of a run directory.
+pub fn paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join(CONFIG_FILE), dir.join(WEIGHTS_FILE))
+}

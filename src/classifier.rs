@@ -1,0 +1,142 @@
+//! The classification diffusion model (Yadin, Elata, Michaeli, "Classification Diffusion
+//! Models", 2024, arXiv:2402.10095): a backbone's raw outputs h(x) ∈ R^{T+2}, the cumsum head
+//! l = cumsum(h) (each h_t a log-ratio of adjacent level densities), F(x, t) = l_{T+1}(x) - l_t(x),
+//! and the MMSE denoiser from the input gradient of F (Theorem 3.1).
+use serde::{Deserialize, Serialize};
+use tch::{nn, Kind, Tensor};
+
+use crate::nets::{Backbone, BackboneConfig};
+use crate::schedule::{Schedule, ScheduleConfig};
+use crate::{Error, Result};
+
+/// Everything needed to rebuild a classifier; stored as JSON beside its weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierConfig {
+    /// Noise levels the classifier tells apart.
+    pub schedule: ScheduleConfig,
+    /// The network.
+    pub backbone: BackboneConfig,
+    /// Shape of one data point, without the batch axis (`[D]` or `[C, H, W]`).
+    pub data_shape: Vec<i64>,
+}
+
+/// A noise-level classifier over t = 0..=T+1.
+pub struct Classifier {
+    backbone: Box<dyn Backbone>,
+    schedule: Schedule,
+    data_shape: Vec<i64>,
+}
+
+/// What one pass with the input gradient gives.
+pub struct ClassifierOutput {
+    /// l(x_t): [B, T+2].
+    pub logits: Tensor,
+    /// ε̂(x_t, t) = √(1-ᾱ_t)·(∇_x F(x_t, t) + x_t): [B, ..] (Theorem 3.1).
+    pub eps: Tensor,
+}
+
+impl Classifier {
+    /// Builds the backbone under `vs` as `cfg` says.
+    pub fn new(vs: &nn::Path, cfg: &ClassifierConfig) -> Result<Self> {
+        let schedule = Schedule::new(cfg.schedule)?;
+        if cfg.data_shape.is_empty() || cfg.data_shape.iter().any(|&d| d <= 0) {
+            return Err(Error::Config(format!(
+                "data_shape must be positive sizes, got {:?}",
+                cfg.data_shape
+            )));
+        }
+        let backbone = cfg
+            .backbone
+            .build(vs, &cfg.data_shape, schedule.num_classes() as i64)?;
+        Ok(Self::from_backbone(
+            backbone,
+            schedule,
+            cfg.data_shape.clone(),
+        ))
+    }
+
+    /// Wraps any backbone, an analytic one for instance.
+    pub fn from_backbone(
+        backbone: Box<dyn Backbone>,
+        schedule: Schedule,
+        data_shape: Vec<i64>,
+    ) -> Self {
+        Classifier {
+            backbone,
+            schedule,
+            data_shape,
+        }
+    }
+
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// Shape of one data point.
+    pub fn data_shape(&self) -> &[i64] {
+        &self.data_shape
+    }
+
+    /// Checks that `x` is a batch of data points of this model's shape.
+    pub fn check_input(&self, x: &Tensor) -> Result<()> {
+        let size = x.size();
+        if size.len() != self.data_shape.len() + 1 || size[1..] != self.data_shape[..] {
+            return Err(Error::Shape(format!(
+                "input has shape {size:?}, the model expects [B, {}]",
+                self.data_shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Logits l(x) = cumsum(h(x)): [B, T+2].
+    pub fn logits(&self, x: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
+        self.backbone
+            .forward(x, labels, train)
+            .cumsum(1, None::<Kind>)
+    }
+
+    /// One pass with the input gradient: logits and the denoiser ε̂ at per-sample levels `t`
+    /// ([B], Int64). With `train`, the gradient keeps its graph (double backprop) so a loss on
+    /// ε̂ reaches the weights; otherwise ε̂ and the logits come back detached. Works inside
+    /// `no_grad`.
+    pub fn forward(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        labels: Option<&Tensor>,
+        train: bool,
+    ) -> Result<ClassifierOutput> {
+        self.check_input(x_t)?;
+        tch::with_grad(|| {
+            let x = x_t.detach().set_requires_grad(true);
+            let logits = self.logits(&x, labels, train);
+            let f = f_value(&logits, t);
+            let grad = Tensor::f_run_backward(&[f.sum(f.kind())], &[&x], train, train)?.remove(0);
+            let (_, sigma) = self.schedule.coefficients(t, &x);
+            let eps = sigma * (grad + &x);
+            Ok(if train {
+                ClassifierOutput { logits, eps }
+            } else {
+                ClassifierOutput {
+                    logits: logits.detach(),
+                    eps: eps.detach(),
+                }
+            })
+        })
+    }
+}
+
+/// F(x, t) = l_{T+1}(x) - l_t(x): [B] from logits [B, T+2] and levels t [B].
+pub fn f_value(logits: &Tensor, t: &Tensor) -> Tensor {
+    let last = logits.size()[1] - 1;
+    logits.select(1, last)
+        - logits
+            .gather(1, &t.to_kind(Kind::Int64).unsqueeze(1), false)
+            .squeeze_dim(1)
+}

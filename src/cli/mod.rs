@@ -1,0 +1,39 @@
+//! One file per command group; shared flags live here.
+use anyhow::{bail, Result};
+use tch::Device;
+
+pub mod bench;
+pub mod infer;
+pub mod plot;
+pub mod train;
+
+/// Where tensors live.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum DeviceArg {
+    /// CUDA when available, else CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl DeviceArg {
+    pub fn device(self) -> Result<Device> {
+        Ok(match self {
+            DeviceArg::Auto => Device::cuda_if_available(),
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda if tch::Cuda::is_available() => Device::Cuda(0),
+            DeviceArg::Cuda => bail!("--device cuda: no CUDA device is visible to libtorch"),
+        })
+    }
+}
+
+/// A progress bar with rate and ETA on stderr.
+pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta_precise}}, {{per_sec}}] {{msg}}"
+    ))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
+}

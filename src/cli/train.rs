@@ -1,0 +1,166 @@
+//! `cdm train`.
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Deserialize;
+
+use cdm::classifier::ClassifierConfig;
+use cdm::data::{Dataset, DATA_SPECS};
+use cdm::nets::{BackboneConfig, ConvNetConfig, MlpConfig};
+use cdm::schedule::{ScheduleConfig, ScheduleKind};
+use cdm::train::{Precision, RunConfig, TrainConfig, Trainer};
+
+use super::{progress_bar, DeviceArg};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[arg(long, help = format!("Training data: {DATA_SPECS}"))]
+    data: Option<String>,
+    /// Run directory: config.json, checkpoint.safetensors, log.jsonl, pictures.
+    #[arg(long)]
+    out: PathBuf,
+    /// A TOML or JSON file with any of `data`, `schedule`, `backbone`, `train`; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Total optimiser steps (raise it to extend a finished run).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Samples per step.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Noise schedule.
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleKind>,
+    /// T, the number of noisy levels.
+    #[arg(long)]
+    timesteps: Option<usize>,
+    /// Seed of all randomness.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Weight of the cross-entropy term.
+    #[arg(long)]
+    ce_weight: Option<f64>,
+    /// Backbone (default: convnet for [C, H, W] data, mlp otherwise).
+    #[arg(long, value_enum)]
+    backbone: Option<BackboneArg>,
+    /// MLP width.
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// ConvNet channels of the first stage.
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Residual blocks (MLP: in total; ConvNet: per stage).
+    #[arg(long)]
+    blocks: Option<usize>,
+    /// Precision of weights and data.
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BackboneArg {
+    /// Residual MLP (`MlpConfig::default()`).
+    Mlp,
+    /// Encoder-only ConvNet (`ConvNetConfig::default()`).
+    Convnet,
+}
+
+/// The optional parts of a run config that a `--config` file may give.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data: Option<String>,
+    schedule: Option<ScheduleConfig>,
+    backbone: Option<BackboneConfig>,
+    train: Option<TrainConfig>,
+}
+
+fn read_config_file(path: &PathBuf) -> Result<ConfigFile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let parsed = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(anyhow::Error::from)
+    } else {
+        toml::from_str(&text).map_err(anyhow::Error::from)
+    };
+    parsed.with_context(|| format!("config file {}", path.display()))
+}
+
+/// Defaults, then the config file, then flags.
+fn run_config(args: &TrainArgs) -> Result<RunConfig> {
+    let file = match &args.config {
+        Some(path) => read_config_file(path)?,
+        None => ConfigFile::default(),
+    };
+    let data = args
+        .data
+        .clone()
+        .or(file.data)
+        .context("no training data: pass --data SPEC or set `data` in --config")?;
+    let shape = Dataset::open(&data)
+        .with_context(|| format!("--data {data}"))?
+        .shape();
+    let mut schedule = file.schedule.unwrap_or_default();
+    schedule.kind = args.schedule.unwrap_or(schedule.kind);
+    schedule.timesteps = args.timesteps.unwrap_or(schedule.timesteps);
+    let mut backbone = match (args.backbone, file.backbone) {
+        (Some(BackboneArg::Mlp), _) => BackboneConfig::Mlp(MlpConfig::default()),
+        (Some(BackboneArg::Convnet), _) => BackboneConfig::ConvNet(ConvNetConfig::default()),
+        (None, Some(b)) => b,
+        (None, None) if shape.len() == 3 => BackboneConfig::ConvNet(ConvNetConfig::default()),
+        (None, None) => BackboneConfig::Mlp(MlpConfig::default()),
+    };
+    match &mut backbone {
+        BackboneConfig::Mlp(mlp) => {
+            mlp.hidden = args.hidden.unwrap_or(mlp.hidden);
+            mlp.blocks = args.blocks.unwrap_or(mlp.blocks);
+        }
+        BackboneConfig::ConvNet(conv) => {
+            conv.channels = args.channels.unwrap_or(conv.channels);
+            conv.blocks = args.blocks.unwrap_or(conv.blocks);
+        }
+    }
+    let mut train = file.train.unwrap_or_default();
+    train.steps = args.steps.unwrap_or(train.steps);
+    train.batch_size = args.batch.unwrap_or(train.batch_size);
+    train.lr = args.lr.unwrap_or(train.lr);
+    train.seed = args.seed.unwrap_or(train.seed);
+    train.ce_weight = args.ce_weight.unwrap_or(train.ce_weight);
+    train.precision = args.precision.unwrap_or(train.precision);
+    Ok(RunConfig {
+        data,
+        model: ClassifierConfig {
+            schedule,
+            backbone,
+            data_shape: shape,
+        },
+        train,
+    })
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let config = run_config(&args)?;
+    let mut trainer = Trainer::open(&args.out, config, args.device.device()?)?;
+    let total = trainer.config.train.steps;
+    let bar = progress_bar(total, "train");
+    bar.set_position(trainer.step());
+    if trainer.step() > 0 {
+        tracing::info!("resuming {} at step {}", args.out.display(), trainer.step());
+    }
+    trainer.run(&mut |r| {
+        bar.set_position(r.step);
+        bar.set_message(format!(
+            "loss {:.4} ce {:.3} mse {:.4}",
+            r.loss, r.ce, r.mse
+        ));
+    })?;
+    bar.finish();
+    tracing::info!("checkpoint in {}", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! Training and evaluation data: `.npy` files and built-in known densities, named by a spec
+//! string (see [`Dataset::open`]).
+use std::path::PathBuf;
+
+use tch::Tensor;
+
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+pub mod known;
+pub mod npy;
+
+pub use known::{Checkerboard, GaussianMixture, KnownDensity, Rings, UniformCube};
+
+/// Specs accepted by [`Dataset::open`], for help texts and error messages.
+pub const DATA_SPECS: &str = "npy:PATH | uniform:d=D,g=WIDTH (d may be a shape like 3x32x32) | \
+gmm2d | gmm:d=D,k=K,seed=S | checkerboard | rings";
+
+/// Where training and evaluation points come from.
+pub enum Dataset {
+    /// A fixed set of points [N, ..] (Double).
+    Points { x: Tensor, source: PathBuf },
+    /// Fresh samples from a known density, with its exact log-density.
+    Known(Box<dyn KnownDensity>),
+}
+
+impl Dataset {
+    /// Opens a data spec: `npy:PATH`, `uniform:d=3x32x32,g=0.5`, `gmm2d`,
+    /// `gmm:d=16,k=4,seed=0`, `checkerboard` or `rings`.
+    pub fn open(spec: &str) -> Result<Self> {
+        let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
+        if name == "npy" {
+            let path = PathBuf::from(args);
+            return Ok(Dataset::Points {
+                x: npy::read_npy(&path)?,
+                source: path,
+            });
+        }
+        let args = SpecArgs::parse(spec, args)?;
+        let density: Box<dyn KnownDensity> = match name {
+            "uniform" => {
+                let shape = args.shape("d")?;
+                let width = args.float("g")?;
+                if !(width > 0.0 && width.is_finite()) {
+                    return Err(Error::Data(format!(
+                        "{spec}: g must be a positive width, got {width}"
+                    )));
+                }
+                Box::new(UniformCube { shape, width })
+            }
+            "gmm2d" => Box::new(GaussianMixture::circle_2d()),
+            "gmm" => Box::new(GaussianMixture::random(
+                args.shape("d")?.iter().product::<i64>() as usize,
+                args.int("k")? as usize,
+                args.int_or("seed", 0)?,
+            )),
+            "checkerboard" => Box::new(Checkerboard),
+            "rings" => Box::new(Rings),
+            _ => {
+                return Err(Error::Data(format!(
+                    "unknown data spec '{spec}'; expected one of: {DATA_SPECS}"
+                )))
+            }
+        };
+        args.check_all_used()?;
+        Ok(Dataset::Known(density))
+    }
+
+    /// Shape of one data point.
+    pub fn shape(&self) -> Vec<i64> {
+        match self {
+            Dataset::Points { x, .. } => x.size()[1..].to_vec(),
+            Dataset::Known(d) => d.shape(),
+        }
+    }
+
+    /// A training batch of `n` points: random rows of a file (with replacement), or fresh samples.
+    pub fn batch(&self, n: usize, rng: &mut Rng) -> Tensor {
+        match self {
+            Dataset::Points { x, .. } => x.index_select(0, &rng.integers(n, x.size()[0] as usize)),
+            Dataset::Known(d) => d.sample(n, rng),
+        }
+    }
+
+    /// Points to evaluate on: every row of a file, or `n` samples drawn with `seed` (use a seed
+    /// other than the training seed for held-out points).
+    pub fn eval_points(&self, n: usize, seed: u64) -> Tensor {
+        match self {
+            Dataset::Points { x, .. } => x.shallow_clone(),
+            Dataset::Known(d) => d.sample(n, &mut Rng::stream(seed, u64::MAX)),
+        }
+    }
+
+    /// The exact density, for built-in data.
+    pub fn density(&self) -> Option<&dyn KnownDensity> {
+        match self {
+            Dataset::Points { .. } => None,
+            Dataset::Known(d) => Some(d.as_ref()),
+        }
+    }
+}
+
+/// `key=value` pairs of a data spec, each to be used exactly once.
+struct SpecArgs<'a> {
+    spec: &'a str,
+    pairs: Vec<(&'a str, &'a str)>,
+    used: std::cell::RefCell<Vec<&'a str>>,
+}
+
+impl<'a> SpecArgs<'a> {
+    fn parse(spec: &'a str, args: &'a str) -> Result<Self> {
+        let pairs = args
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.split_once('=')
+                    .ok_or_else(|| Error::Data(format!("{spec}: expected key=value, got '{p}'")))
+            })
+            .collect::<Result<_>>()?;
+        Ok(SpecArgs {
+            spec,
+            pairs,
+            used: Default::default(),
+        })
+    }
+
+    fn raw(&self, key: &'a str) -> Option<&'a str> {
+        self.used.borrow_mut().push(key);
+        self.pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    fn required(&self, key: &'a str) -> Result<&'a str> {
+        self.raw(key)
+            .ok_or_else(|| Error::Data(format!("{}: missing '{key}=...'", self.spec)))
+    }
+
+    fn float(&self, key: &'a str) -> Result<f64> {
+        let v = self.required(key)?;
+        v.parse()
+            .map_err(|_| Error::Data(format!("{}: {key}={v} is not a number", self.spec)))
+    }
+
+    fn int(&self, key: &'a str) -> Result<u64> {
+        let v = self.required(key)?;
+        match v.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(Error::Data(format!(
+                "{}: {key}={v} is not a positive integer",
+                self.spec
+            ))),
+        }
+    }
+
+    fn int_or(&self, key: &'a str, default: u64) -> Result<u64> {
+        match self.raw(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| Error::Data(format!("{}: {key}={v} is not an integer", self.spec))),
+        }
+    }
+
+    /// A size like `3072` or a shape like `3x32x32`.
+    fn shape(&self, key: &'a str) -> Result<Vec<i64>> {
+        let v = self.required(key)?;
+        v.split('x')
+            .map(|d| match d.parse::<i64>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(Error::Data(format!(
+                    "{}: {key}={v} is not a size or a shape like 3x32x32",
+                    self.spec
+                ))),
+            })
+            .collect()
+    }
+
+    fn check_all_used(&self) -> Result<()> {
+        let used = self.used.borrow();
+        match self.pairs.iter().find(|(k, _)| !used.contains(k)) {
+            Some((k, _)) => Err(Error::Data(format!("{}: unknown key '{k}'", self.spec))),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! The library's one error type.
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the library; the CLI adds context with `anyhow`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    #[error("{}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tensor has the wrong shape; the message names the tensor and what was expected.
+    #[error("shape: {0}")]
+    Shape(String),
+    /// An option or config field is out of range.
+    #[error("config: {0}")]
+    Config(String),
+    /// A data file or data spec is unusable.
+    #[error("data: {0}")]
+    Data(String),
+    /// A checkpoint is missing, corrupt or does not match its config.
+    #[error("checkpoint {path}: {msg}")]
+    Checkpoint { path: PathBuf, msg: String },
+    /// Training produced a non-finite loss; the last good checkpoint is kept.
+    #[error("non-finite loss at step {step}: {what}")]
+    NonFinite { step: u64, what: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub(crate) fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Checkpoint {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+}

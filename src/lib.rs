@@ -1,0 +1,35 @@
+//! # cdm: classification diffusion models
+//!
+//! A diffusion model that is a noise-level classifier (Yadin, Elata, Michaeli, "Classification
+//! Diffusion Models", 2024, arXiv:2402.10095). The classifier's input gradient is the MMSE
+//! denoiser (Theorem 3.1), so every diffusion sampler runs on it, and its logits give the exact
+//! log-likelihood in one forward pass (Theorem 3.2).
+//!
+//! ## Notation
+//! | symbol | meaning |
+//! |---|---|
+//! | `t` | noise level and class index, 0 (clean) ..= T+1 (pure noise) |
+//! | `alpha_bar` | ᾱ_t; x_t = √ᾱ_t·x0 + √(1-ᾱ_t)·ε |
+//! | `x0`, `x_t`, `eps` | clean data, noisy data, the Gaussian noise ε |
+//! | `logits` | l(x) = cumsum(h(x)) over the T+2 levels |
+//! | `F` | F(x, t) = l_{T+1}(x) - l_t(x); log p_t(x) = log N(x; 0, I) - F(x, t) |
+//!
+//! ## Layout
+//! `schedule` (ᾱ_t), `nets` (backbones), `classifier` (cumsum head, F, ε̂ by input gradient),
+//! `predictor` (the one trait samplers use), `loss`, `likelihood`, `sample` (DDPM, DDIM),
+//! `train`, `checkpoint`, `data` (files and known densities), `plot`.
+pub mod checkpoint;
+pub mod classifier;
+pub mod data;
+pub mod error;
+pub mod likelihood;
+pub mod loss;
+pub mod nets;
+pub mod plot;
+pub mod predictor;
+pub mod rng;
+pub mod sample;
+pub mod schedule;
+pub mod train;
+
+pub use error::{Error, Result};

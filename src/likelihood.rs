@@ -1,0 +1,37 @@
+//! Exact log-likelihood in one forward pass (Yadin et al. 2024, arXiv:2402.10095, Theorem 3.2):
+//! log p_t(x) = log(p(T+1)/p(t)) + l_t(x) - l_{T+1}(x) + log N(x; 0, I). Levels are drawn
+//! uniformly in training, so the prior ratio is zero.
+use tch::{Kind, Tensor};
+
+use crate::classifier::{f_value, Classifier};
+use crate::Result;
+
+/// log N(x; 0, I) per sample: [B] for x: [B, ..].
+pub fn log_standard_normal(x: &Tensor) -> Tensor {
+    let dim = x.size()[1..].iter().product::<i64>() as f64;
+    x.square()
+        .flatten(1, -1)
+        .sum_dim_intlist(1, false, x.kind())
+        * -0.5
+        - 0.5 * dim * (2.0 * std::f64::consts::PI).ln()
+}
+
+/// log p_t(x) in nats per sample ([B]) at level `t` (0 = the data density), for x: [B, ..].
+pub fn log_prob(
+    model: &Classifier,
+    x: &Tensor,
+    t: usize,
+    labels: Option<&Tensor>,
+) -> Result<Tensor> {
+    model.check_input(x)?;
+    model.schedule().check_level(t)?;
+    let logits = tch::no_grad(|| model.logits(x, labels, false));
+    let levels = Tensor::full([x.size()[0]], t as i64, (Kind::Int64, x.device()));
+    Ok(log_standard_normal(x) - f_value(&logits, &levels))
+}
+
+/// Bits per dimension from a mean log-likelihood in nats per dimension (continuous data; for
+/// 8-bit images add the scaling term of the chosen dequantization).
+pub fn bits_per_dim(nats_per_dim: f64) -> f64 {
+    -nats_per_dim / std::f64::consts::LN_2
+}

@@ -1,0 +1,46 @@
+//! Seeded random tensors, drawn in Rust so that results depend only on the seed: not on
+//! libtorch's global generator, the batch size or the number of threads.
+use rand::{rngs::StdRng, Rng as _, SeedableRng};
+use rand_distr::StandardNormal;
+use tch::{Kind, Tensor};
+
+/// A seeded generator of random tensors (CPU; move the result where it is needed).
+pub struct Rng(StdRng);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(StdRng::seed_from_u64(seed))
+    }
+
+    /// An independent stream `stream` of `seed` (per training step, per sample, ...), so a run
+    /// resumed at step k draws exactly what an uninterrupted run draws there.
+    pub fn stream(seed: u64, stream: u64) -> Self {
+        let mut mix = StdRng::seed_from_u64(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        Rng(StdRng::seed_from_u64(mix.gen::<u64>() ^ stream))
+    }
+
+    /// Standard normal samples of the given shape.
+    pub fn normal(&mut self, shape: &[i64], kind: Kind) -> Tensor {
+        let n: i64 = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| self.0.sample(StandardNormal)).collect();
+        Tensor::from_slice(&v).reshape(shape).to_kind(kind)
+    }
+
+    /// Uniform samples on [0, 1).
+    pub fn uniform(&mut self, shape: &[i64], kind: Kind) -> Tensor {
+        let n: i64 = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| self.0.gen::<f64>()).collect();
+        Tensor::from_slice(&v).reshape(shape).to_kind(kind)
+    }
+
+    /// `n` integers drawn uniformly from 0..upper, as an Int64 tensor [n].
+    pub fn integers(&mut self, n: usize, upper: usize) -> Tensor {
+        let v: Vec<i64> = (0..n).map(|_| self.0.gen_range(0..upper) as i64).collect();
+        Tensor::from_slice(&v)
+    }
+
+    /// One uniform draw on [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        self.0.gen()
+    }
+}

@@ -1,0 +1,68 @@
+//! Samplers: functions from x_T ~ N(0, I) to x_0 through a [`NoisePredictor`], over a
+//! decreasing grid of levels (see `Schedule::sampling_levels`). They never know whether ε̂
+//! comes from a denoiser or from a classifier's input gradient.
+use tch::{Device, Kind, Tensor};
+
+use crate::rng::Rng;
+
+pub mod ddim;
+pub mod ddpm;
+
+pub use ddim::{ddim, DdimOptions};
+pub use ddpm::ddpm;
+
+/// Which sampler the command line runs.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplerKind {
+    /// Ancestral sampling (Ho et al. 2020) with the exact posterior variance of strided steps.
+    Ddpm,
+    /// DDIM (Song et al. 2021), deterministic at eta = 0.
+    Ddim,
+}
+
+/// Fresh Gaussian noise with one seeded stream per sample, so a sample does not depend on the
+/// batch it was drawn in.
+pub struct Noise {
+    streams: Vec<Rng>,
+}
+
+impl Noise {
+    /// Streams for samples `first..first + n` of seed `seed`.
+    pub fn new(seed: u64, first: u64, n: usize) -> Self {
+        Noise {
+            streams: (0..n as u64)
+                .map(|i| Rng::stream(seed, first + i))
+                .collect(),
+        }
+    }
+
+    /// One N(0, I) draw per sample: [n, ..shape].
+    pub fn normal(&mut self, shape: &[i64], kind: Kind, device: Device) -> Tensor {
+        let draws: Vec<Tensor> = self
+            .streams
+            .iter_mut()
+            .map(|r| r.normal(shape, kind))
+            .collect();
+        Tensor::stack(&draws, 0).to_device(device)
+    }
+}
+
+/// What a sampler reports after each step.
+pub struct Step<'a> {
+    /// Step index, from 0.
+    pub i: usize,
+    /// The level just left.
+    pub t: usize,
+    /// The state after the step.
+    pub x_t: &'a Tensor,
+    /// The denoised estimate x̂0 at level `t`.
+    pub x0: &'a Tensor,
+}
+
+/// Levels `t` as an Int64 tensor [B] on the device of `x`.
+fn levels_like(t: usize, x: &Tensor) -> Tensor {
+    Tensor::full([x.size()[0]], t as i64, (Kind::Int64, x.device()))
+}

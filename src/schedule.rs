@@ -1,0 +1,173 @@
+//! Variance-preserving noise schedules over the classes t = 0..=T+1 of a classification
+//! diffusion model (Yadin, Elata, Michaeli, "Classification Diffusion Models", 2024,
+//! arXiv:2402.10095, section 3): x_t = √ᾱ_t·x0 + √(1-ᾱ_t)·ε, with ᾱ_0 = 1 (clean data) and
+//! ᾱ_{T+1} = 0 (pure N(0, I)).
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::{Error, Result};
+
+/// How ᾱ_t falls from 1 to 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    /// DDPM linear betas 1e-4..0.02 (Ho et al. 2020), scaled by 1000/T as in improved DDPM.
+    Linear,
+    /// Cosine ᾱ (Nichol & Dhariwal 2021, eq. 17), betas clipped at 0.999.
+    Cosine,
+    /// The CDM paper's "TDR" schedule, √(1-ᾱ_t) = t/(T+1): uniform in noise std.
+    Tdr,
+}
+
+/// A schedule's description, as stored in checkpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Shape of ᾱ_t.
+    pub kind: ScheduleKind,
+    /// T, the number of noisy levels; the classifier has T+2 classes.
+    pub timesteps: usize,
+}
+
+impl Default for ScheduleConfig {
+    /// T = 1000 with linear betas, as in the CDM paper's CIFAR-10 experiments.
+    fn default() -> Self {
+        ScheduleConfig {
+            kind: ScheduleKind::Linear,
+            timesteps: 1000,
+        }
+    }
+}
+
+/// ᾱ_t tabulated for t = 0..=T+1.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    config: ScheduleConfig,
+    alpha_bar: Vec<f64>,
+}
+
+impl Schedule {
+    pub fn new(config: ScheduleConfig) -> Result<Self> {
+        let t_max = config.timesteps;
+        if t_max == 0 {
+            return Err(Error::Config(
+                "schedule.timesteps must be at least 1".into(),
+            ));
+        }
+        let mut alpha_bar = Vec::with_capacity(t_max + 2);
+        alpha_bar.push(1.0);
+        match config.kind {
+            ScheduleKind::Linear => {
+                let scale = 1000.0 / t_max as f64;
+                let (lo, hi) = (scale * 1e-4, scale * 0.02);
+                let mut prod = 1.0;
+                for i in 0..t_max {
+                    let frac = if t_max == 1 {
+                        0.0
+                    } else {
+                        i as f64 / (t_max - 1) as f64
+                    };
+                    prod *= 1.0 - (lo + (hi - lo) * frac).min(0.999);
+                    alpha_bar.push(prod);
+                }
+            }
+            ScheduleKind::Cosine => {
+                let f = |u: f64| {
+                    ((u + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+                        .cos()
+                        .powi(2)
+                };
+                let mut prod = 1.0;
+                for t in 1..=t_max {
+                    let beta = (1.0
+                        - f(t as f64 / t_max as f64) / f((t - 1) as f64 / t_max as f64))
+                    .min(0.999);
+                    prod *= 1.0 - beta;
+                    alpha_bar.push(prod);
+                }
+            }
+            ScheduleKind::Tdr => {
+                for t in 1..=t_max {
+                    alpha_bar.push(1.0 - (t as f64 / (t_max + 1) as f64).powi(2));
+                }
+            }
+        }
+        alpha_bar.push(0.0);
+        Ok(Schedule { config, alpha_bar })
+    }
+
+    pub fn config(&self) -> ScheduleConfig {
+        self.config
+    }
+
+    /// T, the number of noisy levels.
+    pub fn timesteps(&self) -> usize {
+        self.config.timesteps
+    }
+
+    /// T + 2, the number of classes (levels 0..=T+1).
+    pub fn num_classes(&self) -> usize {
+        self.config.timesteps + 2
+    }
+
+    /// ᾱ_t for one level t in 0..=T+1.
+    pub fn alpha_bar(&self, t: usize) -> f64 {
+        self.alpha_bar[t]
+    }
+
+    /// The whole table ᾱ_0..ᾱ_{T+1}.
+    pub fn alpha_bars(&self) -> &[f64] {
+        &self.alpha_bar
+    }
+
+    /// Checks a level given by a user.
+    pub fn check_level(&self, t: usize) -> Result<()> {
+        if t > self.timesteps() + 1 {
+            return Err(Error::Config(format!(
+                "level {t} is outside 0..={}",
+                self.timesteps() + 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// √ᾱ_t and √(1-ᾱ_t) per sample, shaped to broadcast against `like` ([B, ..]).
+    /// `t`: [B] integer levels.
+    pub fn coefficients(&self, t: &Tensor, like: &Tensor) -> (Tensor, Tensor) {
+        let table = Tensor::from_slice(&self.alpha_bar)
+            .to_kind(like.kind())
+            .to_device(like.device());
+        let mut shape = vec![-1i64];
+        shape.resize(like.dim(), 1);
+        let abar = table
+            .index_select(0, &t.to_kind(Kind::Int64))
+            .reshape(&shape[..]);
+        (abar.sqrt(), (abar.ones_like() - &abar).sqrt())
+    }
+
+    /// x_t = √ᾱ_t·x0 + √(1-ᾱ_t)·ε (forward process, per-sample levels `t`: [B]).
+    pub fn add_noise(&self, x0: &Tensor, eps: &Tensor, t: &Tensor) -> Tensor {
+        let (a, s) = self.coefficients(t, x0);
+        a * x0 + s * eps
+    }
+
+    /// x̂0 = (x_t - √(1-ᾱ_t)·ε̂)/√ᾱ_t, Tweedie's posterior mean when ε̂ = E[ε|x_t]. Needs ᾱ_t > 0.
+    pub fn x0_from_eps(&self, x_t: &Tensor, eps: &Tensor, t: &Tensor) -> Tensor {
+        let (a, s) = self.coefficients(t, x_t);
+        (x_t - s * eps) / a
+    }
+
+    /// `num_steps + 1` decreasing levels from T to 0, evenly spaced: the sampling grid. Starts
+    /// at T rather than T+1 because x0 is undefined from pure noise (ᾱ_{T+1} = 0).
+    pub fn sampling_levels(&self, num_steps: usize) -> Result<Vec<usize>> {
+        let t_max = self.timesteps();
+        if num_steps == 0 || num_steps > t_max {
+            return Err(Error::Config(format!(
+                "steps must be in 1..={t_max}, got {num_steps}"
+            )));
+        }
+        Ok((0..=num_steps)
+            .map(|i| ((t_max * (num_steps - i)) as f64 / num_steps as f64).round() as usize)
+            .collect())
+    }
+}

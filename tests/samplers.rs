@@ -1,0 +1,195 @@
+//! Samplers against closed forms: with the exact ε̂ of Gaussian data N(0, s² I), DDIM maps
+//! N(0, I) onto the data distribution, and DDPM (ancestral) matches within sampling error.
+//! The ε̂ comes from the optimal classifier through its input gradient, so this also runs the
+//! classifier-as-denoiser path end to end.
+mod common;
+
+use cdm::classifier::Classifier;
+use cdm::predictor::{ClassifierDenoiser, NoisePredictor};
+use cdm::sample::{ddim, ddpm, DdimOptions, Noise};
+use cdm::schedule::{Schedule, ScheduleConfig, ScheduleKind};
+use common::{assert_close, gaussian_backbone, max_abs_diff};
+use tch::{Device, Kind, Tensor};
+
+const S: f64 = 0.5;
+
+fn gaussian_model(kind: ScheduleKind) -> Classifier {
+    let schedule = Schedule::new(ScheduleConfig {
+        kind,
+        timesteps: 1000,
+    })
+    .unwrap();
+    Classifier::from_backbone(
+        Box::new(gaussian_backbone(schedule.alpha_bars(), S, 2)),
+        schedule,
+        vec![2],
+    )
+}
+
+fn start(n: usize, seed: u64) -> Tensor {
+    Noise::new(seed, 0, n).normal(&[2], Kind::Double, Device::Cpu)
+}
+
+/// Sample standard deviation over all coordinates.
+fn std(x: &Tensor) -> f64 {
+    x.std(true).double_value(&[])
+}
+
+#[test]
+fn ddim_maps_standard_normal_onto_the_data() {
+    for kind in [
+        ScheduleKind::Linear,
+        ScheduleKind::Cosine,
+        ScheduleKind::Tdr,
+    ] {
+        let model = gaussian_model(kind);
+        let denoiser = ClassifierDenoiser {
+            classifier: &model,
+            labels: None,
+        };
+        let levels = model.schedule().sampling_levels(100).unwrap();
+        let x_t = start(2000, 1);
+        let x0 = ddim(
+            &denoiser,
+            model.schedule(),
+            x_t.shallow_clone(),
+            &levels,
+            &DdimOptions::default(),
+            &mut Noise::new(2, 0, 2000),
+            &mut |_| {},
+        )
+        .unwrap();
+        // For Gaussian data every DDIM step is linear: x_s = (√ᾱ_s√ᾱ_t s² + √(1-ᾱ_s)√(1-ᾱ_t))/v_t · x_t.
+        let ab = |t: usize| model.schedule().alpha_bar(t);
+        let gain: f64 = levels
+            .windows(2)
+            .map(|w| {
+                let (a_t, a_s) = (ab(w[0]), ab(w[1]));
+                ((a_s * a_t).sqrt() * S * S + ((1.0 - a_s) * (1.0 - a_t)).sqrt())
+                    / (a_t * S * S + 1.0 - a_t)
+            })
+            .product();
+        assert!(
+            max_abs_diff(&x0, &(&x_t * gain)) < 1e-9,
+            "{kind:?}: off the exact DDIM map by {}",
+            max_abs_diff(&x0, &(&x_t * gain))
+        );
+        // ... and the map takes N(0, I) to N(0, s² I): the gain is s/√v_T up to discretisation.
+        let v_t = ab(1000) * S * S + 1.0 - ab(1000);
+        assert_close(
+            gain,
+            S / v_t.sqrt(),
+            0.02 * S,
+            &format!("{kind:?} DDIM gain"),
+        );
+        assert_close(std(&x0), S, 0.02, &format!("{kind:?} sample std"));
+    }
+}
+
+#[test]
+fn ddpm_matches_the_data_moments_within_sampling_error() {
+    let model = gaussian_model(ScheduleKind::Linear);
+    let denoiser = ClassifierDenoiser {
+        classifier: &model,
+        labels: None,
+    };
+    let levels = model.schedule().sampling_levels(1000).unwrap();
+    let n = 2000;
+    let x0 = ddpm(
+        &denoiser,
+        model.schedule(),
+        start(n, 3),
+        &levels,
+        &mut Noise::new(4, 0, n),
+        &mut |_| {},
+    )
+    .unwrap();
+    // 4000 coordinates: the std of the sample variance is about s²·√(2/4000) ≈ 0.0056.
+    assert_close(x0.mean(Kind::Double).double_value(&[]), 0.0, 0.03, "mean");
+    assert_close(x0.var(true).double_value(&[]), S * S, 0.02, "variance");
+}
+
+#[test]
+fn ddpm_equals_ddim_with_eta_one() {
+    // DDIM's σ at η = 1 is the DDPM posterior variance, and its mean is the posterior mean.
+    let model = gaussian_model(ScheduleKind::Cosine);
+    let denoiser = ClassifierDenoiser {
+        classifier: &model,
+        labels: None,
+    };
+    let levels = model.schedule().sampling_levels(20).unwrap();
+    let a = ddpm(
+        &denoiser,
+        model.schedule(),
+        start(64, 5),
+        &levels,
+        &mut Noise::new(6, 0, 64),
+        &mut |_| {},
+    )
+    .unwrap();
+    let b = ddim(
+        &denoiser,
+        model.schedule(),
+        start(64, 5),
+        &levels,
+        &DdimOptions { eta: 1.0 },
+        &mut Noise::new(6, 0, 64),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(
+        max_abs_diff(&a, &b) < 1e-10,
+        "differ by {}",
+        max_abs_diff(&a, &b)
+    );
+}
+
+#[test]
+fn samples_do_not_depend_on_the_batch() {
+    let model = gaussian_model(ScheduleKind::Linear);
+    let denoiser = ClassifierDenoiser {
+        classifier: &model,
+        labels: None,
+    };
+    let levels = model.schedule().sampling_levels(10).unwrap();
+    let run = |first: u64, n: usize| {
+        let x_t = Noise::new(9, first, n).normal(&[2], Kind::Double, Device::Cpu);
+        ddpm(
+            &denoiser,
+            model.schedule(),
+            x_t,
+            &levels,
+            &mut Noise::new(10, first, n),
+            &mut |_| {},
+        )
+        .unwrap()
+    };
+    let whole = run(0, 8);
+    let halves = Tensor::cat(&[run(0, 3), run(3, 5)], 0);
+    assert_eq!(max_abs_diff(&whole, &halves), 0.0);
+}
+
+#[test]
+fn closure_predictors_plug_in() {
+    // Any closure is a noise predictor: ε̂ = 0 makes DDIM return √ᾱ-scaled x0 = x_T/√ᾱ_T.
+    let schedule = Schedule::new(ScheduleConfig {
+        kind: ScheduleKind::Tdr,
+        timesteps: 10,
+    })
+    .unwrap();
+    let zero = |x: &Tensor, _t: &Tensor| -> cdm::Result<Tensor> { Ok(x.zeros_like()) };
+    let levels = schedule.sampling_levels(10).unwrap();
+    let x_t = start(4, 11);
+    let x0 = ddim(
+        &zero as &dyn NoisePredictor,
+        &schedule,
+        x_t.shallow_clone(),
+        &levels,
+        &DdimOptions::default(),
+        &mut Noise::new(0, 0, 4),
+        &mut |_| {},
+    )
+    .unwrap();
+    let expected = &x_t / schedule.alpha_bar(10).sqrt();
+    assert!(max_abs_diff(&x0, &expected) < 1e-12);
+}
