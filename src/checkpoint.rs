@@ -136,10 +136,18 @@ impl TensorFile {
 
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes)
-            .map_err(|e| Error::checkpoint(path, format!("not a safetensors file: {e}")))?;
-        let file = SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::checkpoint(path, format!("corrupt safetensors file: {e}")))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+            Error::checkpoint(
+                path,
+                format!("corrupt or truncated safetensors file: {e:?}"),
+            )
+        })?;
+        let file = SafeTensors::deserialize(&bytes).map_err(|e| {
+            Error::checkpoint(
+                path,
+                format!("corrupt or truncated safetensors file: {e:?}"),
+            )
+        })?;
         let mut tensors = BTreeMap::new();
         for (name, view) in file.tensors() {
             let kind = match view.dtype() {

@@ -269,8 +269,15 @@ impl Trainer {
         }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let (config_path, weights_path) = checkpoint::paths(dir);
-        let (vs, model) = build(&config, device)?;
-        let (mut ema_vs, _) = build(&config, device)?;
+        // tch's initialisers draw from libtorch's global generator: seed it (under a lock, as
+        // other threads may build models too), so a run is reproducible from its config alone.
+        let (vs, model, mut ema_vs) = {
+            static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+            tch::manual_seed(config.train.seed as i64);
+            let (vs, model) = build(&config, device)?;
+            (vs, model, build(&config, device)?.0)
+        };
         ema_vs.copy(&vs)?;
         let adam = Adam::new(&named_vars(&vs));
         let mut trainer = Trainer {
@@ -352,12 +359,19 @@ impl Trainer {
     /// Trains up to `train.steps`, calling `on_step` after every step. A non-finite loss or
     /// gradient stops training with an error and leaves the last checkpoint in place.
     pub fn run(&mut self, on_step: &mut dyn FnMut(&StepReport)) -> Result<()> {
+        self.run_until(self.config.train.steps, on_step)
+    }
+
+    /// Trains up to step `stop` (at most `train.steps`) and stops as an interrupted run would:
+    /// only the periodic checkpoints are written before the last step.
+    pub fn run_until(&mut self, stop: u64, on_step: &mut dyn FnMut(&StepReport)) -> Result<()> {
         let cfg = self.config.train.clone();
+        let stop = stop.min(cfg.steps);
         let params = named_vars(&self.vs);
         let ema_params = named_vars(&self.ema_vs);
         let log_path = self.dir.join("log.jsonl");
         let mut log = LogFile::open(&log_path, self.step)?;
-        while self.step < cfg.steps {
+        while self.step < stop {
             let k = self.step;
             let mut rng = Rng::stream(cfg.seed, k);
             let x0 = self
