@@ -22,6 +22,8 @@ enum Command {
     Nll(cli::infer::NllArgs),
     /// MMSE denoising E[x0 | x_t] from the classifier's input gradient (Theorem 3.1).
     Denoise(cli::infer::DenoiseArgs),
+    /// The denoiser's MSE against the exact MMSE, on built-in data with a known posterior mean.
+    Mmse(cli::infer::MmseArgs),
     /// Generate samples with DDPM or DDIM.
     Sample(cli::infer::SampleArgs),
     /// Pictures: learned against exact log-density (2-D), or the paper's Fig. 3 for cubes.
@@ -42,6 +44,7 @@ fn main() -> std::process::ExitCode {
         Command::Nll(args) => cli::infer::nll(args),
         Command::Denoise(args) => cli::infer::denoise(args),
         Command::Sample(args) => cli::infer::sample(args),
+        Command::Mmse(args) => cli::infer::mmse(args),
         Command::Plot(args) => cli::plot::run(args),
         Command::Bench(args) => cli::bench::run(args),
     };

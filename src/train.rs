@@ -425,10 +425,10 @@ impl Trainer {
                 lr,
                 grad_norm,
             };
-            if self.step % cfg.log_every.max(1) == 0 || self.step == cfg.steps {
+            if self.step.is_multiple_of(cfg.log_every.max(1)) || self.step == cfg.steps {
                 log.append(&report)?;
             }
-            if self.step % cfg.checkpoint_every.max(1) == 0 || self.step == cfg.steps {
+            if self.step.is_multiple_of(cfg.checkpoint_every.max(1)) || self.step == cfg.steps {
                 self.save()?;
             }
             on_step(&report);

@@ -48,11 +48,11 @@ fn check_gradients(ce_weight: f64) {
     let mut checked = 0;
     for (name, var) in vs.variables() {
         let grad = var.grad();
-        let var = var.shallow_clone();
+        let mut var = var.shallow_clone();
         for i in 0..var.numel().min(4) as i64 {
             let flat = var.view([-1]);
             let original = flat.double_value(&[i]);
-            let mut at = |v: f64| {
+            let at = |v: f64| {
                 let _ = tch::no_grad(|| flat.get(i).fill_(v));
                 loss(&model, &x0, ce_weight).double_value(&[])
             };

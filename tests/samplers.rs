@@ -74,15 +74,17 @@ fn ddim_maps_standard_normal_onto_the_data() {
             "{kind:?}: off the exact DDIM map by {}",
             max_abs_diff(&x0, &(&x_t * gain))
         );
-        // ... and the map takes N(0, I) to N(0, s² I): the gain is s/√v_T up to discretisation.
+        // ... and the map takes N(0, I) to N(0, s² I): the gain is s/√v_T up to discretisation,
+        // which for 100 steps is 3% on the linear schedule (its first strided steps are coarse).
         let v_t = ab(1000) * S * S + 1.0 - ab(1000);
         assert_close(
             gain,
             S / v_t.sqrt(),
-            0.02 * S,
+            0.04 * S,
             &format!("{kind:?} DDIM gain"),
         );
-        assert_close(std(&x0), S, 0.02, &format!("{kind:?} sample std"));
+        // 4000 coordinates add about 1.1% of sampling error to the standard deviation.
+        assert_close(std(&x0), S, 0.03, &format!("{kind:?} sample std"));
     }
 }
 

@@ -18,7 +18,7 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 /// Deterministic points without any RNG: [n, d] spread over roughly [-2, 2].
 pub fn det_points(n: i64, d: i64) -> Tensor {
     let k = Tensor::arange(n * d, (Kind::Double, tch::Device::Cpu));
-    ((&k * 0.7071).sin() * 2.0).reshape([n, d])
+    ((&k * 0.7).sin() * 2.0).reshape([n, d])
 }
 
 /// Optimal raw outputs h of a classifier for data N(0, s² I) in `d` dimensions: the logits are
