@@ -1,7 +1,7 @@
 # Each target installs libtorch 2.11.0 first (once per user, cached; see scripts/setup-libtorch.sh).
 CARGO ?= cargo
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint bench
 setup:
 	@bash scripts/setup-libtorch.sh
 
@@ -18,3 +18,8 @@ test: setup
 lint: setup
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+# One CDM training step against the same step in PyTorch (bench/reference.py), both sizes.
+bench: setup
+	PYTHONPATH=$$(bash scripts/setup-pytorch.sh) $(CARGO) run --release -- bench --size mlp2d
+	PYTHONPATH=$$(bash scripts/setup-pytorch.sh) $(CARGO) run --release -- bench --size cube

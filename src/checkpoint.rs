@@ -13,12 +13,12 @@ use crate::{Error, Result};
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "checkpoint.safetensors";
 
+/// Tensor kinds a checkpoint holds, with their safetensors names.
+const DTYPES: [(Kind, Dtype); 3] = [(Kind::Float, Dtype::F32), (Kind::Double, Dtype::F64), (Kind::Int64, Dtype::I64)];
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut file = std::fs::File::create(&tmp)?;
@@ -43,10 +43,7 @@ impl TensorFile {
     /// Adds every variable of `vs` under `prefix/`.
     pub fn insert_vars(&mut self, prefix: &str, vs: &VarStore) {
         for (name, var) in vs.variables() {
-            self.tensors.insert(
-                format!("{prefix}/{name}"),
-                var.detach().to_device(tch::Device::Cpu),
-            );
+            self.tensors.insert(format!("{prefix}/{name}"), var.detach().to_device(tch::Device::Cpu));
         }
     }
 
@@ -54,35 +51,22 @@ impl TensorFile {
     /// one to one in names and shapes.
     pub fn load_vars(&self, prefix: &str, vs: &mut VarStore, path: &Path) -> Result<()> {
         let vars = vs.variables();
-        let expected = self
-            .tensors
-            .keys()
-            .filter(|k| k.starts_with(&format!("{prefix}/")))
-            .count();
+        let expected = self.tensors.keys().filter(|k| k.starts_with(&format!("{prefix}/"))).count();
         if expected != vars.len() {
             return Err(Error::checkpoint(
                 path,
-                format!(
-                    "holds {expected} tensors under '{prefix}/', the model has {}",
-                    vars.len()
-                ),
+                format!("holds {expected} tensors under '{prefix}/', the model has {}", vars.len()),
             ));
         }
         tch::no_grad(|| {
             for (name, mut var) in vars {
                 let key = format!("{prefix}/{name}");
-                let saved = self
-                    .tensors
-                    .get(&key)
-                    .ok_or_else(|| Error::checkpoint(path, format!("missing tensor '{key}'")))?;
+                let saved =
+                    self.tensors.get(&key).ok_or_else(|| Error::checkpoint(path, format!("missing tensor '{key}'")))?;
                 if saved.size() != var.size() {
                     return Err(Error::checkpoint(
                         path,
-                        format!(
-                            "tensor '{key}' has shape {:?}, the model needs {:?}",
-                            saved.size(),
-                            var.size()
-                        ),
+                        format!("tensor '{key}' has shape {:?}, the model needs {:?}", saved.size(), var.size()),
                     ));
                 }
                 var.f_copy_(saved)?;
@@ -92,34 +76,19 @@ impl TensorFile {
     }
 
     pub fn get(&self, key: &str, path: &Path) -> Result<&Tensor> {
-        self.tensors
-            .get(key)
-            .ok_or_else(|| Error::checkpoint(path, format!("missing tensor '{key}'")))
+        self.tensors.get(key).ok_or_else(|| Error::checkpoint(path, format!("missing tensor '{key}'")))
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut owned = Vec::with_capacity(self.tensors.len());
         for (name, t) in &self.tensors {
             let t = t.contiguous();
-            let dtype = match t.kind() {
-                Kind::Float => Dtype::F32,
-                Kind::Double => Dtype::F64,
-                Kind::Int64 => Dtype::I64,
-                k => {
-                    return Err(Error::checkpoint(
-                        path,
-                        format!("tensor '{name}' has unsupported kind {k:?}"),
-                    ))
-                }
-            };
+            let dtype = DTYPES.iter().find(|(k, _)| *k == t.kind()).map(|(_, d)| *d).ok_or_else(|| {
+                Error::checkpoint(path, format!("tensor '{name}' has unsupported kind {:?}", t.kind()))
+            })?;
             let mut bytes = vec![0u8; t.numel() * t.kind().elt_size_in_bytes()];
             t.f_copy_data_u8(&mut bytes, t.numel())?;
-            owned.push((
-                name.clone(),
-                dtype,
-                t.size().iter().map(|&d| d as usize).collect::<Vec<_>>(),
-                bytes,
-            ));
+            owned.push((name.clone(), dtype, t.size().iter().map(|&d| d as usize).collect::<Vec<_>>(), bytes));
         }
         let views = owned
             .iter()
@@ -136,38 +105,19 @@ impl TensorFile {
 
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| {
-            Error::checkpoint(
-                path,
-                format!("corrupt or truncated safetensors file: {e:?}"),
-            )
-        })?;
-        let file = SafeTensors::deserialize(&bytes).map_err(|e| {
-            Error::checkpoint(
-                path,
-                format!("corrupt or truncated safetensors file: {e:?}"),
-            )
-        })?;
+        let (_, header) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| Error::checkpoint(path, format!("corrupt or truncated safetensors file: {e:?}")))?;
+        let file = SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::checkpoint(path, format!("corrupt or truncated safetensors file: {e:?}")))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in file.tensors() {
-            let kind = match view.dtype() {
-                Dtype::F32 => Kind::Float,
-                Dtype::F64 => Kind::Double,
-                Dtype::I64 => Kind::Int64,
-                d => {
-                    return Err(Error::checkpoint(
-                        path,
-                        format!("tensor '{name}' has unsupported dtype {d:?}"),
-                    ))
-                }
-            };
+            let kind = DTYPES.iter().find(|(_, d)| *d == view.dtype()).map(|(k, _)| *k).ok_or_else(|| {
+                Error::checkpoint(path, format!("tensor '{name}' has unsupported dtype {:?}", view.dtype()))
+            })?;
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             tensors.insert(name, Tensor::f_from_data_size(view.data(), &shape, kind)?);
         }
-        Ok(TensorFile {
-            tensors,
-            metadata: header.metadata().clone().unwrap_or_default(),
-        })
+        Ok(TensorFile { tensors, metadata: header.metadata().clone().unwrap_or_default() })
     }
 }
 
@@ -179,8 +129,7 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 
 /// Writes `value` as pretty JSON, atomically.
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text =
-        serde_json::to_string_pretty(value).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::checkpoint(path, e.to_string()))?;
     write_atomic(path, text.as_bytes())
 }
 

@@ -41,32 +41,15 @@ impl Classifier {
     pub fn new(vs: &nn::Path, cfg: &ClassifierConfig) -> Result<Self> {
         let schedule = Schedule::new(cfg.schedule)?;
         if cfg.data_shape.is_empty() || cfg.data_shape.iter().any(|&d| d <= 0) {
-            return Err(Error::Config(format!(
-                "data_shape must be positive sizes, got {:?}",
-                cfg.data_shape
-            )));
+            return Err(Error::Config(format!("data_shape must be positive sizes, got {:?}", cfg.data_shape)));
         }
-        let backbone = cfg
-            .backbone
-            .build(vs, &cfg.data_shape, schedule.num_classes() as i64)?;
-        Ok(Self::from_backbone(
-            backbone,
-            schedule,
-            cfg.data_shape.clone(),
-        ))
+        let backbone = cfg.backbone.build(vs, &cfg.data_shape, schedule.num_classes() as i64)?;
+        Ok(Self::from_backbone(backbone, schedule, cfg.data_shape.clone()))
     }
 
     /// Wraps any backbone, an analytic one for instance.
-    pub fn from_backbone(
-        backbone: Box<dyn Backbone>,
-        schedule: Schedule,
-        data_shape: Vec<i64>,
-    ) -> Self {
-        Classifier {
-            backbone,
-            schedule,
-            data_shape,
-        }
+    pub fn from_backbone(backbone: Box<dyn Backbone>, schedule: Schedule, data_shape: Vec<i64>) -> Self {
+        Classifier { backbone, schedule, data_shape }
     }
 
     pub fn schedule(&self) -> &Schedule {
@@ -84,11 +67,7 @@ impl Classifier {
         if size.len() != self.data_shape.len() + 1 || size[1..] != self.data_shape[..] {
             return Err(Error::Shape(format!(
                 "input has shape {size:?}, the model expects [B, {}]",
-                self.data_shape
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                self.data_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
             )));
         }
         Ok(())
@@ -96,22 +75,14 @@ impl Classifier {
 
     /// Logits l(x) = cumsum(h(x)): [B, T+2].
     pub fn logits(&self, x: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
-        self.backbone
-            .forward(x, labels, train)
-            .cumsum(1, None::<Kind>)
+        self.backbone.forward(x, labels, train).cumsum(1, None::<Kind>)
     }
 
     /// One pass with the input gradient: logits and the denoiser ε̂ at per-sample levels `t`
     /// ([B], Int64). With `train`, the gradient keeps its graph (double backprop) so a loss on
     /// ε̂ reaches the weights; otherwise ε̂ and the logits come back detached. Works inside
     /// `no_grad`.
-    pub fn forward(
-        &self,
-        x_t: &Tensor,
-        t: &Tensor,
-        labels: Option<&Tensor>,
-        train: bool,
-    ) -> Result<ClassifierOutput> {
+    pub fn forward(&self, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<ClassifierOutput> {
         self.check_input(x_t)?;
         tch::with_grad(|| {
             let x = x_t.detach().set_requires_grad(true);
@@ -123,10 +94,7 @@ impl Classifier {
             Ok(if train {
                 ClassifierOutput { logits, eps }
             } else {
-                ClassifierOutput {
-                    logits: logits.detach(),
-                    eps: eps.detach(),
-                }
+                ClassifierOutput { logits: logits.detach(), eps: eps.detach() }
             })
         })
     }
@@ -135,8 +103,5 @@ impl Classifier {
 /// F(x, t) = l_{T+1}(x) - l_t(x): [B] from logits [B, T+2] and levels t [B].
 pub fn f_value(logits: &Tensor, t: &Tensor) -> Tensor {
     let last = logits.size()[1] - 1;
-    logits.select(1, last)
-        - logits
-            .gather(1, &t.to_kind(Kind::Int64).unsqueeze(1), false)
-            .squeeze_dim(1)
+    logits.select(1, last) - logits.gather(1, &t.to_kind(Kind::Int64).unsqueeze(1), false).squeeze_dim(1)
 }

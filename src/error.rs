@@ -33,15 +33,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
     pub(crate) fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Checkpoint {
-            path: path.into(),
-            msg: msg.into(),
-        }
+        Error::Checkpoint { path: path.into(), msg: msg.into() }
     }
 }

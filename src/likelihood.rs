@@ -9,20 +9,11 @@ use crate::Result;
 /// log N(x; 0, I) per sample: [B] for x: [B, ..].
 pub fn log_standard_normal(x: &Tensor) -> Tensor {
     let dim = x.size()[1..].iter().product::<i64>() as f64;
-    x.square()
-        .flatten(1, -1)
-        .sum_dim_intlist(1, false, x.kind())
-        * -0.5
-        - 0.5 * dim * (2.0 * std::f64::consts::PI).ln()
+    x.square().flatten(1, -1).sum_dim_intlist(1, false, x.kind()) * -0.5 - 0.5 * dim * (2.0 * std::f64::consts::PI).ln()
 }
 
 /// log p_t(x) in nats per sample ([B]) at level `t` (0 = the data density), for x: [B, ..].
-pub fn log_prob(
-    model: &Classifier,
-    x: &Tensor,
-    t: usize,
-    labels: Option<&Tensor>,
-) -> Result<Tensor> {
+pub fn log_prob(model: &Classifier, x: &Tensor, t: usize, labels: Option<&Tensor>) -> Result<Tensor> {
     model.check_input(x)?;
     model.schedule().check_level(t)?;
     let logits = tch::no_grad(|| model.logits(x, labels, false));

@@ -22,9 +22,7 @@ pub struct CdmLoss {
 /// of the cross-entropy's per-level terms.
 fn stratified_levels(batch: usize, classes: usize, rng: &mut Rng) -> Tensor {
     let u = rng.unit();
-    let t: Vec<i64> = (0..batch)
-        .map(|i| (((i as f64 + u) / batch as f64) * classes as f64) as i64)
-        .collect();
+    let t: Vec<i64> = (0..batch).map(|i| (((i as f64 + u) / batch as f64) * classes as f64) as i64).collect();
     Tensor::from_slice(&t).clamp(0, classes as i64 - 1)
 }
 
@@ -48,23 +46,9 @@ pub fn cdm_loss(
     let eps = rng.normal(&x0.size(), x0.kind()).to_device(x0.device());
     let x_t = model.schedule().add_noise(x0, &eps, &t);
     let out = model.forward(&x_t, &t, labels, true)?;
-    let ce = out
-        .logits
-        .log_softmax(1, Kind::Double)
-        .to_kind(x0.kind())
-        .nll_loss(&t);
-    let per_sample = (out.eps - eps)
-        .square()
-        .flatten(1, -1)
-        .sum_dim_intlist(1, false, x0.kind());
-    let inside = t
-        .gt(0)
-        .logical_and(&t.lt(classes as i64 - 1))
-        .to_kind(x0.kind());
+    let ce = out.logits.log_softmax(1, Kind::Double).to_kind(x0.kind()).nll_loss(&t);
+    let per_sample = (out.eps - eps).square().flatten(1, -1).sum_dim_intlist(1, false, x0.kind());
+    let inside = t.gt(0).logical_and(&t.lt(classes as i64 - 1)).to_kind(x0.kind());
     let mse = (per_sample * &inside).sum(x0.kind()) / inside.sum(x0.kind()).clamp_min(1.0);
-    Ok(CdmLoss {
-        total: &ce * ce_weight + &mse,
-        ce,
-        mse,
-    })
+    Ok(CdmLoss { total: &ce * ce_weight + &mse, ce, mse })
 }

@@ -40,11 +40,7 @@ pub fn heatmaps(
             .y_label_area_size(40)
             .build_cartesian_2d(lo..hi, lo..hi)
             .map_err(|e| plot_err(path, e))?;
-        chart
-            .configure_mesh()
-            .disable_mesh()
-            .draw()
-            .map_err(|e| plot_err(path, e))?;
+        chart.configure_mesh().disable_mesh().draw().map_err(|e| plot_err(path, e))?;
         let n = panel.values.len();
         let cell = (hi - lo) / n as f64;
         chart
@@ -52,19 +48,12 @@ pub fn heatmaps(
                 line.iter().enumerate().map(move |(col, &v)| {
                     let u = ((v.max(vmin) - vmin) / (vmax - vmin)).clamp(0.0, 1.0);
                     let (x, y) = (lo + col as f64 * cell, lo + row as f64 * cell);
-                    Rectangle::new(
-                        [(x, y), (x + cell, y + cell)],
-                        ViridisRGB::get_color(u).filled(),
-                    )
+                    Rectangle::new([(x, y), (x + cell, y + cell)], ViridisRGB::get_color(u).filled())
                 })
             }))
             .map_err(|e| plot_err(path, e))?;
         chart
-            .draw_series(
-                samples
-                    .iter()
-                    .map(|&(x, y)| Circle::new((x, y), 1, WHITE.mix(0.6).filled())),
-            )
+            .draw_series(samples.iter().map(|&(x, y)| Circle::new((x, y), 1, WHITE.mix(0.6).filled())))
             .map_err(|e| plot_err(path, e))?;
     }
     root.present().map_err(|e| plot_err(path, e))
@@ -75,42 +64,25 @@ pub fn heatmaps(
 pub fn cube_likelihoods(path: &Path, points: &[(f64, f64, f64)]) -> Result<()> {
     let root = BitMapBackend::new(path, (640, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
-    let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
-        (lo.min(p.1.min(p.2)), hi.max(p.1.max(p.2)))
-    });
+    let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.1.min(p.2)), hi.max(p.1.max(p.2))));
     let gmax = points.iter().map(|p| p.0).fold(0.0, f64::max) * 1.1;
     let pad = 0.1 * (hi - lo).max(0.1);
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Uniform cubes U[-g/2, g/2]^D: log-likelihood per dim",
-            ("sans-serif", 20),
-        )
+        .caption("Uniform cubes U[-g/2, g/2]^D: log-likelihood per dim", ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..gmax, (lo - pad)..(hi + pad))
         .map_err(|e| plot_err(path, e))?;
-    chart
-        .configure_mesh()
-        .x_desc("cube width g")
-        .y_desc("nats / dim")
-        .draw()
-        .map_err(|e| plot_err(path, e))?;
-    let exact: Vec<(f64, f64)> = (1..=100)
-        .map(|i| gmax * i as f64 / 100.0)
-        .map(|g| (g, -g.ln()))
-        .collect();
+    chart.configure_mesh().x_desc("cube width g").y_desc("nats / dim").draw().map_err(|e| plot_err(path, e))?;
+    let exact: Vec<(f64, f64)> = (1..=100).map(|i| gmax * i as f64 / 100.0).map(|g| (g, -g.ln())).collect();
     chart
         .draw_series(LineSeries::new(exact, BLACK.stroke_width(2)))
         .map_err(|e| plot_err(path, e))?
         .label("exact: -ln g")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
     chart
-        .draw_series(
-            points
-                .iter()
-                .map(|&(g, _, est)| Circle::new((g, est), 6, RED.filled())),
-        )
+        .draw_series(points.iter().map(|&(g, _, est)| Circle::new((g, est), 6, RED.filled())))
         .map_err(|e| plot_err(path, e))?
         .label("CDM, one forward pass")
         .legend(|(x, y)| Circle::new((x + 10, y), 5, RED.filled()));

@@ -27,9 +27,6 @@ pub struct ClassifierDenoiser<'a> {
 
 impl NoisePredictor for ClassifierDenoiser<'_> {
     fn eps(&self, x_t: &Tensor, t: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .classifier
-            .forward(x_t, t, self.labels.as_ref(), false)?
-            .eps)
+        Ok(self.classifier.forward(x_t, t, self.labels.as_ref(), false)?.eps)
     }
 }

@@ -32,10 +32,7 @@ pub struct ScheduleConfig {
 impl Default for ScheduleConfig {
     /// T = 1000 with linear betas, as in the CDM paper's CIFAR-10 experiments.
     fn default() -> Self {
-        ScheduleConfig {
-            kind: ScheduleKind::Linear,
-            timesteps: 1000,
-        }
+        ScheduleConfig { kind: ScheduleKind::Linear, timesteps: 1000 }
     }
 }
 
@@ -50,9 +47,7 @@ impl Schedule {
     pub fn new(config: ScheduleConfig) -> Result<Self> {
         let t_max = config.timesteps;
         if t_max == 0 {
-            return Err(Error::Config(
-                "schedule.timesteps must be at least 1".into(),
-            ));
+            return Err(Error::Config("schedule.timesteps must be at least 1".into()));
         }
         let mut alpha_bar = Vec::with_capacity(t_max + 2);
         alpha_bar.push(1.0);
@@ -62,26 +57,16 @@ impl Schedule {
                 let (lo, hi) = (scale * 1e-4, scale * 0.02);
                 let mut prod = 1.0;
                 for i in 0..t_max {
-                    let frac = if t_max == 1 {
-                        0.0
-                    } else {
-                        i as f64 / (t_max - 1) as f64
-                    };
+                    let frac = if t_max == 1 { 0.0 } else { i as f64 / (t_max - 1) as f64 };
                     prod *= 1.0 - (lo + (hi - lo) * frac).min(0.999);
                     alpha_bar.push(prod);
                 }
             }
             ScheduleKind::Cosine => {
-                let f = |u: f64| {
-                    ((u + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
-                        .cos()
-                        .powi(2)
-                };
+                let f = |u: f64| ((u + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
                 let mut prod = 1.0;
                 for t in 1..=t_max {
-                    let beta = (1.0
-                        - f(t as f64 / t_max as f64) / f((t - 1) as f64 / t_max as f64))
-                    .min(0.999);
+                    let beta = (1.0 - f(t as f64 / t_max as f64) / f((t - 1) as f64 / t_max as f64)).min(0.999);
                     prod *= 1.0 - beta;
                     alpha_bar.push(prod);
                 }
@@ -123,10 +108,7 @@ impl Schedule {
     /// Checks a level given by a user.
     pub fn check_level(&self, t: usize) -> Result<()> {
         if t > self.timesteps() + 1 {
-            return Err(Error::Config(format!(
-                "level {t} is outside 0..={}",
-                self.timesteps() + 1
-            )));
+            return Err(Error::Config(format!("level {t} is outside 0..={}", self.timesteps() + 1)));
         }
         Ok(())
     }
@@ -134,14 +116,10 @@ impl Schedule {
     /// √ᾱ_t and √(1-ᾱ_t) per sample, shaped to broadcast against `like` ([B, ..]).
     /// `t`: [B] integer levels.
     pub fn coefficients(&self, t: &Tensor, like: &Tensor) -> (Tensor, Tensor) {
-        let table = Tensor::from_slice(&self.alpha_bar)
-            .to_kind(like.kind())
-            .to_device(like.device());
+        let table = Tensor::from_slice(&self.alpha_bar).to_kind(like.kind()).to_device(like.device());
         let mut shape = vec![-1i64];
         shape.resize(like.dim(), 1);
-        let abar = table
-            .index_select(0, &t.to_kind(Kind::Int64))
-            .reshape(&shape[..]);
+        let abar = table.index_select(0, &t.to_kind(Kind::Int64)).reshape(&shape[..]);
         (abar.sqrt(), (abar.ones_like() - &abar).sqrt())
     }
 
@@ -162,12 +140,8 @@ impl Schedule {
     pub fn sampling_levels(&self, num_steps: usize) -> Result<Vec<usize>> {
         let t_max = self.timesteps();
         if num_steps == 0 || num_steps > t_max {
-            return Err(Error::Config(format!(
-                "steps must be in 1..={t_max}, got {num_steps}"
-            )));
+            return Err(Error::Config(format!("steps must be in 1..={t_max}, got {num_steps}")));
         }
-        Ok((0..=num_steps)
-            .map(|i| ((t_max * (num_steps - i)) as f64 / num_steps as f64).round() as usize)
-            .collect())
+        Ok((0..=num_steps).map(|i| ((t_max * (num_steps - i)) as f64 / num_steps as f64).round() as usize).collect())
     }
 }

@@ -168,10 +168,7 @@ const ADAM_EPS: f64 = 1e-8;
 impl Adam {
     fn new(params: &[(String, Tensor)]) -> Self {
         let zeros = || params.iter().map(|(_, p)| p.zeros_like()).collect();
-        Adam {
-            m: zeros(),
-            v: zeros(),
-        }
+        Adam { m: zeros(), v: zeros() }
     }
 
     /// One update with step number `k` (1-based, for bias correction) and gradients scaled by `scale`.
@@ -224,21 +221,12 @@ pub fn load_model(dir: &Path, device: Device, ema: bool) -> Result<LoadedModel> 
     let (mut vs, model) = build(&config, device)?;
     file.load_vars(if ema { "ema" } else { "model" }, &mut vs, &weights_path)?;
     let step = checkpoint_step(&file, &weights_path)?;
-    Ok(LoadedModel {
-        config,
-        model,
-        vs,
-        step,
-    })
+    Ok(LoadedModel { config, model, vs, step })
 }
 
 fn checkpoint_step(file: &TensorFile, path: &Path) -> Result<u64> {
-    let step = file
-        .metadata
-        .get("step")
-        .ok_or_else(|| Error::checkpoint(path, "metadata has no 'step'"))?;
-    step.parse()
-        .map_err(|_| Error::checkpoint(path, format!("metadata 'step' is '{step}', not a number")))
+    let step = file.metadata.get("step").ok_or_else(|| Error::checkpoint(path, "metadata has no 'step'"))?;
+    step.parse().map_err(|_| Error::checkpoint(path, format!("metadata 'step' is '{step}', not a number")))
 }
 
 /// A training run in a directory: created fresh, or resumed from the checkpoint there.
@@ -280,26 +268,11 @@ impl Trainer {
         };
         ema_vs.copy(&vs)?;
         let adam = Adam::new(&named_vars(&vs));
-        let mut trainer = Trainer {
-            config,
-            dir: dir.to_path_buf(),
-            data,
-            device,
-            vs,
-            model,
-            ema_vs,
-            adam,
-            step: 0,
-        };
+        let mut trainer = Trainer { config, dir: dir.to_path_buf(), data, device, vs, model, ema_vs, adam, step: 0 };
         if weights_path.exists() {
             let saved: RunConfig = checkpoint::read_json(&config_path)?;
-            let comparable = |c: &RunConfig| RunConfig {
-                train: TrainConfig {
-                    steps: 0,
-                    ..c.train.clone()
-                },
-                ..c.clone()
-            };
+            let comparable =
+                |c: &RunConfig| RunConfig { train: TrainConfig { steps: 0, ..c.train.clone() }, ..c.clone() };
             if comparable(&saved) != comparable(&trainer.config) {
                 return Err(Error::Config(format!(
                     "{} holds a run with other settings; resume it with the same settings or choose another --out",
@@ -343,14 +316,9 @@ impl Trainer {
         let mut file = TensorFile::default();
         file.insert_vars("model", &self.vs);
         file.insert_vars("ema", &self.ema_vs);
-        for ((name, _), (m, v)) in named_vars(&self.vs)
-            .iter()
-            .zip(self.adam.m.iter().zip(&self.adam.v))
-        {
-            file.tensors
-                .insert(format!("adam_m/{name}"), m.to_device(Device::Cpu));
-            file.tensors
-                .insert(format!("adam_v/{name}"), v.to_device(Device::Cpu));
+        for ((name, _), (m, v)) in named_vars(&self.vs).iter().zip(self.adam.m.iter().zip(&self.adam.v)) {
+            file.tensors.insert(format!("adam_m/{name}"), m.to_device(Device::Cpu));
+            file.tensors.insert(format!("adam_v/{name}"), v.to_device(Device::Cpu));
         }
         file.metadata.insert("step".into(), self.step.to_string());
         file.save(&checkpoint::paths(&self.dir).1)
@@ -374,18 +342,11 @@ impl Trainer {
         while self.step < stop {
             let k = self.step;
             let mut rng = Rng::stream(cfg.seed, k);
-            let x0 = self
-                .data
-                .batch(cfg.batch_size, &mut rng)
-                .to_kind(cfg.precision.kind())
-                .to_device(self.device);
+            let x0 = self.data.batch(cfg.batch_size, &mut rng).to_kind(cfg.precision.kind()).to_device(self.device);
             let loss = cdm_loss(&self.model, &x0, None, cfg.ce_weight, &mut rng)?;
             let total = loss.total.double_value(&[]);
             if !total.is_finite() {
-                return Err(Error::NonFinite {
-                    step: k,
-                    what: format!("loss = {total}"),
-                });
+                return Err(Error::NonFinite { step: k, what: format!("loss = {total}") });
             }
             for (_, p) in &params {
                 let mut grad = p.grad();
@@ -401,10 +362,7 @@ impl Trainer {
                 .sqrt()
                 .double_value(&[]);
             if !grad_norm.is_finite() {
-                return Err(Error::NonFinite {
-                    step: k,
-                    what: format!("gradient norm = {grad_norm}"),
-                });
+                return Err(Error::NonFinite { step: k, what: format!("gradient norm = {grad_norm}") });
             }
             let scale = cfg.grad_clip.map_or(1.0, |c| (c / grad_norm).min(1.0));
             let lr = cfg.lr_at(k);
@@ -461,15 +419,11 @@ impl LogFile {
             })
             .map(String::from)
             .collect();
-        Ok(LogFile {
-            path: path.to_path_buf(),
-            lines,
-        })
+        Ok(LogFile { path: path.to_path_buf(), lines })
     }
 
     fn append(&mut self, report: &StepReport) -> Result<()> {
-        self.lines
-            .push(serde_json::to_string(report).unwrap_or_default());
+        self.lines.push(serde_json::to_string(report).unwrap_or_default());
         checkpoint::write_atomic(&self.path, (self.lines.join("\n") + "\n").as_bytes())
     }
 }

@@ -7,15 +7,8 @@ use tch::{Kind, Tensor};
 
 /// Runs `cdm ARGS` and returns (success, stderr).
 fn cdm(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cdm"))
-        .args(args)
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = Command::new(env!("CARGO_BIN_EXE_cdm")).args(args).env("OMP_NUM_THREADS", "1").output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 fn assert_error(args: &[&str], needles: &[&str]) {
@@ -23,10 +16,7 @@ fn assert_error(args: &[&str], needles: &[&str]) {
     assert!(!ok, "{args:?} should fail");
     assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
     for needle in needles {
-        assert!(
-            stderr.contains(needle),
-            "{args:?}: stderr lacks '{needle}':\n{stderr}"
-        );
+        assert!(stderr.contains(needle), "{args:?}: stderr lacks '{needle}':\n{stderr}");
     }
 }
 
@@ -58,26 +48,11 @@ fn tiny_run(dir: &Path) {
 fn unknown_data_specs() {
     let out = tempfile::tempdir().unwrap();
     let o = path_str(out.path());
-    assert_error(
-        &["train", "--data", "mnist7", "--out", o],
-        &["unknown data spec 'mnist7'", "npy:PATH"],
-    );
-    assert_error(
-        &["train", "--data", "uniform:d=4", "--out", o],
-        &["uniform:d=4", "missing 'g=...'"],
-    );
-    assert_error(
-        &["train", "--data", "uniform:d=4,g=-1", "--out", o],
-        &["g must be a positive width"],
-    );
-    assert_error(
-        &["train", "--data", "uniform:d=4,g=1,h=2", "--out", o],
-        &["unknown key 'h'"],
-    );
-    assert_error(
-        &["train", "--data", "gmm:d=3x,k=2", "--out", o],
-        &["d=3x is not a size"],
-    );
+    assert_error(&["train", "--data", "mnist7", "--out", o], &["unknown data spec 'mnist7'", "npy:PATH"]);
+    assert_error(&["train", "--data", "uniform:d=4", "--out", o], &["uniform:d=4", "missing 'g=...'"]);
+    assert_error(&["train", "--data", "uniform:d=4,g=-1", "--out", o], &["g must be a positive width"]);
+    assert_error(&["train", "--data", "uniform:d=4,g=1,h=2", "--out", o], &["unknown key 'h'"]);
+    assert_error(&["train", "--data", "gmm:d=3x,k=2", "--out", o], &["d=3x is not a size"]);
 }
 
 #[test]
@@ -86,43 +61,21 @@ fn missing_malformed_and_non_finite_files() {
     let o = dir.path().join("run");
     let missing = dir.path().join("nothing.npy");
     assert_error(
-        &[
-            "train",
-            "--data",
-            &format!("npy:{}", path_str(&missing)),
-            "--out",
-            path_str(&o),
-        ],
+        &["train", "--data", &format!("npy:{}", path_str(&missing)), "--out", path_str(&o)],
         &["nothing.npy", "No such file"],
     );
 
     let garbage = dir.path().join("garbage.npy");
     std::fs::write(&garbage, b"not an npy file").unwrap();
     assert_error(
-        &[
-            "train",
-            "--data",
-            &format!("npy:{}", path_str(&garbage)),
-            "--out",
-            path_str(&o),
-        ],
+        &["train", "--data", &format!("npy:{}", path_str(&garbage)), "--out", path_str(&o)],
         &["garbage.npy", "not a float32/float64 .npy array"],
     );
 
     let rank3 = dir.path().join("rank3.npy");
-    write_npy(
-        &rank3,
-        &Tensor::zeros([2, 3, 4], (Kind::Double, tch::Device::Cpu)),
-    )
-    .unwrap();
+    write_npy(&rank3, &Tensor::zeros([2, 3, 4], (Kind::Double, tch::Device::Cpu))).unwrap();
     assert_error(
-        &[
-            "train",
-            "--data",
-            &format!("npy:{}", path_str(&rank3)),
-            "--out",
-            path_str(&o),
-        ],
+        &["train", "--data", &format!("npy:{}", path_str(&rank3)), "--out", path_str(&o)],
         &["rank3.npy", "[2, 3, 4]", "N x D or N x C x H x W"],
     );
 
@@ -130,13 +83,7 @@ fn missing_malformed_and_non_finite_files() {
     let x = Tensor::from_slice(&[0.0, 1.0, 2.0, f64::NAN, 4.0, 5.0]).reshape([3, 2]);
     write_npy(&nan, &x).unwrap();
     assert_error(
-        &[
-            "train",
-            "--data",
-            &format!("npy:{}", path_str(&nan)),
-            "--out",
-            path_str(&o),
-        ],
+        &["train", "--data", &format!("npy:{}", path_str(&nan)), "--out", path_str(&o)],
         &["nan.npy", "row 1, element 1 is not finite"],
     );
 }
@@ -147,61 +94,23 @@ fn wrong_shapes_and_levels() {
     let run = dir.path().join("run");
     tiny_run(&run);
     let wrong = dir.path().join("wrong.npy");
-    write_npy(
-        &wrong,
-        &Tensor::zeros([5, 4], (Kind::Double, tch::Device::Cpu)),
-    )
-    .unwrap();
+    write_npy(&wrong, &Tensor::zeros([5, 4], (Kind::Double, tch::Device::Cpu))).unwrap();
     assert_error(
-        &[
-            "denoise",
-            "--ckpt",
-            path_str(&run),
-            "--input",
-            path_str(&wrong),
-            "--level",
-            "3",
-        ],
+        &["denoise", "--ckpt", path_str(&run), "--input", path_str(&wrong), "--level", "3"],
         &["wrong.npy", "shape [5, 4]", "expects [B, 3]"],
     );
     assert_error(
-        &[
-            "nll",
-            "--ckpt",
-            path_str(&run),
-            "--data",
-            &format!("npy:{}", path_str(&wrong)),
-        ],
+        &["nll", "--ckpt", path_str(&run), "--data", &format!("npy:{}", path_str(&wrong))],
         &["shape [5, 4]", "expects [B, 3]"],
     );
     let right = dir.path().join("right.npy");
-    write_npy(
-        &right,
-        &Tensor::zeros([5, 3], (Kind::Double, tch::Device::Cpu)),
-    )
-    .unwrap();
+    write_npy(&right, &Tensor::zeros([5, 3], (Kind::Double, tch::Device::Cpu))).unwrap();
     assert_error(
-        &[
-            "denoise",
-            "--ckpt",
-            path_str(&run),
-            "--input",
-            path_str(&right),
-            "--level",
-            "11",
-        ],
+        &["denoise", "--ckpt", path_str(&run), "--input", path_str(&right), "--level", "11"],
         &["--level 11 must be in 1..=10"],
     );
     assert_error(
-        &[
-            "nll",
-            "--ckpt",
-            path_str(&run),
-            "--data",
-            "gmm:d=3,k=2",
-            "--level",
-            "12",
-        ],
+        &["nll", "--ckpt", path_str(&run), "--data", "gmm:d=3,k=2", "--level", "12"],
         &["level 12 is outside 0..=11"],
     );
     assert_error(
@@ -250,23 +159,11 @@ fn corrupt_and_missing_checkpoints() {
         &["checkpoint.safetensors", "corrupt or truncated safetensors"],
     );
     std::fs::write(&weights, b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage").unwrap();
-    assert_error(
-        &["nll", "--ckpt", path_str(&run), "--data", "gmm:d=3,k=2"],
-        &["checkpoint.safetensors"],
-    );
+    assert_error(&["nll", "--ckpt", path_str(&run), "--data", "gmm:d=3,k=2"], &["checkpoint.safetensors"]);
     std::fs::write(run.join("config.json"), b"{\"data\": 3}").unwrap();
+    assert_error(&["nll", "--ckpt", path_str(&run), "--data", "gmm:d=3,k=2"], &["config.json", "invalid type"]);
     assert_error(
-        &["nll", "--ckpt", path_str(&run), "--data", "gmm:d=3,k=2"],
-        &["config.json", "invalid type"],
-    );
-    assert_error(
-        &[
-            "nll",
-            "--ckpt",
-            path_str(&dir.path().join("none")),
-            "--data",
-            "gmm2d",
-        ],
+        &["nll", "--ckpt", path_str(&dir.path().join("none")), "--data", "gmm2d"],
         &["none/config.json", "No such file"],
     );
 }

@@ -14,28 +14,17 @@ const S: f64 = 0.5;
 const D: i64 = 3;
 
 fn gaussian_classifier(kind: ScheduleKind) -> Classifier {
-    let schedule = Schedule::new(ScheduleConfig {
-        kind,
-        timesteps: 50,
-    })
-    .unwrap();
+    let schedule = Schedule::new(ScheduleConfig { kind, timesteps: 50 }).unwrap();
     let backbone = gaussian_backbone(schedule.alpha_bars(), S, D);
     Classifier::from_backbone(Box::new(backbone), schedule, vec![D])
 }
 
 #[test]
 fn denoiser_is_the_exact_posterior_mean_at_every_level() {
-    for kind in [
-        ScheduleKind::Linear,
-        ScheduleKind::Cosine,
-        ScheduleKind::Tdr,
-    ] {
+    for kind in [ScheduleKind::Linear, ScheduleKind::Cosine, ScheduleKind::Tdr] {
         let model = gaussian_classifier(kind);
         let x = det_points(7, D);
-        let denoiser = ClassifierDenoiser {
-            classifier: &model,
-            labels: None,
-        };
+        let denoiser = ClassifierDenoiser { classifier: &model, labels: None };
         for t in 0..=51usize {
             let level = Tensor::full([7], t as i64, (Kind::Int64, tch::Device::Cpu));
             let eps = tch::no_grad(|| denoiser.eps(&x, &level)).unwrap();
@@ -43,11 +32,7 @@ fn denoiser_is_the_exact_posterior_mean_at_every_level() {
             let var = abar * S * S + 1.0 - abar;
             // E[ε | x_t] = √(1-ᾱ) x_t / v_t for Gaussian data.
             let exact = &x * ((1.0 - abar).sqrt() / var);
-            assert!(
-                max_abs_diff(&eps, &exact) < 1e-12,
-                "{kind:?} t={t}: eps off by {}",
-                max_abs_diff(&eps, &exact)
-            );
+            assert!(max_abs_diff(&eps, &exact) < 1e-12, "{kind:?} t={t}: eps off by {}", max_abs_diff(&eps, &exact));
             if t <= 50 && abar > 1e-6 {
                 // Tweedie: E[x0 | x_t] = √ᾱ s² x_t / v_t.
                 let x0 = model.schedule().x0_from_eps(&x, &eps, &level);
@@ -72,11 +57,7 @@ fn log_prob_is_the_exact_gaussian_log_density_at_every_level() {
         let var = abar * S * S + 1.0 - abar;
         let exact = &sq / (-2.0 * var) - 0.5 * D as f64 * (2.0 * std::f64::consts::PI * var).ln();
         let got = log_prob(&model, &x, t, None).unwrap();
-        assert!(
-            max_abs_diff(&got, &exact) < 1e-10,
-            "t={t}: off by {}",
-            max_abs_diff(&got, &exact)
-        );
+        assert!(max_abs_diff(&got, &exact) < 1e-10, "t={t}: off by {}", max_abs_diff(&got, &exact));
     }
 }
 
@@ -84,8 +65,6 @@ fn log_prob_is_the_exact_gaussian_log_density_at_every_level() {
 fn bad_level_and_shape_are_errors() {
     let model = gaussian_classifier(ScheduleKind::Linear);
     assert!(log_prob(&model, &det_points(2, D), 52, None).is_err());
-    let err = log_prob(&model, &det_points(2, D + 1), 0, None)
-        .unwrap_err()
-        .to_string();
+    let err = log_prob(&model, &det_points(2, D + 1), 0, None).unwrap_err().to_string();
     assert!(err.contains("expects [B, 3]"), "{err}");
 }

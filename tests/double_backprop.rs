@@ -10,15 +10,8 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 fn model() -> (VarStore, Classifier) {
     let mut vs = VarStore::new(Device::Cpu);
     let cfg = ClassifierConfig {
-        schedule: ScheduleConfig {
-            timesteps: 20,
-            ..Default::default()
-        },
-        backbone: BackboneConfig::Mlp(MlpConfig {
-            hidden: 8,
-            blocks: 1,
-            num_labels: 0,
-        }),
+        schedule: ScheduleConfig { timesteps: 20, ..Default::default() },
+        backbone: BackboneConfig::Mlp(MlpConfig { hidden: 8, blocks: 1, num_labels: 0 }),
         data_shape: vec![3],
     };
     let model = Classifier::new(&vs.root(), &cfg).unwrap();
@@ -35,9 +28,7 @@ fn model() -> (VarStore, Classifier) {
 
 /// The loss for a fixed draw of levels and noise.
 fn loss(model: &Classifier, x0: &Tensor, ce_weight: f64) -> Tensor {
-    cdm_loss(model, x0, None, ce_weight, &mut Rng::new(3))
-        .unwrap()
-        .total
+    cdm_loss(model, x0, None, ce_weight, &mut Rng::new(3)).unwrap().total
 }
 
 fn check_gradients(ce_weight: f64) {
@@ -60,10 +51,7 @@ fn check_gradients(ce_weight: f64) {
             at(original);
             let analytic = grad.view([-1]).double_value(&[i]);
             let tol = 1e-6 * (1.0 + numeric.abs());
-            assert!(
-                (numeric - analytic).abs() < tol,
-                "{name}[{i}]: autograd {analytic}, finite difference {numeric}"
-            );
+            assert!((numeric - analytic).abs() < tol, "{name}[{i}]: autograd {analytic}, finite difference {numeric}");
             checked += 1;
         }
         var.zero_grad();

@@ -10,15 +10,8 @@ fn config(steps: u64) -> RunConfig {
     RunConfig {
         data: "gmm2d".into(),
         model: ClassifierConfig {
-            schedule: ScheduleConfig {
-                timesteps: 20,
-                ..Default::default()
-            },
-            backbone: BackboneConfig::Mlp(MlpConfig {
-                hidden: 16,
-                blocks: 2,
-                num_labels: 0,
-            }),
+            schedule: ScheduleConfig { timesteps: 20, ..Default::default() },
+            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 2, num_labels: 0 }),
             data_shape: vec![2],
         },
         train: TrainConfig {
@@ -34,12 +27,7 @@ fn config(steps: u64) -> RunConfig {
 }
 
 fn weights(dir: &std::path::Path, ema: bool) -> Vec<(String, tch::Tensor)> {
-    let mut vars: Vec<_> = load_model(dir, Device::Cpu, ema)
-        .unwrap()
-        .vs
-        .variables()
-        .into_iter()
-        .collect();
+    let mut vars: Vec<_> = load_model(dir, Device::Cpu, ema).unwrap().vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     vars
 }
@@ -47,40 +35,21 @@ fn weights(dir: &std::path::Path, ema: bool) -> Vec<(String, tch::Tensor)> {
 #[test]
 fn resume_matches_an_uninterrupted_run() {
     let whole = tempfile::tempdir().unwrap();
-    Trainer::open(whole.path(), config(12), Device::Cpu)
-        .unwrap()
-        .run(&mut |_| {})
-        .unwrap();
+    Trainer::open(whole.path(), config(12), Device::Cpu).unwrap().run(&mut |_| {}).unwrap();
 
     let split = tempfile::tempdir().unwrap();
     // Interrupted at step 7, after the checkpoint of step 5: the resumed run restarts at 5.
-    Trainer::open(split.path(), config(12), Device::Cpu)
-        .unwrap()
-        .run_until(7, &mut |_| {})
-        .unwrap();
+    Trainer::open(split.path(), config(12), Device::Cpu).unwrap().run_until(7, &mut |_| {}).unwrap();
     let mut resumed = Trainer::open(split.path(), config(12), Device::Cpu).unwrap();
     assert_eq!(resumed.step(), 5);
     resumed.run(&mut |_| {}).unwrap();
     let log = std::fs::read_to_string(split.path().join("log.jsonl")).unwrap();
-    let steps: Vec<u64> = log
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(
-        steps,
-        (1..=12).collect::<Vec<_>>(),
-        "the log must read as one run"
-    );
+    let steps: Vec<u64> =
+        log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=12).collect::<Vec<_>>(), "the log must read as one run");
 
     for ema in [false, true] {
-        for ((name, a), (_, b)) in weights(whole.path(), ema)
-            .iter()
-            .zip(weights(split.path(), ema))
-        {
+        for ((name, a), (_, b)) in weights(whole.path(), ema).iter().zip(weights(split.path(), ema)) {
             let diff = (a - b).abs().max().double_value(&[]);
             assert_eq!(diff, 0.0, "{name} (ema {ema}) differs");
         }
@@ -94,9 +63,6 @@ fn saved_model_reloads_to_identical_logits() {
     trainer.run(&mut |_| {}).unwrap();
     let x = cdm::rng::Rng::new(0).normal(&[6, 2], Kind::Double);
     let before = trainer.model().logits(&x, None, false);
-    let after = load_model(dir.path(), Device::Cpu, false)
-        .unwrap()
-        .model
-        .logits(&x, None, false);
+    let after = load_model(dir.path(), Device::Cpu, false).unwrap().model.logits(&x, None, false);
     assert_eq!((before - after).abs().max().double_value(&[]), 0.0);
 }

@@ -14,16 +14,8 @@ use tch::{Device, Kind, Tensor};
 const S: f64 = 0.5;
 
 fn gaussian_model(kind: ScheduleKind) -> Classifier {
-    let schedule = Schedule::new(ScheduleConfig {
-        kind,
-        timesteps: 1000,
-    })
-    .unwrap();
-    Classifier::from_backbone(
-        Box::new(gaussian_backbone(schedule.alpha_bars(), S, 2)),
-        schedule,
-        vec![2],
-    )
+    let schedule = Schedule::new(ScheduleConfig { kind, timesteps: 1000 }).unwrap();
+    Classifier::from_backbone(Box::new(gaussian_backbone(schedule.alpha_bars(), S, 2)), schedule, vec![2])
 }
 
 fn start(n: usize, seed: u64) -> Tensor {
@@ -37,16 +29,9 @@ fn std(x: &Tensor) -> f64 {
 
 #[test]
 fn ddim_maps_standard_normal_onto_the_data() {
-    for kind in [
-        ScheduleKind::Linear,
-        ScheduleKind::Cosine,
-        ScheduleKind::Tdr,
-    ] {
+    for kind in [ScheduleKind::Linear, ScheduleKind::Cosine, ScheduleKind::Tdr] {
         let model = gaussian_model(kind);
-        let denoiser = ClassifierDenoiser {
-            classifier: &model,
-            labels: None,
-        };
+        let denoiser = ClassifierDenoiser { classifier: &model, labels: None };
         let levels = model.schedule().sampling_levels(100).unwrap();
         let x_t = start(2000, 1);
         let x0 = ddim(
@@ -65,8 +50,7 @@ fn ddim_maps_standard_normal_onto_the_data() {
             .windows(2)
             .map(|w| {
                 let (a_t, a_s) = (ab(w[0]), ab(w[1]));
-                ((a_s * a_t).sqrt() * S * S + ((1.0 - a_s) * (1.0 - a_t)).sqrt())
-                    / (a_t * S * S + 1.0 - a_t)
+                ((a_s * a_t).sqrt() * S * S + ((1.0 - a_s) * (1.0 - a_t)).sqrt()) / (a_t * S * S + 1.0 - a_t)
             })
             .product();
         assert!(
@@ -77,12 +61,7 @@ fn ddim_maps_standard_normal_onto_the_data() {
         // ... and the map takes N(0, I) to N(0, s² I): the gain is s/√v_T up to discretisation,
         // which for 100 steps is 3% on the linear schedule (its first strided steps are coarse).
         let v_t = ab(1000) * S * S + 1.0 - ab(1000);
-        assert_close(
-            gain,
-            S / v_t.sqrt(),
-            0.04 * S,
-            &format!("{kind:?} DDIM gain"),
-        );
+        assert_close(gain, S / v_t.sqrt(), 0.04 * S, &format!("{kind:?} DDIM gain"));
         // 4000 coordinates add about 1.1% of sampling error to the standard deviation.
         assert_close(std(&x0), S, 0.03, &format!("{kind:?} sample std"));
     }
@@ -91,21 +70,10 @@ fn ddim_maps_standard_normal_onto_the_data() {
 #[test]
 fn ddpm_matches_the_data_moments_within_sampling_error() {
     let model = gaussian_model(ScheduleKind::Linear);
-    let denoiser = ClassifierDenoiser {
-        classifier: &model,
-        labels: None,
-    };
+    let denoiser = ClassifierDenoiser { classifier: &model, labels: None };
     let levels = model.schedule().sampling_levels(1000).unwrap();
     let n = 2000;
-    let x0 = ddpm(
-        &denoiser,
-        model.schedule(),
-        start(n, 3),
-        &levels,
-        &mut Noise::new(4, 0, n),
-        &mut |_| {},
-    )
-    .unwrap();
+    let x0 = ddpm(&denoiser, model.schedule(), start(n, 3), &levels, &mut Noise::new(4, 0, n), &mut |_| {}).unwrap();
     // 4000 coordinates: the std of the sample variance is about s²·√(2/4000) ≈ 0.0056.
     assert_close(x0.mean(Kind::Double).double_value(&[]), 0.0, 0.03, "mean");
     assert_close(x0.var(true).double_value(&[]), S * S, 0.02, "variance");
@@ -115,20 +83,9 @@ fn ddpm_matches_the_data_moments_within_sampling_error() {
 fn ddpm_equals_ddim_with_eta_one() {
     // DDIM's σ at η = 1 is the DDPM posterior variance, and its mean is the posterior mean.
     let model = gaussian_model(ScheduleKind::Cosine);
-    let denoiser = ClassifierDenoiser {
-        classifier: &model,
-        labels: None,
-    };
+    let denoiser = ClassifierDenoiser { classifier: &model, labels: None };
     let levels = model.schedule().sampling_levels(20).unwrap();
-    let a = ddpm(
-        &denoiser,
-        model.schedule(),
-        start(64, 5),
-        &levels,
-        &mut Noise::new(6, 0, 64),
-        &mut |_| {},
-    )
-    .unwrap();
+    let a = ddpm(&denoiser, model.schedule(), start(64, 5), &levels, &mut Noise::new(6, 0, 64), &mut |_| {}).unwrap();
     let b = ddim(
         &denoiser,
         model.schedule(),
@@ -139,32 +96,17 @@ fn ddpm_equals_ddim_with_eta_one() {
         &mut |_| {},
     )
     .unwrap();
-    assert!(
-        max_abs_diff(&a, &b) < 1e-10,
-        "differ by {}",
-        max_abs_diff(&a, &b)
-    );
+    assert!(max_abs_diff(&a, &b) < 1e-10, "differ by {}", max_abs_diff(&a, &b));
 }
 
 #[test]
 fn samples_do_not_depend_on_the_batch() {
     let model = gaussian_model(ScheduleKind::Linear);
-    let denoiser = ClassifierDenoiser {
-        classifier: &model,
-        labels: None,
-    };
+    let denoiser = ClassifierDenoiser { classifier: &model, labels: None };
     let levels = model.schedule().sampling_levels(10).unwrap();
     let run = |first: u64, n: usize| {
         let x_t = Noise::new(9, first, n).normal(&[2], Kind::Double, Device::Cpu);
-        ddpm(
-            &denoiser,
-            model.schedule(),
-            x_t,
-            &levels,
-            &mut Noise::new(10, first, n),
-            &mut |_| {},
-        )
-        .unwrap()
+        ddpm(&denoiser, model.schedule(), x_t, &levels, &mut Noise::new(10, first, n), &mut |_| {}).unwrap()
     };
     let whole = run(0, 8);
     let halves = Tensor::cat(&[run(0, 3), run(3, 5)], 0);
@@ -174,11 +116,7 @@ fn samples_do_not_depend_on_the_batch() {
 #[test]
 fn closure_predictors_plug_in() {
     // Any closure is a noise predictor: ε̂ = 0 makes DDIM return √ᾱ-scaled x0 = x_T/√ᾱ_T.
-    let schedule = Schedule::new(ScheduleConfig {
-        kind: ScheduleKind::Tdr,
-        timesteps: 10,
-    })
-    .unwrap();
+    let schedule = Schedule::new(ScheduleConfig { kind: ScheduleKind::Tdr, timesteps: 10 }).unwrap();
     let zero = |x: &Tensor, _t: &Tensor| -> cdm::Result<Tensor> { Ok(x.zeros_like()) };
     let levels = schedule.sampling_levels(10).unwrap();
     let x_t = start(4, 11);

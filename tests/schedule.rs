@@ -5,102 +5,45 @@ use cdm::schedule::{Schedule, ScheduleConfig, ScheduleKind};
 use common::assert_close;
 
 fn alpha_bar(kind: ScheduleKind, timesteps: usize, t: usize) -> f64 {
-    Schedule::new(ScheduleConfig { kind, timesteps })
-        .unwrap()
-        .alpha_bar(t)
+    Schedule::new(ScheduleConfig { kind, timesteps }).unwrap().alpha_bar(t)
 }
 
 #[test]
 fn pinned_values() {
     // tests/reference/schedule.py: (kind, T, [ᾱ_1, ᾱ_{T/2}, ᾱ_T])
     let cases = [
-        (
-            ScheduleKind::Linear,
-            1000,
-            [0.9999, 0.07858724288177824, 4.0358297653756754e-05],
-        ),
-        (
-            ScheduleKind::Linear,
-            10,
-            [0.99, 0.014377689695473265, 1.4377689695473327e-17],
-        ),
-        (
-            ScheduleKind::Cosine,
-            1000,
-            [
-                0.999958715775178,
-                0.4938435904406382,
-                2.4287669070348567e-09,
-            ],
-        ),
-        (
-            ScheduleKind::Cosine,
-            10,
-            [
-                0.972092737113969,
-                0.4938435904406378,
-                2.4091724140085884e-05,
-            ],
-        ),
-        (
-            ScheduleKind::Tdr,
-            1000,
-            [0.999999001997004, 0.7504992509987515, 0.001997003995005908],
-        ),
-        (
-            ScheduleKind::Tdr,
-            10,
-            [0.9917355371900827, 0.7933884297520661, 0.17355371900826455],
-        ),
+        (ScheduleKind::Linear, 1000, [0.9999, 0.07858724288177824, 4.0358297653756754e-05]),
+        (ScheduleKind::Linear, 10, [0.99, 0.014377689695473265, 1.4377689695473327e-17]),
+        (ScheduleKind::Cosine, 1000, [0.999958715775178, 0.4938435904406382, 2.4287669070348567e-09]),
+        (ScheduleKind::Cosine, 10, [0.972092737113969, 0.4938435904406378, 2.4091724140085884e-05]),
+        (ScheduleKind::Tdr, 1000, [0.999999001997004, 0.7504992509987515, 0.001997003995005908]),
+        (ScheduleKind::Tdr, 10, [0.9917355371900827, 0.7933884297520661, 0.17355371900826455]),
     ];
     for (kind, t_max, expected) in cases {
         for (t, want) in [1, t_max / 2, t_max].into_iter().zip(expected) {
             let got = alpha_bar(kind, t_max, t);
-            assert_close(
-                got,
-                want,
-                1e-12 * want.max(1e-6),
-                &format!("{kind:?} T={t_max} t={t}"),
-            );
+            assert_close(got, want, 1e-12 * want.max(1e-6), &format!("{kind:?} T={t_max} t={t}"));
         }
     }
 }
 
 #[test]
 fn end_points_and_monotone() {
-    for kind in [
-        ScheduleKind::Linear,
-        ScheduleKind::Cosine,
-        ScheduleKind::Tdr,
-    ] {
-        let s = Schedule::new(ScheduleConfig {
-            kind,
-            timesteps: 100,
-        })
-        .unwrap();
+    for kind in [ScheduleKind::Linear, ScheduleKind::Cosine, ScheduleKind::Tdr] {
+        let s = Schedule::new(ScheduleConfig { kind, timesteps: 100 }).unwrap();
         let ab = s.alpha_bars();
         assert_eq!(ab.len(), 102);
         assert_eq!((ab[0], ab[101]), (1.0, 0.0), "{kind:?}");
-        assert!(
-            ab.windows(2).all(|w| w[1] < w[0]),
-            "{kind:?} is not strictly decreasing"
-        );
+        assert!(ab.windows(2).all(|w| w[1] < w[0]), "{kind:?} is not strictly decreasing");
     }
 }
 
 #[test]
 fn sampling_levels_grid() {
     let s = Schedule::new(ScheduleConfig::default()).unwrap();
-    assert_eq!(
-        s.sampling_levels(5).unwrap(),
-        vec![1000, 800, 600, 400, 200, 0]
-    );
+    assert_eq!(s.sampling_levels(5).unwrap(), vec![1000, 800, 600, 400, 200, 0]);
     assert_eq!(s.sampling_levels(3).unwrap(), vec![1000, 667, 333, 0]);
     assert!(s.sampling_levels(0).is_err());
     assert!(s.sampling_levels(1001).is_err());
-    assert!(Schedule::new(ScheduleConfig {
-        timesteps: 0,
-        ..Default::default()
-    })
-    .is_err());
+    assert!(Schedule::new(ScheduleConfig { timesteps: 0, ..Default::default() }).is_err());
 }

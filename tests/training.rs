@@ -22,34 +22,17 @@ fn train_and_score(spec: &str, dim: i64) -> (f64, f64, f64) {
     let config = RunConfig {
         data: spec.into(),
         model: ClassifierConfig {
-            schedule: ScheduleConfig {
-                timesteps: 100,
-                ..Default::default()
-            },
-            backbone: BackboneConfig::Mlp(MlpConfig {
-                hidden: 128,
-                blocks: 3,
-                num_labels: 0,
-            }),
+            schedule: ScheduleConfig { timesteps: 100, ..Default::default() },
+            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 128, blocks: 3, num_labels: 0 }),
             data_shape: vec![dim],
         },
-        train: TrainConfig {
-            steps: 1500,
-            batch_size: 512,
-            checkpoint_every: 10_000,
-            ..Default::default()
-        },
+        train: TrainConfig { steps: 1500, batch_size: 512, checkpoint_every: 10_000, ..Default::default() },
     };
-    Trainer::open(dir.path(), config, Device::Cpu)
-        .unwrap()
-        .run(&mut |_| {})
-        .unwrap();
+    Trainer::open(dir.path(), config, Device::Cpu).unwrap().run(&mut |_| {}).unwrap();
     let loaded = load_model(dir.path(), Device::Cpu, true).unwrap();
     let data = Dataset::open(spec).unwrap();
     let x = data.eval_points(4000, 99);
-    let est = log_prob(&loaded.model, &x.to_kind(Kind::Float), 0, None)
-        .unwrap()
-        .to_kind(Kind::Double);
+    let est = log_prob(&loaded.model, &x.to_kind(Kind::Float), 0, None).unwrap().to_kind(Kind::Double);
     let exact = data.density().unwrap().log_prob(&x);
     let mean = |t: &tch::Tensor| t.mean(Kind::Double).double_value(&[]);
     (mean(&est), mean(&exact), mean(&(&est - &exact).abs()))
@@ -60,18 +43,12 @@ fn uniform_cube_gives_minus_log_g_per_dimension() {
     let (est, exact, _) = train_and_score("uniform:d=4,g=0.5", 4);
     let (est, exact) = (est / 4.0, exact / 4.0);
     assert!((exact - 2f64.ln()).abs() < 1e-12);
-    assert!(
-        (est - exact).abs() < 0.25,
-        "estimated {est} nats/dim, exact -ln g = {exact}"
-    );
+    assert!((est - exact).abs() < 0.25, "estimated {est} nats/dim, exact -ln g = {exact}");
 }
 
 #[test]
 fn gaussian_mixture_log_density_is_reproduced() {
     let (est, exact, mae) = train_and_score("gmm2d", 2);
-    assert!(
-        (est - exact).abs() < 0.1,
-        "mean log-density {est}, exact {exact}"
-    );
+    assert!((est - exact).abs() < 0.1, "mean log-density {est}, exact {exact}");
     assert!(mae < 0.25, "mean |error| {mae} nats per point");
 }

@@ -46,30 +46,16 @@ pub struct BenchArgs {
 
 fn run_config(size: BenchSize) -> RunConfig {
     let (data, backbone, data_shape, batch_size) = match size {
-        BenchSize::Mlp2d => (
-            "gmm2d",
-            BackboneConfig::Mlp(MlpConfig {
-                hidden: 256,
-                blocks: 3,
-                num_labels: 0,
-            }),
-            vec![2],
-            1024,
-        ),
-        BenchSize::Cube => (
-            "uniform:d=3x32x32,g=0.5",
-            BackboneConfig::ConvNet(ConvNetConfig::cube()),
-            vec![3, 32, 32],
-            64,
-        ),
+        BenchSize::Mlp2d => {
+            ("gmm2d", BackboneConfig::Mlp(MlpConfig { hidden: 256, blocks: 3, num_labels: 0 }), vec![2], 1024)
+        }
+        BenchSize::Cube => {
+            ("uniform:d=3x32x32,g=0.5", BackboneConfig::ConvNet(ConvNetConfig::cube()), vec![3, 32, 32], 64)
+        }
     };
     RunConfig {
         data: data.into(),
-        model: ClassifierConfig {
-            schedule: ScheduleConfig::default(),
-            backbone,
-            data_shape,
-        },
+        model: ClassifierConfig { schedule: ScheduleConfig::default(), backbone, data_shape },
         // Never reaches a checkpoint or log line: only steps are timed.
         train: TrainConfig {
             steps: u64::MAX,
@@ -132,11 +118,8 @@ fn time_reference(args: &BenchArgs) -> Result<(f64, String)> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("reference output is not JSON")?;
-    let ms = report["median_ms"]
-        .as_f64()
-        .context("reference output lacks median_ms")?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).context("reference output is not JSON")?;
+    let ms = report["median_ms"].as_f64().context("reference output lacks median_ms")?;
     Ok((ms, report["torch"].as_str().unwrap_or("?").to_string()))
 }
 
@@ -152,9 +135,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eprintln!(
             "round {round}: rust {:.1} ms{}",
             rust[round],
-            torch
-                .last()
-                .map_or(String::new(), |t| format!(", pytorch {t:.1} ms"))
+            torch.last().map_or(String::new(), |t| format!(", pytorch {t:.1} ms"))
         );
     }
     let rust_ms = median(rust);
@@ -162,8 +143,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchSize::Mlp2d => "mlp2d",
         BenchSize::Cube => "cube",
     };
-    let mut report =
-        json!({"size": size, "threads": tch::get_num_threads(), "rust_ms_per_step": rust_ms});
+    let mut report = json!({"size": size, "threads": tch::get_num_threads(), "rust_ms_per_step": rust_ms});
     if !torch.is_empty() {
         let torch_ms = median(torch);
         report["pytorch_ms_per_step"] = json!(torch_ms);

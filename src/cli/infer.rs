@@ -51,10 +51,7 @@ fn batched(
     let mut start = 0;
     while start < n {
         let len = (batch.max(1) as i64).min(n - start);
-        let chunk = x
-            .narrow(0, start, len)
-            .to_kind(kind)
-            .to_device(loaded.vs.device());
+        let chunk = x.narrow(0, start, len).to_kind(kind).to_device(loaded.vs.device());
         parts.push(f(&chunk, start)?.to_device(tch::Device::Cpu));
         start += len;
         bar.set_position(start as u64);
@@ -104,19 +101,14 @@ pub fn nll(args: NllArgs) -> Result<()> {
             schedule.add_noise(
                 &clean,
                 &eps,
-                &Tensor::full(
-                    [clean.size()[0]],
-                    args.level as i64,
-                    (Kind::Int64, tch::Device::Cpu),
-                ),
+                &Tensor::full([clean.size()[0]], args.level as i64, (Kind::Int64, tch::Device::Cpu)),
             )
         }
         _ => clean,
     };
-    let log_p = batched(&loaded, &x, args.ckpt.batch, |chunk, _| {
-        Ok(log_prob(&loaded.model, chunk, args.level, None)?)
-    })?
-    .to_kind(Kind::Double);
+    let log_p =
+        batched(&loaded, &x, args.ckpt.batch, |chunk, _| Ok(log_prob(&loaded.model, chunk, args.level, None)?))?
+            .to_kind(Kind::Double);
     let dim = x.size()[1..].iter().product::<i64>() as f64;
     let nats_per_dim = log_p.mean(Kind::Double).double_value(&[]) / dim;
     let mut report = json!({
@@ -124,18 +116,12 @@ pub fn nll(args: NllArgs) -> Result<()> {
         "log_likelihood_nats_per_dim": nats_per_dim, "nll_bits_per_dim": bits_per_dim(nats_per_dim),
     });
     let abar = schedule.alpha_bar(args.level);
-    let exact = data.density().and_then(|d| {
-        if args.level == 0 {
-            Some(d.log_prob(&x))
-        } else {
-            d.log_prob_noisy(&x, abar)
-        }
-    });
+    let exact =
+        data.density().and_then(|d| if args.level == 0 { Some(d.log_prob(&x)) } else { d.log_prob_noisy(&x, abar) });
     if let Some(exact) = exact {
         let exact_per_dim = exact.mean(Kind::Double).double_value(&[]) / dim;
         report["exact_nats_per_dim"] = json!(exact_per_dim);
-        report["mean_abs_error_nats"] =
-            json!((&log_p - &exact).abs().mean(Kind::Double).double_value(&[]));
+        report["mean_abs_error_nats"] = json!((&log_p - &exact).abs().mean(Kind::Double).double_value(&[]));
     }
     if let Some(out) = &args.out {
         npy::write_npy(out, &log_p).with_context(|| format!("--out {}", out.display()))?;
@@ -144,10 +130,7 @@ pub fn nll(args: NllArgs) -> Result<()> {
         println!("{report}");
     } else {
         println!("{} points, D = {dim}, level {}", x.size()[0], args.level);
-        println!(
-            "log-likelihood: {nats_per_dim:.5} nats/dim ({:.5} bits/dim NLL)",
-            bits_per_dim(nats_per_dim)
-        );
+        println!("log-likelihood: {nats_per_dim:.5} nats/dim ({:.5} bits/dim NLL)", bits_per_dim(nats_per_dim));
         if let Some(exact) = report["exact_nats_per_dim"].as_f64() {
             println!(
                 "exact:          {exact:.5} nats/dim; mean |error| per point {:.5} nats",
@@ -183,28 +166,13 @@ pub fn denoise(args: DenoiseArgs) -> Result<()> {
     let loaded = args.ckpt.load()?;
     let schedule = loaded.model.schedule();
     if args.level == 0 || args.level > schedule.timesteps() {
-        bail!(
-            "--level {} must be in 1..={}",
-            args.level,
-            schedule.timesteps()
-        );
+        bail!("--level {} must be in 1..={}", args.level, schedule.timesteps());
     }
-    let input =
-        npy::read_npy(&args.input).with_context(|| format!("--input {}", args.input.display()))?;
-    loaded
-        .model
-        .check_input(&input)
-        .with_context(|| format!("--input {}", args.input.display()))?;
-    let denoiser = ClassifierDenoiser {
-        classifier: &loaded.model,
-        labels: None,
-    };
+    let input = npy::read_npy(&args.input).with_context(|| format!("--input {}", args.input.display()))?;
+    loaded.model.check_input(&input).with_context(|| format!("--input {}", args.input.display()))?;
+    let denoiser = ClassifierDenoiser { classifier: &loaded.model, labels: None };
     let x0 = batched(&loaded, &input, args.ckpt.batch, |chunk, start| {
-        let level = Tensor::full(
-            [chunk.size()[0]],
-            args.level as i64,
-            (Kind::Int64, chunk.device()),
-        );
+        let level = Tensor::full([chunk.size()[0]], args.level as i64, (Kind::Int64, chunk.device()));
         let x_t = if args.add_noise {
             let eps = Noise::new(args.seed, start as u64, chunk.size()[0] as usize).normal(
                 &chunk.size()[1..],
@@ -219,15 +187,8 @@ pub fn denoise(args: DenoiseArgs) -> Result<()> {
     })?;
     npy::write_npy(&args.out, &x0).with_context(|| format!("--out {}", args.out.display()))?;
     if args.add_noise {
-        let mse = (&x0 - input.to_kind(x0.kind()))
-            .square()
-            .mean(Kind::Double)
-            .double_value(&[]);
-        println!(
-            "denoised {} inputs at level {}: MSE per dim {mse:.6}",
-            input.size()[0],
-            args.level
-        );
+        let mse = (&x0 - input.to_kind(x0.kind())).square().mean(Kind::Double).double_value(&[]);
+        println!("denoised {} inputs at level {}: MSE per dim {mse:.6}", input.size()[0], args.level);
     }
     Ok(())
 }
@@ -256,15 +217,7 @@ pub struct SampleArgs {
 
 pub fn sample(args: SampleArgs) -> Result<()> {
     let loaded = args.ckpt.load()?;
-    let samples = draw_samples(
-        &loaded,
-        args.n,
-        args.sampler,
-        args.steps,
-        args.eta,
-        args.seed,
-        args.ckpt.batch,
-    )?;
+    let samples = draw_samples(&loaded, args.n, args.sampler, args.steps, args.eta, args.seed, args.ckpt.batch)?;
     npy::write_npy(&args.out, &samples).with_context(|| format!("--out {}", args.out.display()))?;
     println!("{} samples written to {}", args.n, args.out.display());
     Ok(())
@@ -287,10 +240,7 @@ pub fn draw_samples(
     let levels = schedule.sampling_levels(steps)?;
     let shape = loaded.model.data_shape().to_vec();
     let kind = loaded.config.train.precision.kind();
-    let denoiser = ClassifierDenoiser {
-        classifier: &loaded.model,
-        labels: None,
-    };
+    let denoiser = ClassifierDenoiser { classifier: &loaded.model, labels: None };
     let bar = progress_bar((n.div_ceil(batch.max(1)) * steps) as u64, "sample");
     let mut parts = Vec::new();
     for start in (0..n).step_by(batch.max(1)) {
@@ -301,15 +251,7 @@ pub fn draw_samples(
         let mut tick = |_: &cdm::sample::Step| bar.inc(1);
         let x0 = match sampler {
             SamplerKind::Ddpm => ddpm(&denoiser, schedule, x_t, &levels, &mut noise, &mut tick)?,
-            SamplerKind::Ddim => ddim(
-                &denoiser,
-                schedule,
-                x_t,
-                &levels,
-                &DdimOptions { eta },
-                &mut noise,
-                &mut tick,
-            )?,
+            SamplerKind::Ddim => ddim(&denoiser, schedule, x_t, &levels, &DdimOptions { eta }, &mut noise, &mut tick)?,
         };
         parts.push(x0.to_device(tch::Device::Cpu));
     }
@@ -339,29 +281,18 @@ pub fn mmse(args: MmseArgs) -> Result<()> {
     let loaded = args.ckpt.load()?;
     let data = Dataset::open(&loaded.config.data)?;
     let Some(density) = data.density() else {
-        bail!(
-            "{}: trained on '{}', which has no exact posterior mean",
-            args.ckpt.ckpt.display(),
-            loaded.config.data
-        );
+        bail!("{}: trained on '{}', which has no exact posterior mean", args.ckpt.ckpt.display(), loaded.config.data);
     };
     let schedule = loaded.model.schedule();
     let t_max = schedule.timesteps();
     let levels = if args.levels.is_empty() {
-        [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.95]
-            .iter()
-            .map(|f| ((f * t_max as f64).round() as usize).max(1))
-            .collect()
+        [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.95].iter().map(|f| ((f * t_max as f64).round() as usize).max(1)).collect()
     } else {
         args.levels.clone()
     };
-    let denoiser = ClassifierDenoiser {
-        classifier: &loaded.model,
-        labels: None,
-    };
+    let denoiser = ClassifierDenoiser { classifier: &loaded.model, labels: None };
     let x0 = data.eval_points(args.n, args.seed);
-    let eps =
-        Noise::new(args.seed, 0, args.n).normal(&x0.size()[1..], Kind::Double, tch::Device::Cpu);
+    let eps = Noise::new(args.seed, 0, args.n).normal(&x0.size()[1..], Kind::Double, tch::Device::Cpu);
     let mut rows = Vec::new();
     for &t in &levels {
         if t == 0 || t > t_max {
@@ -373,32 +304,20 @@ pub fn mmse(args: MmseArgs) -> Result<()> {
             bail!("'{}' has no exact posterior mean", loaded.config.data);
         };
         let learned = batched(&loaded, &x_t, args.ckpt.batch, |chunk, start| {
-            let level = level
-                .narrow(0, start, chunk.size()[0])
-                .to_device(chunk.device());
+            let level = level.narrow(0, start, chunk.size()[0]).to_device(chunk.device());
             Ok(schedule.x0_from_eps(chunk, &denoiser.eps(chunk, &level)?, &level))
         })?
         .to_kind(Kind::Double);
         let mse = |a: &Tensor| {
-            (a - &x0)
-                .square()
-                .sum_dim_intlist(1, false, Kind::Double)
-                .mean(Kind::Double)
-                .double_value(&[])
+            (a - &x0).square().sum_dim_intlist(1, false, Kind::Double).mean(Kind::Double).double_value(&[])
         };
         let (model_mse, mmse) = (mse(&learned), mse(&exact));
         rows.push(json!({"level": t, "alpha_bar": schedule.alpha_bar(t), "mse": model_mse, "mmse": mmse, "excess_percent": 100.0 * (model_mse / mmse - 1.0)}));
     }
     if args.json {
-        println!(
-            "{}",
-            json!({"ckpt": args.ckpt.ckpt, "data": loaded.config.data, "n": args.n, "levels": rows})
-        );
+        println!("{}", json!({"ckpt": args.ckpt.ckpt, "data": loaded.config.data, "n": args.n, "levels": rows}));
     } else {
-        println!(
-            "{:>6} {:>10} {:>12} {:>12} {:>9}",
-            "level", "alpha_bar", "MSE", "MMSE", "excess"
-        );
+        println!("{:>6} {:>10} {:>12} {:>12} {:>9}", "level", "alpha_bar", "MSE", "MMSE", "excess");
         for r in &rows {
             println!(
                 "{:>6} {:>10.4} {:>12.6} {:>12.6} {:>8.2}%",

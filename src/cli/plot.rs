@@ -54,41 +54,21 @@ enum PlotCommand {
 
 pub fn run(args: PlotArgs) -> Result<()> {
     match args.what {
-        PlotCommand::Density {
-            ckpt,
-            out,
-            grid,
-            extent,
-            samples,
-            device,
-        } => {
+        PlotCommand::Density { ckpt, out, grid, extent, samples, device } => {
             let loaded = load_model(&ckpt, device.device()?, true)
                 .with_context(|| format!("loading --ckpt {}", ckpt.display()))?;
             let data = Dataset::open(&loaded.config.data)?;
             let Some(density) = data.density().filter(|d| d.shape() == [2]) else {
-                bail!(
-                    "{}: trained on '{}', not on built-in 2-D data",
-                    ckpt.display(),
-                    loaded.config.data
-                );
+                bail!("{}: trained on '{}', not on built-in 2-D data", ckpt.display(), loaded.config.data);
             };
-            let axis = Tensor::linspace(
-                -extent,
-                extent,
-                grid as i64,
-                (Kind::Double, tch::Device::Cpu),
-            ) + extent / grid as f64;
+            let axis =
+                Tensor::linspace(-extent, extent, grid as i64, (Kind::Double, tch::Device::Cpu)) + extent / grid as f64;
             let mesh = Tensor::meshgrid_indexing(&[&axis, &axis], "ij");
             let points = Tensor::stack(&[mesh[1].flatten(0, -1), mesh[0].flatten(0, -1)], 1);
             let kind = loaded.config.train.precision.kind();
-            let learned = log_prob(
-                &loaded.model,
-                &points.to_kind(kind).to_device(loaded.vs.device()),
-                0,
-                None,
-            )?
-            .to_kind(Kind::Double)
-            .to_device(tch::Device::Cpu);
+            let learned = log_prob(&loaded.model, &points.to_kind(kind).to_device(loaded.vs.device()), 0, None)?
+                .to_kind(Kind::Double)
+                .to_device(tch::Device::Cpu);
             let exact = density.log_prob(&points);
             let grid_of = |t: &Tensor| -> Result<Vec<Vec<f64>>> {
                 let v = Vec::<f64>::try_from(t.reshape([grid as i64, grid as i64]).flatten(0, -1))?;
@@ -105,20 +85,11 @@ pub fn run(args: PlotArgs) -> Result<()> {
             )?;
             let pairs = Vec::<f64>::try_from(drawn.to_kind(Kind::Double).flatten(0, -1))?;
             let dots: Vec<(f64, f64)> = pairs.chunks(2).map(|p| (p[0], p[1])).collect();
-            let vmax = exact
-                .max()
-                .double_value(&[])
-                .max(learned.max().double_value(&[]));
+            let vmax = exact.max().double_value(&[]).max(learned.max().double_value(&[]));
             let (exact_grid, learned_grid) = (grid_of(&exact)?, grid_of(&learned)?);
             let panels = [
-                Heatmap {
-                    title: "exact log p(x)",
-                    values: &exact_grid,
-                },
-                Heatmap {
-                    title: "CDM log p(x), one pass; samples",
-                    values: &learned_grid,
-                },
+                Heatmap { title: "exact log p(x)", values: &exact_grid },
+                Heatmap { title: "CDM log p(x), one pass; samples", values: &learned_grid },
             ];
             heatmaps(&out, &panels, -extent, extent, vmax - 8.0, vmax, &dots)?;
             println!("wrote {}", out.display());
@@ -126,31 +97,21 @@ pub fn run(args: PlotArgs) -> Result<()> {
         PlotCommand::Cubes { reports, out } => {
             let mut points = Vec::new();
             for path in &reports {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let report: serde_json::Value = serde_json::from_str(&text)
-                    .with_context(|| format!("{}: not JSON", path.display()))?;
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                let report: serde_json::Value =
+                    serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
                 let spec = report["data"].as_str().unwrap_or_default();
                 let g = spec
                     .split([':', ','])
                     .find_map(|kv| kv.strip_prefix("g="))
                     .and_then(|g| g.parse::<f64>().ok())
                     .with_context(|| {
-                        format!(
-                            "{}: field 'data' is '{spec}', expected uniform:...,g=G",
-                            path.display()
-                        )
+                        format!("{}: field 'data' is '{spec}', expected uniform:...,g=G", path.display())
                     })?;
                 let field = |name: &str| {
-                    report[name]
-                        .as_f64()
-                        .with_context(|| format!("{}: missing number '{name}'", path.display()))
+                    report[name].as_f64().with_context(|| format!("{}: missing number '{name}'", path.display()))
                 };
-                points.push((
-                    g,
-                    field("exact_nats_per_dim")?,
-                    field("log_likelihood_nats_per_dim")?,
-                ));
+                points.push((g, field("exact_nats_per_dim")?, field("log_likelihood_nats_per_dim")?));
             }
             cube_likelihoods(&out, &points)?;
             println!("wrote {}", out.display());

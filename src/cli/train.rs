@@ -82,8 +82,7 @@ struct ConfigFile {
 }
 
 fn read_config_file(path: &PathBuf) -> Result<ConfigFile> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
     let parsed = if path.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text).map_err(anyhow::Error::from)
     } else {
@@ -98,14 +97,9 @@ fn run_config(args: &TrainArgs) -> Result<RunConfig> {
         Some(path) => read_config_file(path)?,
         None => ConfigFile::default(),
     };
-    let data = args
-        .data
-        .clone()
-        .or(file.data)
-        .context("no training data: pass --data SPEC or set `data` in --config")?;
-    let shape = Dataset::open(&data)
-        .with_context(|| format!("--data {data}"))?
-        .shape();
+    let data =
+        args.data.clone().or(file.data).context("no training data: pass --data SPEC or set `data` in --config")?;
+    let shape = Dataset::open(&data).with_context(|| format!("--data {data}"))?.shape();
     let mut schedule = file.schedule.unwrap_or_default();
     schedule.kind = args.schedule.unwrap_or(schedule.kind);
     schedule.timesteps = args.timesteps.unwrap_or(schedule.timesteps);
@@ -133,15 +127,7 @@ fn run_config(args: &TrainArgs) -> Result<RunConfig> {
     train.seed = args.seed.unwrap_or(train.seed);
     train.ce_weight = args.ce_weight.unwrap_or(train.ce_weight);
     train.precision = args.precision.unwrap_or(train.precision);
-    Ok(RunConfig {
-        data,
-        model: ClassifierConfig {
-            schedule,
-            backbone,
-            data_shape: shape,
-        },
-        train,
-    })
+    Ok(RunConfig { data, model: ClassifierConfig { schedule, backbone, data_shape: shape }, train })
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -155,10 +141,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     trainer.run(&mut |r| {
         bar.set_position(r.step);
-        bar.set_message(format!(
-            "loss {:.4} ce {:.3} mse {:.4}",
-            r.loss, r.ce, r.mse
-        ));
+        bar.set_message(format!("loss {:.4} ce {:.3} mse {:.4}", r.loss, r.ce, r.mse));
     })?;
     bar.finish();
     tracing::info!("checkpoint in {}", args.out.display());

@@ -42,20 +42,9 @@ impl KnownDensity for UniformCube {
     }
     fn log_prob(&self, x: &Tensor) -> Tensor {
         let dim = self.shape.iter().product::<i64>() as f64;
-        let inside = x
-            .abs()
-            .le(self.width / 2.0)
-            .flatten(1, -1)
-            .all_dim(1, false);
-        Tensor::full(
-            [x.size()[0]],
-            -dim * self.width.ln(),
-            (x.kind(), x.device()),
-        )
-        .where_self(
-            &inside,
-            &Tensor::full([1], f64::NEG_INFINITY, (x.kind(), x.device())),
-        )
+        let inside = x.abs().le(self.width / 2.0).flatten(1, -1).all_dim(1, false);
+        Tensor::full([x.size()[0]], -dim * self.width.ln(), (x.kind(), x.device()))
+            .where_self(&inside, &Tensor::full([1], f64::NEG_INFINITY, (x.kind(), x.device())))
     }
 }
 
@@ -75,10 +64,7 @@ impl GaussianMixture {
     pub fn circle_2d() -> Self {
         let k = 8;
         let angles: Vec<f64> = (0..k).map(|i| 2.0 * PI * i as f64 / k as f64).collect();
-        let means: Vec<f64> = angles
-            .iter()
-            .flat_map(|a| [2.0 * a.cos(), 2.0 * a.sin()])
-            .collect();
+        let means: Vec<f64> = angles.iter().flat_map(|a| [2.0 * a.cos(), 2.0 * a.sin()]).collect();
         let weights: Vec<f64> = (1..=k).map(|i| i as f64 / 36.0).collect();
         GaussianMixture {
             weights: Tensor::from_slice(&weights),
@@ -109,20 +95,12 @@ impl GaussianMixture {
         let sq = diff.square().sum_dim_intlist(2, false, x_t.kind());
         let d = self.dim() as f64;
         let log_norm = (&var * (2.0 * PI)).log() * (-0.5 * d);
-        (
-            weights.log().unsqueeze(0) + log_norm.unsqueeze(0) - sq / (&var * 2.0).unsqueeze(0),
-            var,
-        )
+        (weights.log().unsqueeze(0) + log_norm.unsqueeze(0) - sq / (&var * 2.0).unsqueeze(0), var)
     }
 
     fn on(&self, x: &Tensor) -> (Tensor, Tensor, Tensor, Tensor) {
         let cast = |t: &Tensor| t.to_kind(x.kind()).to_device(x.device());
-        (
-            x.flatten(1, -1),
-            cast(&self.means),
-            cast(&self.weights),
-            cast(&self.stds),
-        )
+        (x.flatten(1, -1), cast(&self.means), cast(&self.weights), cast(&self.stds))
     }
 }
 
@@ -156,11 +134,7 @@ impl KnownDensity for GaussianMixture {
         // Per component, x0 | x_t is Gaussian with mean μ_k + (a s_k²/v_k)(x_t - a μ_k).
         let gain = (stds.square() * a / var).unsqueeze(0).unsqueeze(2);
         let per_k = means.unsqueeze(0) + gain * (x.unsqueeze(1) - means.unsqueeze(0) * a);
-        Some(
-            (resp.unsqueeze(2) * per_k)
-                .sum_dim_intlist(1, false, x_t.kind())
-                .reshape(x_t.size()),
-        )
+        Some((resp.unsqueeze(2) * per_k).sum_dim_intlist(1, false, x_t.kind()).reshape(x_t.size()))
     }
 }
 
@@ -183,15 +157,9 @@ impl KnownDensity for Checkerboard {
     fn log_prob(&self, x: &Tensor) -> Tensor {
         let cells = (x + 2.0).floor();
         let inside = x.abs().lt(2.0).all_dim(1, false);
-        let dark = cells
-            .sum_dim_intlist(1, false, x.kind())
-            .remainder(2.0)
-            .eq(0.0);
+        let dark = cells.sum_dim_intlist(1, false, x.kind()).remainder(2.0).eq(0.0);
         let value = Tensor::full([x.size()[0]], -(8f64.ln()), (x.kind(), x.device()));
-        value.where_self(
-            &inside.logical_and(&dark),
-            &Tensor::full([1], f64::NEG_INFINITY, (x.kind(), x.device())),
-        )
+        value.where_self(&inside.logical_and(&dark), &Tensor::full([1], f64::NEG_INFINITY, (x.kind(), x.device())))
     }
 }
 
@@ -225,9 +193,7 @@ impl KnownDensity for Rings {
             .map(|&ring| {
                 // log N(r; ring, σ²) - log Φ(ring/σ) (truncation to r > 0)
                 let log_trunc = (0.5 * erfc(-ring / RING_STD / std::f64::consts::SQRT_2)).ln();
-                (&r - ring).square() / (-2.0 * RING_STD * RING_STD)
-                    - (RING_STD * (2.0 * PI).sqrt()).ln()
-                    - log_trunc
+                (&r - ring).square() / (-2.0 * RING_STD * RING_STD) - (RING_STD * (2.0 * PI).sqrt()).ln() - log_trunc
             })
             .collect();
         Tensor::stack(&terms, 1).logsumexp([1], false) - 3f64.ln() - (r * (2.0 * PI)).log()

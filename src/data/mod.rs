@@ -31,10 +31,7 @@ impl Dataset {
         let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
         if name == "npy" {
             let path = PathBuf::from(args);
-            return Ok(Dataset::Points {
-                x: npy::read_npy(&path)?,
-                source: path,
-            });
+            return Ok(Dataset::Points { x: npy::read_npy(&path)?, source: path });
         }
         let args = SpecArgs::parse(spec, args)?;
         let density: Box<dyn KnownDensity> = match name {
@@ -42,9 +39,7 @@ impl Dataset {
                 let shape = args.shape("d")?;
                 let width = args.float("g")?;
                 if !(width > 0.0 && width.is_finite()) {
-                    return Err(Error::Data(format!(
-                        "{spec}: g must be a positive width, got {width}"
-                    )));
+                    return Err(Error::Data(format!("{spec}: g must be a positive width, got {width}")));
                 }
                 Box::new(UniformCube { shape, width })
             }
@@ -56,11 +51,7 @@ impl Dataset {
             )),
             "checkerboard" => Box::new(Checkerboard),
             "rings" => Box::new(Rings),
-            _ => {
-                return Err(Error::Data(format!(
-                    "unknown data spec '{spec}'; expected one of: {DATA_SPECS}"
-                )))
-            }
+            _ => return Err(Error::Data(format!("unknown data spec '{spec}'; expected one of: {DATA_SPECS}"))),
         };
         args.check_all_used()?;
         Ok(Dataset::Known(density))
@@ -112,16 +103,9 @@ impl<'a> SpecArgs<'a> {
         let pairs = args
             .split(',')
             .filter(|p| !p.is_empty())
-            .map(|p| {
-                p.split_once('=')
-                    .ok_or_else(|| Error::Data(format!("{spec}: expected key=value, got '{p}'")))
-            })
+            .map(|p| p.split_once('=').ok_or_else(|| Error::Data(format!("{spec}: expected key=value, got '{p}'"))))
             .collect::<Result<_>>()?;
-        Ok(SpecArgs {
-            spec,
-            pairs,
-            used: Default::default(),
-        })
+        Ok(SpecArgs { spec, pairs, used: Default::default() })
     }
 
     fn raw(&self, key: &'a str) -> Option<&'a str> {
@@ -130,33 +114,26 @@ impl<'a> SpecArgs<'a> {
     }
 
     fn required(&self, key: &'a str) -> Result<&'a str> {
-        self.raw(key)
-            .ok_or_else(|| Error::Data(format!("{}: missing '{key}=...'", self.spec)))
+        self.raw(key).ok_or_else(|| Error::Data(format!("{}: missing '{key}=...'", self.spec)))
     }
 
     fn float(&self, key: &'a str) -> Result<f64> {
         let v = self.required(key)?;
-        v.parse()
-            .map_err(|_| Error::Data(format!("{}: {key}={v} is not a number", self.spec)))
+        v.parse().map_err(|_| Error::Data(format!("{}: {key}={v} is not a number", self.spec)))
     }
 
     fn int(&self, key: &'a str) -> Result<u64> {
         let v = self.required(key)?;
         match v.parse::<u64>() {
             Ok(n) if n > 0 => Ok(n),
-            _ => Err(Error::Data(format!(
-                "{}: {key}={v} is not a positive integer",
-                self.spec
-            ))),
+            _ => Err(Error::Data(format!("{}: {key}={v} is not a positive integer", self.spec))),
         }
     }
 
     fn int_or(&self, key: &'a str, default: u64) -> Result<u64> {
         match self.raw(key) {
             None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|_| Error::Data(format!("{}: {key}={v} is not an integer", self.spec))),
+            Some(v) => v.parse().map_err(|_| Error::Data(format!("{}: {key}={v} is not an integer", self.spec))),
         }
     }
 
@@ -166,10 +143,7 @@ impl<'a> SpecArgs<'a> {
         v.split('x')
             .map(|d| match d.parse::<i64>() {
                 Ok(n) if n > 0 => Ok(n),
-                _ => Err(Error::Data(format!(
-                    "{}: {key}={v} is not a size or a shape like 3x32x32",
-                    self.spec
-                ))),
+                _ => Err(Error::Data(format!("{}: {key}={v} is not a size or a shape like 3x32x32", self.spec))),
             })
             .collect()
     }

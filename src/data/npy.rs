@@ -16,10 +16,7 @@ pub fn read_npy(path: &Path) -> Result<Tensor> {
         Err(err64) => match ArrayD::<f32>::read_npy(&bytes[..]) {
             Ok(a) => (a.shape().to_vec(), a.iter().map(|&v| v as f64).collect()),
             Err(_) => {
-                return Err(Error::Data(format!(
-                    "{}: not a float32/float64 .npy array ({err64})",
-                    path.display()
-                )))
+                return Err(Error::Data(format!("{}: not a float32/float64 .npy array ({err64})", path.display())))
             }
         },
     };
@@ -46,16 +43,9 @@ pub fn read_npy(path: &Path) -> Result<Tensor> {
 /// Writes a tensor of any shape as float64 `.npy` (atomically: temporary file, then rename).
 pub fn write_npy(path: &Path, x: &Tensor) -> Result<()> {
     let shape: Vec<usize> = x.size().iter().map(|&d| d as usize).collect();
-    let values = Vec::<f64>::try_from(
-        x.to_kind(Kind::Double)
-            .to_device(tch::Device::Cpu)
-            .flatten(0, -1),
-    )?;
-    let array =
-        ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|e| Error::Shape(e.to_string()))?;
+    let values = Vec::<f64>::try_from(x.to_kind(Kind::Double).to_device(tch::Device::Cpu).flatten(0, -1))?;
+    let array = ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|e| Error::Shape(e.to_string()))?;
     let mut buf = Vec::new();
-    array
-        .write_npy(&mut buf)
-        .map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
+    array.write_npy(&mut buf).map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
     crate::checkpoint::write_atomic(path, &buf)
 }

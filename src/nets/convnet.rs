@@ -26,13 +26,7 @@ pub struct ConvNetConfig {
 
 impl Default for ConvNetConfig {
     fn default() -> Self {
-        ConvNetConfig {
-            channels: 32,
-            channel_mult: vec![1, 2],
-            blocks: 1,
-            groups: 8,
-            num_labels: 0,
-        }
+        ConvNetConfig { channels: 32, channel_mult: vec![1, 2], blocks: 1, groups: 8, num_labels: 0 }
     }
 }
 
@@ -40,13 +34,7 @@ impl ConvNetConfig {
     /// For the i.i.d. pixels of the uniform cubes (the paper's Fig. 3 at 3×32×32): one stage of
     /// 16 channels, small enough for two CPU cores.
     pub fn cube() -> Self {
-        ConvNetConfig {
-            channels: 16,
-            channel_mult: vec![1],
-            blocks: 1,
-            groups: 4,
-            num_labels: 0,
-        }
+        ConvNetConfig { channels: 16, channel_mult: vec![1], blocks: 1, groups: 4, num_labels: 0 }
     }
 }
 
@@ -61,17 +49,7 @@ struct ResBlock {
 }
 
 fn conv3(vs: nn::Path, c_in: i64, c_out: i64, stride: i64) -> nn::Conv2D {
-    nn::conv2d(
-        vs,
-        c_in,
-        c_out,
-        3,
-        nn::ConvConfig {
-            padding: 1,
-            stride,
-            ..Default::default()
-        },
-    )
+    nn::conv2d(vs, c_in, c_out, 3, nn::ConvConfig { padding: 1, stride, ..Default::default() })
 }
 
 impl ResBlock {
@@ -82,8 +60,7 @@ impl ResBlock {
             label: label_dim.map(|d| nn::linear(vs / "label", d, c_out, Default::default())),
             norm2: nn::group_norm(vs / "norm2", groups, c_out, Default::default()),
             conv2: conv3(vs / "conv2", c_out, c_out, 1),
-            skip: (c_in != c_out)
-                .then(|| nn::conv2d(vs / "skip", c_in, c_out, 1, Default::default())),
+            skip: (c_in != c_out).then(|| nn::conv2d(vs / "skip", c_in, c_out, 1, Default::default())),
         }
     }
 
@@ -113,32 +90,18 @@ pub struct ConvNet {
 }
 
 impl ConvNet {
-    pub fn new(
-        vs: &nn::Path,
-        cfg: &ConvNetConfig,
-        data_shape: &[i64],
-        num_outputs: i64,
-    ) -> Result<Self> {
+    pub fn new(vs: &nn::Path, cfg: &ConvNetConfig, data_shape: &[i64], num_outputs: i64) -> Result<Self> {
         let [c_in, _, _] = data_shape else {
-            return Err(Error::Config(format!(
-                "convnet needs data of shape [C, H, W], got {data_shape:?}"
-            )));
+            return Err(Error::Config(format!("convnet needs data of shape [C, H, W], got {data_shape:?}")));
         };
         if cfg.channels == 0 || cfg.channel_mult.is_empty() || cfg.groups == 0 {
             return Err(Error::Config(
                 "convnet: channels, channel_mult and groups must be non-empty and positive".into(),
             ));
         }
-        let widths: Vec<i64> = cfg
-            .channel_mult
-            .iter()
-            .map(|m| (m * cfg.channels) as i64)
-            .collect();
+        let widths: Vec<i64> = cfg.channel_mult.iter().map(|m| (m * cfg.channels) as i64).collect();
         if let Some(w) = widths.iter().find(|&&w| w % cfg.groups as i64 != 0) {
-            return Err(Error::Config(format!(
-                "convnet: width {w} is not divisible by groups = {}",
-                cfg.groups
-            )));
+            return Err(Error::Config(format!("convnet: width {w} is not divisible by groups = {}", cfg.groups)));
         }
         let label_dim = (cfg.num_labels > 0).then_some(4 * cfg.channels as i64);
         let mut c = widths[0];
@@ -147,8 +110,7 @@ impl ConvNet {
             let sv = vs / "stages" / i;
             let blocks = (0..cfg.blocks)
                 .map(|j| {
-                    let block =
-                        ResBlock::new(&(&sv / "blocks" / j), c, w, cfg.groups as i64, label_dim);
+                    let block = ResBlock::new(&(&sv / "blocks" / j), c, w, cfg.groups as i64, label_dim);
                     c = w;
                     block
                 })
@@ -156,21 +118,11 @@ impl ConvNet {
             let down = (i + 1 < widths.len()).then(|| conv3(&sv / "down", c, c, 2));
             stages.push((blocks, down));
         }
-        let zero = nn::LinearConfig {
-            ws_init: nn::Init::Const(0.0),
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias: true,
-        };
+        let zero = nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true };
         Ok(ConvNet {
             input: conv3(vs / "input", *c_in, widths[0], 1),
-            label_embed: label_dim.map(|d| {
-                nn::embedding(
-                    vs / "label_embed",
-                    cfg.num_labels as i64 + 1,
-                    d,
-                    Default::default(),
-                )
-            }),
+            label_embed: label_dim
+                .map(|d| nn::embedding(vs / "label_embed", cfg.num_labels as i64 + 1, d, Default::default())),
             null_label: cfg.num_labels as i64,
             stages,
             head_conv: conv3(vs / "head_conv", c, 2 * c, 1),
@@ -182,16 +134,8 @@ impl ConvNet {
 impl Backbone for ConvNet {
     fn forward(&self, x: &Tensor, labels: Option<&Tensor>, _train: bool) -> Tensor {
         let label = self.label_embed.as_ref().map(|embed| {
-            let null = || {
-                Tensor::full(
-                    [x.size()[0]],
-                    self.null_label,
-                    (tch::Kind::Int64, x.device()),
-                )
-            };
-            embed
-                .forward(&labels.map_or_else(null, |l| l.shallow_clone()))
-                .silu()
+            let null = || Tensor::full([x.size()[0]], self.null_label, (tch::Kind::Int64, x.device()));
+            embed.forward(&labels.map_or_else(null, |l| l.shallow_clone())).silu()
         });
         let mut h = self.input.forward(x);
         for (blocks, down) in &self.stages {
@@ -202,10 +146,7 @@ impl Backbone for ConvNet {
                 h = down.forward(&h);
             }
         }
-        let pooled =
-            self.head_conv
-                .forward(&h.silu())
-                .sum_dim_intlist([2, 3].as_slice(), false, h.kind());
+        let pooled = self.head_conv.forward(&h.silu()).sum_dim_intlist([2, 3].as_slice(), false, h.kind());
         self.head.forward(&pooled)
     }
 }

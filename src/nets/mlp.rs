@@ -19,22 +19,14 @@ pub struct MlpConfig {
 
 impl Default for MlpConfig {
     fn default() -> Self {
-        MlpConfig {
-            hidden: 256,
-            blocks: 3,
-            num_labels: 0,
-        }
+        MlpConfig { hidden: 256, blocks: 3, num_labels: 0 }
     }
 }
 
 impl MlpConfig {
     /// For 2-D toy densities: small enough to train in a minute on two CPU cores.
     pub fn toy_2d() -> Self {
-        MlpConfig {
-            hidden: 128,
-            blocks: 3,
-            num_labels: 0,
-        }
+        MlpConfig { hidden: 128, blocks: 3, num_labels: 0 }
     }
 }
 
@@ -54,21 +46,11 @@ impl Mlp {
             return Err(Error::Config("mlp.hidden must be positive".into()));
         }
         let hidden = cfg.hidden as i64;
-        let zero = nn::LinearConfig {
-            ws_init: nn::Init::Const(0.0),
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias: true,
-        };
+        let zero = nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true };
         Ok(Mlp {
             input: nn::linear(vs / "input", in_dim, hidden, Default::default()),
-            label_embed: (cfg.num_labels > 0).then(|| {
-                nn::embedding(
-                    vs / "label_embed",
-                    cfg.num_labels as i64 + 1,
-                    hidden,
-                    Default::default(),
-                )
-            }),
+            label_embed: (cfg.num_labels > 0)
+                .then(|| nn::embedding(vs / "label_embed", cfg.num_labels as i64 + 1, hidden, Default::default())),
             null_label: cfg.num_labels as i64,
             blocks: (0..cfg.blocks)
                 .map(|i| nn::linear(vs / "blocks" / i, hidden, hidden, Default::default()))
@@ -82,13 +64,7 @@ impl Backbone for Mlp {
     fn forward(&self, x: &Tensor, labels: Option<&Tensor>, _train: bool) -> Tensor {
         let mut h = self.input.forward(&x.flatten(1, -1));
         if let Some(embed) = &self.label_embed {
-            let null = || {
-                Tensor::full(
-                    [x.size()[0]],
-                    self.null_label,
-                    (tch::Kind::Int64, x.device()),
-                )
-            };
+            let null = || Tensor::full([x.size()[0]], self.null_label, (tch::Kind::Int64, x.device()));
             h += embed.forward(&labels.map_or_else(null, |l| l.shallow_clone()));
         }
         h = h.silu();

@@ -38,22 +38,10 @@ pub enum BackboneConfig {
 impl BackboneConfig {
     /// Builds the backbone under `vs` for inputs of `data_shape` (without the batch axis) and
     /// `num_outputs` raw outputs.
-    pub fn build(
-        &self,
-        vs: &nn::Path,
-        data_shape: &[i64],
-        num_outputs: i64,
-    ) -> Result<Box<dyn Backbone>> {
+    pub fn build(&self, vs: &nn::Path, data_shape: &[i64], num_outputs: i64) -> Result<Box<dyn Backbone>> {
         match self {
-            BackboneConfig::Mlp(cfg) => Ok(Box::new(Mlp::new(
-                vs,
-                cfg,
-                data_shape.iter().product(),
-                num_outputs,
-            )?)),
-            BackboneConfig::ConvNet(cfg) => {
-                Ok(Box::new(ConvNet::new(vs, cfg, data_shape, num_outputs)?))
-            }
+            BackboneConfig::Mlp(cfg) => Ok(Box::new(Mlp::new(vs, cfg, data_shape.iter().product(), num_outputs)?)),
+            BackboneConfig::ConvNet(cfg) => Ok(Box::new(ConvNet::new(vs, cfg, data_shape, num_outputs)?)),
         }
     }
 

@@ -30,10 +30,7 @@ pub fn ddim(
     on_step: &mut dyn FnMut(&Step),
 ) -> Result<Tensor> {
     if opts.eta < 0.0 {
-        return Err(Error::Config(format!(
-            "ddim eta must be non-negative, got {}",
-            opts.eta
-        )));
+        return Err(Error::Config(format!("ddim eta must be non-negative, got {}", opts.eta)));
     }
     let mut x = x_t;
     for (i, pair) in levels.windows(2).enumerate() {
@@ -50,12 +47,7 @@ pub fn ddim(
             let z = noise.normal(&x.size()[1..], x.kind(), x.device());
             x += z * var.sqrt();
         }
-        on_step(&Step {
-            i,
-            t,
-            x_t: &x,
-            x0: &x0,
-        });
+        on_step(&Step { i, t, x_t: &x, x0: &x0 });
     }
     Ok(x)
 }

@@ -28,17 +28,8 @@ pub fn ddpm(
         let mean = &x0 * (abar_s.sqrt() * beta / (1.0 - abar_t))
             + &x * ((1.0 - beta).sqrt() * (1.0 - abar_s) / (1.0 - abar_t));
         let var = beta * (1.0 - abar_s) / (1.0 - abar_t);
-        x = if s > 0 {
-            mean + noise.normal(&x.size()[1..], x.kind(), x.device()) * var.sqrt()
-        } else {
-            mean
-        };
-        on_step(&Step {
-            i,
-            t,
-            x_t: &x,
-            x0: &x0,
-        });
+        x = if s > 0 { mean + noise.normal(&x.size()[1..], x.kind(), x.device()) * var.sqrt() } else { mean };
+        on_step(&Step { i, t, x_t: &x, x0: &x0 });
     }
     Ok(x)
 }

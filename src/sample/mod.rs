@@ -12,9 +12,7 @@ pub use ddim::{ddim, DdimOptions};
 pub use ddpm::ddpm;
 
 /// Which sampler the command line runs.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SamplerKind {
     /// Ancestral sampling (Ho et al. 2020) with the exact posterior variance of strided steps.
@@ -32,20 +30,12 @@ pub struct Noise {
 impl Noise {
     /// Streams for samples `first..first + n` of seed `seed`.
     pub fn new(seed: u64, first: u64, n: usize) -> Self {
-        Noise {
-            streams: (0..n as u64)
-                .map(|i| Rng::stream(seed, first + i))
-                .collect(),
-        }
+        Noise { streams: (0..n as u64).map(|i| Rng::stream(seed, first + i)).collect() }
     }
 
     /// One N(0, I) draw per sample: [n, ..shape].
     pub fn normal(&mut self, shape: &[i64], kind: Kind, device: Device) -> Tensor {
-        let draws: Vec<Tensor> = self
-            .streams
-            .iter_mut()
-            .map(|r| r.normal(shape, kind))
-            .collect();
+        let draws: Vec<Tensor> = self.streams.iter_mut().map(|r| r.normal(shape, kind)).collect();
         Tensor::stack(&draws, 0).to_device(device)
     }
 }

@@ -4,10 +4,7 @@ use tch::{Kind, Tensor};
 
 /// Asserts |actual - expected| <= tol, printing both.
 pub fn assert_close(actual: f64, expected: f64, tol: f64, what: &str) {
-    assert!(
-        (actual - expected).abs() <= tol,
-        "{what}: got {actual}, expected {expected} (tol {tol})"
-    );
+    assert!((actual - expected).abs() <= tol, "{what}: got {actual}, expected {expected} (tol {tol})");
 }
 
 /// Largest absolute difference between two tensors.
@@ -31,12 +28,6 @@ pub fn gaussian_backbone(alpha_bar: &[f64], s: f64, d: i64) -> impl Fn(&Tensor) 
         let r = x.square().sum_dim_intlist(1, true, x.kind());
         let logits = (&v * (2.0 * std::f64::consts::PI)).log() * (-0.5 * d as f64) - r / (&v * 2.0);
         let n = logits.size()[1];
-        Tensor::cat(
-            &[
-                logits.narrow(1, 0, 1),
-                logits.narrow(1, 1, n - 1) - logits.narrow(1, 0, n - 1),
-            ],
-            1,
-        )
+        Tensor::cat(&[logits.narrow(1, 0, 1), logits.narrow(1, 1, n - 1) - logits.narrow(1, 0, n - 1)], 1)
     }
 }
