@@ -8,7 +8,7 @@ setup:
 # Main job on built-in data: train a CDM on a 2-D Gaussian mixture, score held-out points
 # against the exact log-density, draw the learned and exact densities side by side.
 demo: setup
-	$(CARGO) run --release -- train --data gmm2d --out runs/demo --steps 3000
+	$(CARGO) run --release -- train --data gmm2d --out runs/demo --steps 3000 --timesteps 200
 	$(CARGO) run --release -- nll --ckpt runs/demo --data gmm2d
 	$(CARGO) run --release -- plot density --ckpt runs/demo --out runs/demo/density.png
 
