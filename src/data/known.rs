@@ -46,6 +46,21 @@ impl KnownDensity for UniformCube {
         Tensor::full([x.size()[0]], -dim * self.width.ln(), (x.kind(), x.device()))
             .where_self(&inside, &Tensor::full([1], f64::NEG_INFINITY, (x.kind(), x.device())))
     }
+    /// Per dimension, x_t = a·u + s·ε with u ~ U[-g/2, g/2] has density
+    /// (Φ((x + ag/2)/s) − Φ((x − ag/2)/s))/(ag), computed on the side of 0 where the
+    /// difference of Gaussian tails does not cancel.
+    fn log_prob_noisy(&self, x_t: &Tensor, alpha_bar: f64) -> Option<Tensor> {
+        if alpha_bar >= 1.0 {
+            return Some(self.log_prob(x_t));
+        }
+        let (a, s) = (alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt());
+        let half = a * self.width / 2.0;
+        let z = x_t.abs().flatten(1, -1); // the density is even in each coordinate
+        let tail = |u: Tensor| (u / std::f64::consts::SQRT_2).erfc() * 0.5; // 1 − Φ(u)
+        let mass = tail((&z - half) / s) - tail((&z + half) / s);
+        let per_dim = mass.log() - (a * self.width).ln();
+        Some(per_dim.sum_dim_intlist(1, false, x_t.kind()))
+    }
 }
 
 /// A mixture of isotropic Gaussians Σ_k w_k N(μ_k, s_k² I).
