@@ -24,7 +24,7 @@ enum Command {
     Denoise(cli::infer::DenoiseArgs),
     /// The denoiser's MSE against the exact MMSE, on built-in data with a known posterior mean.
     Mmse(cli::infer::MmseArgs),
-    /// Generate samples with DDPM or DDIM.
+    /// Generate samples with DDPM, DDIM, DPM-Solver-2M or DPM-Solver++(2M).
     Sample(cli::infer::SampleArgs),
     /// Pictures: learned against exact log-density (2-D), or the paper's Fig. 3 for cubes.
     Plot(cli::plot::PlotArgs),

@@ -9,7 +9,7 @@ use tch::{Kind, Tensor};
 use cdm::data::{npy, Dataset, DATA_SPECS};
 use cdm::likelihood::{bits_per_dim, log_prob};
 use cdm::predictor::{ClassifierDenoiser, NoisePredictor};
-use cdm::sample::{ddim, ddpm, DdimOptions, Noise, SamplerKind};
+use cdm::sample::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, DdimOptions, Noise, SamplerKind};
 use cdm::train::{load_model, LoadedModel};
 
 use super::{progress_bar, DeviceArg};
@@ -252,6 +252,8 @@ pub fn draw_samples(
         let x0 = match sampler {
             SamplerKind::Ddpm => ddpm(&denoiser, schedule, x_t, &levels, &mut noise, &mut tick)?,
             SamplerKind::Ddim => ddim(&denoiser, schedule, x_t, &levels, &DdimOptions { eta }, &mut noise, &mut tick)?,
+            SamplerKind::Dpm2 => dpm_solver_2m(&denoiser, schedule, x_t, &levels, &mut tick)?,
+            SamplerKind::Dpmpp2m => dpm_solver_pp_2m(&denoiser, schedule, x_t, &levels, &mut tick)?,
         };
         parts.push(x0.to_device(tch::Device::Cpu));
     }

@@ -7,9 +7,13 @@ use crate::rng::Rng;
 
 pub mod ddim;
 pub mod ddpm;
+pub mod dpm_solver;
+pub mod guidance;
 
 pub use ddim::{ddim, DdimOptions};
 pub use ddpm::ddpm;
+pub use dpm_solver::{dpm_solver_2m, dpm_solver_pp_2m};
+pub use guidance::Guided;
 
 /// Which sampler the command line runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -19,6 +23,10 @@ pub enum SamplerKind {
     Ddpm,
     /// DDIM (Song et al. 2021), deterministic at eta = 0.
     Ddim,
+    /// DPM-Solver, second-order multistep, noise form (Lu et al. 2022).
+    Dpm2,
+    /// DPM-Solver++(2M), data form (Lu et al. 2022).
+    Dpmpp2m,
 }
 
 /// Fresh Gaussian noise with one seeded stream per sample, so a sample does not depend on the
