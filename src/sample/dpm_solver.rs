@@ -22,14 +22,17 @@ struct History {
     h: f64,
 }
 
-/// Runs both solvers: `update(x, t, s, ε̂, x̂0, history)` returns x_s.
+/// One solver step: `(x, t, s, ε̂, x̂0, history)` → (x_s, the output to remember).
+type Update<'a> = &'a dyn Fn(&Tensor, usize, usize, &Tensor, &Tensor, Option<&History>) -> (Tensor, Tensor);
+
+/// Runs both solvers through their `update`.
 fn multistep(
     model: &dyn NoisePredictor,
     schedule: &Schedule,
     x_t: Tensor,
     levels: &[usize],
     on_step: &mut dyn FnMut(&Step),
-    update: &dyn Fn(&Tensor, usize, usize, &Tensor, &Tensor, Option<&History>) -> (Tensor, Tensor),
+    update: Update,
 ) -> Result<Tensor> {
     let mut x = x_t;
     let mut history: Option<History> = None;
