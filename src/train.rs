@@ -387,6 +387,12 @@ impl Trainer {
                 log.append(&report)?;
             }
             if self.step.is_multiple_of(cfg.checkpoint_every.max(1)) || self.step == cfg.steps {
+                if let Some((name, _)) = params.iter().find(|(_, p)| p.isfinite().all().int64_value(&[]) == 0) {
+                    return Err(Error::NonFinite {
+                        step: self.step,
+                        what: format!("weight '{name}' after the update"),
+                    });
+                }
                 self.save()?;
             }
             on_step(&report);

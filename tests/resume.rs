@@ -66,3 +66,22 @@ fn saved_model_reloads_to_identical_logits() {
     let after = load_model(dir.path(), Device::Cpu, false).unwrap().model.logits(&x, None, false);
     assert_eq!((before - after).abs().max().double_value(&[]), 0.0);
 }
+
+#[test]
+fn divergence_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(500);
+    // An absurd learning rate in f32 overflows the weights within a few steps.
+    cfg.train.lr = 1e30;
+    cfg.train.precision = Precision::F32;
+    cfg.train.grad_clip = None;
+    cfg.train.warmup_steps = 0;
+    cfg.train.checkpoint_every = 1;
+    let err = Trainer::open(dir.path(), cfg, Device::Cpu).unwrap().run(&mut |_| {}).unwrap_err();
+    let cdm::Error::NonFinite { step, .. } = err else { panic!("expected a non-finite error, got {err}") };
+    let loaded = load_model(dir.path(), Device::Cpu, false).unwrap();
+    assert_eq!(loaded.step, step, "the checkpoint is the last step before the bad one");
+    for (name, v) in loaded.vs.variables() {
+        assert!(v.isfinite().all().int64_value(&[]) == 1, "{name} is not finite in the kept checkpoint");
+    }
+}
