@@ -5,6 +5,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 use plotters::style::colors::colormaps::ViridisRGB;
+use tch::{Kind, Tensor};
 
 use crate::{Error, Result};
 
@@ -93,4 +94,44 @@ pub fn cube_likelihoods(path: &Path, points: &[(f64, f64, f64)]) -> Result<()> {
         .draw()
         .map_err(|e| plot_err(path, e))?;
     root.present().map_err(|e| plot_err(path, e))
+}
+
+/// Images [N, C, H, W] in [-1, 1] (C = 1 or 3) tiled `cols` to a row with a 2-pixel gap, as PNG.
+pub fn image_grid(path: &Path, images: &Tensor, cols: usize) -> Result<()> {
+    let size = images.size();
+    let [n, c, h, w] = size[..] else {
+        return Err(Error::Shape(format!("image grid needs [N, C, H, W], got {size:?}")));
+    };
+    if c != 1 && c != 3 {
+        return Err(Error::Shape(format!("image grid needs 1 or 3 channels, got {c}")));
+    }
+    let (n, h, w, cols) = (n as usize, h as usize, w as usize, cols.max(1));
+    let rows = n.div_ceil(cols);
+    let pixels = Vec::<u8>::try_from(
+        ((images.to_kind(Kind::Double).clamp(-1.0, 1.0) + 1.0) * 127.5)
+            .round()
+            .to_kind(Kind::Uint8)
+            .permute([0, 2, 3, 1])
+            .contiguous()
+            .flatten(0, -1),
+    )?;
+    // Small images (8×8 digits) are enlarged to at least 32 pixels a side, without smoothing.
+    let scale = (32 / h.max(w)).max(1);
+    let (th, tw, gap) = (h * scale, w * scale, 2);
+    let mut canvas = image::RgbImage::from_pixel(
+        (cols * (tw + gap) + gap) as u32,
+        (rows * (th + gap) + gap) as u32,
+        image::Rgb([255, 255, 255]),
+    );
+    for (i, tile) in pixels.chunks(h * w * c as usize).enumerate() {
+        let (x0, y0) = (gap + (i % cols) * (tw + gap), gap + (i / cols) * (th + gap));
+        for (j, px) in tile.chunks(c as usize).enumerate() {
+            let rgb = if c == 1 { [px[0]; 3] } else { [px[0], px[1], px[2]] };
+            for k in 0..scale * scale {
+                let (x, y) = (x0 + (j % w) * scale + k % scale, y0 + (j / w) * scale + k / scale);
+                canvas.put_pixel(x as u32, y as u32, image::Rgb(rgb));
+            }
+        }
+    }
+    canvas.save(path).map_err(|e| plot_err(path, e))
 }

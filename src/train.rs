@@ -73,6 +73,11 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Precision of weights and data.
     pub precision: Precision,
+    /// For conditional models: the probability of training a sample with the null label, so
+    /// the same network is also the unconditional model that classifier-free guidance needs.
+    pub label_dropout: f64,
+    /// Flip each image left-right with probability 1/2 (for [C, H, W] data).
+    pub hflip: bool,
 }
 
 impl Default for TrainConfig {
@@ -93,6 +98,8 @@ impl Default for TrainConfig {
             checkpoint_every: 1000,
             log_every: 50,
             precision: Precision::F32,
+            label_dropout: 0.1,
+            hflip: false,
         }
     }
 }
@@ -130,6 +137,9 @@ impl TrainConfig {
         }
         if self.grad_clip.is_some_and(|c| c <= 0.0) {
             return bad("grad_clip", "must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.label_dropout) {
+            return bad("label_dropout", "must be a probability");
         }
         Ok(())
     }
@@ -255,6 +265,23 @@ impl Trainer {
                 data.shape()
             )));
         }
+        let num_labels = config.model.backbone.num_labels();
+        match data.num_labels() {
+            _ if num_labels == 0 => {}
+            None => {
+                return Err(Error::Config(format!(
+                    "a conditional model needs labelled data; '{}' has none",
+                    config.data
+                )))
+            }
+            Some(n) if n > num_labels => {
+                return Err(Error::Config(format!("the data has {n} labels, the model was built for {num_labels}")))
+            }
+            Some(_) => {}
+        }
+        if config.train.hflip && config.model.data_shape.len() != 3 {
+            return Err(Error::Config("train.hflip needs image data [C, H, W]".into()));
+        }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let (config_path, weights_path) = checkpoint::paths(dir);
         // tch's initialisers draw from libtorch's global generator: seed it (under a lock, as
@@ -301,6 +328,24 @@ impl Trainer {
         Ok(())
     }
 
+    /// A training batch on the device: augmented images, and labels (some of them dropped to
+    /// the null label) for a conditional model.
+    fn batch(&self, rng: &mut Rng) -> (Tensor, Option<Tensor>) {
+        let cfg = &self.config.train;
+        let (mut x0, labels) = self.data.batch(cfg.batch_size, rng);
+        let n = x0.size()[0];
+        if cfg.hflip {
+            let flip = rng.uniform(&[n], Kind::Double).lt(0.5).reshape([n, 1, 1, 1]);
+            x0 = x0.flip([3]).where_self(&flip, &x0);
+        }
+        let num_labels = self.config.model.backbone.num_labels() as i64;
+        let labels = labels.filter(|_| num_labels > 0).map(|l| {
+            let drop = rng.uniform(&[n], Kind::Double).lt(cfg.label_dropout);
+            l.where_self(&drop.logical_not(), &Tensor::from(num_labels)).to_device(self.device)
+        });
+        (x0.to_kind(cfg.precision.kind()).to_device(self.device), labels)
+    }
+
     /// Steps already taken.
     pub fn step(&self) -> u64 {
         self.step
@@ -342,8 +387,8 @@ impl Trainer {
         while self.step < stop {
             let k = self.step;
             let mut rng = Rng::stream(cfg.seed, k);
-            let x0 = self.data.batch(cfg.batch_size, &mut rng).to_kind(cfg.precision.kind()).to_device(self.device);
-            let loss = cdm_loss(&self.model, &x0, None, cfg.ce_weight, &mut rng)?;
+            let (x0, labels) = self.batch(&mut rng);
+            let loss = cdm_loss(&self.model, &x0, labels.as_ref(), cfg.ce_weight, &mut rng)?;
             let total = loss.total.double_value(&[]);
             if !total.is_finite() {
                 return Err(Error::NonFinite { step: k, what: format!("loss = {total}") });

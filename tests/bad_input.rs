@@ -167,3 +167,53 @@ fn corrupt_and_missing_checkpoints() {
         &["none/config.json", "No such file"],
     );
 }
+
+#[test]
+fn conditional_sampling_checks_its_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let r = path_str(&run);
+    let (ok, stderr) = cdm(&[
+        "train",
+        "--data",
+        "digits",
+        "--conditional",
+        "--out",
+        r,
+        "--steps",
+        "2",
+        "--batch",
+        "4",
+        "--channels",
+        "8",
+        "--timesteps",
+        "10",
+    ]);
+    assert!(ok, "{stderr}");
+    let grid = dir.path().join("grid.png");
+    let (ok, stderr) =
+        cdm(&["sample", "--ckpt", r, "--n", "20", "--steps", "2", "--guidance", "1.25", "--out", path_str(&grid)]);
+    assert!(ok && grid.exists(), "{stderr}");
+    let one = dir.path().join("threes");
+    let (ok, stderr) =
+        cdm(&["sample", "--ckpt", r, "--n", "2", "--steps", "2", "--class", "3", "--out", path_str(&one)]);
+    assert!(ok && one.join("00001.png").exists(), "{stderr}");
+    assert_error(
+        &["sample", "--ckpt", r, "--n", "2", "--steps", "2", "--class", "10", "--out", path_str(&grid)],
+        &["--class 10", "classes 0..9"],
+    );
+    assert_error(
+        &["sample", "--ckpt", r, "--n", "2", "--steps", "2", "--out", path_str(&dir.path().join("x.txt"))],
+        &["expected FILE.npy"],
+    );
+    assert_error(
+        &["train", "--data", "gmm2d", "--conditional", "--out", path_str(&dir.path().join("c"))],
+        &["'gmm2d' has no labels"],
+    );
+    let plain = dir.path().join("plain");
+    tiny_run(&plain);
+    assert_error(
+        &["sample", "--ckpt", path_str(&plain), "--n", "2", "--class", "1", "--out", path_str(&grid)],
+        &["need a conditional model"],
+    );
+}

@@ -8,8 +8,9 @@ use tch::{Kind, Tensor};
 
 use cdm::data::{npy, Dataset, DATA_SPECS};
 use cdm::likelihood::{bits_per_dim, log_prob};
+use cdm::plot::image_grid;
 use cdm::predictor::{ClassifierDenoiser, NoisePredictor};
-use cdm::sample::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, DdimOptions, Noise, SamplerKind};
+use cdm::sample::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, DdimOptions, Guided, Noise, SamplerKind};
 use cdm::train::{load_model, LoadedModel};
 
 use super::{progress_bar, DeviceArg};
@@ -193,13 +194,9 @@ pub fn denoise(args: DenoiseArgs) -> Result<()> {
     Ok(())
 }
 
-#[derive(Args)]
-pub struct SampleArgs {
-    #[command(flatten)]
-    ckpt: CkptArgs,
-    /// Number of samples.
-    #[arg(long)]
-    n: usize,
+/// How to draw samples; the command line's `cdm sample` flags.
+#[derive(Args, Clone)]
+pub struct SampleOptions {
     #[arg(long, value_enum, default_value = "ddim")]
     sampler: SamplerKind,
     /// Sampling steps (levels visited, from T down to 0).
@@ -210,15 +207,65 @@ pub struct SampleArgs {
     eta: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output .npy file.
+    /// Conditional models: draw this class (default: every class in turn).
+    #[arg(long)]
+    class: Option<i64>,
+    /// Classifier-free guidance weight w: ε = (1 + w) ε(x, c) − w ε(x, ∅).
+    #[arg(long, default_value_t = 0.0)]
+    guidance: f64,
+}
+
+impl SampleOptions {
+    /// DDPM with `steps` steps, unconditional, seed 1.
+    pub fn ddpm(steps: usize) -> Self {
+        SampleOptions { sampler: SamplerKind::Ddpm, steps, eta: 0.0, seed: 1, class: None, guidance: 0.0 }
+    }
+}
+
+#[derive(Args)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    ckpt: CkptArgs,
+    /// Number of samples.
+    #[arg(long)]
+    n: usize,
+    #[command(flatten)]
+    options: SampleOptions,
+    /// Output: FILE.npy (the array), FILE.png (a grid; one row per class for a conditional
+    /// model), or a directory (one PNG per image).
     #[arg(long)]
     out: PathBuf,
 }
 
 pub fn sample(args: SampleArgs) -> Result<()> {
     let loaded = args.ckpt.load()?;
-    let samples = draw_samples(&loaded, args.n, args.sampler, args.steps, args.eta, args.seed, args.ckpt.batch)?;
-    npy::write_npy(&args.out, &samples).with_context(|| format!("--out {}", args.out.display()))?;
+    let (samples, labels) = draw_samples(&loaded, args.n, &args.options, args.ckpt.batch)?;
+    let ext = args.out.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let is_image = loaded.model.data_shape().len() == 3;
+    match ext {
+        "npy" => npy::write_npy(&args.out, &samples)?,
+        "png" if is_image => {
+            // Every class in turn: lay the grid out with one row per class.
+            let rows =
+                labels.filter(|_| args.options.class.is_none()).map_or(0, |l| l.iter().max().map_or(0, |m| m + 1));
+            let cols = if rows > 0 { args.n.div_ceil(rows as usize) } else { (args.n as f64).sqrt().ceil() as usize };
+            let order = match rows {
+                0 => Tensor::arange(args.n as i64, (Kind::Int64, tch::Device::Cpu)),
+                r => Tensor::arange(args.n as i64, (Kind::Int64, tch::Device::Cpu))
+                    .reshape([-1, r])
+                    .transpose(0, 1)
+                    .flatten(0, -1),
+            };
+            image_grid(&args.out, &samples.index_select(0, &order), cols)?;
+        }
+        "" if is_image => {
+            std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
+            for i in 0..args.n as i64 {
+                image_grid(&args.out.join(format!("{i:05}.png")), &samples.narrow(0, i, 1), 1)?;
+            }
+        }
+        _ => bail!("--out {}: expected FILE.npy, or for image data FILE.png or a directory", args.out.display()),
+    }
     println!("{} samples written to {}", args.n, args.out.display());
     Ok(())
 }
@@ -226,39 +273,53 @@ pub fn sample(args: SampleArgs) -> Result<()> {
 /// Separates the step-noise streams of a seed from its starting-point streams.
 const STEP_NOISE_SALT: u64 = 0x5eed_0f57_e900_015e;
 
-/// `n` samples from a loaded model (CPU tensor [n, ..]).
+/// `n` samples from a loaded model (CPU tensor [n, ..]), and for a conditional model the class
+/// of each.
 pub fn draw_samples(
     loaded: &LoadedModel,
     n: usize,
-    sampler: SamplerKind,
-    steps: usize,
-    eta: f64,
-    seed: u64,
+    opts: &SampleOptions,
     batch: usize,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Option<Vec<i64>>)> {
     let schedule = loaded.model.schedule();
-    let levels = schedule.sampling_levels(steps)?;
     let shape = loaded.model.data_shape().to_vec();
     let kind = loaded.config.train.precision.kind();
-    let denoiser = ClassifierDenoiser { classifier: &loaded.model, labels: None };
-    let bar = progress_bar((n.div_ceil(batch.max(1)) * steps) as u64, "sample");
+    let device = loaded.vs.device();
+    let num_labels = loaded.config.model.backbone.num_labels() as i64;
+    if num_labels == 0 && (opts.class.is_some() || opts.guidance != 0.0) {
+        bail!("--class and --guidance need a conditional model (trained with --conditional)");
+    }
+    if let Some(c) = opts.class.filter(|c| !(0..num_labels).contains(c)) {
+        bail!("--class {c}: the model knows classes 0..{}", num_labels - 1);
+    }
+    let levels = schedule.sampling_levels(opts.steps)?;
+    let labels: Option<Vec<i64>> =
+        (num_labels > 0).then(|| (0..n as i64).map(|i| opts.class.unwrap_or(i % num_labels)).collect());
+    let bar = progress_bar((n.div_ceil(batch.max(1)) * opts.steps) as u64, "sample");
     let mut parts = Vec::new();
     for start in (0..n).step_by(batch.max(1)) {
         let len = batch.max(1).min(n - start);
+        let chunk_labels = labels.as_ref().map(|l| Tensor::from_slice(&l[start..start + len]).to_device(device));
+        let conditional = ClassifierDenoiser { classifier: &loaded.model, labels: chunk_labels };
+        let unconditional = ClassifierDenoiser { classifier: &loaded.model, labels: None };
+        let guided = Guided { conditional: &conditional, unconditional: &unconditional, weight: opts.guidance };
+        let model: &dyn NoisePredictor = if opts.guidance != 0.0 { &guided } else { &conditional };
         // One stream per sample for x_T, and another for the noise of its steps.
-        let x_t = Noise::new(seed, start as u64, len).normal(&shape, kind, loaded.vs.device());
-        let mut noise = Noise::new(seed ^ STEP_NOISE_SALT, start as u64, len);
+        let x_t = Noise::new(opts.seed, start as u64, len).normal(&shape, kind, device);
+        let mut noise = Noise::new(opts.seed ^ STEP_NOISE_SALT, start as u64, len);
         let mut tick = |_: &cdm::sample::Step| bar.inc(1);
-        let x0 = match sampler {
-            SamplerKind::Ddpm => ddpm(&denoiser, schedule, x_t, &levels, &mut noise, &mut tick)?,
-            SamplerKind::Ddim => ddim(&denoiser, schedule, x_t, &levels, &DdimOptions { eta }, &mut noise, &mut tick)?,
-            SamplerKind::Dpm2 => dpm_solver_2m(&denoiser, schedule, x_t, &levels, &mut tick)?,
-            SamplerKind::Dpmpp2m => dpm_solver_pp_2m(&denoiser, schedule, x_t, &levels, &mut tick)?,
+        let x0 = match opts.sampler {
+            SamplerKind::Ddpm => ddpm(model, schedule, x_t, &levels, &mut noise, &mut tick)?,
+            SamplerKind::Ddim => {
+                ddim(model, schedule, x_t, &levels, &DdimOptions { eta: opts.eta }, &mut noise, &mut tick)?
+            }
+            SamplerKind::Dpm2 => dpm_solver_2m(model, schedule, x_t, &levels, &mut tick)?,
+            SamplerKind::Dpmpp2m => dpm_solver_pp_2m(model, schedule, x_t, &levels, &mut tick)?,
         };
         parts.push(x0.to_device(tch::Device::Cpu));
     }
     bar.finish_and_clear();
-    Ok(Tensor::cat(&parts, 0))
+    Ok((Tensor::cat(&parts, 0), labels))
 }
 
 #[derive(Args)]

@@ -7,11 +7,12 @@ use tch::{Kind, Tensor};
 
 use cdm::data::Dataset;
 use cdm::likelihood::log_prob;
-use cdm::plot::{cube_likelihoods, heatmaps, Heatmap};
-use cdm::sample::SamplerKind;
+use cdm::plot::{cube_likelihoods, heatmaps, image_grid, Heatmap};
+use cdm::predictor::{ClassifierDenoiser, NoisePredictor};
+use cdm::sample::Noise;
 use cdm::train::load_model;
 
-use super::infer::draw_samples;
+use super::infer::{draw_samples, SampleOptions};
 use super::DeviceArg;
 
 #[derive(Args)]
@@ -39,6 +40,28 @@ enum PlotCommand {
         /// Samples to overlay (DDPM, 200 steps).
         #[arg(long, default_value_t = 1000)]
         samples: usize,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceArg,
+    },
+    /// Image data: a denoising strip like the paper's Fig. 4. Each row is one image: the clean
+    /// image, then (noisy x_t, denoised E[x0 | x_t]) at each level, up to t = T, where the input
+    /// is almost pure noise and the MMSE answer is the data mean.
+    Strip {
+        #[arg(long)]
+        ckpt: PathBuf,
+        /// Images to denoise (default: the model's training data).
+        #[arg(long)]
+        data: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Rows (images).
+        #[arg(long, default_value_t = 6)]
+        n: usize,
+        /// Levels (default: 10%, 30%, 50%, 70%, 90% and 100% of T).
+        #[arg(long, value_delimiter = ',')]
+        levels: Vec<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceArg,
     },
@@ -74,15 +97,8 @@ pub fn run(args: PlotArgs) -> Result<()> {
                 let v = Vec::<f64>::try_from(t.reshape([grid as i64, grid as i64]).flatten(0, -1))?;
                 Ok(v.chunks(grid).map(|c| c.to_vec()).collect())
             };
-            let drawn = draw_samples(
-                &loaded,
-                samples,
-                SamplerKind::Ddpm,
-                200.min(loaded.model.schedule().timesteps()),
-                0.0,
-                1,
-                1024,
-            )?;
+            let steps = 200.min(loaded.model.schedule().timesteps());
+            let (drawn, _) = draw_samples(&loaded, samples, &SampleOptions::ddpm(steps), 1024)?;
             let pairs = Vec::<f64>::try_from(drawn.to_kind(Kind::Double).flatten(0, -1))?;
             let dots: Vec<(f64, f64)> = pairs.chunks(2).map(|p| (p[0], p[1])).collect();
             let vmax = exact.max().double_value(&[]).max(learned.max().double_value(&[]));
@@ -93,6 +109,47 @@ pub fn run(args: PlotArgs) -> Result<()> {
             ];
             heatmaps(&out, &panels, -extent, extent, vmax - 8.0, vmax, &dots)?;
             println!("wrote {}", out.display());
+        }
+        PlotCommand::Strip { ckpt, data, out, n, levels, seed, device } => {
+            let loaded = load_model(&ckpt, device.device()?, true)
+                .with_context(|| format!("loading --ckpt {}", ckpt.display()))?;
+            let spec = data.unwrap_or_else(|| loaded.config.data.clone());
+            let dataset = Dataset::open(&spec).with_context(|| format!("--data {spec}"))?;
+            if dataset.shape().len() != 3 {
+                bail!("--data {spec}: a strip needs image data [C, H, W]");
+            }
+            let schedule = loaded.model.schedule();
+            let t_max = schedule.timesteps();
+            let levels: Vec<usize> = match levels.is_empty() {
+                true => [0.1, 0.3, 0.5, 0.7, 0.9, 1.0]
+                    .iter()
+                    .map(|f| ((f * t_max as f64).round() as usize).max(1))
+                    .collect(),
+                false => levels,
+            };
+            if let Some(t) = levels.iter().find(|&&t| t == 0 || t > t_max) {
+                bail!("--levels: {t} is outside 1..={t_max}");
+            }
+            let x0 = dataset.eval_points(n, seed);
+            let x0 = x0
+                .narrow(0, 0, (n as i64).min(x0.size()[0]))
+                .to_kind(loaded.config.train.precision.kind())
+                .to_device(loaded.vs.device());
+            let rows = x0.size()[0];
+            let eps = Noise::new(seed, 0, rows as usize).normal(&x0.size()[1..], x0.kind(), x0.device());
+            let denoiser = ClassifierDenoiser { classifier: &loaded.model, labels: None };
+            let mut columns = vec![x0.shallow_clone()];
+            for &t in &levels {
+                let level = Tensor::full([rows], t as i64, (Kind::Int64, x0.device()));
+                let x_t = schedule.add_noise(&x0, &eps, &level);
+                let denoised = schedule.x0_from_eps(&x_t, &denoiser.eps(&x_t, &level)?, &level);
+                columns.extend([x_t, denoised]);
+            }
+            let cols = columns.len();
+            // [cols, rows, C, H, W] → row-major tiles: image r, column c.
+            let tiles = Tensor::stack(&columns, 1).flatten(0, 1).to_device(tch::Device::Cpu);
+            image_grid(&out, &tiles, cols)?;
+            println!("wrote {} (columns: clean, then noisy/denoised at levels {levels:?})", out.display());
         }
         PlotCommand::Cubes { reports, out } => {
             let mut points = Vec::new();

@@ -59,6 +59,12 @@ pub struct TrainArgs {
     /// Precision of weights and data.
     #[arg(long, value_enum)]
     precision: Option<Precision>,
+    /// Condition on the data's labels (with label dropout, for classifier-free guidance).
+    #[arg(long)]
+    conditional: bool,
+    /// Flip images left-right at random.
+    #[arg(long)]
+    hflip: bool,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
 }
@@ -99,7 +105,8 @@ fn run_config(args: &TrainArgs) -> Result<RunConfig> {
     };
     let data =
         args.data.clone().or(file.data).context("no training data: pass --data SPEC or set `data` in --config")?;
-    let shape = Dataset::open(&data).with_context(|| format!("--data {data}"))?.shape();
+    let dataset = Dataset::open(&data).with_context(|| format!("--data {data}"))?;
+    let shape = dataset.shape();
     let mut schedule = file.schedule.unwrap_or_default();
     schedule.kind = args.schedule.unwrap_or(schedule.kind);
     schedule.timesteps = args.timesteps.unwrap_or(schedule.timesteps);
@@ -110,14 +117,20 @@ fn run_config(args: &TrainArgs) -> Result<RunConfig> {
         (None, None) if shape.len() == 3 => BackboneConfig::ConvNet(ConvNetConfig::default()),
         (None, None) => BackboneConfig::Mlp(MlpConfig::default()),
     };
+    let num_labels = match args.conditional {
+        true => dataset.num_labels().with_context(|| format!("--conditional: '{data}' has no labels"))?,
+        false => 0,
+    };
     match &mut backbone {
         BackboneConfig::Mlp(mlp) => {
             mlp.hidden = args.hidden.unwrap_or(mlp.hidden);
             mlp.blocks = args.blocks.unwrap_or(mlp.blocks);
+            mlp.num_labels = mlp.num_labels.max(num_labels);
         }
         BackboneConfig::ConvNet(conv) => {
             conv.channels = args.channels.unwrap_or(conv.channels);
             conv.blocks = args.blocks.unwrap_or(conv.blocks);
+            conv.num_labels = conv.num_labels.max(num_labels);
         }
     }
     let mut train = file.train.unwrap_or_default();
@@ -127,6 +140,7 @@ fn run_config(args: &TrainArgs) -> Result<RunConfig> {
     train.seed = args.seed.unwrap_or(train.seed);
     train.ce_weight = args.ce_weight.unwrap_or(train.ce_weight);
     train.precision = args.precision.unwrap_or(train.precision);
+    train.hflip |= args.hflip;
     Ok(RunConfig { data, model: ClassifierConfig { schedule, backbone, data_shape: shape }, train })
 }
 

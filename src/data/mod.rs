@@ -82,11 +82,23 @@ impl Dataset {
         }
     }
 
-    /// A training batch of `n` points: random rows of a file (with replacement), or fresh samples.
-    pub fn batch(&self, n: usize, rng: &mut Rng) -> Tensor {
+    /// A training batch of `n` points: random rows of a file (with replacement) and their labels
+    /// if it has any, or fresh samples.
+    pub fn batch(&self, n: usize, rng: &mut Rng) -> (Tensor, Option<Tensor>) {
         match self {
-            Dataset::Points { x, .. } => x.index_select(0, &rng.integers(n, x.size()[0] as usize)),
-            Dataset::Known(d) => d.sample(n, rng),
+            Dataset::Points { x, labels } => {
+                let rows = rng.integers(n, x.size()[0] as usize);
+                (x.index_select(0, &rows), labels.as_ref().map(|l| l.index_select(0, &rows)))
+            }
+            Dataset::Known(d) => (d.sample(n, rng), None),
+        }
+    }
+
+    /// Number of distinct data labels (largest label + 1), for labelled data.
+    pub fn num_labels(&self) -> Option<usize> {
+        match self {
+            Dataset::Points { labels: Some(l), .. } => Some(l.max().int64_value(&[]) as usize + 1),
+            _ => None,
         }
     }
 
