@@ -2,24 +2,12 @@
 //! Models", 2024, arXiv:2402.10095): a backbone's raw outputs h(x) ∈ R^{T+2}, the cumsum head
 //! l = cumsum(h) (each h_t a log-ratio of adjacent level densities), F(x, t) = l_{T+1}(x) - l_t(x),
 //! and the MMSE denoiser from the input gradient of F (Theorem 3.1).
-use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use crate::nets::{Backbone, BackboneConfig};
-use crate::schedule::{Schedule, ScheduleConfig};
-use crate::{Error, Result};
-
-/// Everything needed to rebuild a classifier; stored as JSON beside its weights.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClassifierConfig {
-    /// Noise levels the classifier tells apart.
-    pub schedule: ScheduleConfig,
-    /// The network.
-    pub backbone: BackboneConfig,
-    /// Shape of one data point, without the batch axis (`[D]` or `[C, H, W]`).
-    pub data_shape: Vec<i64>,
-}
+use crate::model::{check_shape, ModelConfig};
+use crate::nets::{Backbone, Head};
+use crate::schedule::Schedule;
+use crate::Result;
 
 /// A noise-level classifier over t = 0..=T+1.
 pub struct Classifier {
@@ -38,12 +26,10 @@ pub struct ClassifierOutput {
 
 impl Classifier {
     /// Builds the backbone under `vs` as `cfg` says.
-    pub fn new(vs: &nn::Path, cfg: &ClassifierConfig) -> Result<Self> {
+    pub fn new(vs: &nn::Path, cfg: &ModelConfig) -> Result<Self> {
         let schedule = Schedule::new(cfg.schedule)?;
-        if cfg.data_shape.is_empty() || cfg.data_shape.iter().any(|&d| d <= 0) {
-            return Err(Error::Config(format!("data_shape must be positive sizes, got {:?}", cfg.data_shape)));
-        }
-        let backbone = cfg.backbone.build(vs, &cfg.data_shape, schedule.num_classes() as i64)?;
+        let head = Head::Levels(schedule.num_classes() as i64);
+        let backbone = cfg.backbone.build(vs, &cfg.data_shape, head, schedule.timesteps())?;
         Ok(Self::from_backbone(backbone, schedule, cfg.data_shape.clone()))
     }
 
@@ -63,19 +49,12 @@ impl Classifier {
 
     /// Checks that `x` is a batch of data points of this model's shape.
     pub fn check_input(&self, x: &Tensor) -> Result<()> {
-        let size = x.size();
-        if size.len() != self.data_shape.len() + 1 || size[1..] != self.data_shape[..] {
-            return Err(Error::Shape(format!(
-                "input has shape {size:?}, the model expects [B, {}]",
-                self.data_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-            )));
-        }
-        Ok(())
+        check_shape(&self.data_shape, x)
     }
 
     /// Logits l(x) = cumsum(h(x)): [B, T+2].
     pub fn logits(&self, x: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
-        self.backbone.forward(x, labels, train).cumsum(1, None::<Kind>)
+        self.backbone.forward(x, None, labels, train).cumsum(1, None::<Kind>)
     }
 
     /// One pass with the input gradient: logits and the denoiser ε̂ at per-sample levels `t`

@@ -15,15 +15,18 @@
 //! | `F` | F(x, t) = l_{T+1}(x) - l_t(x); log p_t(x) = log N(x; 0, I) - F(x, t) |
 //!
 //! ## Layout
-//! `schedule` (ᾱ_t), `nets` (backbones), `classifier` (cumsum head, F, ε̂ by input gradient),
-//! `predictor` (the one trait samplers use), `loss`, `likelihood`, `sample` (DDPM, DDIM),
-//! `train`, `checkpoint`, `data` (files and known densities), `plot`.
+//! `schedule` (ᾱ_t), `nets` (MLP, ConvNet encoder, UNet), `classifier` (cumsum head, F, ε̂ by
+//! input gradient), `denoiser` (the DDM baseline), `model` (either kind behind one type),
+//! `predictor` (the one trait samplers use), `loss`, `likelihood`, `sample` (DDPM, DDIM,
+//! DPM-Solver, guidance), `train`, `checkpoint`, `data` (files, images, known densities), `plot`.
 pub mod checkpoint;
 pub mod classifier;
 pub mod data;
+pub mod denoiser;
 pub mod error;
 pub mod likelihood;
 pub mod loss;
+pub mod model;
 pub mod nets;
 pub mod plot;
 pub mod predictor;

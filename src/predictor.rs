@@ -3,6 +3,7 @@
 use tch::Tensor;
 
 use crate::classifier::Classifier;
+use crate::model::Model;
 use crate::Result;
 
 /// A noise predictor ε̂(x_t, t) ≈ E[ε | x_t].
@@ -18,15 +19,33 @@ impl<F: Fn(&Tensor, &Tensor) -> Result<Tensor>> NoisePredictor for F {
     }
 }
 
-/// A classifier used as a denoiser through Theorem 3.1, optionally for fixed data labels.
-pub struct ClassifierDenoiser<'a> {
-    pub classifier: &'a Classifier,
+/// A model that predicts ε̂ given data labels.
+pub trait LabelledPredictor {
+    fn eps_given(&self, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<Tensor>;
+}
+
+impl LabelledPredictor for Classifier {
+    /// Theorem 3.1 through the input gradient.
+    fn eps_given(&self, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        Ok(self.forward(x_t, t, labels, false)?.eps)
+    }
+}
+
+impl LabelledPredictor for Model {
+    fn eps_given(&self, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        self.eps(x_t, t, labels)
+    }
+}
+
+/// A model with fixed data labels, as a noise predictor.
+pub struct Conditioned<'a, M: ?Sized> {
+    pub model: &'a M,
     /// Data labels [B] for a conditional model; `None` uses the null label.
     pub labels: Option<Tensor>,
 }
 
-impl NoisePredictor for ClassifierDenoiser<'_> {
+impl<M: LabelledPredictor + ?Sized> NoisePredictor for Conditioned<'_, M> {
     fn eps(&self, x_t: &Tensor, t: &Tensor) -> Result<Tensor> {
-        Ok(self.classifier.forward(x_t, t, self.labels.as_ref(), false)?.eps)
+        self.model.eps_given(x_t, t, self.labels.as_ref())
     }
 }

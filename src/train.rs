@@ -1,5 +1,5 @@
 //! Training a classification diffusion model (Yadin et al. 2024, arXiv:2402.10095,
-//! Algorithm 1): Adam with warm-up and decay, EMA weights, optional gradient clipping,
+//! Algorithm 1), or its DDM baseline: Adam with warm-up and decay, EMA weights, optional gradient clipping,
 //! atomic checkpoints and exact resume (each step's randomness is derived from the seed and
 //! the step number, and the optimiser state is saved).
 use std::path::{Path, PathBuf};
@@ -8,9 +8,8 @@ use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TensorFile};
-use crate::classifier::{Classifier, ClassifierConfig};
 use crate::data::Dataset;
-use crate::loss::cdm_loss;
+use crate::model::{Model, ModelConfig};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -151,7 +150,7 @@ impl TrainConfig {
 pub struct RunConfig {
     /// Data spec (see `data::Dataset::open`).
     pub data: String,
-    pub model: ClassifierConfig,
+    pub model: ModelConfig,
     pub train: TrainConfig,
 }
 
@@ -160,7 +159,8 @@ pub struct RunConfig {
 pub struct StepReport {
     pub step: u64,
     pub loss: f64,
-    pub ce: f64,
+    /// The CDM's cross-entropy (absent for a DDM).
+    pub ce: Option<f64>,
     pub mse: f64,
     pub lr: f64,
     pub grad_norm: f64,
@@ -208,16 +208,16 @@ fn named_vars(vs: &VarStore) -> Vec<(String, Tensor)> {
 /// A model, the VarStore that owns its weights, and the run settings it came from.
 pub struct LoadedModel {
     pub config: RunConfig,
-    pub model: Classifier,
+    pub model: Model,
     pub vs: VarStore,
     /// Optimiser steps taken.
     pub step: u64,
 }
 
 /// Builds a fresh classifier on `device` in the run's precision.
-fn build(config: &RunConfig, device: Device) -> Result<(VarStore, Classifier)> {
+fn build(config: &RunConfig, device: Device) -> Result<(VarStore, Model)> {
     let mut vs = VarStore::new(device);
-    let model = Classifier::new(&vs.root(), &config.model)?;
+    let model = Model::new(&vs.root(), &config.model)?;
     vs.set_kind(config.train.precision.kind());
     Ok((vs, model))
 }
@@ -246,7 +246,7 @@ pub struct Trainer {
     data: Dataset,
     device: Device,
     vs: VarStore,
-    model: Classifier,
+    model: Model,
     ema_vs: VarStore,
     adam: Adam,
     step: u64,
@@ -352,7 +352,7 @@ impl Trainer {
     }
 
     /// The model with its raw (non-EMA) weights.
-    pub fn model(&self) -> &Classifier {
+    pub fn model(&self) -> &Model {
         &self.model
     }
 
@@ -388,7 +388,7 @@ impl Trainer {
             let k = self.step;
             let mut rng = Rng::stream(cfg.seed, k);
             let (x0, labels) = self.batch(&mut rng);
-            let loss = cdm_loss(&self.model, &x0, labels.as_ref(), cfg.ce_weight, &mut rng)?;
+            let loss = self.model.loss(&x0, labels.as_ref(), cfg.ce_weight, &mut rng)?;
             let total = loss.total.double_value(&[]);
             if !total.is_finite() {
                 return Err(Error::NonFinite { step: k, what: format!("loss = {total}") });
@@ -423,7 +423,7 @@ impl Trainer {
             let report = StepReport {
                 step: self.step,
                 loss: total,
-                ce: loss.ce.double_value(&[]),
+                ce: loss.ce.map(|ce| ce.double_value(&[])),
                 mse: loss.mse.double_value(&[]),
                 lr,
                 grad_norm,

@@ -5,7 +5,7 @@ mod common;
 
 use cdm::classifier::Classifier;
 use cdm::likelihood::log_prob;
-use cdm::predictor::{ClassifierDenoiser, NoisePredictor};
+use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::schedule::{Schedule, ScheduleConfig, ScheduleKind};
 use common::{det_points, gaussian_backbone, max_abs_diff};
 use tch::{Kind, Tensor};
@@ -24,7 +24,7 @@ fn denoiser_is_the_exact_posterior_mean_at_every_level() {
     for kind in [ScheduleKind::Linear, ScheduleKind::Cosine, ScheduleKind::Tdr] {
         let model = gaussian_classifier(kind);
         let x = det_points(7, D);
-        let denoiser = ClassifierDenoiser { classifier: &model, labels: None };
+        let denoiser = Conditioned { model: &model, labels: None };
         for t in 0..=51usize {
             let level = Tensor::full([7], t as i64, (Kind::Int64, tch::Device::Cpu));
             let eps = tch::no_grad(|| denoiser.eps(&x, &level)).unwrap();

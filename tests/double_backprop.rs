@@ -1,7 +1,8 @@
 //! The CDM loss differentiates through the input gradient (double backprop). Its weight
 //! gradients, from the real MLP and loss code in f64, must match central finite differences.
-use cdm::classifier::{Classifier, ClassifierConfig};
+use cdm::classifier::Classifier;
 use cdm::loss::cdm_loss;
+use cdm::model::{ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, MlpConfig};
 use cdm::rng::Rng;
 use cdm::schedule::ScheduleConfig;
@@ -9,7 +10,8 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 
 fn model() -> (VarStore, Classifier) {
     let mut vs = VarStore::new(Device::Cpu);
-    let cfg = ClassifierConfig {
+    let cfg = ModelConfig {
+        kind: ModelKind::Cdm,
         schedule: ScheduleConfig { timesteps: 20, ..Default::default() },
         backbone: BackboneConfig::Mlp(MlpConfig { hidden: 8, blocks: 1, num_labels: 0 }),
         data_shape: vec![3],

@@ -1,6 +1,6 @@
 //! Checkpoints: a run stopped and resumed ends with exactly the weights of an uninterrupted
 //! run, and a saved model reloads to identical logits.
-use cdm::classifier::ClassifierConfig;
+use cdm::model::{ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, MlpConfig};
 use cdm::schedule::ScheduleConfig;
 use cdm::train::{load_model, Precision, RunConfig, TrainConfig, Trainer};
@@ -9,7 +9,8 @@ use tch::{Device, Kind};
 fn config(steps: u64) -> RunConfig {
     RunConfig {
         data: "gmm2d".into(),
-        model: ClassifierConfig {
+        model: ModelConfig {
+            kind: ModelKind::Cdm,
             schedule: ScheduleConfig { timesteps: 20, ..Default::default() },
             backbone: BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 2, num_labels: 0 }),
             data_shape: vec![2],
@@ -62,8 +63,9 @@ fn saved_model_reloads_to_identical_logits() {
     let mut trainer = Trainer::open(dir.path(), config(4), Device::Cpu).unwrap();
     trainer.run(&mut |_| {}).unwrap();
     let x = cdm::rng::Rng::new(0).normal(&[6, 2], Kind::Double);
-    let before = trainer.model().logits(&x, None, false);
-    let after = load_model(dir.path(), Device::Cpu, false).unwrap().model.logits(&x, None, false);
+    let before = trainer.model().classifier().unwrap().logits(&x, None, false);
+    let loaded = load_model(dir.path(), Device::Cpu, false).unwrap();
+    let after = loaded.model.classifier().unwrap().logits(&x, None, false);
     assert_eq!((before - after).abs().max().double_value(&[]), 0.0);
 }
 

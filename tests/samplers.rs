@@ -5,7 +5,7 @@
 mod common;
 
 use cdm::classifier::Classifier;
-use cdm::predictor::{ClassifierDenoiser, NoisePredictor};
+use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::sample::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, DdimOptions, Guided, Noise};
 use cdm::schedule::{Schedule, ScheduleConfig, ScheduleKind};
 use common::{assert_close, gaussian_backbone, max_abs_diff};
@@ -31,7 +31,7 @@ fn std(x: &Tensor) -> f64 {
 fn ddim_maps_standard_normal_onto_the_data() {
     for kind in [ScheduleKind::Linear, ScheduleKind::Cosine, ScheduleKind::Tdr] {
         let model = gaussian_model(kind);
-        let denoiser = ClassifierDenoiser { classifier: &model, labels: None };
+        let denoiser = Conditioned { model: &model, labels: None };
         let levels = model.schedule().sampling_levels(100).unwrap();
         let x_t = start(2000, 1);
         let x0 = ddim(
@@ -70,7 +70,7 @@ fn ddim_maps_standard_normal_onto_the_data() {
 #[test]
 fn ddpm_matches_the_data_moments_within_sampling_error() {
     let model = gaussian_model(ScheduleKind::Linear);
-    let denoiser = ClassifierDenoiser { classifier: &model, labels: None };
+    let denoiser = Conditioned { model: &model, labels: None };
     let levels = model.schedule().sampling_levels(1000).unwrap();
     let n = 2000;
     let x0 = ddpm(&denoiser, model.schedule(), start(n, 3), &levels, &mut Noise::new(4, 0, n), &mut |_| {}).unwrap();
@@ -83,7 +83,7 @@ fn ddpm_matches_the_data_moments_within_sampling_error() {
 fn ddpm_equals_ddim_with_eta_one() {
     // DDIM's σ at η = 1 is the DDPM posterior variance, and its mean is the posterior mean.
     let model = gaussian_model(ScheduleKind::Cosine);
-    let denoiser = ClassifierDenoiser { classifier: &model, labels: None };
+    let denoiser = Conditioned { model: &model, labels: None };
     let levels = model.schedule().sampling_levels(20).unwrap();
     let a = ddpm(&denoiser, model.schedule(), start(64, 5), &levels, &mut Noise::new(6, 0, 64), &mut |_| {}).unwrap();
     let b = ddim(
@@ -102,7 +102,7 @@ fn ddpm_equals_ddim_with_eta_one() {
 #[test]
 fn samples_do_not_depend_on_the_batch() {
     let model = gaussian_model(ScheduleKind::Linear);
-    let denoiser = ClassifierDenoiser { classifier: &model, labels: None };
+    let denoiser = Conditioned { model: &model, labels: None };
     let levels = model.schedule().sampling_levels(10).unwrap();
     let run = |first: u64, n: usize| {
         let x_t = Noise::new(9, first, n).normal(&[2], Kind::Double, Device::Cpu);
@@ -138,7 +138,7 @@ fn closure_predictors_plug_in() {
 /// probability-flow map s/√v_T.
 fn ode_gain_error(kind: ScheduleKind, steps: usize, sampler: &str) -> f64 {
     let model = gaussian_model(kind);
-    let denoiser = ClassifierDenoiser { classifier: &model, labels: None };
+    let denoiser = Conditioned { model: &model, labels: None };
     let schedule = model.schedule();
     let levels = schedule.sampling_levels(steps).unwrap();
     let x_t = Tensor::ones([1, 2], (Kind::Double, Device::Cpu));

@@ -9,7 +9,7 @@ use clap::Args;
 use serde_json::json;
 use tch::Device;
 
-use cdm::classifier::ClassifierConfig;
+use cdm::model::{ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, ConvNetConfig, MlpConfig};
 use cdm::schedule::ScheduleConfig;
 use cdm::train::{LrDecay, RunConfig, TrainConfig, Trainer};
@@ -55,7 +55,7 @@ fn run_config(size: BenchSize) -> RunConfig {
     };
     RunConfig {
         data: data.into(),
-        model: ClassifierConfig { schedule: ScheduleConfig::default(), backbone, data_shape },
+        model: ModelConfig { kind: ModelKind::Cdm, schedule: ScheduleConfig::default(), backbone, data_shape },
         // Never reaches a checkpoint or log line: only steps are timed.
         train: TrainConfig {
             steps: u64::MAX,

@@ -9,7 +9,7 @@ use tch::{Kind, Tensor};
 use cdm::data::{npy, Dataset, DATA_SPECS};
 use cdm::likelihood::{bits_per_dim, log_prob};
 use cdm::plot::image_grid;
-use cdm::predictor::{ClassifierDenoiser, NoisePredictor};
+use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::sample::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, DdimOptions, Guided, Noise, SamplerKind};
 use cdm::train::{load_model, LoadedModel};
 
@@ -107,9 +107,10 @@ pub fn nll(args: NllArgs) -> Result<()> {
         }
         _ => clean,
     };
-    let log_p =
-        batched(&loaded, &x, args.ckpt.batch, |chunk, _| Ok(log_prob(&loaded.model, chunk, args.level, None)?))?
-            .to_kind(Kind::Double);
+    let log_p = batched(&loaded, &x, args.ckpt.batch, |chunk, _| {
+        Ok(log_prob(loaded.model.classifier()?, chunk, args.level, None)?)
+    })?
+    .to_kind(Kind::Double);
     let dim = x.size()[1..].iter().product::<i64>() as f64;
     let nats_per_dim = log_p.mean(Kind::Double).double_value(&[]) / dim;
     let mut report = json!({
@@ -171,7 +172,7 @@ pub fn denoise(args: DenoiseArgs) -> Result<()> {
     }
     let input = npy::read_npy(&args.input).with_context(|| format!("--input {}", args.input.display()))?;
     loaded.model.check_input(&input).with_context(|| format!("--input {}", args.input.display()))?;
-    let denoiser = ClassifierDenoiser { classifier: &loaded.model, labels: None };
+    let denoiser = Conditioned { model: &loaded.model, labels: None };
     let x0 = batched(&loaded, &input, args.ckpt.batch, |chunk, start| {
         let level = Tensor::full([chunk.size()[0]], args.level as i64, (Kind::Int64, chunk.device()));
         let x_t = if args.add_noise {
@@ -300,8 +301,8 @@ pub fn draw_samples(
     for start in (0..n).step_by(batch.max(1)) {
         let len = batch.max(1).min(n - start);
         let chunk_labels = labels.as_ref().map(|l| Tensor::from_slice(&l[start..start + len]).to_device(device));
-        let conditional = ClassifierDenoiser { classifier: &loaded.model, labels: chunk_labels };
-        let unconditional = ClassifierDenoiser { classifier: &loaded.model, labels: None };
+        let conditional = Conditioned { model: &loaded.model, labels: chunk_labels };
+        let unconditional = Conditioned { model: &loaded.model, labels: None };
         let guided = Guided { conditional: &conditional, unconditional: &unconditional, weight: opts.guidance };
         let model: &dyn NoisePredictor = if opts.guidance != 0.0 { &guided } else { &conditional };
         // One stream per sample for x_T, and another for the noise of its steps.
@@ -353,7 +354,7 @@ pub fn mmse(args: MmseArgs) -> Result<()> {
     } else {
         args.levels.clone()
     };
-    let denoiser = ClassifierDenoiser { classifier: &loaded.model, labels: None };
+    let denoiser = Conditioned { model: &loaded.model, labels: None };
     let x0 = data.eval_points(args.n, args.seed);
     let eps = Noise::new(args.seed, 0, args.n).normal(&x0.size()[1..], Kind::Double, tch::Device::Cpu);
     let mut rows = Vec::new();

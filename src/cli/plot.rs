@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 use cdm::data::Dataset;
 use cdm::likelihood::log_prob;
 use cdm::plot::{cube_likelihoods, heatmaps, image_grid, Heatmap};
-use cdm::predictor::{ClassifierDenoiser, NoisePredictor};
+use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::sample::Noise;
 use cdm::train::load_model;
 
@@ -89,9 +89,10 @@ pub fn run(args: PlotArgs) -> Result<()> {
             let mesh = Tensor::meshgrid_indexing(&[&axis, &axis], "ij");
             let points = Tensor::stack(&[mesh[1].flatten(0, -1), mesh[0].flatten(0, -1)], 1);
             let kind = loaded.config.train.precision.kind();
-            let learned = log_prob(&loaded.model, &points.to_kind(kind).to_device(loaded.vs.device()), 0, None)?
-                .to_kind(Kind::Double)
-                .to_device(tch::Device::Cpu);
+            let learned =
+                log_prob(loaded.model.classifier()?, &points.to_kind(kind).to_device(loaded.vs.device()), 0, None)?
+                    .to_kind(Kind::Double)
+                    .to_device(tch::Device::Cpu);
             let exact = density.log_prob(&points);
             let grid_of = |t: &Tensor| -> Result<Vec<Vec<f64>>> {
                 let v = Vec::<f64>::try_from(t.reshape([grid as i64, grid as i64]).flatten(0, -1))?;
@@ -137,7 +138,7 @@ pub fn run(args: PlotArgs) -> Result<()> {
                 .to_device(loaded.vs.device());
             let rows = x0.size()[0];
             let eps = Noise::new(seed, 0, rows as usize).normal(&x0.size()[1..], x0.kind(), x0.device());
-            let denoiser = ClassifierDenoiser { classifier: &loaded.model, labels: None };
+            let denoiser = Conditioned { model: &loaded.model, labels: None };
             let mut columns = vec![x0.shallow_clone()];
             for &t in &levels {
                 let level = Tensor::full([rows], t as i64, (Kind::Int64, x0.device()));

@@ -1,13 +1,13 @@
 //! `cdm train`.
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Deserialize;
 
-use cdm::classifier::ClassifierConfig;
 use cdm::data::{Dataset, DATA_SPECS};
-use cdm::nets::{BackboneConfig, ConvNetConfig, MlpConfig};
+use cdm::model::{ModelConfig, ModelKind};
+use cdm::nets::{BackboneConfig, ConvNetConfig, MlpConfig, UnetConfig};
 use cdm::schedule::{ScheduleConfig, ScheduleKind};
 use cdm::train::{Precision, RunConfig, TrainConfig, Trainer};
 
@@ -44,16 +44,22 @@ pub struct TrainArgs {
     /// Weight of the cross-entropy term.
     #[arg(long)]
     ce_weight: Option<f64>,
-    /// Backbone (default: convnet for [C, H, W] data, mlp otherwise).
+    /// A classification diffusion model, or the denoising baseline.
+    #[arg(long, value_enum)]
+    model: Option<ModelKind>,
+    /// Backbone (default: the UNet for [C, H, W] data, the MLP otherwise).
     #[arg(long, value_enum)]
     backbone: Option<BackboneArg>,
+    /// UNet size: tiny (about 1 M parameters at 28×28), mnist (6 M), cifar10 (the DDPM/CDM paper's 35.7 M).
+    #[arg(long, value_enum)]
+    preset: Option<UnetPreset>,
     /// MLP width.
     #[arg(long)]
     hidden: Option<usize>,
-    /// ConvNet channels of the first stage.
+    /// ConvNet or UNet channels at full resolution.
     #[arg(long)]
     channels: Option<usize>,
-    /// Residual blocks (MLP: in total; ConvNet: per stage).
+    /// Residual blocks (MLP: in total; ConvNet and UNet: per resolution).
     #[arg(long)]
     blocks: Option<usize>,
     /// Precision of weights and data.
@@ -73,8 +79,27 @@ pub struct TrainArgs {
 enum BackboneArg {
     /// Residual MLP (`MlpConfig::default()`).
     Mlp,
-    /// Encoder-only ConvNet (`ConvNetConfig::default()`).
+    /// Encoder-only ConvNet (`ConvNetConfig::default()`; CDM only).
     Convnet,
+    /// The DDPM UNet (`--preset`, default tiny).
+    Unet,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum UnetPreset {
+    Tiny,
+    Mnist,
+    Cifar10,
+}
+
+impl UnetPreset {
+    fn config(self) -> UnetConfig {
+        match self {
+            UnetPreset::Tiny => UnetConfig::tiny(),
+            UnetPreset::Mnist => UnetConfig::mnist(),
+            UnetPreset::Cifar10 => UnetConfig::cifar10(),
+        }
+    }
 }
 
 /// The optional parts of a run config that a `--config` file may give.
@@ -82,6 +107,7 @@ enum BackboneArg {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     data: Option<String>,
+    model: Option<ModelKind>,
     schedule: Option<ScheduleConfig>,
     backbone: Option<BackboneConfig>,
     train: Option<TrainConfig>,
@@ -110,28 +136,35 @@ fn run_config(args: &TrainArgs) -> Result<RunConfig> {
     let mut schedule = file.schedule.unwrap_or_default();
     schedule.kind = args.schedule.unwrap_or(schedule.kind);
     schedule.timesteps = args.timesteps.unwrap_or(schedule.timesteps);
+    let unet = || BackboneConfig::Unet(args.preset.unwrap_or(UnetPreset::Tiny).config());
     let mut backbone = match (args.backbone, file.backbone) {
         (Some(BackboneArg::Mlp), _) => BackboneConfig::Mlp(MlpConfig::default()),
         (Some(BackboneArg::Convnet), _) => BackboneConfig::ConvNet(ConvNetConfig::default()),
+        (Some(BackboneArg::Unet), _) => unet(),
         (None, Some(b)) => b,
-        (None, None) if shape.len() == 3 => BackboneConfig::ConvNet(ConvNetConfig::default()),
+        (None, None) if shape.len() == 3 => unet(),
         (None, None) => BackboneConfig::Mlp(MlpConfig::default()),
     };
-    let num_labels = match args.conditional {
-        true => dataset.num_labels().with_context(|| format!("--conditional: '{data}' has no labels"))?,
-        false => 0,
-    };
+    if args.preset.is_some() && !matches!(backbone, BackboneConfig::Unet(_)) {
+        bail!("--preset applies to the UNet only");
+    }
     match &mut backbone {
         BackboneConfig::Mlp(mlp) => {
             mlp.hidden = args.hidden.unwrap_or(mlp.hidden);
             mlp.blocks = args.blocks.unwrap_or(mlp.blocks);
-            mlp.num_labels = mlp.num_labels.max(num_labels);
         }
         BackboneConfig::ConvNet(conv) => {
             conv.channels = args.channels.unwrap_or(conv.channels);
             conv.blocks = args.blocks.unwrap_or(conv.blocks);
-            conv.num_labels = conv.num_labels.max(num_labels);
         }
+        BackboneConfig::Unet(unet) => {
+            unet.channels = args.channels.unwrap_or(unet.channels);
+            unet.res_blocks = args.blocks.unwrap_or(unet.res_blocks);
+        }
+    }
+    if args.conditional {
+        let n = dataset.num_labels().with_context(|| format!("--conditional: '{data}' has no labels"))?;
+        backbone.set_num_labels(n);
     }
     let mut train = file.train.unwrap_or_default();
     train.steps = args.steps.unwrap_or(train.steps);
@@ -141,7 +174,16 @@ fn run_config(args: &TrainArgs) -> Result<RunConfig> {
     train.ce_weight = args.ce_weight.unwrap_or(train.ce_weight);
     train.precision = args.precision.unwrap_or(train.precision);
     train.hflip |= args.hflip;
-    Ok(RunConfig { data, model: ClassifierConfig { schedule, backbone, data_shape: shape }, train })
+    Ok(RunConfig {
+        data,
+        model: ModelConfig {
+            kind: args.model.or(file.model).unwrap_or_default(),
+            schedule,
+            backbone,
+            data_shape: shape,
+        },
+        train,
+    })
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -155,7 +197,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     trainer.run(&mut |r| {
         bar.set_position(r.step);
-        bar.set_message(format!("loss {:.4} ce {:.3} mse {:.4}", r.loss, r.ce, r.mse));
+        bar.set_message(match r.ce {
+            Some(ce) => format!("loss {:.4} ce {ce:.3} mse {:.4}", r.loss, r.mse),
+            None => format!("mse {:.4}", r.mse),
+        });
     })?;
     bar.finish();
     tracing::info!("checkpoint in {}", args.out.display());

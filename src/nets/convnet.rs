@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Tensor};
 
-use super::Backbone;
+use super::blocks::{conv3, ResBlock};
+use super::{labels_or_null, Backbone};
 use crate::{Error, Result};
 
 /// Settings of [`ConvNet`].
@@ -35,45 +36,6 @@ impl ConvNetConfig {
     /// 16 channels, small enough for two CPU cores.
     pub fn cube() -> Self {
         ConvNetConfig { channels: 16, channel_mult: vec![1], blocks: 1, groups: 4, num_labels: 0 }
-    }
-}
-
-/// GN → SiLU → conv → (+ label) → GN → SiLU → conv, added to a (1×1-projected) skip.
-struct ResBlock {
-    norm1: nn::GroupNorm,
-    conv1: nn::Conv2D,
-    label: Option<nn::Linear>,
-    norm2: nn::GroupNorm,
-    conv2: nn::Conv2D,
-    skip: Option<nn::Conv2D>,
-}
-
-fn conv3(vs: nn::Path, c_in: i64, c_out: i64, stride: i64) -> nn::Conv2D {
-    nn::conv2d(vs, c_in, c_out, 3, nn::ConvConfig { padding: 1, stride, ..Default::default() })
-}
-
-impl ResBlock {
-    fn new(vs: &nn::Path, c_in: i64, c_out: i64, groups: i64, label_dim: Option<i64>) -> Self {
-        ResBlock {
-            norm1: nn::group_norm(vs / "norm1", groups, c_in, Default::default()),
-            conv1: conv3(vs / "conv1", c_in, c_out, 1),
-            label: label_dim.map(|d| nn::linear(vs / "label", d, c_out, Default::default())),
-            norm2: nn::group_norm(vs / "norm2", groups, c_out, Default::default()),
-            conv2: conv3(vs / "conv2", c_out, c_out, 1),
-            skip: (c_in != c_out).then(|| nn::conv2d(vs / "skip", c_in, c_out, 1, Default::default())),
-        }
-    }
-
-    fn forward(&self, x: &Tensor, label: Option<&Tensor>) -> Tensor {
-        let mut h = self.conv1.forward(&self.norm1.forward(x).silu());
-        if let (Some(proj), Some(label)) = (&self.label, label) {
-            h += proj.forward(label).unsqueeze(-1).unsqueeze(-1);
-        }
-        let h = self.conv2.forward(&self.norm2.forward(&h).silu());
-        match &self.skip {
-            Some(skip) => skip.forward(x) + h,
-            None => x + h,
-        }
     }
 }
 
@@ -110,7 +72,7 @@ impl ConvNet {
             let sv = vs / "stages" / i;
             let blocks = (0..cfg.blocks)
                 .map(|j| {
-                    let block = ResBlock::new(&(&sv / "blocks" / j), c, w, cfg.groups as i64, label_dim);
+                    let block = ResBlock::new(&(&sv / "blocks" / j), c, w, cfg.groups as i64, label_dim, 0.0);
                     c = w;
                     block
                 })
@@ -132,15 +94,15 @@ impl ConvNet {
 }
 
 impl Backbone for ConvNet {
-    fn forward(&self, x: &Tensor, labels: Option<&Tensor>, _train: bool) -> Tensor {
-        let label = self.label_embed.as_ref().map(|embed| {
-            let null = || Tensor::full([x.size()[0]], self.null_label, (tch::Kind::Int64, x.device()));
-            embed.forward(&labels.map_or_else(null, |l| l.shallow_clone())).silu()
-        });
+    fn forward(&self, x: &Tensor, _t: Option<&Tensor>, labels: Option<&Tensor>, train: bool) -> Tensor {
+        let label = self
+            .label_embed
+            .as_ref()
+            .map(|embed| embed.forward(&labels_or_null(labels, self.null_label, x.size()[0], x.device())).silu());
         let mut h = self.input.forward(x);
         for (blocks, down) in &self.stages {
             for block in blocks {
-                h = block.forward(&h, label.as_ref());
+                h = block.forward(&h, label.as_ref(), train);
             }
             if let Some(down) = down {
                 h = down.forward(&h);

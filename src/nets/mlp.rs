@@ -2,7 +2,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Tensor};
 
-use super::Backbone;
+use super::{labels_or_null, timestep_embedding, Backbone, Head};
 use crate::{Error, Result};
 
 /// Settings of [`Mlp`].
@@ -30,47 +30,68 @@ impl MlpConfig {
     }
 }
 
-/// x → SiLU(W x + label embedding) → `blocks` × (h + SiLU(W h)) → head, with the head
-/// initialised at zero so an untrained classifier says p_t = N(0, I) at every level.
+/// x → SiLU(W x + embeddings) → `blocks` × (h + SiLU(W h)) → head, with the head initialised
+/// at zero so an untrained model says p_t = N(0, I) at every level (CDM) or ε̂ = 0 (DDM).
+/// Label and (for a DDM) time embeddings are added to the first hidden layer.
 pub struct Mlp {
     input: nn::Linear,
     label_embed: Option<nn::Embedding>,
-    null_label: i64,
+    num_labels: i64,
+    time_embed: Option<(nn::Linear, usize)>,
     blocks: Vec<nn::Linear>,
     head: nn::Linear,
+    out_shape: Option<Vec<i64>>,
 }
 
 impl Mlp {
-    pub fn new(vs: &nn::Path, cfg: &MlpConfig, in_dim: i64, num_outputs: i64) -> Result<Self> {
+    pub fn new(vs: &nn::Path, cfg: &MlpConfig, data_shape: &[i64], head: Head, timesteps: usize) -> Result<Self> {
         if cfg.hidden == 0 {
             return Err(Error::Config("mlp.hidden must be positive".into()));
         }
         let hidden = cfg.hidden as i64;
+        let in_dim: i64 = data_shape.iter().product();
         let zero = nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true };
+        let (num_outputs, time_embed, out_shape) = match head {
+            Head::Levels(n) => (n, None, None),
+            Head::Noise => (
+                in_dim,
+                Some((nn::linear(vs / "time_embed", hidden, hidden, Default::default()), timesteps)),
+                Some(data_shape.to_vec()),
+            ),
+        };
         Ok(Mlp {
             input: nn::linear(vs / "input", in_dim, hidden, Default::default()),
             label_embed: (cfg.num_labels > 0)
                 .then(|| nn::embedding(vs / "label_embed", cfg.num_labels as i64 + 1, hidden, Default::default())),
-            null_label: cfg.num_labels as i64,
+            num_labels: cfg.num_labels as i64,
+            time_embed,
             blocks: (0..cfg.blocks)
                 .map(|i| nn::linear(vs / "blocks" / i, hidden, hidden, Default::default()))
                 .collect(),
             head: nn::linear(vs / "head", hidden, num_outputs, zero),
+            out_shape,
         })
     }
 }
 
 impl Backbone for Mlp {
-    fn forward(&self, x: &Tensor, labels: Option<&Tensor>, _train: bool) -> Tensor {
+    fn forward(&self, x: &Tensor, t: Option<&Tensor>, labels: Option<&Tensor>, _train: bool) -> Tensor {
+        let batch = x.size()[0];
         let mut h = self.input.forward(&x.flatten(1, -1));
         if let Some(embed) = &self.label_embed {
-            let null = || Tensor::full([x.size()[0]], self.null_label, (tch::Kind::Int64, x.device()));
-            h += embed.forward(&labels.map_or_else(null, |l| l.shallow_clone()));
+            h += embed.forward(&labels_or_null(labels, self.num_labels, batch, x.device()));
+        }
+        if let (Some((proj, timesteps)), Some(t)) = (&self.time_embed, t) {
+            h += proj.forward(&timestep_embedding(t, *timesteps, proj.ws.size()[1], x.kind()));
         }
         h = h.silu();
         for block in &self.blocks {
             h = &h + block.forward(&h).silu();
         }
-        self.head.forward(&h)
+        let out = self.head.forward(&h);
+        match &self.out_shape {
+            Some(shape) => out.reshape([&[batch][..], shape].concat()),
+            None => out,
+        }
     }
 }

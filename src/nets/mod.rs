@@ -1,26 +1,39 @@
-//! Backbones: networks that map a (noisy) input to one raw output per noise level. The
-//! classifier's cumsum head (see `classifier`) turns these into logits, so any backbone that
-//! implements [`Backbone`] becomes a classification diffusion model.
+//! Backbones: the networks behind both model kinds. For a classification diffusion model a
+//! backbone reads x_t alone and gives one raw output per noise level (the classifier's cumsum
+//! head turns them into logits); for a denoising diffusion model it also reads t and gives ε̂,
+//! shaped like x_t. [`Head`] says which.
 use serde::{Deserialize, Serialize};
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
 
-use crate::Result;
+use crate::{Error, Result};
 
+mod blocks;
 pub mod convnet;
 pub mod mlp;
+pub mod unet;
 pub use convnet::{ConvNet, ConvNetConfig};
 pub use mlp::{Mlp, MlpConfig};
+pub use unet::{Unet, UnetConfig};
 
-/// A network with one raw output per class, optionally conditioned on a data label.
+/// What a backbone outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// One raw output per noise level, from x_t alone (no time input): a CDM.
+    Levels(i64),
+    /// ε̂ shaped like the input, from x_t and t: a DDM.
+    Noise,
+}
+
+/// A network, optionally conditioned on a data label.
 pub trait Backbone: Send {
-    /// Raw outputs h(x): [B, num_classes] for inputs x: [B, ..] and labels: [B] (Int64).
-    /// `train` switches dropout and similar layers.
-    fn forward(&self, x: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor;
+    /// Outputs for inputs x: [B, ..], levels t: [B] (Int64; `None` for a CDM) and labels: [B]
+    /// (Int64; `None` is the null label). `train` switches dropout.
+    fn forward(&self, x: &Tensor, t: Option<&Tensor>, labels: Option<&Tensor>, train: bool) -> Tensor;
 }
 
 /// Analytic backbones in tests and examples are plain closures of x.
 impl<F: Fn(&Tensor) -> Tensor + Send> Backbone for F {
-    fn forward(&self, x: &Tensor, _labels: Option<&Tensor>, _train: bool) -> Tensor {
+    fn forward(&self, x: &Tensor, _t: Option<&Tensor>, _labels: Option<&Tensor>, _train: bool) -> Tensor {
         self(x)
     }
 }
@@ -31,17 +44,23 @@ impl<F: Fn(&Tensor) -> Tensor + Send> Backbone for F {
 pub enum BackboneConfig {
     /// Residual MLP for vectors (any data shape, flattened).
     Mlp(MlpConfig),
-    /// Encoder-only convolutional classifier for [C, H, W] data.
+    /// Encoder-only convolutional classifier for [C, H, W] data (CDM only).
     ConvNet(ConvNetConfig),
+    /// The DDPM UNet for [C, H, W] data.
+    Unet(UnetConfig),
 }
 
 impl BackboneConfig {
-    /// Builds the backbone under `vs` for inputs of `data_shape` (without the batch axis) and
-    /// `num_outputs` raw outputs.
-    pub fn build(&self, vs: &nn::Path, data_shape: &[i64], num_outputs: i64) -> Result<Box<dyn Backbone>> {
+    /// Builds the backbone under `vs` for inputs of `data_shape` (without the batch axis).
+    /// `timesteps` (T) scales the time input of a [`Head::Noise`] backbone.
+    pub fn build(&self, vs: &nn::Path, data_shape: &[i64], head: Head, timesteps: usize) -> Result<Box<dyn Backbone>> {
         match self {
-            BackboneConfig::Mlp(cfg) => Ok(Box::new(Mlp::new(vs, cfg, data_shape.iter().product(), num_outputs)?)),
-            BackboneConfig::ConvNet(cfg) => Ok(Box::new(ConvNet::new(vs, cfg, data_shape, num_outputs)?)),
+            BackboneConfig::Mlp(cfg) => Ok(Box::new(Mlp::new(vs, cfg, data_shape, head, timesteps)?)),
+            BackboneConfig::ConvNet(cfg) => match head {
+                Head::Levels(n) => Ok(Box::new(ConvNet::new(vs, cfg, data_shape, n)?)),
+                Head::Noise => Err(Error::Config("convnet is an encoder: it can only be a CDM's classifier".into())),
+            },
+            BackboneConfig::Unet(cfg) => Ok(Box::new(Unet::new(vs, cfg, data_shape, head, timesteps)?)),
         }
     }
 
@@ -50,6 +69,32 @@ impl BackboneConfig {
         match self {
             BackboneConfig::Mlp(cfg) => cfg.num_labels,
             BackboneConfig::ConvNet(cfg) => cfg.num_labels,
+            BackboneConfig::Unet(cfg) => cfg.num_labels,
         }
     }
+
+    /// Sets the number of data labels.
+    pub fn set_num_labels(&mut self, n: usize) {
+        match self {
+            BackboneConfig::Mlp(cfg) => cfg.num_labels = n,
+            BackboneConfig::ConvNet(cfg) => cfg.num_labels = n,
+            BackboneConfig::Unet(cfg) => cfg.num_labels = n,
+        }
+    }
+}
+
+/// Sinusoidal embedding of levels t ([B], Int64) scaled to [0, 1000) whatever T is, as in the
+/// DDPM code: [B, dim].
+pub fn timestep_embedding(t: &Tensor, timesteps: usize, dim: i64, kind: Kind) -> Tensor {
+    let half = dim / 2;
+    let freqs = (Tensor::arange(half, (Kind::Double, t.device())) * (-(10_000f64.ln()) / half as f64)).exp();
+    let scaled = t.to_kind(Kind::Double) * (1000.0 / timesteps as f64);
+    let args = scaled.unsqueeze(1) * freqs.unsqueeze(0);
+    Tensor::cat(&[args.sin(), args.cos()], 1).to_kind(kind)
+}
+
+/// The label embedding input of a conditional backbone: `labels`, or the null label
+/// `num_labels` for every sample when there are none.
+pub(crate) fn labels_or_null(labels: Option<&Tensor>, num_labels: i64, batch: i64, device: tch::Device) -> Tensor {
+    labels.map_or_else(|| Tensor::full([batch], num_labels, (Kind::Int64, device)), |l| l.shallow_clone())
 }

@@ -1,0 +1,38 @@
+//! The denoising diffusion model (Ho et al. 2020, arXiv:2006.11239): a network ε̂(x_t, t) that
+//! predicts the noise directly, trained with the simple MSE loss. The baseline a CDM is
+//! compared against, on the same backbones.
+use tch::{nn, Tensor};
+
+use crate::model::{check_shape, ModelConfig};
+use crate::nets::{Backbone, Head};
+use crate::schedule::Schedule;
+use crate::Result;
+
+/// An ε-prediction network over the levels 1..=T.
+pub struct Denoiser {
+    backbone: Box<dyn Backbone>,
+    schedule: Schedule,
+    data_shape: Vec<i64>,
+}
+
+impl Denoiser {
+    pub fn new(vs: &nn::Path, cfg: &ModelConfig) -> Result<Self> {
+        let schedule = Schedule::new(cfg.schedule)?;
+        let backbone = cfg.backbone.build(vs, &cfg.data_shape, Head::Noise, schedule.timesteps())?;
+        Ok(Denoiser { backbone, schedule, data_shape: cfg.data_shape.clone() })
+    }
+
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    pub fn data_shape(&self) -> &[i64] {
+        &self.data_shape
+    }
+
+    /// ε̂(x_t, t): [B, ..] for x_t: [B, ..] and levels t: [B] (Int64).
+    pub fn eps(&self, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        check_shape(&self.data_shape, x_t)?;
+        Ok(self.backbone.forward(x_t, Some(t), labels, train))
+    }
+}

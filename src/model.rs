@@ -1,0 +1,115 @@
+//! The two model kinds behind one type: a classification diffusion model (CDM) and the
+//! denoising diffusion model (DDM) it is compared against. Training, sampling and the command
+//! line go through [`Model`]; only likelihood needs the CDM itself.
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use crate::classifier::Classifier;
+use crate::denoiser::Denoiser;
+use crate::loss::{cdm_loss, ddm_loss, Loss};
+use crate::nets::BackboneConfig;
+use crate::rng::Rng;
+use crate::schedule::{Schedule, ScheduleConfig};
+use crate::{Error, Result};
+
+/// Which kind of diffusion model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Noise-level classifier; ε̂ from its input gradient, likelihood from its logits.
+    #[default]
+    Cdm,
+    /// ε-prediction network with the simple MSE loss.
+    Ddm,
+}
+
+/// Everything needed to rebuild a model; stored as JSON beside its weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// CDM or DDM (CDM when absent).
+    #[serde(default)]
+    pub kind: ModelKind,
+    /// Noise levels.
+    pub schedule: ScheduleConfig,
+    /// The network.
+    pub backbone: BackboneConfig,
+    /// Shape of one data point, without the batch axis (`[D]` or `[C, H, W]`).
+    pub data_shape: Vec<i64>,
+}
+
+/// A CDM or a DDM.
+pub enum Model {
+    Cdm(Classifier),
+    Ddm(Denoiser),
+}
+
+impl Model {
+    /// Builds the model under `vs` as `cfg` says.
+    pub fn new(vs: &nn::Path, cfg: &ModelConfig) -> Result<Self> {
+        if cfg.data_shape.is_empty() || cfg.data_shape.iter().any(|&d| d <= 0) {
+            return Err(Error::Config(format!("data_shape must be positive sizes, got {:?}", cfg.data_shape)));
+        }
+        Ok(match cfg.kind {
+            ModelKind::Cdm => Model::Cdm(Classifier::new(vs, cfg)?),
+            ModelKind::Ddm => Model::Ddm(Denoiser::new(vs, cfg)?),
+        })
+    }
+
+    pub fn schedule(&self) -> &Schedule {
+        match self {
+            Model::Cdm(m) => m.schedule(),
+            Model::Ddm(m) => m.schedule(),
+        }
+    }
+
+    /// Shape of one data point.
+    pub fn data_shape(&self) -> &[i64] {
+        match self {
+            Model::Cdm(m) => m.data_shape(),
+            Model::Ddm(m) => m.data_shape(),
+        }
+    }
+
+    /// Checks that `x` is a batch of data points of this model's shape.
+    pub fn check_input(&self, x: &Tensor) -> Result<()> {
+        check_shape(self.data_shape(), x)
+    }
+
+    /// The classifier, for what only a CDM can do (one-pass likelihood).
+    pub fn classifier(&self) -> Result<&Classifier> {
+        match self {
+            Model::Cdm(m) => Ok(m),
+            Model::Ddm(_) => Err(Error::Config("this needs a CDM; the model is a DDM".into())),
+        }
+    }
+
+    /// ε̂(x_t, t) for levels t ([B], Int64), detached; works inside `no_grad`.
+    pub fn eps(&self, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        match self {
+            Model::Cdm(m) => Ok(m.forward(x_t, t, labels, false)?.eps),
+            Model::Ddm(m) => m.eps(x_t, t, labels, false),
+        }
+    }
+
+    /// The training loss of one batch `x0` ([B, ..]): the CDM loss (with the CE term weighted
+    /// by `ce_weight`) or the DDM's simple MSE.
+    pub fn loss(&self, x0: &Tensor, labels: Option<&Tensor>, ce_weight: f64, rng: &mut Rng) -> Result<Loss> {
+        match self {
+            Model::Cdm(m) => cdm_loss(m, x0, labels, ce_weight, rng),
+            Model::Ddm(m) => ddm_loss(m, x0, labels, rng),
+        }
+    }
+}
+
+/// Checks that `x` is [B, ..data_shape].
+pub(crate) fn check_shape(data_shape: &[i64], x: &Tensor) -> Result<()> {
+    let size = x.size();
+    if size.len() != data_shape.len() + 1 || size[1..] != data_shape[..] {
+        return Err(Error::Shape(format!(
+            "input has shape {size:?}, the model expects [B, {}]",
+            data_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(())
+}

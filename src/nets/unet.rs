@@ -1,0 +1,257 @@
+//! The DDPM UNet (Ho et al. 2020, arXiv:2006.11239, appendix B): residual blocks with GroupNorm
+//! and SiLU, self-attention at chosen resolutions, skip connections from the encoder to the
+//! decoder. As a DDM it reads t through a sinusoidal embedding and outputs ε̂; as a CDM its time
+//! path is removed and the CDM paper's head (Yadin et al. 2024, section 5) reads out the levels:
+//! GroupNorm → SiLU → conv(C → 2C) → pool over pixels → linear.
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::Module, Tensor};
+
+use super::blocks::{conv3, Attention, ResBlock};
+use super::{labels_or_null, timestep_embedding, Backbone, Head};
+use crate::{Error, Result};
+
+/// Settings of [`Unet`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnetConfig {
+    /// Channels at full resolution.
+    pub channels: usize,
+    /// Channel multiplier per resolution; each after the first halves the resolution.
+    pub channel_mult: Vec<usize>,
+    /// Residual blocks per resolution in the encoder (the decoder has one more).
+    pub res_blocks: usize,
+    /// Resolutions (image side in pixels) with self-attention.
+    pub attention_resolutions: Vec<i64>,
+    /// Dropout inside the residual blocks.
+    pub dropout: f64,
+    /// GroupNorm groups.
+    pub groups: usize,
+    /// Data labels to condition on (0: unconditional); label `num_labels` is the null label.
+    pub num_labels: usize,
+}
+
+impl Default for UnetConfig {
+    fn default() -> Self {
+        UnetConfig::tiny()
+    }
+}
+
+impl UnetConfig {
+    /// Trains on two CPU cores in minutes (28×28: about 1 M parameters; DESIGN.md section 4).
+    pub fn tiny() -> Self {
+        UnetConfig {
+            channels: 32,
+            channel_mult: vec![1, 2, 2],
+            res_blocks: 1,
+            attention_resolutions: vec![],
+            dropout: 0.0,
+            groups: 8,
+            num_labels: 0,
+        }
+    }
+
+    /// A mid-sized MNIST network (28×28: about 6 M parameters), attention at 14×14.
+    pub fn mnist() -> Self {
+        UnetConfig { channels: 64, res_blocks: 2, attention_resolutions: vec![14], dropout: 0.1, ..UnetConfig::tiny() }
+    }
+
+    /// The DDPM CIFAR-10 network (Ho et al. 2020, appendix B: ch 128, mult 1,2,2,2, two blocks,
+    /// attention at 16×16, dropout 0.1), as the CDM paper uses it.
+    pub fn cifar10() -> Self {
+        UnetConfig {
+            channels: 128,
+            channel_mult: vec![1, 2, 2, 2],
+            res_blocks: 2,
+            attention_resolutions: vec![16],
+            dropout: 0.1,
+            groups: 32,
+            num_labels: 0,
+        }
+    }
+}
+
+/// One resolution of the encoder or decoder: residual blocks, each optionally followed by attention.
+type Level = Vec<(ResBlock, Option<Attention>)>;
+
+/// The UNet; see the module docs.
+pub struct Unet {
+    input: nn::Conv2D,
+    time_embed: Option<(nn::Linear, nn::Linear, usize)>,
+    label_embed: Option<nn::Embedding>,
+    num_labels: i64,
+    down: Vec<(Level, Option<nn::Conv2D>)>,
+    middle: (ResBlock, Attention, ResBlock),
+    up: Vec<(Level, Option<nn::Conv2D>)>,
+    out_norm: nn::GroupNorm,
+    out_conv: nn::Conv2D,
+    levels_head: Option<nn::Linear>,
+}
+
+impl Unet {
+    pub fn new(vs: &nn::Path, cfg: &UnetConfig, data_shape: &[i64], head: Head, timesteps: usize) -> Result<Self> {
+        let [c_in, height, width] = data_shape[..] else {
+            return Err(Error::Config(format!("unet needs data of shape [C, H, W], got {data_shape:?}")));
+        };
+        let stages = cfg.channel_mult.len();
+        if cfg.channels == 0 || stages == 0 || cfg.groups == 0 {
+            return Err(Error::Config("unet: channels, channel_mult and groups must be non-empty and positive".into()));
+        }
+        let scale = 1i64 << (stages - 1);
+        if height % scale != 0 || width % scale != 0 {
+            return Err(Error::Config(format!("unet: {height}×{width} images cannot be halved {} times", stages - 1)));
+        }
+        let widths: Vec<i64> = cfg.channel_mult.iter().map(|m| (m * cfg.channels) as i64).collect();
+        let groups = cfg.groups as i64;
+        if let Some(w) = widths.iter().chain([&(cfg.channels as i64)]).find(|&&w| w % groups != 0) {
+            return Err(Error::Config(format!("unet: width {w} is not divisible by groups = {groups}")));
+        }
+        let ch = cfg.channels as i64;
+        let embed_dim = 4 * ch;
+        let timed = head == Head::Noise;
+        let has_embedding = timed || cfg.num_labels > 0;
+        let emb = has_embedding.then_some(embed_dim);
+        let block = |path: nn::Path, c_in: i64, c_out: i64| ResBlock::new(&path, c_in, c_out, groups, emb, cfg.dropout);
+        let attention = |path: nn::Path, res: i64, c: i64| {
+            cfg.attention_resolutions.contains(&res).then(|| Attention::new(&path, c, groups))
+        };
+
+        let mut skips = vec![ch];
+        let (mut c, mut res) = (ch, height);
+        let mut down = Vec::new();
+        for (i, &w) in widths.iter().enumerate() {
+            let path = vs / "down" / i;
+            let mut level = Vec::new();
+            for j in 0..cfg.res_blocks {
+                level.push((block(&path / "blocks" / j, c, w), attention(&path / "attention" / j, res, w)));
+                c = w;
+                skips.push(c);
+            }
+            let sample = (i + 1 < stages).then(|| conv3(&path / "downsample", c, c, 2));
+            if sample.is_some() {
+                skips.push(c);
+                res /= 2;
+            }
+            down.push((level, sample));
+        }
+        let middle = (
+            block(vs / "middle" / "block1", c, c),
+            Attention::new(&(vs / "middle" / "attention"), c, groups),
+            block(vs / "middle" / "block2", c, c),
+        );
+        let mut up = Vec::new();
+        for (i, &w) in widths.iter().enumerate().rev() {
+            let path = vs / "up" / i;
+            let mut level = Vec::new();
+            for j in 0..=cfg.res_blocks {
+                let skip = skips.pop().unwrap_or(0);
+                level.push((block(&path / "blocks" / j, c + skip, w), attention(&path / "attention" / j, res, w)));
+                c = w;
+            }
+            let sample = (i > 0).then(|| conv3(&path / "upsample", c, c, 1));
+            if sample.is_some() {
+                res *= 2;
+            }
+            up.push((level, sample));
+        }
+        let zero_linear =
+            nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true };
+        let zero_conv = nn::ConvConfig {
+            padding: 1,
+            ws_init: nn::Init::Const(0.0),
+            bs_init: nn::Init::Const(0.0),
+            ..Default::default()
+        };
+        let (out_conv, levels_head) = match head {
+            Head::Noise => (nn::conv2d(vs / "out_conv", c, c_in, 3, zero_conv), None),
+            Head::Levels(n) => {
+                (conv3(vs / "out_conv", c, 2 * c, 1), Some(nn::linear(vs / "levels_head", 2 * c, n, zero_linear)))
+            }
+        };
+        Ok(Unet {
+            input: conv3(vs / "input", c_in, ch, 1),
+            time_embed: timed.then(|| {
+                (
+                    nn::linear(vs / "time_embed1", ch, embed_dim, Default::default()),
+                    nn::linear(vs / "time_embed2", embed_dim, embed_dim, Default::default()),
+                    timesteps,
+                )
+            }),
+            label_embed: (cfg.num_labels > 0)
+                .then(|| nn::embedding(vs / "label_embed", cfg.num_labels as i64 + 1, embed_dim, Default::default())),
+            num_labels: cfg.num_labels as i64,
+            down,
+            middle,
+            up,
+            out_norm: nn::group_norm(vs / "out_norm", groups, c, Default::default()),
+            out_conv,
+            levels_head,
+        })
+    }
+}
+
+fn run_level(
+    level: &Level,
+    mut h: Tensor,
+    emb: Option<&Tensor>,
+    train: bool,
+    skips: Option<&mut Vec<Tensor>>,
+) -> (Tensor, Vec<Tensor>) {
+    let mut outputs = Vec::new();
+    let mut skips = skips;
+    for (block, attention) in level {
+        if let Some(skip) = skips.as_mut().and_then(|s| s.pop()) {
+            h = Tensor::cat(&[&h, &skip], 1);
+        }
+        h = block.forward(&h, emb, train);
+        if let Some(a) = attention {
+            h = a.forward(&h);
+        }
+        outputs.push(h.shallow_clone());
+    }
+    (h, outputs)
+}
+
+impl Backbone for Unet {
+    fn forward(&self, x: &Tensor, t: Option<&Tensor>, labels: Option<&Tensor>, train: bool) -> Tensor {
+        let batch = x.size()[0];
+        let time = match (&self.time_embed, t) {
+            (Some((l1, l2, timesteps)), Some(t)) => {
+                Some(l2.forward(&l1.forward(&timestep_embedding(t, *timesteps, l1.ws.size()[1], x.kind())).silu()))
+            }
+            _ => None,
+        };
+        let label =
+            self.label_embed.as_ref().map(|e| e.forward(&labels_or_null(labels, self.num_labels, batch, x.device())));
+        let emb = match (time, label) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        }
+        .map(|e| e.silu());
+        let mut h = self.input.forward(x);
+        let mut skips = vec![h.shallow_clone()];
+        for (level, sample) in &self.down {
+            let (out, outputs) = run_level(level, h, emb.as_ref(), train, None);
+            skips.extend(outputs);
+            h = out;
+            if let Some(down) = sample {
+                h = down.forward(&h);
+                skips.push(h.shallow_clone());
+            }
+        }
+        let (b1, attention, b2) = &self.middle;
+        h = b2.forward(&attention.forward(&b1.forward(&h, emb.as_ref(), train)), emb.as_ref(), train);
+        for (level, sample) in &self.up {
+            h = run_level(level, h, emb.as_ref(), train, Some(&mut skips)).0;
+            if let Some(up) = sample {
+                let [_, _, hh, ww] = h.size()[..] else { unreachable!("4-D feature map") };
+                h = up.forward(&h.upsample_nearest2d([hh * 2, ww * 2], None, None));
+            }
+        }
+        let h = self.out_conv.forward(&self.out_norm.forward(&h).silu());
+        match &self.levels_head {
+            // Summed over pixels: log-density ratios grow with the number of pixels.
+            Some(head) => head.forward(&h.sum_dim_intlist([2, 3].as_slice(), false, h.kind())),
+            None => h,
+        }
+    }
+}
