@@ -6,7 +6,7 @@ mod common;
 
 use cdm::classifier::Classifier;
 use cdm::predictor::{Conditioned, NoisePredictor};
-use cdm::sample::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, DdimOptions, Guided, Noise};
+use cdm::sample::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, ClipX0, DdimOptions, Guided, Noise};
 use cdm::schedule::{Schedule, ScheduleConfig, ScheduleKind};
 use common::{assert_close, gaussian_backbone, max_abs_diff};
 use tch::{Device, Kind, Tensor};
@@ -181,4 +181,19 @@ fn guidance_with_zero_weight_is_the_conditional_model() {
     // w = 1.25 (the official default): (1 + w)·0.3x − w·(1 − 0.2x)
     let expected = &x * (2.25 * 0.3 + 1.25 * 0.2) - 1.25;
     assert!(max_abs_diff(&at(1.25), &expected) < 1e-12);
+}
+
+#[test]
+fn clipping_bounds_the_implied_x0_and_leaves_the_rest() {
+    let schedule = Schedule::new(ScheduleConfig { kind: ScheduleKind::Linear, timesteps: 100 }).unwrap();
+    // ε̂ = 0 implies x̂0 = x_t/√ᾱ_t.
+    let zero = |x: &Tensor, _t: &Tensor| -> cdm::Result<Tensor> { Ok(x.zeros_like()) };
+    let clipped = ClipX0 { inner: &zero, schedule: &schedule, limit: 1.0 };
+    let x_t = Tensor::from_slice(&[0.3, -5.0, 2.0, 0.0]).reshape([2, 2]);
+    let t = Tensor::from_slice(&[40i64, 40]);
+    let eps = clipped.eps(&x_t, &t).unwrap();
+    let x0 = schedule.x0_from_eps(&x_t, &eps, &t);
+    let a = schedule.alpha_bar(40).sqrt();
+    let expected = Tensor::from_slice(&[(0.3 / a).min(1.0), -1.0, 1.0, 0.0]).reshape([2, 2]);
+    assert!(max_abs_diff(&x0, &expected) < 1e-12, "{x0:?}");
 }

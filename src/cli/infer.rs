@@ -10,7 +10,7 @@ use cdm::data::{npy, Dataset, DATA_SPECS};
 use cdm::likelihood::{bits_per_dim, log_prob};
 use cdm::plot::image_grid;
 use cdm::predictor::{Conditioned, NoisePredictor};
-use cdm::sample::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, DdimOptions, Guided, Noise, SamplerKind};
+use cdm::sample::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, ClipX0, DdimOptions, Guided, Noise, SamplerKind};
 use cdm::train::{load_model, LoadedModel};
 
 use super::{progress_bar, DeviceArg};
@@ -214,12 +214,23 @@ pub struct SampleOptions {
     /// Classifier-free guidance weight w: ε = (1 + w) ε(x, c) − w ε(x, ∅).
     #[arg(long, default_value_t = 0.0)]
     guidance: f64,
+    /// Clip x̂0 to [-C, C] at every step (images in [-1, 1]: 1).
+    #[arg(long)]
+    clip_x0: Option<f64>,
 }
 
 impl SampleOptions {
     /// DDPM with `steps` steps, unconditional, seed 1.
     pub fn ddpm(steps: usize) -> Self {
-        SampleOptions { sampler: SamplerKind::Ddpm, steps, eta: 0.0, seed: 1, class: None, guidance: 0.0 }
+        SampleOptions {
+            sampler: SamplerKind::Ddpm,
+            steps,
+            eta: 0.0,
+            seed: 1,
+            class: None,
+            guidance: 0.0,
+            clip_x0: None,
+        }
     }
 }
 
@@ -304,7 +315,12 @@ pub fn draw_samples(
         let conditional = Conditioned { model: &loaded.model, labels: chunk_labels };
         let unconditional = Conditioned { model: &loaded.model, labels: None };
         let guided = Guided { conditional: &conditional, unconditional: &unconditional, weight: opts.guidance };
-        let model: &dyn NoisePredictor = if opts.guidance != 0.0 { &guided } else { &conditional };
+        let unclipped: &dyn NoisePredictor = if opts.guidance != 0.0 { &guided } else { &conditional };
+        let clipped = opts.clip_x0.map(|limit| ClipX0 { inner: unclipped, schedule, limit });
+        let model: &dyn NoisePredictor = match &clipped {
+            Some(c) => c,
+            None => unclipped,
+        };
         // One stream per sample for x_T, and another for the noise of its steps.
         let x_t = Noise::new(opts.seed, start as u64, len).normal(&shape, kind, device);
         let mut noise = Noise::new(opts.seed ^ STEP_NOISE_SALT, start as u64, len);

@@ -5,11 +5,13 @@ use tch::{Device, Kind, Tensor};
 
 use crate::rng::Rng;
 
+pub mod clip;
 pub mod ddim;
 pub mod ddpm;
 pub mod dpm_solver;
 pub mod guidance;
 
+pub use clip::ClipX0;
 pub use ddim::{ddim, DdimOptions};
 pub use ddpm::ddpm;
 pub use dpm_solver::{dpm_solver_2m, dpm_solver_pp_2m};
