@@ -10,7 +10,10 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 use crate::checkpoint::{self, TensorFile};
 use crate::data::Dataset;
 use crate::model::{Model, ModelConfig};
+use crate::plot::image_grid;
+use crate::predictor::Conditioned;
 use crate::rng::Rng;
+use crate::sample::{ddim, DdimOptions, Noise};
 use crate::{Error, Result};
 
 /// Floating-point precision of weights and data.
@@ -72,6 +75,9 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Precision of weights and data.
     pub precision: Precision,
+    /// Steps between sample grids (`samples/step_N.png`, EMA weights, DDIM 50 steps) for image
+    /// data; 0: none.
+    pub sample_every: u64,
     /// For conditional models: the probability of training a sample with the null label, so
     /// the same network is also the unconditional model that classifier-free guidance needs.
     pub label_dropout: f64,
@@ -97,6 +103,7 @@ impl Default for TrainConfig {
             checkpoint_every: 1000,
             log_every: 50,
             precision: Precision::F32,
+            sample_every: 0,
             label_dropout: 0.1,
             hflip: false,
         }
@@ -248,13 +255,16 @@ pub struct Trainer {
     vs: VarStore,
     model: Model,
     ema_vs: VarStore,
+    /// The model with the EMA weights, for the periodic sample grids.
+    ema_model: Model,
     adam: Adam,
     step: u64,
 }
 
 impl Trainer {
     /// Starts a run in `dir`, or resumes the one there. A run is resumed only with the same
-    /// settings; `train.steps` alone may change (to extend a finished run).
+    /// settings; only `train.steps` (to extend a finished run) and the intervals of
+    /// checkpoints, log lines and sample grids may change.
     pub fn open(dir: &Path, config: RunConfig, device: Device) -> Result<Self> {
         config.train.validate()?;
         let data = Dataset::open(&config.data)?;
@@ -286,20 +296,24 @@ impl Trainer {
         let (config_path, weights_path) = checkpoint::paths(dir);
         // tch's initialisers draw from libtorch's global generator: seed it (under a lock, as
         // other threads may build models too), so a run is reproducible from its config alone.
-        let (vs, model, mut ema_vs) = {
+        let (vs, model, (mut ema_vs, ema_model)) = {
             static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
             let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
             tch::manual_seed(config.train.seed as i64);
             let (vs, model) = build(&config, device)?;
-            (vs, model, build(&config, device)?.0)
+            (vs, model, build(&config, device)?)
         };
         ema_vs.copy(&vs)?;
         let adam = Adam::new(&named_vars(&vs));
-        let mut trainer = Trainer { config, dir: dir.to_path_buf(), data, device, vs, model, ema_vs, adam, step: 0 };
+        let mut trainer =
+            Trainer { config, dir: dir.to_path_buf(), data, device, vs, model, ema_vs, ema_model, adam, step: 0 };
         if weights_path.exists() {
             let saved: RunConfig = checkpoint::read_json(&config_path)?;
-            let comparable =
-                |c: &RunConfig| RunConfig { train: TrainConfig { steps: 0, ..c.train.clone() }, ..c.clone() };
+            // What a run computes must match; its length and bookkeeping may change.
+            let comparable = |c: &RunConfig| RunConfig {
+                train: TrainConfig { steps: 0, checkpoint_every: 0, log_every: 0, sample_every: 0, ..c.train.clone() },
+                ..c.clone()
+            };
             if comparable(&saved) != comparable(&trainer.config) {
                 return Err(Error::Config(format!(
                     "{} holds a run with other settings; resume it with the same settings or choose another --out",
@@ -344,6 +358,34 @@ impl Trainer {
             l.where_self(&drop.logical_not(), &Tensor::from(num_labels)).to_device(self.device)
         });
         (x0.to_kind(cfg.precision.kind()).to_device(self.device), labels)
+    }
+
+    /// Writes `samples/step_N.png`: 16 DDIM-50 samples from the EMA weights (a conditional
+    /// model cycles through its classes), from a fixed seed so grids compare across steps.
+    fn sample_grid(&self) -> Result<()> {
+        let n = 16;
+        let dir = self.dir.join("samples");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let num_labels = self.config.model.backbone.num_labels() as i64;
+        let labels = (num_labels > 0).then(|| Tensor::arange(n, (Kind::Int64, self.device)).remainder(num_labels));
+        let predictor = Conditioned { model: &self.ema_model, labels };
+        let schedule = self.ema_model.schedule();
+        let levels = schedule.sampling_levels(50.min(schedule.timesteps()))?;
+        let x_t = Noise::new(0, 0, n as usize).normal(
+            &self.config.model.data_shape,
+            self.config.train.precision.kind(),
+            self.device,
+        );
+        let x0 = ddim(
+            &predictor,
+            schedule,
+            x_t,
+            &levels,
+            &DdimOptions::default(),
+            &mut Noise::new(1, 0, n as usize),
+            &mut |_| {},
+        )?;
+        image_grid(&dir.join(format!("step_{}.png", self.step)), &x0.to_device(Device::Cpu), 4)
     }
 
     /// Steps already taken.
@@ -439,6 +481,12 @@ impl Trainer {
                     });
                 }
                 self.save()?;
+            }
+            if cfg.sample_every > 0
+                && self.step.is_multiple_of(cfg.sample_every)
+                && self.config.model.data_shape.len() == 3
+            {
+                self.sample_grid()?;
             }
             on_step(&report);
         }

@@ -71,6 +71,12 @@ pub struct TrainArgs {
     /// Flip images left-right at random.
     #[arg(long)]
     hflip: bool,
+    /// Steps between sample grids written to OUT/samples (image data).
+    #[arg(long)]
+    sample_every: Option<u64>,
+    /// Steps between checkpoints.
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
 }
@@ -174,6 +180,8 @@ fn run_config(args: &TrainArgs) -> Result<RunConfig> {
     train.ce_weight = args.ce_weight.unwrap_or(train.ce_weight);
     train.precision = args.precision.unwrap_or(train.precision);
     train.hflip |= args.hflip;
+    train.sample_every = args.sample_every.unwrap_or(train.sample_every);
+    train.checkpoint_every = args.checkpoint_every.unwrap_or(train.checkpoint_every);
     Ok(RunConfig {
         data,
         model: ModelConfig {
