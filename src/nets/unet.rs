@@ -2,7 +2,7 @@
 //! and SiLU, self-attention at chosen resolutions, skip connections from the encoder to the
 //! decoder. As a DDM it reads t through a sinusoidal embedding and outputs ε̂; as a CDM its time
 //! path is removed and the CDM paper's head (Yadin et al. 2024, section 5) reads out the levels:
-//! GroupNorm → SiLU → conv(C → 2C) → pool over pixels → linear.
+//! GroupNorm → SiLU → conv(C → 2C) → mean over pixels → linear.
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Tensor};
 
@@ -249,8 +249,10 @@ impl Backbone for Unet {
         }
         let h = self.out_conv.forward(&self.out_norm.forward(&h).silu());
         match &self.levels_head {
-            // Summed over pixels: log-density ratios grow with the number of pixels.
-            Some(head) => head.forward(&h.sum_dim_intlist([2, 3].as_slice(), false, h.kind())),
+            // Averaged over pixels, as in the paper's head: a sum (as the ConvNet takes) makes the
+            // cumsum logits so sensitive to the head's weights that training at lr 1e-3 diverged
+            // on MNIST (cross-entropy 119 after 100 steps).
+            Some(head) => head.forward(&h.mean_dim([2, 3].as_slice(), false, h.kind())),
             None => h,
         }
     }
