@@ -19,7 +19,9 @@ lint: setup
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# One CDM training step against the same step in PyTorch (bench/reference.py), both sizes.
+# Training and sampling steps against the same steps in PyTorch (bench/reference.py), every size.
 bench: setup
 	PYTHONPATH=$$(bash scripts/setup-pytorch.sh) $(CARGO) run --release -- bench --size mlp2d
 	PYTHONPATH=$$(bash scripts/setup-pytorch.sh) $(CARGO) run --release -- bench --size cube
+	PYTHONPATH=$$(bash scripts/setup-pytorch.sh) $(CARGO) run --release -- bench --size unet-cdm
+	PYTHONPATH=$$(bash scripts/setup-pytorch.sh) $(CARGO) run --release -- bench --size unet-ddm

@@ -1,9 +1,11 @@
-"""PyTorch reference for `cdm bench`: the same CDM training step as the Rust code, same sizes.
+"""PyTorch reference for `cdm bench`: the same training and sampling steps as the Rust code.
 
-One step = draw a batch, stratified levels and noise; logits = cumsum(h(x_t)); F = l_{T+1} - l_t;
-eps_hat = sqrt(1 - abar_t) (grad_x F + x_t) with create_graph; loss = ce_weight * CE + summed
-MSE on levels 1..T; backward; global-norm clip; Adam; EMA. Prints one JSON line with the
-median milliseconds per step. Usage: python3 reference.py '{"backbone": "mlp", ...}'
+CDM training step = draw a batch, stratified levels and noise; logits = cumsum(h(x_t));
+F = l_{T+1} - l_t; eps_hat = sqrt(1 - abar_t) (grad_x F + x_t) with create_graph;
+loss = ce_weight * CE + summed MSE on levels 1..T; backward; global-norm clip; Adam; EMA.
+DDM training step = the same with eps_hat = net(x_t, t) and the MSE alone. Sampling step = one
+eps_hat for the batch (CDM: forward and input gradient; DDM: forward). Prints one JSON line
+with median milliseconds. Usage: python3 reference.py '{"backbone": "mlp", ...}'
 """
 import json
 import math
@@ -60,6 +62,105 @@ class ConvNet(nn.Module):
         return self.head(self.head_conv(F.silu(h)).sum((2, 3)))
 
 
+def timestep_embedding(t, T, dim):
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float64) * (-math.log(10000.0) / half))
+    args = (t.double() * (1000.0 / T))[:, None] * freqs[None]
+    return torch.cat([args.sin(), args.cos()], 1).float()
+
+
+class UResBlock(nn.Module):
+    """src/nets/blocks.rs ResBlock: GN-SiLU-conv, + embedding, GN-SiLU-dropout-conv, skip."""
+
+    def __init__(self, c_in, c_out, groups, emb_dim):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(groups, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.embed = nn.Linear(emb_dim, c_out) if emb_dim else None
+        self.norm2, self.conv2 = nn.GroupNorm(groups, c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        if self.embed is not None and emb is not None:
+            h = h + self.embed(emb)[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        return (self.skip(x) if self.skip is not None else x) + h
+
+
+class Attention(nn.Module):
+    """src/nets/blocks.rs Attention: single-head self-attention over pixels, residual."""
+
+    def __init__(self, c, groups):
+        super().__init__()
+        self.norm, self.qkv, self.proj = nn.GroupNorm(groups, c), nn.Conv2d(c, 3 * c, 1), nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
+        weights = torch.softmax(q.transpose(1, 2) @ k / math.sqrt(c), -1)
+        return x + self.proj((v @ weights.transpose(1, 2)).reshape(b, c, h, w))
+
+
+class Unet(nn.Module):
+    """src/nets/unet.rs, tiny preset (attention in the middle only): encoder, middle, decoder with skips."""
+
+    def __init__(self, c_in, ch, mult, res_blocks, groups, head_classes):
+        super().__init__()
+        self.timed = head_classes is None
+        emb = 4 * ch if self.timed else None
+        self.t1, self.t2 = (nn.Linear(ch, 4 * ch), nn.Linear(4 * ch, 4 * ch)) if self.timed else (None, None)
+        self.ch = ch
+        self.input = nn.Conv2d(c_in, ch, 3, padding=1)
+        skips, c = [ch], ch
+        self.down = nn.ModuleList()
+        for i, m in enumerate(mult):
+            blocks = nn.ModuleList()
+            for _ in range(res_blocks):
+                blocks.append(UResBlock(c, m * ch, groups, emb))
+                c = m * ch
+                skips.append(c)
+            sample = nn.Conv2d(c, c, 3, stride=2, padding=1) if i + 1 < len(mult) else None
+            if sample is not None:
+                skips.append(c)
+            self.down.append(nn.ModuleList([blocks, sample]) if sample is not None else nn.ModuleList([blocks]))
+        self.mid1, self.mid_attn, self.mid2 = UResBlock(c, c, groups, emb), Attention(c, groups), UResBlock(c, c, groups, emb)
+        self.up = nn.ModuleList()
+        for i, m in reversed(list(enumerate(mult))):
+            blocks = nn.ModuleList()
+            for _ in range(res_blocks + 1):
+                blocks.append(UResBlock(c + skips.pop(), m * ch, groups, emb))
+                c = m * ch
+            sample = nn.Conv2d(c, c, 3, padding=1) if i > 0 else None
+            self.up.append(nn.ModuleList([blocks, sample]) if sample is not None else nn.ModuleList([blocks]))
+        self.out_norm = nn.GroupNorm(groups, c)
+        if self.timed:
+            self.out_conv = nn.Conv2d(c, c_in, 3, padding=1)
+        else:
+            self.out_conv, self.head = nn.Conv2d(c, 2 * c, 3, padding=1), nn.Linear(2 * c, head_classes)
+
+    def forward(self, x, t=None):
+        emb = None
+        if self.timed:
+            emb = F.silu(self.t2(F.silu(self.t1(timestep_embedding(t, self.T, self.ch)))))
+        h = self.input(x)
+        hs = [h]
+        for level in self.down:
+            for block in level[0]:
+                h = block(h, emb)
+                hs.append(h)
+            if len(level) > 1:
+                h = level[1](h)
+                hs.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for level in self.up:
+            for block in level[0]:
+                h = block(torch.cat([h, hs.pop()], 1), emb)
+            if len(level) > 1:
+                h = level[1](F.interpolate(h, scale_factor=2, mode="nearest"))
+        h = self.out_conv(F.silu(self.out_norm(h)))
+        return h if self.timed else self.head(h.mean((2, 3)))
+
+
 def linear_alpha_bar(T):
     betas = torch.linspace(1e-4 * 1000 / T, 0.02 * 1000 / T, T, dtype=torch.float64).clamp(max=0.999)
     return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0), torch.zeros(1, dtype=torch.float64)])
@@ -70,29 +171,46 @@ def main():
     torch.manual_seed(0)
     T, batch, shape = cfg["timesteps"], cfg["batch"], cfg["shape"]
     classes = T + 2
+    ddm = cfg.get("model", "cdm") == "ddm"
     if cfg["backbone"] == "mlp":
         net = Mlp(math.prod(shape), cfg["hidden"], cfg["blocks"], classes)
+    elif cfg["backbone"] == "unet":
+        net = Unet(shape[0], cfg["channels"], cfg["mult"], cfg["blocks"], cfg["groups"], None if ddm else classes)
+        net.T = T
     else:
         net = ConvNet(shape[0], cfg["channels"], cfg["blocks"], cfg["groups"], classes)
     ema = [p.detach().clone() for p in net.parameters()]
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     abar = linear_alpha_bar(T).float()
-    times = []
+
+    def eps_hat(x_t, t, train):
+        """The model's noise prediction, and the logits for a CDM."""
+        if ddm:
+            return net(x_t, t), None
+        x_t = x_t.detach().requires_grad_(True)
+        logits = net(x_t).cumsum(1)
+        f = logits[:, -1] - logits.gather(1, t[:, None]).squeeze(1)
+        (grad,) = torch.autograd.grad(f.sum(), x_t, create_graph=train)
+        a = abar[t].view(-1, *[1] * len(shape))
+        return (1 - a).sqrt() * (grad + x_t), logits
+
+    train_times, sample_times = [], []
     for step in range(cfg["warmup"] + cfg["steps"]):
         start = time.perf_counter()
         x0 = (torch.rand(batch, *shape) - 0.5) * cfg["width"]
         u = torch.rand(()).item()
-        t = ((torch.arange(batch) + u) / batch * classes).long().clamp(max=classes - 1)
+        first, count = (1, T) if ddm else (0, classes)
+        t = first + ((torch.arange(batch) + u) / batch * count).long().clamp(max=count - 1)
         eps = torch.randn_like(x0)
         a = abar[t].view(-1, *[1] * len(shape))
-        x_t = (a.sqrt() * x0 + (1 - a).sqrt() * eps).requires_grad_(True)
-        logits = net(x_t).cumsum(1)
-        f = logits[:, -1] - logits.gather(1, t[:, None]).squeeze(1)
-        (grad,) = torch.autograd.grad(f.sum(), x_t, create_graph=True)
-        eps_hat = (1 - a).sqrt() * (grad + x_t)
-        inside = ((t > 0) & (t < classes - 1)).float()
-        mse = (((eps_hat - eps) ** 2).flatten(1).sum(1) * inside).sum() / inside.sum().clamp(min=1)
-        loss = cfg["ce_weight"] * F.cross_entropy(logits, t) + mse
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        pred, logits = eps_hat(x_t, t, True)
+        err = ((pred - eps) ** 2).flatten(1).sum(1)
+        if ddm:
+            loss = err.mean()
+        else:
+            inside = ((t > 0) & (t < classes - 1)).float()
+            loss = cfg["ce_weight"] * F.cross_entropy(logits, t) + (err * inside).sum() / inside.sum().clamp(min=1)
         opt.zero_grad(set_to_none=False)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -102,8 +220,21 @@ def main():
                 e.mul_(0.999).add_(p, alpha=0.001)
         loss.item()
         if step >= cfg["warmup"]:
-            times.append(time.perf_counter() - start)
-    print(json.dumps({"median_ms": 1000 * statistics.median(times), "threads": torch.get_num_threads(), "torch": torch.__version__}))
+            train_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        with torch.no_grad():
+            level = torch.full((batch,), T // 2)
+            with torch.enable_grad():
+                out, _ = eps_hat(x_t, level, False)
+            out.sum().item()
+        if step >= cfg["warmup"]:
+            sample_times.append(time.perf_counter() - start)
+    print(json.dumps({
+        "median_ms": 1000 * statistics.median(train_times),
+        "sample_ms": 1000 * statistics.median(sample_times),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }))
 
 
 if __name__ == "__main__":

@@ -193,13 +193,13 @@ impl Adam {
         let (b1, b2) = ADAM_BETAS;
         let (c1, c2) = (1.0 - b1.powi(k as i32), 1.0 - b2.powi(k as i32));
         tch::no_grad(|| {
+            // In-place updates: one kernel per moment, one for the weight.
             for ((_, p), (m, v)) in params.iter().zip(self.m.iter_mut().zip(self.v.iter_mut())) {
-                let g = p.grad() * scale;
-                m.copy_(&(&*m * b1 + &g * (1.0 - b1)));
-                v.copy_(&(&*v * b2 + g.square() * (1.0 - b2)));
-                let step = (&*m / c1) / ((&*v / c2).sqrt() + ADAM_EPS) * lr;
-                let mut p = p.shallow_clone();
-                p.copy_(&(&p - step));
+                let g = if scale == 1.0 { p.grad() } else { p.grad() * scale };
+                let _ = m.lerp_(&g, 1.0 - b1);
+                let _ = v.lerp_(&g.square(), 1.0 - b2);
+                let denominator = (&*v / c2).sqrt() + ADAM_EPS;
+                let _ = p.shallow_clone().g_sub_(&(&*m / denominator * (lr / c1)));
             }
         });
     }
@@ -457,8 +457,7 @@ impl Trainer {
             let decay = cfg.ema_decay.min((1.0 + k as f64) / (10.0 + k as f64));
             tch::no_grad(|| {
                 for ((_, e), (_, p)) in ema_params.iter().zip(&params) {
-                    let mut e = e.shallow_clone();
-                    e.copy_(&(&e * decay + p * (1.0 - decay)));
+                    let _ = e.shallow_clone().lerp_(p, 1.0 - decay);
                 }
             });
             self.step += 1;
