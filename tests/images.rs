@@ -100,3 +100,50 @@ fn real_datasets_fetch_and_match_their_published_counts() {
     assert!(digits.x.mean(Kind::Double).double_value(&[]) < 0.0);
     assert!(load(ImageSet::Digits, Split::Test).is_err());
 }
+
+#[test]
+fn cifar10_batches() {
+    use cdm::data::images::read_cifar10;
+    let dir = tempfile::tempdir().unwrap();
+    let record = |label: u8, value: u8| [vec![label], vec![value; 3072]].concat();
+    for i in 1..=5u8 {
+        write(dir.path(), &format!("data_batch_{i}.bin"), &[record(i, 0), record(9, 255)].concat());
+    }
+    write(dir.path(), "test_batch.bin", &record(3, 51));
+    let train = read_cifar10(dir.path(), Split::Train).unwrap();
+    assert_eq!(train.x.size(), [10, 3, 32, 32]);
+    assert_eq!(Vec::<i64>::try_from(&train.labels).unwrap(), vec![1, 9, 2, 9, 3, 9, 4, 9, 5, 9]);
+    assert_eq!((train.x.get(0).max().double_value(&[]), train.x.get(1).min().double_value(&[])), (-1.0, 1.0));
+    // Through a data spec, with the split option after the directory.
+    let spec = format!("cifar10:{},split=test", dir.path().display());
+    assert_eq!(cdm::data::Dataset::open(&spec).unwrap().shape(), vec![3, 32, 32]);
+    write(dir.path(), "test_batch.bin", &record(3, 51)[..100]);
+    let err = read_cifar10(dir.path(), Split::Test).err().unwrap().to_string();
+    assert!(err.contains("test_batch.bin") && err.contains("not a whole number"), "{err}");
+    write(dir.path(), "test_batch.bin", &record(12, 0));
+    let err = read_cifar10(dir.path(), Split::Test).err().unwrap().to_string();
+    assert!(err.contains("label 12"), "{err}");
+}
+
+#[test]
+fn image_folders_are_resized_and_centre_cropped() {
+    use cdm::data::images::read_folder;
+    let dir = tempfile::tempdir().unwrap();
+    // 40×20, left half red, right half blue: the centre crop of the 32×16 resize keeps both.
+    let img =
+        image::RgbImage::from_fn(40, 20, |x, _| if x < 20 { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 0, 255]) });
+    img.save(dir.path().join("a.png")).unwrap();
+    image::RgbImage::from_pixel(10, 10, image::Rgb([0, 255, 0])).save(dir.path().join("b.jpg")).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
+    let set = read_folder(dir.path(), 16).unwrap();
+    assert_eq!(set.x.size(), [2, 3, 16, 16]);
+    let px = |i: i64, c: i64, y: i64, x: i64| set.x.double_value(&[i, c, y, x]);
+    assert_eq!((px(0, 0, 8, 0), px(0, 2, 8, 0)), (1.0, -1.0), "left edge is red");
+    assert_eq!((px(0, 0, 8, 15), px(0, 2, 8, 15)), (-1.0, 1.0), "right edge is blue");
+    assert!(px(1, 1, 8, 8) > 0.95, "the JPEG is green");
+    std::fs::write(dir.path().join("c.png"), b"not a png").unwrap();
+    let err = read_folder(dir.path(), 16).err().unwrap().to_string();
+    assert!(err.contains("c.png"), "{err}");
+    let empty = tempfile::tempdir().unwrap();
+    assert!(read_folder(empty.path(), 16).err().unwrap().to_string().contains("no .png"));
+}

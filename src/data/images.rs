@@ -223,3 +223,73 @@ fn first_with_extension(dir: &Path, ext: &str) -> Result<PathBuf> {
         .find(|p| p.extension().is_some_and(|e| e == ext))
         .ok_or_else(|| Error::Data(format!("{}: the download left no .{ext} file", dir.display())))
 }
+
+/// Reads CIFAR-10 binary batches from `dir` (`data_batch_1.bin` … `data_batch_5.bin`, or
+/// `test_batch.bin`): records of one label byte and 3×32×32 pixel bytes (R, G, B planes).
+pub fn read_cifar10(dir: &Path, split: Split) -> Result<Images> {
+    const RECORD: usize = 1 + 3 * 32 * 32;
+    let names: Vec<String> = match split {
+        Split::Train => (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
+        Split::Test => vec!["test_batch.bin".into()],
+    };
+    let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+    for name in names {
+        let path = dir.join(&name);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        if bytes.is_empty() || bytes.len() % RECORD != 0 {
+            return Err(Error::Data(format!(
+                "{}: {} bytes is not a whole number of {RECORD}-byte CIFAR-10 records (truncated?)",
+                path.display(),
+                bytes.len()
+            )));
+        }
+        for (i, record) in bytes.chunks(RECORD).enumerate() {
+            if record[0] > 9 {
+                return Err(Error::Data(format!(
+                    "{}: record {i} has label {}, expected 0..=9",
+                    path.display(),
+                    record[0]
+                )));
+            }
+            labels.push(record[0] as i64);
+            pixels.extend_from_slice(&record[1..]);
+        }
+    }
+    let n = labels.len() as i64;
+    let x = Tensor::from_slice(&pixels).to_kind(Kind::Double).reshape([n, 3, 32, 32]) / 127.5 - 1.0;
+    Ok(Images { x, labels: Tensor::from_slice(&labels) })
+}
+
+/// Reads every PNG and JPEG in `dir` (sorted by name) as RGB, resized so the short side is
+/// `size` and centre-cropped to `size`×`size`. Labels are all zero.
+pub fn read_folder(dir: &Path, size: u32) -> Result<Images> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+        })
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(Error::Data(format!("{}: no .png, .jpg or .jpeg files", dir.display())));
+    }
+    let mut pixels = Vec::with_capacity(paths.len() * (3 * size * size) as usize);
+    for path in &paths {
+        let img = image::open(path).map_err(|e| Error::Data(format!("{}: {e}", path.display())))?.to_rgb8();
+        let (w, h) = img.dimensions();
+        let scale = size as f64 / w.min(h) as f64;
+        let (rw, rh) = (((w as f64 * scale).round() as u32).max(size), ((h as f64 * scale).round() as u32).max(size));
+        let resized = image::imageops::resize(&img, rw, rh, image::imageops::FilterType::Triangle);
+        let crop = image::imageops::crop_imm(&resized, (rw - size) / 2, (rh - size) / 2, size, size).to_image();
+        // HWC bytes to CHW.
+        for c in 0..3 {
+            pixels.extend(crop.pixels().map(|p| p[c]));
+        }
+    }
+    let (n, s) = (paths.len() as i64, size as i64);
+    let x = Tensor::from_slice(&pixels).to_kind(Kind::Double).reshape([n, 3, s, s]) / 127.5 - 1.0;
+    Ok(Images { x, labels: Tensor::zeros([n], (Kind::Int64, tch::Device::Cpu)) })
+}

@@ -16,6 +16,7 @@ pub use known::{Checkerboard, GaussianMixture, KnownDensity, Rings, UniformCube}
 
 /// Specs accepted by [`Dataset::open`], for help texts and error messages.
 pub const DATA_SPECS: &str = "npy:PATH | mnist[:split=test] | fashion-mnist[:split=test] | digits | \
+cifar10:DIR[,split=test] | folder:DIR[,size=64] | \
 uniform:d=D,g=WIDTH (d may be a shape like 3x32x32) | gmm2d | gmm:d=D,k=K,seed=S | checkerboard | rings";
 
 /// Where training and evaluation points come from.
@@ -34,6 +35,22 @@ impl Dataset {
         if name == "npy" {
             return Ok(Dataset::Points { x: npy::read_npy(&PathBuf::from(args))?, labels: None });
         }
+        if name == "cifar10" || name == "folder" {
+            // The directory comes first; options follow after a comma.
+            let (dir, options) = args.split_once(',').unwrap_or((args, ""));
+            let options = SpecArgs::parse(spec, options)?;
+            let dir = PathBuf::from(dir);
+            let images = if name == "cifar10" {
+                let split = split_of(spec, &options)?;
+                options.check_all_used()?;
+                images::read_cifar10(&dir, split)?
+            } else {
+                let size = options.int_or("size", 64)?;
+                options.check_all_used()?;
+                images::read_folder(&dir, size.clamp(1, 4096) as u32)?
+            };
+            return Ok(Dataset::Points { x: images.x, labels: (name == "cifar10").then_some(images.labels) });
+        }
         let args = SpecArgs::parse(spec, args)?;
         let image_set = match name {
             "mnist" => Some(ImageSet::Mnist),
@@ -42,11 +59,7 @@ impl Dataset {
             _ => None,
         };
         if let Some(set) = image_set {
-            let split = match args.raw("split").unwrap_or("train") {
-                "train" => Split::Train,
-                "test" => Split::Test,
-                other => return Err(Error::Data(format!("{spec}: split={other}; expected train or test"))),
-            };
+            let split = split_of(spec, &args)?;
             args.check_all_used()?;
             let images = images::load(set, split)?;
             return Ok(Dataset::Points { x: images.x, labels: Some(images.labels) });
@@ -117,6 +130,15 @@ impl Dataset {
             Dataset::Points { .. } => None,
             Dataset::Known(d) => Some(d.as_ref()),
         }
+    }
+}
+
+/// The `split=train|test` option (train when absent).
+fn split_of(spec: &str, args: &SpecArgs) -> Result<Split> {
+    match args.raw("split").unwrap_or("train") {
+        "train" => Ok(Split::Train),
+        "test" => Ok(Split::Test),
+        other => Err(Error::Data(format!("{spec}: split={other}; expected train or test"))),
     }
 }
 
