@@ -22,8 +22,8 @@ struct History {
     h: f64,
 }
 
-/// One solver step: `(x, t, s, ε̂, x̂0, history)` → (x_s, the output to remember).
-type Update<'a> = &'a dyn Fn(&Tensor, usize, usize, &Tensor, &Tensor, Option<&History>) -> (Tensor, Tensor);
+/// One solver step: `(x, t, s, h = λ_s − λ_t, ε̂, x̂0, history)` → (x_s, the output to remember).
+type Update<'a> = &'a dyn Fn(&Tensor, usize, usize, f64, &Tensor, &Tensor, Option<&History>) -> (Tensor, Tensor);
 
 /// Runs both solvers through their `update`.
 fn multistep(
@@ -41,13 +41,14 @@ fn multistep(
         let level = levels_like(t, &x);
         let eps = model.eps(&x, &level)?;
         let x0 = schedule.x0_from_eps(&x, &eps, &level);
+        let h = lambda(schedule, s) - lambda(schedule, t);
         let (next, output) = if schedule.alpha_bar(s) >= 1.0 {
             (x0.shallow_clone(), x0.shallow_clone())
         } else {
-            update(&x, t, s, &eps, &x0, history.as_ref())
+            update(&x, t, s, h, &eps, &x0, history.as_ref())
         };
         x = next;
-        history = Some(History { output, h: lambda(schedule, s) - lambda(schedule, t) });
+        history = Some(History { output, h });
         on_step(&Step { i, t, x_t: &x, x0: &x0 });
     }
     Ok(x)
@@ -61,10 +62,9 @@ pub fn dpm_solver_2m(
     levels: &[usize],
     on_step: &mut dyn FnMut(&Step),
 ) -> Result<Tensor> {
-    let update = |x: &Tensor, t: usize, s: usize, eps: &Tensor, _x0: &Tensor, prev: Option<&History>| {
+    let update = |x: &Tensor, t: usize, s: usize, h: f64, eps: &Tensor, _x0: &Tensor, prev: Option<&History>| {
         let (a_t, a_s) = (schedule.alpha_bar(t).sqrt(), schedule.alpha_bar(s).sqrt());
         let sigma_s = (1.0 - schedule.alpha_bar(s)).sqrt();
-        let h = lambda(schedule, s) - lambda(schedule, t);
         let mut next = x * (a_s / a_t) - eps * (sigma_s * h.exp_m1());
         if let Some(prev) = prev {
             next -= (eps - &prev.output) * (sigma_s * (h.exp_m1() - h) / prev.h);
@@ -83,10 +83,9 @@ pub fn dpm_solver_pp_2m(
     levels: &[usize],
     on_step: &mut dyn FnMut(&Step),
 ) -> Result<Tensor> {
-    let update = |x: &Tensor, t: usize, s: usize, _eps: &Tensor, x0: &Tensor, prev: Option<&History>| {
+    let update = |x: &Tensor, t: usize, s: usize, h: f64, _eps: &Tensor, x0: &Tensor, prev: Option<&History>| {
         let (sigma_t, sigma_s) = ((1.0 - schedule.alpha_bar(t)).sqrt(), (1.0 - schedule.alpha_bar(s)).sqrt());
         let a_s = schedule.alpha_bar(s).sqrt();
-        let h = lambda(schedule, s) - lambda(schedule, t);
         let d = match prev {
             Some(prev) => {
                 let r = prev.h / h;
