@@ -88,7 +88,8 @@ impl Model {
     pub fn eps(&self, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
         match self {
             Model::Cdm(m) => Ok(m.forward(x_t, t, labels, false)?.eps),
-            Model::Ddm(m) => m.eps(x_t, t, labels, false),
+            // Without no_grad, a sampler's chain of steps would keep every step's graph.
+            Model::Ddm(m) => tch::no_grad(|| m.eps(x_t, t, labels, false)),
         }
     }
 

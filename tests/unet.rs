@@ -38,6 +38,8 @@ fn both_kinds_give_the_right_outputs() {
             build(kind, UnetConfig { attention_resolutions: vec![14], ..UnetConfig::tiny() }, vec![1, 28, 28]);
         let eps = model.eps(&x, &t, None).unwrap();
         assert_eq!(eps.size(), [2, 1, 28, 28], "{kind:?}");
+        // Detached, or a sampler's loop would keep every step's graph alive.
+        assert!(!eps.requires_grad(), "{kind:?}: ε̂ carries a graph");
         // Zero-initialised heads: the CDM starts at p_t = N(0, I) (ε̂ = √(1-ᾱ_t)·x_t), the DDM at ε̂ = 0.
         let expected = match kind {
             ModelKind::Cdm => model.schedule().coefficients(&t, &x).1 * &x,
