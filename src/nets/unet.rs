@@ -243,8 +243,8 @@ impl Backbone for Unet {
         for (level, sample) in &self.up {
             h = run_level(level, h, emb.as_ref(), train, Some(&mut skips)).0;
             if let Some(up) = sample {
-                let [_, _, hh, ww] = h.size()[..] else { unreachable!("4-D feature map") };
-                h = up.forward(&h.upsample_nearest2d([hh * 2, ww * 2], None, None));
+                let size = h.size();
+                h = up.forward(&h.upsample_nearest2d([size[2] * 2, size[3] * 2], None, None));
             }
         }
         let h = self.out_conv.forward(&self.out_norm.forward(&h).silu());
