@@ -81,10 +81,6 @@ impl Schedule {
         Ok(Schedule { config, alpha_bar })
     }
 
-    pub fn config(&self) -> ScheduleConfig {
-        self.config
-    }
-
     /// T, the number of noisy levels.
     pub fn timesteps(&self) -> usize {
         self.config.timesteps

@@ -18,15 +18,9 @@ pub struct MlpConfig {
 }
 
 impl Default for MlpConfig {
+    /// The network of the 2-D density runs in docs/results.md.
     fn default() -> Self {
         MlpConfig { hidden: 256, blocks: 3, num_labels: 0 }
-    }
-}
-
-impl MlpConfig {
-    /// For 2-D toy densities: small enough to train in a minute on two CPU cores.
-    pub fn toy_2d() -> Self {
-        MlpConfig { hidden: 128, blocks: 3, num_labels: 0 }
     }
 }
 
