@@ -266,8 +266,13 @@ impl Trainer {
     /// settings; only `train.steps` (to extend a finished run) and the intervals of
     /// checkpoints, log lines and sample grids may change.
     pub fn open(dir: &Path, config: RunConfig, device: Device) -> Result<Self> {
-        config.train.validate()?;
         let data = Dataset::open(&config.data)?;
+        Self::open_with_data(dir, config, data, device)
+    }
+
+    /// [`Trainer::open`] with the data already opened from `config.data`.
+    pub fn open_with_data(dir: &Path, config: RunConfig, data: Dataset, device: Device) -> Result<Self> {
+        config.train.validate()?;
         if data.shape() != config.model.data_shape {
             return Err(Error::Config(format!(
                 "model.data_shape {:?} does not match the data's shape {:?}",

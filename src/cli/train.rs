@@ -129,8 +129,8 @@ fn read_config_file(path: &PathBuf) -> Result<ConfigFile> {
     parsed.with_context(|| format!("config file {}", path.display()))
 }
 
-/// Defaults, then the config file, then flags.
-fn run_config(args: &TrainArgs) -> Result<RunConfig> {
+/// Defaults, then the config file, then flags; and the opened data, which set the shape.
+fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
     let file = match &args.config {
         Some(path) => read_config_file(path)?,
         None => ConfigFile::default(),
@@ -182,21 +182,14 @@ fn run_config(args: &TrainArgs) -> Result<RunConfig> {
     train.hflip |= args.hflip;
     train.sample_every = args.sample_every.unwrap_or(train.sample_every);
     train.checkpoint_every = args.checkpoint_every.unwrap_or(train.checkpoint_every);
-    Ok(RunConfig {
-        data,
-        model: ModelConfig {
-            kind: args.model.or(file.model).unwrap_or_default(),
-            schedule,
-            backbone,
-            data_shape: shape,
-        },
-        train,
-    })
+    let model =
+        ModelConfig { kind: args.model.or(file.model).unwrap_or_default(), schedule, backbone, data_shape: shape };
+    Ok((RunConfig { data, model, train }, dataset))
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let config = run_config(&args)?;
-    let mut trainer = Trainer::open(&args.out, config, args.device.device()?)?;
+    let (config, data) = run_config(&args)?;
+    let mut trainer = Trainer::open_with_data(&args.out, config, data, args.device.device()?)?;
     let total = trainer.config.train.steps;
     let bar = progress_bar(total, "train");
     bar.set_position(trainer.step());
