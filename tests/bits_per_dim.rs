@@ -1,0 +1,39 @@
+//! Bits/dim of 8-bit images, against hand computations on densities with exact answers.
+mod common;
+
+use cdm::likelihood::{bits_per_dim, bits_per_dim_8bit, dequantize, Dequantization};
+use cdm::rng::Rng;
+use common::assert_close;
+use tch::{Kind, Tensor};
+
+#[test]
+fn uniform_8bit_noise_costs_8_bits() {
+    // All 256^D images equally likely: dequantized, x is uniform on [-1, 1)^D, log p = -D ln 2,
+    // and the bound is exactly 8 bits per dimension.
+    assert_close(bits_per_dim_8bit(-(2f64.ln())), 8.0, 1e-12, "uniform 8-bit");
+    // A point mass on one grey level per pixel spread over its bin: density 128 per dimension.
+    assert_close(bits_per_dim_8bit(128f64.ln()), 0.0, 1e-12, "one level");
+    assert_close(bits_per_dim(-1.0), 1.0 / std::f64::consts::LN_2, 1e-12, "continuous");
+}
+
+#[test]
+fn dequantization_spreads_each_level_over_its_bin() {
+    let k = Tensor::from_slice(&[0.0, 1.0, 127.0, 254.0, 255.0]).reshape([1, 1, 1, 5]);
+    let x = &k / 127.5 - 1.0;
+    let mut rng = Rng::new(3);
+    for _ in 0..20 {
+        let deq = dequantize(&x, Dequantization::Uniform, &mut rng);
+        let lo = &k / 128.0 - 1.0;
+        let hi = (&k + 1.0) / 128.0 - 1.0;
+        assert!(
+            deq.ge_tensor(&lo).all().int64_value(&[]) == 1 && deq.lt_tensor(&hi).all().int64_value(&[]) == 1,
+            "{deq:?}"
+        );
+    }
+    assert_eq!(dequantize(&x, Dequantization::Paper, &mut rng).double_value(&[0, 0, 0, 4]), 1.0);
+    // The mean over many draws is the bin's centre.
+    let many = x.repeat([20_000, 1, 1, 1]);
+    let mean = dequantize(&many, Dequantization::Uniform, &mut rng).mean_dim(0, false, Kind::Double);
+    let centre = (&k + 0.5) / 128.0 - 1.0;
+    assert!((mean - centre.squeeze_dim(0)).abs().max().double_value(&[]) < 2e-4);
+}
