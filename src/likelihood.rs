@@ -4,6 +4,7 @@
 use tch::{Kind, Tensor};
 
 use crate::classifier::{f_value, Classifier};
+use crate::schedule::levels_like;
 use crate::Result;
 
 /// log N(x; 0, I) per sample: [B] for x: [B, ..].
@@ -17,7 +18,7 @@ pub fn log_prob(model: &Classifier, x: &Tensor, t: usize, labels: Option<&Tensor
     model.check_input(x)?;
     model.schedule().check_level(t)?;
     let logits = tch::no_grad(|| model.logits(x, labels, false));
-    let levels = Tensor::full([x.size()[0]], t as i64, (Kind::Int64, x.device()));
+    let levels = levels_like(t, x);
     Ok(log_standard_normal(x) - f_value(&logits, &levels))
 }
 

@@ -141,3 +141,8 @@ impl Schedule {
         Ok((0..=num_steps).map(|i| ((t_max * (num_steps - i)) as f64 / num_steps as f64).round() as usize).collect())
     }
 }
+
+/// Level `t` for every sample of `x` ([B, ..]): an Int64 tensor [B] on the device of `x`.
+pub fn levels_like(t: usize, x: &Tensor) -> Tensor {
+    Tensor::full([x.size()[0]], t as i64, (Kind::Int64, x.device()))
+}

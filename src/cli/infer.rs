@@ -12,6 +12,7 @@ use cdm::plot::image_grid;
 use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::rng::Rng;
 use cdm::sample::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, ClipX0, DdimOptions, Guided, Noise, SamplerKind};
+use cdm::schedule::levels_like;
 use cdm::train::{load_model, LoadedModel};
 
 use super::{progress_bar, DeviceArg};
@@ -104,11 +105,7 @@ pub fn nll(args: NllArgs) -> Result<()> {
                 Kind::Double,
                 tch::Device::Cpu,
             );
-            schedule.add_noise(
-                &clean,
-                &eps,
-                &Tensor::full([clean.size()[0]], args.level as i64, (Kind::Int64, tch::Device::Cpu)),
-            )
+            schedule.add_noise(&clean, &eps, &levels_like(args.level, &clean))
         }
         _ => clean,
     };
@@ -196,7 +193,7 @@ pub fn denoise(args: DenoiseArgs) -> Result<()> {
     loaded.model.check_input(&input).with_context(|| format!("--input {}", args.input.display()))?;
     let denoiser = Conditioned { model: &loaded.model, labels: None };
     let x0 = batched(&loaded, &input, args.ckpt.batch, |chunk, start| {
-        let level = Tensor::full([chunk.size()[0]], args.level as i64, (Kind::Int64, chunk.device()));
+        let level = levels_like(args.level, chunk);
         let x_t = if args.add_noise {
             let eps = Noise::new(args.seed, start as u64, chunk.size()[0] as usize).normal(
                 &chunk.size()[1..],
@@ -400,7 +397,7 @@ pub fn mmse(args: MmseArgs) -> Result<()> {
         if t == 0 || t > t_max {
             bail!("--levels: {t} is outside 1..={t_max}");
         }
-        let level = Tensor::full([args.n as i64], t as i64, (Kind::Int64, tch::Device::Cpu));
+        let level = levels_like(t, &x0);
         let x_t = schedule.add_noise(&x0, &eps, &level);
         let Some(exact) = density.posterior_mean(&x_t, schedule.alpha_bar(t)) else {
             bail!("'{}' has no exact posterior mean", loaded.config.data);

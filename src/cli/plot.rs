@@ -10,6 +10,7 @@ use cdm::likelihood::log_prob;
 use cdm::plot::{cube_likelihoods, heatmaps, image_grid, Heatmap};
 use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::sample::Noise;
+use cdm::schedule::levels_like;
 use cdm::train::load_model;
 
 use super::infer::{draw_samples, SampleOptions};
@@ -141,7 +142,7 @@ pub fn run(args: PlotArgs) -> Result<()> {
             let denoiser = Conditioned { model: &loaded.model, labels: None };
             let mut columns = vec![x0.shallow_clone()];
             for &t in &levels {
-                let level = Tensor::full([rows], t as i64, (Kind::Int64, x0.device()));
+                let level = levels_like(t, &x0);
                 let x_t = schedule.add_noise(&x0, &eps, &level);
                 let denoised = schedule.x0_from_eps(&x_t, &denoiser.eps(&x_t, &level)?, &level);
                 columns.extend([x_t, denoised]);

@@ -1,9 +1,9 @@
 //! DDIM (Song, Meng, Ermon, "Denoising Diffusion Implicit Models", 2021, arXiv:2010.02502).
 use tch::Tensor;
 
-use super::{levels_like, Noise, Step};
+use super::{Noise, Step};
 use crate::predictor::NoisePredictor;
-use crate::schedule::Schedule;
+use crate::schedule::{levels_like, Schedule};
 use crate::{Error, Result};
 
 /// DDIM settings.

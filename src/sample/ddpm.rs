@@ -3,9 +3,9 @@
 //! comes from ᾱ at the strided previous level, not from β_t.
 use tch::Tensor;
 
-use super::{levels_like, Noise, Step};
+use super::{Noise, Step};
 use crate::predictor::NoisePredictor;
-use crate::schedule::Schedule;
+use crate::schedule::{levels_like, Schedule};
 use crate::Result;
 
 /// Runs ancestral sampling from `x_t` at `levels[0]` down the decreasing grid `levels` (ending at 0).

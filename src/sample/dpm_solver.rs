@@ -4,9 +4,9 @@
 //! step first, and a first-order step onto ᾱ = 1, where λ is infinite.
 use tch::Tensor;
 
-use super::{levels_like, Step};
+use super::Step;
 use crate::predictor::NoisePredictor;
-use crate::schedule::Schedule;
+use crate::schedule::{levels_like, Schedule};
 use crate::Result;
 
 /// λ_t = log(α_t/σ_t), the half log-SNR.

@@ -61,8 +61,3 @@ pub struct Step<'a> {
     /// The denoised estimate x̂0 at level `t`.
     pub x0: &'a Tensor,
 }
-
-/// Levels `t` as an Int64 tensor [B] on the device of `x`.
-fn levels_like(t: usize, x: &Tensor) -> Tensor {
-    Tensor::full([x.size()[0]], t as i64, (Kind::Int64, x.device()))
-}
