@@ -9,9 +9,16 @@ use crate::denoiser::Denoiser;
 use crate::rng::Rng;
 use crate::Result;
 
+/// Weights of the two CDM loss terms; the paper's ablation (its Table 3) sets one to zero.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossWeights {
+    pub ce: f64,
+    pub mse: f64,
+}
+
 /// The loss terms of one batch (scalar tensors, with graph).
 pub struct Loss {
-    /// What is minimised: `ce_weight`·CE + MSE for a CDM, the MSE for a DDM.
+    /// What is minimised: w_ce·CE + w_mse·MSE for a CDM, the MSE for a DDM.
     pub total: Tensor,
     /// Cross-entropy of the level classifier in nats (CDM only).
     pub ce: Option<Tensor>,
@@ -36,16 +43,16 @@ fn squared_error(a: &Tensor, b: &Tensor) -> Tensor {
 
 /// Draws t ~ U{0..T+1} (stratified) and ε ~ N(0, I) for each sample of `x0` ([B, ..]) and
 /// returns the CDM loss. The squared error is summed over dimensions, so that it grows with D
-/// as the CE's signal does (log-density ratios are extensive) and one `ce_weight` ≈ 1 suits
+/// as the CE's signal does (log-density ratios are extensive) and one CE weight ≈ 1 suits
 /// 2-D points and images alike; the official code averages over dimensions with w_ce = 1e-3 at
-/// D = 3072, which is ce_weight ≈ 3 here. The MSE skips t = 0 (ε̂ = 0: a constant) and
+/// D = 3072, which is a CE weight ≈ 3 here. The MSE skips t = 0 (ε̂ = 0: a constant) and
 /// t = T+1 (ε̂ = x_t = ε exactly): neither has a gradient, and counting them would only dilute
 /// the average.
 pub fn cdm_loss(
     model: &Classifier,
     x0: &Tensor,
     labels: Option<&Tensor>,
-    ce_weight: f64,
+    weights: LossWeights,
     rng: &mut Rng,
 ) -> Result<Loss> {
     let batch = x0.size()[0] as usize;
@@ -57,7 +64,7 @@ pub fn cdm_loss(
     let ce = out.logits.log_softmax(1, Kind::Double).to_kind(x0.kind()).nll_loss(&t);
     let inside = t.gt(0).logical_and(&t.lt(classes as i64 - 1)).to_kind(x0.kind());
     let mse = (squared_error(&out.eps, &eps) * &inside).sum(x0.kind()) / inside.sum(x0.kind()).clamp_min(1.0);
-    Ok(Loss { total: &ce * ce_weight + &mse, ce: Some(ce), mse })
+    Ok(Loss { total: &ce * weights.ce + &mse * weights.mse, ce: Some(ce), mse })
 }
 
 /// Draws t ~ U{1..T} (stratified) and ε ~ N(0, I) for each sample of `x0` ([B, ..]) and

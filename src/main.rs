@@ -24,6 +24,9 @@ enum Command {
     Denoise(cli::infer::DenoiseArgs),
     /// The denoiser's MSE against the exact MMSE, on built-in data with a known posterior mean.
     Mmse(cli::infer::MmseArgs),
+    /// A report folder for a checkpoint: bits/dim, FID, denoising curves, classifier
+    /// diagnostics, OOD detection (each also alone with --only).
+    Eval(cli::eval::EvalArgs),
     /// Generate samples with DDPM, DDIM, DPM-Solver-2M or DPM-Solver++(2M).
     Sample(cli::infer::SampleArgs),
     /// Pictures: learned against exact log-density (2-D), or the paper's Fig. 3 for cubes.
@@ -43,6 +46,7 @@ fn main() -> std::process::ExitCode {
         Command::Denoise(args) => cli::infer::denoise(args),
         Command::Sample(args) => cli::infer::sample(args),
         Command::Mmse(args) => cli::infer::mmse(args),
+        Command::Eval(args) => cli::eval::run(args),
         Command::Plot(args) => cli::plot::run(args),
         Command::Bench(args) => cli::bench::run(args),
     };

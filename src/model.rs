@@ -6,7 +6,7 @@ use tch::{nn, Tensor};
 
 use crate::classifier::Classifier;
 use crate::denoiser::Denoiser;
-use crate::loss::{cdm_loss, ddm_loss, Loss};
+use crate::loss::{cdm_loss, ddm_loss, Loss, LossWeights};
 use crate::nets::BackboneConfig;
 use crate::rng::Rng;
 use crate::schedule::{Schedule, ScheduleConfig};
@@ -94,10 +94,10 @@ impl Model {
     }
 
     /// The training loss of one batch `x0` ([B, ..]): the CDM loss (with the CE term weighted
-    /// by `ce_weight`) or the DDM's simple MSE.
-    pub fn loss(&self, x0: &Tensor, labels: Option<&Tensor>, ce_weight: f64, rng: &mut Rng) -> Result<Loss> {
+    /// as `weights` say) or the DDM's simple MSE.
+    pub fn loss(&self, x0: &Tensor, labels: Option<&Tensor>, weights: LossWeights, rng: &mut Rng) -> Result<Loss> {
         match self {
-            Model::Cdm(m) => cdm_loss(m, x0, labels, ce_weight, rng),
+            Model::Cdm(m) => cdm_loss(m, x0, labels, weights, rng),
             Model::Ddm(m) => ddm_loss(m, x0, labels, rng),
         }
     }

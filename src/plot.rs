@@ -1,6 +1,6 @@
 //! Pictures a person would rather look at than read: learned against exact log-density of 2-D
 //! data as heat maps with samples overlaid, and the paper's Fig. 3 (estimated against exact
-//! log-likelihood of uniform cubes).
+//! log-likelihood of uniform cubes), image grids, line charts and matrices for evaluation reports.
 use std::path::Path;
 
 use plotters::prelude::*;
@@ -134,4 +134,116 @@ pub fn image_grid(path: &Path, images: &Tensor, cols: usize) -> Result<()> {
         }
     }
     canvas.save(path).map_err(|e| plot_err(path, e))
+}
+
+/// One line (or set of markers) of a [`line_chart`].
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+    /// Draw markers only (a single measurement, like a CDM's one evaluation).
+    pub markers_only: bool,
+}
+
+/// Axes of a [`line_chart`].
+pub struct Axes<'a> {
+    pub title: &'a str,
+    pub x: &'a str,
+    pub y: &'a str,
+    pub log_x: bool,
+    pub log_y: bool,
+}
+
+/// Lines with markers on common axes, each in its own colour, with a legend.
+pub fn line_chart(path: &Path, axes: &Axes, series: &[Series]) -> Result<()> {
+    let points = || series.iter().flat_map(|s| s.points.iter().copied());
+    let finite = |v: f64, log: bool| v.is_finite() && (!log || v > 0.0);
+    let range = |pick: fn((f64, f64)) -> f64, log: bool| {
+        let (lo, hi) = points()
+            .map(pick)
+            .filter(|&v| finite(v, log))
+            .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        if lo > hi {
+            (if log { 0.1 } else { 0.0 }, 1.0)
+        } else if log {
+            (lo / 1.5, hi * 1.5)
+        } else {
+            let pad = 0.05 * (hi - lo).max(1e-9 + 0.1 * hi.abs());
+            (lo - pad, hi + pad)
+        }
+    };
+    let (x_lo, x_hi) = range(|p| p.0, axes.log_x);
+    let (y_lo, y_hi) = range(|p| p.1, axes.log_y);
+    let root = BitMapBackend::new(path, (720, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let mut builder = ChartBuilder::on(&root);
+    builder.caption(axes.title, ("sans-serif", 20)).margin(15).x_label_area_size(40).y_label_area_size(70);
+    // Log axes are a different coordinate type, so each combination builds its own chart.
+    macro_rules! draw {
+        ($x:expr, $y:expr) => {{
+            let mut chart = builder.build_cartesian_2d($x, $y).map_err(|e| plot_err(path, e))?;
+            chart.configure_mesh().x_desc(axes.x).y_desc(axes.y).draw().map_err(|e| plot_err(path, e))?;
+            for (i, s) in series.iter().enumerate() {
+                let colour = Palette99::pick(i).to_rgba();
+                let pts: Vec<(f64, f64)> =
+                    s.points.iter().copied().filter(|&(x, y)| finite(x, axes.log_x) && finite(y, axes.log_y)).collect();
+                if !s.markers_only {
+                    chart
+                        .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
+                        .map_err(|e| plot_err(path, e))?;
+                }
+                // Dense curves (a value per level) read better as plain lines.
+                let size = if s.markers_only {
+                    7
+                } else if pts.len() > 60 {
+                    0
+                } else {
+                    3
+                };
+                chart
+                    .draw_series(pts.iter().map(|&p| Circle::new(p, size, colour.filled())))
+                    .map_err(|e| plot_err(path, e))?
+                    .label(s.label.as_str())
+                    .legend(move |(x, y)| Circle::new((x + 10, y), 5, colour.filled()));
+            }
+            chart
+                .configure_series_labels()
+                .border_style(BLACK)
+                .background_style(WHITE.mix(0.9))
+                .draw()
+                .map_err(|e| plot_err(path, e))?;
+        }};
+    }
+    match (axes.log_x, axes.log_y) {
+        (false, false) => draw!(x_lo..x_hi, y_lo..y_hi),
+        (true, false) => draw!((x_lo..x_hi).log_scale(), y_lo..y_hi),
+        (false, true) => draw!(x_lo..x_hi, (y_lo..y_hi).log_scale()),
+        (true, true) => draw!((x_lo..x_hi).log_scale(), (y_lo..y_hi).log_scale()),
+    }
+    root.present().map_err(|e| plot_err(path, e))
+}
+
+/// A matrix as a heat map, `values[row][col]` with row 0 at the top, on the scale [0, max]
+/// (a row-normalised confusion matrix: true class down, predicted class across).
+pub fn matrix_heatmap(path: &Path, title: &str, row_label: &str, col_label: &str, values: &[Vec<f64>]) -> Result<()> {
+    let (rows, cols) = (values.len(), values.first().map_or(0, Vec::len));
+    let max = values.iter().flatten().copied().fold(0.0, f64::max).max(1e-12);
+    let root = BitMapBackend::new(path, (620, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..cols as f64, rows as f64..0.0)
+        .map_err(|e| plot_err(path, e))?;
+    chart.configure_mesh().disable_mesh().x_desc(col_label).y_desc(row_label).draw().map_err(|e| plot_err(path, e))?;
+    chart
+        .draw_series(values.iter().enumerate().flat_map(|(r, line)| {
+            line.iter().enumerate().map(move |(c, &v)| {
+                let (x, y) = (c as f64, r as f64);
+                Rectangle::new([(x, y), (x + 1.0, y + 1.0)], ViridisRGB::get_color((v / max).clamp(0.0, 1.0)).filled())
+            })
+        }))
+        .map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))
 }

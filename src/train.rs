@@ -9,6 +9,7 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TensorFile};
 use crate::data::Dataset;
+use crate::loss::LossWeights;
 use crate::model::{Model, ModelConfig};
 use crate::plot::image_grid;
 use crate::predictor::Conditioned;
@@ -67,6 +68,8 @@ pub struct TrainConfig {
     pub grad_clip: Option<f64>,
     /// Weight of the cross-entropy term (the MSE term, summed over dimensions, has weight 1).
     pub ce_weight: f64,
+    /// Weight of the MSE term (0 with a positive `ce_weight`: the paper's "CE only" ablation).
+    pub mse_weight: f64,
     /// Seed of every random draw in training.
     pub seed: u64,
     /// Steps between checkpoints (the last step is always saved).
@@ -99,6 +102,7 @@ impl Default for TrainConfig {
             ema_decay: 0.999,
             grad_clip: Some(1.0),
             ce_weight: 1.0,
+            mse_weight: 1.0,
             seed: 0,
             checkpoint_every: 1000,
             log_every: 50,
@@ -140,6 +144,9 @@ impl TrainConfig {
         }
         if self.ce_weight < 0.0 || !self.ce_weight.is_finite() {
             return bad("ce_weight", "must be a non-negative number");
+        }
+        if self.mse_weight < 0.0 || !self.mse_weight.is_finite() || self.ce_weight + self.mse_weight == 0.0 {
+            return bad("mse_weight", "must be a non-negative number, and not zero together with ce_weight");
         }
         if self.grad_clip.is_some_and(|c| c <= 0.0) {
             return bad("grad_clip", "must be positive");
@@ -435,7 +442,12 @@ impl Trainer {
             let k = self.step;
             let mut rng = Rng::stream(cfg.seed, k);
             let (x0, labels) = self.batch(&mut rng);
-            let loss = self.model.loss(&x0, labels.as_ref(), cfg.ce_weight, &mut rng)?;
+            let loss = self.model.loss(
+                &x0,
+                labels.as_ref(),
+                LossWeights { ce: cfg.ce_weight, mse: cfg.mse_weight },
+                &mut rng,
+            )?;
             let total = loss.total.double_value(&[]);
             if !total.is_finite() {
                 return Err(Error::NonFinite { step: k, what: format!("loss = {total}") });

@@ -1,7 +1,7 @@
 //! The CDM loss differentiates through the input gradient (double backprop). Its weight
 //! gradients, from the real MLP and loss code in f64, must match central finite differences.
 use cdm::classifier::Classifier;
-use cdm::loss::cdm_loss;
+use cdm::loss::{cdm_loss, LossWeights};
 use cdm::model::{ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, MlpConfig};
 use cdm::rng::Rng;
@@ -30,7 +30,7 @@ fn model() -> (VarStore, Classifier) {
 
 /// The loss for a fixed draw of levels and noise.
 fn loss(model: &Classifier, x0: &Tensor, ce_weight: f64) -> Tensor {
-    cdm_loss(model, x0, None, ce_weight, &mut Rng::new(3)).unwrap().total
+    cdm_loss(model, x0, None, LossWeights { ce: ce_weight, mse: 1.0 }, &mut Rng::new(3)).unwrap().total
 }
 
 fn check_gradients(ce_weight: f64) {

@@ -22,26 +22,31 @@ use super::{progress_bar, DeviceArg};
 pub struct CkptArgs {
     /// Run directory written by `cdm train`.
     #[arg(long)]
-    ckpt: PathBuf,
+    pub ckpt: PathBuf,
     /// Use the raw weights instead of the EMA weights.
     #[arg(long)]
-    raw_weights: bool,
+    pub raw_weights: bool,
     /// Points per forward pass.
     #[arg(long, default_value_t = 1024)]
-    batch: usize,
+    pub batch: usize,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
 }
 
 impl CkptArgs {
-    fn load(&self) -> Result<LoadedModel> {
-        load_model(&self.ckpt, self.device.device()?, !self.raw_weights)
-            .with_context(|| format!("loading --ckpt {}", self.ckpt.display()))
+    pub fn load(&self) -> Result<LoadedModel> {
+        self.load_from(&self.ckpt)
+    }
+
+    /// Another run directory, with the same weights choice and device.
+    pub fn load_from(&self, dir: &std::path::Path) -> Result<LoadedModel> {
+        load_model(dir, self.device.device()?, !self.raw_weights)
+            .with_context(|| format!("loading checkpoint {}", dir.display()))
     }
 }
 
 /// Runs `f` over chunks of `x` (on the model's device, in its precision) and concatenates the results on the CPU.
-fn batched(
+pub fn batched(
     loaded: &LoadedModel,
     x: &Tensor,
     batch: usize,
@@ -218,24 +223,24 @@ pub fn denoise(args: DenoiseArgs) -> Result<()> {
 #[derive(Args, Clone)]
 pub struct SampleOptions {
     #[arg(long, value_enum, default_value = "ddim")]
-    sampler: SamplerKind,
+    pub sampler: SamplerKind,
     /// Sampling steps (levels visited, from T down to 0).
     #[arg(long, default_value_t = 100)]
-    steps: usize,
+    pub steps: usize,
     /// DDIM η (0: deterministic).
     #[arg(long, default_value_t = 0.0)]
-    eta: f64,
+    pub eta: f64,
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub seed: u64,
     /// Conditional models: draw this class (default: every class in turn).
     #[arg(long)]
-    class: Option<i64>,
+    pub class: Option<i64>,
     /// Classifier-free guidance weight w: ε = (1 + w) ε(x, c) − w ε(x, ∅).
     #[arg(long, default_value_t = 0.0)]
-    guidance: f64,
+    pub guidance: f64,
     /// Clip x̂0 to [-C, C] at every step (images in [-1, 1]: 1).
     #[arg(long)]
-    clip_x0: Option<f64>,
+    pub clip_x0: Option<f64>,
 }
 
 impl SampleOptions {

@@ -3,6 +3,7 @@ use anyhow::{bail, Result};
 use tch::Device;
 
 pub mod bench;
+pub mod eval;
 pub mod infer;
 pub mod plot;
 pub mod train;

@@ -44,6 +44,9 @@ pub struct TrainArgs {
     /// Weight of the cross-entropy term.
     #[arg(long)]
     ce_weight: Option<f64>,
+    /// Weight of the denoising (MSE) term.
+    #[arg(long)]
+    mse_weight: Option<f64>,
     /// A classification diffusion model, or the denoising baseline.
     #[arg(long, value_enum)]
     model: Option<ModelKind>,
@@ -178,6 +181,7 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
     train.lr = args.lr.unwrap_or(train.lr);
     train.seed = args.seed.unwrap_or(train.seed);
     train.ce_weight = args.ce_weight.unwrap_or(train.ce_weight);
+    train.mse_weight = args.mse_weight.unwrap_or(train.mse_weight);
     train.precision = args.precision.unwrap_or(train.precision);
     train.hflip |= args.hflip;
     train.sample_every = args.sample_every.unwrap_or(train.sample_every);

@@ -19,6 +19,20 @@ pub const DATA_SPECS: &str = "npy:PATH | mnist[:split=test] | fashion-mnist[:spl
 cifar10:DIR[,split=test] | folder:DIR[,size=64] | \
 uniform:d=D,g=WIDTH (d may be a shape like 3x32x32) | gmm2d | gmm:d=D,k=K,seed=S | checkerboard | rings";
 
+/// The test-split spec of a training data spec (`mnist` → `mnist:split=test`), for the image
+/// sets that have one; `None` for data without a test split.
+pub fn test_split(spec: &str) -> Option<String> {
+    let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
+    if !matches!(name, "mnist" | "fashion-mnist" | "cifar10") {
+        return None;
+    }
+    Some(match args {
+        "" => format!("{name}:split=test"),
+        _ if args.contains("split=") => spec.replace("split=train", "split=test"),
+        _ => format!("{spec},split=test"),
+    })
+}
+
 /// Where training and evaluation points come from.
 pub enum Dataset {
     /// A fixed set of points [N, ..] (Double), with data labels [N] where the source has them.

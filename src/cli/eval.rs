@@ -1,0 +1,595 @@
+//! `cdm eval`: one checkpoint measured the way the paper measures it, written as a report
+//! folder (report.json, report.md, PNG plots, per-image values as .npy). `--only` runs any one
+//! metric on its own; `--compare` adds a second run on the same data (a DDM against a CDM).
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::{json, Value};
+use tch::{Device, Kind, Tensor};
+
+use cdm::checkpoint::{write_atomic, TensorFile};
+use cdm::data::{npy, test_split, Dataset, DATA_SPECS};
+use cdm::likelihood::{ddm_log_prob, dequantize, log_standard_normal, Dequantization};
+use cdm::metrics::fid::Inception;
+use cdm::metrics::{auroc, confusion_matrix, frechet_distance, GaussianStats, Typicality};
+use cdm::model::Model;
+use cdm::plot::{image_grid, line_chart, matrix_heatmap, Axes, Series};
+use cdm::rng::Rng;
+use cdm::sample::Noise;
+use cdm::train::LoadedModel;
+use cdm::{cache, Error};
+
+use super::infer::{batched, draw_samples, CkptArgs, SampleOptions};
+
+/// The parts of a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Metric {
+    /// Bits/dim: one pass for a CDM (both 8-bit conventions), I-MMSE for a DDM.
+    Nll,
+    /// Bits/dim against network evaluations and seconds: a DDM's I-MMSE against a CDM's one pass.
+    LikelihoodNfe,
+    /// FID of samples against the training set (Inception-v3 pool features).
+    Fid,
+    /// Denoising MSE against the noise level (the paper's Fig. 5).
+    Denoising,
+    /// Level-classifier accuracy, cross-entropy, confusion matrix and logit profile (Fig. 6).
+    Diagnostics,
+    /// Out-of-distribution detection by likelihood and by typicality over levels (AUROC).
+    Ood,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    ckpt: CkptArgs,
+    /// Report folder.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, help = format!("Data to evaluate on (default: the training data's test split where it has one): {DATA_SPECS}"))]
+    data: Option<String>,
+    /// Metrics to compute (default: every one that applies to the model).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Metric>,
+    /// Images (or held-out points) for likelihood, denoising, diagnostics and OOD.
+    #[arg(long, default_value_t = 2000)]
+    n: usize,
+    /// A second run trained on the same data, e.g. the DDM to compare a CDM with.
+    #[arg(long)]
+    compare: Option<PathBuf>,
+    /// Network evaluations per image for the DDM's I-MMSE likelihood (the largest is its NLL).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4, 8, 16, 32, 64, 128])]
+    evaluations: Vec<usize>,
+    /// Images for the likelihood-against-evaluations curve.
+    #[arg(long, default_value_t = 200)]
+    nfe_images: usize,
+    /// Samples for FID (0: no FID).
+    #[arg(long, default_value_t = 1000)]
+    fid_samples: usize,
+    /// Training images for the FID reference statistics (computed once, then cached).
+    #[arg(long, default_value_t = 10_000)]
+    fid_reference: usize,
+    /// How FID samples are drawn; --seed also seeds every random draw of the evaluation.
+    #[command(flatten)]
+    sampling: SampleOptions,
+    /// Other data to tell apart from --data (OOD), e.g. fashion-mnist:split=test; repeat the
+    /// flag for several.
+    #[arg(long)]
+    ood: Vec<String>,
+}
+
+/// What every section needs.
+struct Eval<'a> {
+    args: &'a EvalArgs,
+    model: &'a LoadedModel,
+    name: String,
+    compare: Option<(String, LoadedModel)>,
+    data: String,
+    /// Evaluation points [n, ..] (CPU, Double).
+    x: Tensor,
+    /// 8-bit images (x = k/127.5 − 1): bits/dim get the dequantization treatment.
+    eight_bit: bool,
+}
+
+/// A section's JSON and its markdown.
+struct Section {
+    key: &'static str,
+    json: Value,
+    markdown: String,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let model = args.ckpt.load()?;
+    let compare = match &args.compare {
+        Some(dir) => Some((run_name(dir), args.ckpt.load_from(dir)?)),
+        None => None,
+    };
+    if let Some((name, other)) = &compare {
+        if other.config.model.data_shape != model.config.model.data_shape {
+            bail!("--compare {name}: its data shape differs from --ckpt's");
+        }
+    }
+    let data = args.data.clone().or_else(|| test_split(&model.config.data)).unwrap_or(model.config.data.clone());
+    let dataset = Dataset::open(&data).with_context(|| format!("--data {data}"))?;
+    let x = first(&dataset.eval_points(args.n, args.sampling.seed), args.n);
+    model.model.check_input(&x).with_context(|| format!("--data {data}"))?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
+    let eight_bit = is_eight_bit(&x);
+    let ctx = Eval { args: &args, model: &model, name: run_name(&args.ckpt.ckpt), compare, data, x, eight_bit };
+
+    let is_cdm = matches!(model.model, Model::Cdm(_));
+    let has_ddm = !is_cdm || ctx.compare.as_ref().is_some_and(|(_, m)| matches!(m.model, Model::Ddm(_)));
+    let wanted = |m: Metric| if args.only.is_empty() { true } else { args.only.contains(&m) };
+    let applies = |m: Metric| match m {
+        Metric::Diagnostics | Metric::Ood => is_cdm,
+        Metric::LikelihoodNfe => has_ddm,
+        Metric::Fid => args.fid_samples > 0 && x_is_image(&ctx.x),
+        Metric::Nll | Metric::Denoising => true,
+    };
+    for m in &args.only {
+        if !applies(*m) {
+            bail!("--only {m:?}: does not apply to this model (diagnostics and OOD need a CDM, likelihood-nfe a DDM, FID image data and --fid-samples > 0)");
+        }
+    }
+    if wanted(Metric::Ood) && is_cdm && args.ood.is_empty() && !args.only.is_empty() {
+        bail!("--only ood needs --ood SPEC (data to tell apart from --data)");
+    }
+    let mut sections = Vec::new();
+    type Runner = fn(&Eval) -> Result<Section>;
+    let steps: [(Metric, Runner); 6] = [
+        (Metric::Nll, nll),
+        (Metric::LikelihoodNfe, likelihood_nfe),
+        (Metric::Denoising, denoising),
+        (Metric::Diagnostics, diagnostics),
+        (Metric::Ood, ood),
+        (Metric::Fid, fid),
+    ];
+    for (metric, section) in steps {
+        if wanted(metric) && applies(metric) && !(metric == Metric::Ood && args.ood.is_empty()) {
+            tracing::info!("eval: {metric:?}");
+            sections.push(section(&ctx).with_context(|| format!("eval {metric:?}"))?);
+        }
+    }
+    write_report(&ctx, &sections)
+}
+
+fn write_report(ctx: &Eval, sections: &[Section]) -> Result<()> {
+    let m = ctx.model;
+    let mut report = json!({
+        "ckpt": ctx.args.ckpt.ckpt, "step": m.step, "model": format!("{:?}", m.config.model.kind).to_lowercase(),
+        "data": ctx.data, "trained_on": m.config.data, "n": ctx.x.size()[0],
+        "weights": if ctx.args.ckpt.raw_weights { "raw" } else { "ema" },
+        "compare": ctx.compare.as_ref().map(|(name, c)| json!({"ckpt": name, "step": c.step})),
+    });
+    let mut md = format!(
+        "# Evaluation of `{}`\n\n{} at step {} ({} weights), trained on `{}`, evaluated on `{}` ({} points){}.\n",
+        ctx.args.ckpt.ckpt.display(),
+        report["model"].as_str().unwrap_or("").to_uppercase(),
+        m.step,
+        report["weights"].as_str().unwrap_or(""),
+        m.config.data,
+        ctx.data,
+        ctx.x.size()[0],
+        ctx.compare.as_ref().map_or(String::new(), |(name, c)| format!("; compared with `{name}` at step {}", c.step)),
+    );
+    for s in sections {
+        report[s.key] = s.json.clone();
+        md.push('\n');
+        md.push_str(&s.markdown);
+    }
+    let json_path = ctx.args.out.join("report.json");
+    write_atomic(&json_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    write_atomic(&ctx.args.out.join("report.md"), md.as_bytes())?;
+    println!("{md}");
+    println!("report written to {}", ctx.args.out.display());
+    Ok(())
+}
+
+/// The run folder's name, for tables and legends.
+fn run_name(dir: &Path) -> String {
+    dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// The first `n` rows of `x`.
+fn first(x: &Tensor, n: usize) -> Tensor {
+    x.narrow(0, 0, (n as i64).min(x.size()[0]))
+}
+
+fn x_is_image(x: &Tensor) -> bool {
+    x.dim() == 4
+}
+
+/// Images whose values are all k/127.5 − 1 for integers k: 8-bit data.
+fn is_eight_bit(x: &Tensor) -> bool {
+    let k = (x + 1.0) * 127.5;
+    x_is_image(x) && (&k - k.round()).abs().max().double_value(&[]) < 1e-6
+}
+
+/// The models of the report in order: --ckpt, then --compare.
+fn models<'a>(ctx: &'a Eval) -> Vec<(&'a str, &'a LoadedModel)> {
+    let mut all = vec![(ctx.name.as_str(), ctx.model)];
+    all.extend(ctx.compare.as_ref().map(|(name, m)| (name.as_str(), m)));
+    all
+}
+
+/// How a log-likelihood is computed.
+#[derive(Clone, Copy)]
+enum Estimator {
+    /// A CDM's logits, one forward pass (Theorem 3.2).
+    OnePass,
+    /// A DDM's I-MMSE estimate with this many evaluations per point.
+    Immse(usize),
+}
+
+/// log p(x) in nats per point ([N], CPU Double).
+fn log_likelihood(ctx: &Eval, model: &LoadedModel, x: &Tensor, how: Estimator) -> Result<Tensor> {
+    let seed = ctx.args.sampling.seed;
+    let out = batched(model, x, ctx.args.ckpt.batch, |chunk, start| {
+        Ok(match (how, &model.model) {
+            (Estimator::OnePass, Model::Cdm(c)) => cdm::likelihood::log_prob(c, chunk, 0, None)?,
+            (Estimator::Immse(k), Model::Ddm(d)) => {
+                ddm_log_prob(d, chunk, None, k, &mut Rng::stream(seed, 0x1_0000 + start as u64))?
+            }
+            _ => bail!("internal: estimator does not match the model kind"),
+        })
+    })?;
+    Ok(out.to_kind(Kind::Double))
+}
+
+/// Per-point NLL in bits/dim: for 8-bit data the dequantized convention's +7, else continuous.
+fn bits_per_dim_per_point(ctx: &Eval, log_p: &Tensor, dim: f64) -> Tensor {
+    let bpd = log_p / (-dim * std::f64::consts::LN_2);
+    if ctx.eight_bit {
+        bpd + 7.0
+    } else {
+        bpd
+    }
+}
+
+fn dim_of(x: &Tensor) -> f64 {
+    x.size()[1..].iter().product::<i64>() as f64
+}
+
+fn mean(t: &Tensor) -> f64 {
+    t.mean(Kind::Double).double_value(&[])
+}
+
+fn nll(ctx: &Eval) -> Result<Section> {
+    let dim = dim_of(&ctx.x);
+    let seed = ctx.args.sampling.seed;
+    let conventions: Vec<Option<Dequantization>> =
+        if ctx.eight_bit { vec![Some(Dequantization::Uniform), Some(Dequantization::Paper)] } else { vec![None] };
+    let mut rows = Vec::new();
+    let mut md = String::from(
+        "## Negative log-likelihood\n\n| model | estimator | convention | points | bits/dim |\n|---|---|---|---|---|\n",
+    );
+    for (name, model) in models(ctx) {
+        let (how, x) = match model.model {
+            Model::Cdm(_) => (Estimator::OnePass, ctx.x.shallow_clone()),
+            Model::Ddm(_) => {
+                let k = ctx.args.evaluations.iter().copied().max().unwrap_or(128);
+                (Estimator::Immse(k), first(&ctx.x, ctx.args.nfe_images))
+            }
+        };
+        for &convention in &conventions {
+            let points = match convention {
+                Some(c) => dequantize(&x, c, &mut Rng::new(seed)),
+                None => x.shallow_clone(),
+            };
+            let bpd = bits_per_dim_per_point(ctx, &log_likelihood(ctx, model, &points, how)?, dim);
+            let label = match convention {
+                Some(Dequantization::Uniform) => "uniform dequantization, +7 (a bound)",
+                Some(Dequantization::Paper) => "paper: no dequantization, +7 (not a bound)",
+                None => "continuous density",
+            };
+            let file = format!(
+                "nll_bpd_{name}{}.npy",
+                match convention {
+                    Some(Dequantization::Uniform) => "_uniform",
+                    Some(Dequantization::Paper) => "_paper",
+                    None => "",
+                }
+            );
+            npy::write_npy(&ctx.args.out.join(&file), &bpd)?;
+            let estimator = match how {
+                Estimator::OnePass => "one forward pass".to_string(),
+                Estimator::Immse(k) => format!("I-MMSE, {k} evaluations"),
+            };
+            let value = mean(&bpd);
+            writeln!(md, "| {name} | {estimator} | {label} | {} | {value:.4} |", x.size()[0])?;
+            rows.push(json!({"model": name, "estimator": estimator, "convention": label, "n": x.size()[0], "bits_per_dim": value, "per_point": file}));
+        }
+    }
+    md.push_str("\nPer-point values: the `nll_bpd_*.npy` files.\n");
+    Ok(Section { key: "nll", json: Value::Array(rows), markdown: md })
+}
+
+fn likelihood_nfe(ctx: &Eval) -> Result<Section> {
+    let x = first(&ctx.x, ctx.args.nfe_images);
+    let points = if ctx.eight_bit {
+        dequantize(&x, Dequantization::Uniform, &mut Rng::new(ctx.args.sampling.seed))
+    } else {
+        x.shallow_clone()
+    };
+    let dim = dim_of(&x);
+    let n = x.size()[0] as f64;
+    let (mut by_nfe, mut by_time, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+    let mut md = format!(
+        "## Likelihood against network evaluations\n\n{} points{}.\n\n| model | evaluations per point | bits/dim | ms per point |\n|---|---|---|---|\n",
+        x.size()[0],
+        if ctx.eight_bit { ", uniform dequantization (bits/dim of 8-bit data, a bound)" } else { "" }
+    );
+    for (name, model) in models(ctx) {
+        let budgets: Vec<usize> = match model.model {
+            Model::Cdm(_) => vec![1],
+            Model::Ddm(_) => ctx.args.evaluations.clone(),
+        };
+        let (mut nfe_points, mut time_points) = (Vec::new(), Vec::new());
+        for k in budgets {
+            let how = if matches!(model.model, Model::Cdm(_)) { Estimator::OnePass } else { Estimator::Immse(k) };
+            let start = Instant::now();
+            let bpd = mean(&bits_per_dim_per_point(ctx, &log_likelihood(ctx, model, &points, how)?, dim));
+            let ms = start.elapsed().as_secs_f64() * 1000.0 / n;
+            writeln!(md, "| {name} | {k} | {bpd:.4} | {ms:.2} |")?;
+            rows.push(json!({"model": name, "evaluations": k, "bits_per_dim": bpd, "ms_per_point": ms}));
+            nfe_points.push((k as f64, bpd));
+            time_points.push((ms / 1000.0, bpd));
+        }
+        let kind = if matches!(model.model, Model::Cdm(_)) { "CDM, one pass" } else { "DDM, I-MMSE" };
+        let label = format!("{name} ({kind})");
+        let markers_only = nfe_points.len() == 1;
+        by_nfe.push(Series { label: label.clone(), points: nfe_points, markers_only });
+        by_time.push(Series { label, points: time_points, markers_only });
+    }
+    let title = "NLL against network evaluations";
+    let axes = Axes { title, x: "evaluations per point", y: "bits / dim", log_x: true, log_y: false };
+    line_chart(&ctx.args.out.join("likelihood_vs_nfe.png"), &axes, &by_nfe)?;
+    let axes = Axes { title: "NLL against time", x: "seconds per point", ..axes };
+    line_chart(&ctx.args.out.join("likelihood_vs_seconds.png"), &axes, &by_time)?;
+    md.push_str("\n![](likelihood_vs_nfe.png) ![](likelihood_vs_seconds.png)\n");
+    Ok(Section { key: "likelihood_vs_evaluations", json: Value::Array(rows), markdown: md })
+}
+
+fn denoising(ctx: &Eval) -> Result<Section> {
+    let schedule = ctx.model.model.schedule();
+    let t_max = schedule.timesteps();
+    let mut levels: Vec<usize> = [0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0]
+        .iter()
+        .map(|f| ((f * t_max as f64).round() as usize).clamp(1, t_max))
+        .collect();
+    levels.dedup();
+    let x = &ctx.x;
+    let eps =
+        Noise::new(ctx.args.sampling.seed, 0, x.size()[0] as usize).normal(&x.size()[1..], Kind::Double, Device::Cpu);
+    let all = models(ctx);
+    let mut md = format!(
+        "## Denoising MSE against noise level\n\nMean squared error per dimension of x̂0 = E[x0 | x_t] on {} points, the same noise for every model.\n\n| level t | ᾱ_t |{}\n|---|---|{}\n",
+        x.size()[0],
+        all.iter().map(|(n, _)| format!(" {n} |")).collect::<String>(),
+        "---|".repeat(all.len())
+    );
+    let mut curves: Vec<Series> =
+        all.iter().map(|(n, _)| Series { label: n.to_string(), points: vec![], markers_only: false }).collect();
+    let mut rows = Vec::new();
+    for &t in &levels {
+        let mut row = json!({"level": t, "alpha_bar": schedule.alpha_bar(t)});
+        write!(md, "| {t} | {:.4} |", schedule.alpha_bar(t))?;
+        for ((name, model), curve) in all.iter().zip(&mut curves) {
+            if model.model.schedule().alpha_bars() != schedule.alpha_bars() {
+                bail!("--compare: the two models use different noise schedules");
+            }
+            let predictor = cdm::predictor::Conditioned { model: &model.model, labels: None };
+            let x0_hat = batched(model, x, ctx.args.ckpt.batch, |chunk, start| {
+                let level = cdm::schedule::levels_like(t, chunk);
+                let noise = eps.narrow(0, start, chunk.size()[0]).to_kind(chunk.kind()).to_device(chunk.device());
+                let x_t = schedule.add_noise(chunk, &noise, &level);
+                use cdm::predictor::NoisePredictor;
+                Ok(schedule.x0_from_eps(&x_t, &predictor.eps(&x_t, &level)?, &level))
+            })?;
+            let mse = mean(&(x0_hat.to_kind(Kind::Double) - x).square());
+            row[*name] = json!(mse);
+            write!(md, " {mse:.5} |")?;
+            curve.points.push((t as f64, mse));
+        }
+        md.push('\n');
+        rows.push(row);
+    }
+    let axes = Axes { title: "Denoising MSE per dimension", x: "noise level t", y: "MSE", log_x: false, log_y: true };
+    line_chart(&ctx.args.out.join("denoising_mse.png"), &axes, &curves)?;
+    md.push_str("\n![](denoising_mse.png)\n");
+    Ok(Section { key: "denoising_mse", json: Value::Array(rows), markdown: md })
+}
+
+/// Logits [N, T+2] (CPU Double) of a CDM for points already at their levels.
+fn logits_of(ctx: &Eval, model: &LoadedModel, x: &Tensor) -> Result<Tensor> {
+    let classifier = model.model.classifier()?;
+    Ok(batched(model, x, ctx.args.ckpt.batch, |chunk, _| Ok(tch::no_grad(|| classifier.logits(chunk, None, false))))?
+        .to_kind(Kind::Double))
+}
+
+fn diagnostics(ctx: &Eval) -> Result<Section> {
+    let schedule = ctx.model.model.schedule();
+    let classes = schedule.num_classes();
+    let n = ctx.x.size()[0] as usize;
+    let mut rng = Rng::new(ctx.args.sampling.seed ^ 0xd1a6);
+    // Levels spread evenly over 0..=T+1 (in a random order relative to the points).
+    let u = rng.unit();
+    let truth: Vec<i64> = (0..n).map(|i| (((i as f64 + u) / n as f64) * classes as f64) as i64).collect();
+    let truth_t = Tensor::from_slice(&truth);
+    let eps = rng.normal(&ctx.x.size(), Kind::Double);
+    let x_t = schedule.add_noise(&ctx.x, &eps, &truth_t);
+    let logits = logits_of(ctx, ctx.model, &x_t)?;
+    let log_probs = logits.log_softmax(1, Kind::Double);
+    let ce = -mean(&log_probs.gather(1, &truth_t.unsqueeze(1), false));
+    let predicted = Vec::<i64>::try_from(logits.argmax(1, false))?;
+    let tolerance = (classes / 100).max(1) as i64;
+    let count = |f: &dyn Fn(i64, i64) -> bool| {
+        truth.iter().zip(&predicted).filter(|(&t, &p)| f(t, p)).count() as f64 / n as f64
+    };
+    let accuracy = count(&|t, p| t == p);
+    let near = count(&|t, p| (t - p).abs() <= tolerance);
+    let mean_abs = truth.iter().zip(&predicted).map(|(t, p)| (t - p).abs() as f64).sum::<f64>() / n as f64;
+
+    // Confusion matrix over bins of levels, each row normalised.
+    let bins = classes.min(50);
+    let bin = |t: i64| (t as usize * bins / classes) as i64;
+    let counts = confusion_matrix(
+        &truth.iter().map(|&t| bin(t)).collect::<Vec<_>>(),
+        &predicted.iter().map(|&p| bin(p)).collect::<Vec<_>>(),
+        bins,
+    )?;
+    let normalised: Vec<Vec<f64>> = counts
+        .iter()
+        .map(|row| {
+            let total = row.iter().sum::<u64>().max(1) as f64;
+            row.iter().map(|&c| c as f64 / total).collect()
+        })
+        .collect();
+    let title = format!("Confusion over levels ({bins} bins of {:.0} levels)", classes as f64 / bins as f64);
+    matrix_heatmap(&ctx.args.out.join("confusion.png"), &title, "true level bin", "predicted level bin", &normalised)?;
+
+    // Logit profile (Fig. 6): mean log-softmax over all levels, for points at a few true levels.
+    let t_max = schedule.timesteps();
+    let probe = 64.min(n as i64);
+    let mut profiles = Vec::new();
+    for f in [0.1, 0.3, 0.5, 0.7, 0.9] {
+        let t = ((f * t_max as f64).round() as usize).max(1);
+        let x0 = ctx.x.narrow(0, 0, probe);
+        let level = cdm::schedule::levels_like(t, &x0);
+        let x_t = schedule.add_noise(&x0, &rng.normal(&x0.size(), Kind::Double), &level);
+        let profile = Vec::<f64>::try_from(logits_of(ctx, ctx.model, &x_t)?.log_softmax(1, Kind::Double).mean_dim(
+            0,
+            false,
+            Kind::Double,
+        ))?;
+        profiles.push(Series {
+            label: format!("true level {t}"),
+            points: profile.iter().enumerate().map(|(k, &v)| (k as f64, v.max(-30.0))).collect(),
+            markers_only: false,
+        });
+    }
+    let axes =
+        Axes { title: "Mean log-softmax over levels", x: "level k", y: "log p(k | x_t)", log_x: false, log_y: false };
+    line_chart(&ctx.args.out.join("logit_profile.png"), &axes, &profiles)?;
+    let md = format!(
+        "## Level classifier\n\n{n} points, each noised to a level spread evenly over 0..={}.\n\n| accuracy | within ±{tolerance} levels | mean abs. level error | cross-entropy (nats) | uniform guess CE |\n|---|---|---|---|---|\n| {accuracy:.4} | {near:.4} | {mean_abs:.2} | {ce:.4} | {:.4} |\n\n![](confusion.png) ![](logit_profile.png)\n",
+        classes - 1,
+        (classes as f64).ln()
+    );
+    let json = json!({"n": n, "accuracy": accuracy, "within_levels": tolerance, "accuracy_within": near, "mean_abs_level_error": mean_abs, "cross_entropy": ce, "confusion_bins": bins, "confusion": counts});
+    Ok(Section { key: "classifier", json, markdown: md })
+}
+
+/// log p_t(x)/D at `levels` for every point ([N, L]), all from one forward pass per point.
+fn level_log_densities(ctx: &Eval, x: &Tensor, levels: &[i64]) -> Result<Tensor> {
+    let points = if ctx.eight_bit {
+        dequantize(x, Dequantization::Uniform, &mut Rng::new(ctx.args.sampling.seed ^ 0x00d))
+    } else {
+        x.shallow_clone()
+    };
+    let logits = logits_of(ctx, ctx.model, &points)?;
+    let last = logits.size()[1] - 1;
+    let index = Tensor::from_slice(levels);
+    // Theorem 3.2 at every level at once: log p_t = log N(x) + l_t − l_{T+1}.
+    let log_p = log_standard_normal(&points.to_kind(Kind::Double)).unsqueeze(1) + logits.index_select(1, &index)
+        - logits.narrow(1, last, 1);
+    Ok(log_p / dim_of(x))
+}
+
+fn ood(ctx: &Eval) -> Result<Section> {
+    let t_max = ctx.model.model.schedule().timesteps() as i64;
+    let levels: Vec<i64> = (0..=20).map(|i| i * t_max / 20).collect();
+    let n = ctx.x.size()[0] as usize;
+    // The typical profile is fitted on training points, never on the test points scored.
+    let train = Dataset::open(&ctx.model.config.data)?;
+    let fit_points = first(&train.eval_points(n, ctx.args.sampling.seed ^ 0xf17), n);
+    let typicality = Typicality::fit(&level_log_densities(ctx, &fit_points, &levels)?)?;
+    let inside = level_log_densities(ctx, &ctx.x, &levels)?;
+    let score_sets = |f: &Tensor| -> Result<(Vec<f64>, Vec<f64>)> {
+        Ok((Vec::<f64>::try_from(f.select(1, 0))?, Vec::<f64>::try_from(typicality.score(f))?))
+    };
+    let (inside_lik, inside_typ) = score_sets(&inside)?;
+    let mut md = format!(
+        "## Out-of-distribution detection\n\nAUROC of telling `{}` ({n} points, positive) from other data by a score from one forward pass: the likelihood log p(x), and typicality (minus the Mahalanobis distance of the profile log p_t(x)/D over {} levels from the profile of {n} training points). Uniform dequantization for 8-bit images.\n\n| other data | points | AUROC likelihood | AUROC typicality |\n|---|---|---|---|\n",
+        ctx.data,
+        levels.len()
+    );
+    let (mut rows, mut by_level) = (Vec::new(), Vec::new());
+    for spec in &ctx.args.ood {
+        let other = Dataset::open(spec).with_context(|| format!("--ood {spec}"))?;
+        let y = first(&other.eval_points(n, ctx.args.sampling.seed ^ 0x00d), n);
+        ctx.model.model.check_input(&y).with_context(|| format!("--ood {spec}"))?;
+        let outside = level_log_densities(ctx, &y, &levels)?;
+        let (outside_lik, outside_typ) = score_sets(&outside)?;
+        let likelihood = auroc(&inside_lik, &outside_lik)?;
+        let typical = auroc(&inside_typ, &outside_typ)?;
+        let mut per_level = Vec::new();
+        for (j, &t) in levels.iter().enumerate() {
+            let a = Vec::<f64>::try_from(inside.select(1, j as i64))?;
+            let b = Vec::<f64>::try_from(outside.select(1, j as i64))?;
+            per_level.push((t as f64, auroc(&a, &b)?));
+        }
+        writeln!(md, "| `{spec}` | {} | {likelihood:.4} | {typical:.4} |", y.size()[0])?;
+        rows.push(json!({"other": spec, "n": y.size()[0], "auroc_likelihood": likelihood, "auroc_typicality": typical, "auroc_log_p_t_by_level": per_level}));
+        by_level.push(Series { label: spec.clone(), points: per_level, markers_only: false });
+    }
+    let axes =
+        Axes { title: "AUROC of log p_t(x) at each level", x: "level t", y: "AUROC", log_x: false, log_y: false };
+    line_chart(&ctx.args.out.join("ood_auroc_by_level.png"), &axes, &by_level)?;
+    md.push_str("\nAUROC of the likelihood at each single level t (0.5: chance; below 0.5, the other data score higher):\n\n![](ood_auroc_by_level.png)\n");
+    Ok(Section { key: "ood", json: Value::Array(rows), markdown: md })
+}
+
+fn fid(ctx: &Eval) -> Result<Section> {
+    let args = ctx.args;
+    let device = ctx.model.vs.device();
+    let inception = Inception::load(device)?;
+    let reference = reference_stats(&inception, &ctx.model.config.data, args.fid_reference)?;
+    let start = Instant::now();
+    let (samples, _) = draw_samples(ctx.model, args.fid_samples, &args.sampling, args.ckpt.batch)?;
+    let sampling_s = start.elapsed().as_secs_f64();
+    image_grid(&args.out.join("fid_samples.png"), &first(&samples, 100), 10)?;
+    let score = frechet_distance(&reference, &inception.stats(&samples, 50)?)?;
+    let s = &args.sampling;
+    let sampler = format!(
+        "{:?} {} steps{}",
+        s.sampler,
+        s.steps,
+        if s.guidance != 0.0 { format!(", guidance {}", s.guidance) } else { String::new() }
+    )
+    .to_lowercase();
+    let md = format!(
+        "## FID\n\n| samples | sampler | reference | FID |\n|---|---|---|---|\n| {} | {sampler} | {} training images of `{}` | {score:.2} |\n\nSampling took {sampling_s:.0} s. The first 100 samples:\n\n![](fid_samples.png)\n",
+        args.fid_samples, reference.n, ctx.model.config.data
+    );
+    let json = json!({"fid": score, "samples": args.fid_samples, "sampler": sampler, "reference_images": reference.n, "reference_data": ctx.model.config.data, "sampling_seconds": sampling_s});
+    Ok(Section { key: "fid", json, markdown: md })
+}
+
+/// Inception statistics of the first `n` points of `spec`, cached per user.
+fn reference_stats(inception: &Inception, spec: &str, n: usize) -> Result<GaussianStats> {
+    let safe: String = spec.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    let dir = cache::root()?.join("fid-stats");
+    let path = dir.join(format!("{safe}-{n}.safetensors"));
+    if let Ok(file) = TensorFile::load(&path) {
+        let (mean, cov) = (file.get("mean", &path)?, file.get("cov", &path)?);
+        let count = file.metadata.get("n").and_then(|v| v.parse().ok()).unwrap_or(n as i64);
+        return Ok(GaussianStats { mean: mean.shallow_clone(), cov: cov.shallow_clone(), n: count });
+    }
+    let data = Dataset::open(spec).with_context(|| format!("FID reference data {spec}"))?;
+    let x = first(&data.eval_points(n, 0), n);
+    if x.size()[0] < 2 {
+        return Err(Error::Data(format!("{spec}: FID needs at least 2 reference images")).into());
+    }
+    tracing::info!("FID reference statistics of {} images of {spec} (cached in {})", x.size()[0], path.display());
+    let stats = inception.stats(&x, 50)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut file = TensorFile::default();
+    file.tensors.insert("mean".into(), stats.mean.shallow_clone());
+    file.tensors.insert("cov".into(), stats.cov.shallow_clone());
+    file.metadata.insert("n".into(), stats.n.to_string());
+    file.save(&path)?;
+    Ok(stats)
+}
