@@ -87,12 +87,7 @@ pub fn cube_likelihoods(path: &Path, points: &[(f64, f64, f64)]) -> Result<()> {
         .map_err(|e| plot_err(path, e))?
         .label("CDM, one forward pass")
         .legend(|(x, y)| Circle::new((x + 10, y), 5, RED.filled()));
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.9))
-        .draw()
-        .map_err(|e| plot_err(path, e))?;
+    draw_legend(&mut chart, path)?;
     root.present().map_err(|e| plot_err(path, e))
 }
 
@@ -134,6 +129,19 @@ pub fn image_grid(path: &Path, images: &Tensor, cols: usize) -> Result<()> {
         }
     }
     canvas.save(path).map_err(|e| plot_err(path, e))
+}
+
+/// The legend box of a chart whose series have labels.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    path: &Path,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .draw()
+        .map_err(|e| plot_err(path, e))
 }
 
 /// One line (or set of markers) of a [`line_chart`].
@@ -205,12 +213,7 @@ pub fn line_chart(path: &Path, axes: &Axes, series: &[Series]) -> Result<()> {
                     .label(s.label.as_str())
                     .legend(move |(x, y)| Circle::new((x + 10, y), 5, colour.filled()));
             }
-            chart
-                .configure_series_labels()
-                .border_style(BLACK)
-                .background_style(WHITE.mix(0.9))
-                .draw()
-                .map_err(|e| plot_err(path, e))?;
+            draw_legend(&mut chart, path)?;
         }};
     }
     match (axes.log_x, axes.log_y) {

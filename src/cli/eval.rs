@@ -17,8 +17,10 @@ use cdm::metrics::fid::Inception;
 use cdm::metrics::{auroc, confusion_matrix, frechet_distance, GaussianStats, Typicality};
 use cdm::model::Model;
 use cdm::plot::{image_grid, line_chart, matrix_heatmap, Axes, Series};
+use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::rng::Rng;
 use cdm::sample::Noise;
+use cdm::schedule::levels_like;
 use cdm::train::LoadedModel;
 use cdm::{cache, Error};
 
@@ -380,12 +382,11 @@ fn denoising(ctx: &Eval) -> Result<Section> {
             if model.model.schedule().alpha_bars() != schedule.alpha_bars() {
                 bail!("--compare: the two models use different noise schedules");
             }
-            let predictor = cdm::predictor::Conditioned { model: &model.model, labels: None };
+            let predictor = Conditioned { model: &model.model, labels: None };
             let x0_hat = batched(model, x, ctx.args.ckpt.batch, |chunk, start| {
-                let level = cdm::schedule::levels_like(t, chunk);
+                let level = levels_like(t, chunk);
                 let noise = eps.narrow(0, start, chunk.size()[0]).to_kind(chunk.kind()).to_device(chunk.device());
                 let x_t = schedule.add_noise(chunk, &noise, &level);
-                use cdm::predictor::NoisePredictor;
                 Ok(schedule.x0_from_eps(&x_t, &predictor.eps(&x_t, &level)?, &level))
             })?;
             let mse = mean(&(x0_hat.to_kind(Kind::Double) - x).square());
@@ -457,7 +458,7 @@ fn diagnostics(ctx: &Eval) -> Result<Section> {
     for f in [0.1, 0.3, 0.5, 0.7, 0.9] {
         let t = ((f * t_max as f64).round() as usize).max(1);
         let x0 = ctx.x.narrow(0, 0, probe);
-        let level = cdm::schedule::levels_like(t, &x0);
+        let level = levels_like(t, &x0);
         let x_t = schedule.add_noise(&x0, &rng.normal(&x0.size(), Kind::Double), &level);
         let profile = Vec::<f64>::try_from(logits_of(ctx, ctx.model, &x_t)?.log_softmax(1, Kind::Double).mean_dim(
             0,
