@@ -554,13 +554,13 @@ fn fid(ctx: &Eval) -> Result<Section> {
     image_grid(&args.out.join("fid_samples.png"), &first(&samples, 100), 10)?;
     let score = frechet_distance(&reference, &inception.stats(&samples, 50)?)?;
     let s = &args.sampling;
-    let sampler = format!(
-        "{:?} {} steps{}",
-        s.sampler,
-        s.steps,
-        if s.guidance != 0.0 { format!(", guidance {}", s.guidance) } else { String::new() }
-    )
-    .to_lowercase();
+    let conditioning = match (ctx.model.config.model.backbone.num_labels(), s.unconditional, s.class) {
+        (0, _, _) | (_, true, _) => "unconditional".to_string(),
+        (_, _, Some(c)) => format!("class {c}"),
+        _ => "class-conditional, classes in turn".to_string(),
+    };
+    let guidance = if s.guidance != 0.0 { format!(", guidance w = {}", s.guidance) } else { String::new() };
+    let sampler = format!("{} {} steps, {conditioning}{guidance}", format!("{:?}", s.sampler).to_lowercase(), s.steps);
     let md = format!(
         "## FID\n\n| samples | sampler | reference | FID |\n|---|---|---|---|\n| {} | {sampler} | {} training images of `{}` | {score:.2} |\n\nSampling took {sampling_s:.0} s. The first 100 samples:\n\n![](fid_samples.png)\n",
         args.fid_samples, reference.n, ctx.model.config.data

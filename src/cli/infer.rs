@@ -241,6 +241,10 @@ pub struct SampleOptions {
     /// Clip x̂0 to [-C, C] at every step (images in [-1, 1]: 1).
     #[arg(long)]
     pub clip_x0: Option<f64>,
+    /// Conditional models: sample with the null label (the unconditional model that label
+    /// dropout trained alongside).
+    #[arg(long, conflicts_with_all = ["class", "guidance"])]
+    pub unconditional: bool,
 }
 
 impl SampleOptions {
@@ -254,6 +258,7 @@ impl SampleOptions {
             class: None,
             guidance: 0.0,
             clip_x0: None,
+            unconditional: false,
         }
     }
 }
@@ -329,8 +334,8 @@ pub fn draw_samples(
         bail!("--class {c}: the model knows classes 0..{}", num_labels - 1);
     }
     let levels = schedule.sampling_levels(opts.steps)?;
-    let labels: Option<Vec<i64>> =
-        (num_labels > 0).then(|| (0..n as i64).map(|i| opts.class.unwrap_or(i % num_labels)).collect());
+    let labels: Option<Vec<i64>> = (num_labels > 0 && !opts.unconditional)
+        .then(|| (0..n as i64).map(|i| opts.class.unwrap_or(i % num_labels)).collect());
     let bar = progress_bar((n.div_ceil(batch.max(1)) * opts.steps) as u64, "sample");
     let mut parts = Vec::new();
     for start in (0..n).step_by(batch.max(1)) {
