@@ -102,3 +102,21 @@ fn level_at_logsnr_inverts_the_schedule() {
     assert_eq!(schedule.level_at_logsnr(100.0), 1.0);
     assert_eq!(schedule.level_at_logsnr(-100.0), 1000.0);
 }
+
+#[test]
+fn typicality_is_minus_the_mahalanobis_distance_to_the_fitted_profile() {
+    // Features with mean (1, −2) and unbiased covariance diag(16/3, 4/3).
+    let features = Tensor::from_slice(&[3.0, -1.0, -1.0, -3.0, 3.0, -3.0, -1.0, -1.0]).reshape([4, 2]);
+    let stats = GaussianStats::of(&features).unwrap();
+    assert_eq!(Vec::<f64>::try_from(&stats.mean).unwrap(), vec![1.0, -2.0]);
+    let typicality = cdm::metrics::Typicality::fit(&features).unwrap();
+    let probe = Tensor::from_slice(&[1.0, -2.0, 5.0, -2.0, 1.0, 0.0]).reshape([3, 2]);
+    let cov = Vec::<f64>::try_from(stats.cov.flatten(0, -1)).unwrap();
+    let (var_a, var_b) = (cov[0], cov[3]);
+    assert_eq!(cov[1], 0.0);
+    let expected = [0.0, -16.0 / var_a, -4.0 / var_b];
+    let got = Vec::<f64>::try_from(typicality.score(&probe)).unwrap();
+    for (g, e) in got.iter().zip(expected) {
+        assert_close(*g, e, 1e-4 * (1.0 + e.abs()), "typicality score");
+    }
+}
