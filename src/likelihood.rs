@@ -66,10 +66,11 @@ const LOGSNR_CLIP: f64 = 3.0;
 /// −log p(x) = −log N(x; 0, I) + ½ ∫ E_ε[‖ε − ε̂(z_γ, γ)‖² − ‖ε − ε̂_N(z_γ, γ)‖²] dγ,
 ///
 /// where ε̂_N(z) = √σ(−γ)·z is the optimal predictor for N(0, I) data (its error on the same
-/// draw of ε serves as a control variate). The integral is taken over `logsnr_range` (the levels the
-/// model was trained on; outside it both errors shrink to zero at low SNR, and the high-SNR
-/// tail is dropped) with `evaluations` calls of `eps_hat(z, γ)` (γ: [B]), at γ drawn
-/// stratified from a logistic truncated to the range, one ε each, weighted by 1/density.
+/// draw of ε serves as a control variate). The integral is taken over `logsnr_range`, outside
+/// which the integrand must be negligible (it vanishes at both ends for a density smoothed by
+/// some noise; see [`noised_predictor`]), with `evaluations` calls of `eps_hat(z, γ)` (γ: [B]),
+/// at γ drawn stratified from a logistic truncated to the range, one ε each, weighted by
+/// 1/density.
 pub fn immse_log_prob(
     eps_hat: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
     x: &Tensor,
@@ -113,8 +114,35 @@ pub fn immse_log_prob(
     Ok(log_standard_normal(&x.to_kind(Kind::Double)) - integral * 0.5)
 }
 
-/// A DDM's log p(x) per sample ([B]) by [`immse_log_prob`] over the log-SNR range of its
-/// levels 1..=T, asking the network for fractional levels in between.
+/// A noise predictor for the data after extra noise at log SNR `alpha` (p_α, the law of
+/// √σ(α)·x0 + √σ(−α)·ε), from one for the clean data: noising p_α at γ is noising the data at
+/// γ' = logit(σ(γ)σ(α)) < α, and E[ε | z] = √(σ(−γ)/σ(−γ'))·ε̂(z, γ') (DESIGN.md section 3).
+/// So p_α needs the predictor only below α: a DDM whose smallest level is α gives log p_α
+/// at any point by [`immse_log_prob`].
+pub fn noised_predictor(
+    eps_hat: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+    alpha: f64,
+) -> impl Fn(&Tensor, &Tensor) -> Result<Tensor> {
+    let signal_alpha = 1.0 / (1.0 + (-alpha).exp());
+    move |z: &Tensor, gamma: &Tensor| {
+        let signal = gamma.sigmoid() * signal_alpha;
+        let inner = (&signal / (signal.ones_like() - &signal)).log();
+        let scale = ((-gamma).sigmoid() / (signal.ones_like() - &signal)).sqrt();
+        let mut shape = vec![-1i64];
+        shape.resize(z.dim(), 1);
+        Ok(eps_hat(z, &inner)? * scale.to_kind(z.kind()).reshape(&shape[..]))
+    }
+}
+
+/// How far above the smallest level's log SNR the integral for p_α runs: the integrand of a
+/// density smoothed at σ_α dies off like e^{−(γ − α)}, so 12 leaves ~1e-5 of it out.
+const ABOVE_ALPHA: f64 = 12.0;
+
+/// A DDM's log p_1(x) per sample ([B]): the density at its smallest noise level t = 1 (σ_1 =
+/// 0.01 for the linear schedule), the level a discrete-time DDM knows least about, by
+/// [`immse_log_prob`] over [`noised_predictor`] with α = γ_1, asking the network for
+/// fractional levels between its integer ones. A CDM gives the same quantity exactly in one
+/// pass ([`log_prob`] at t = 1), so the two compare directly.
 pub fn ddm_log_prob(
     model: &Denoiser,
     x: &Tensor,
@@ -123,12 +151,13 @@ pub fn ddm_log_prob(
     rng: &mut crate::rng::Rng,
 ) -> Result<Tensor> {
     let schedule = model.schedule();
-    let range = (schedule.logsnr(schedule.timesteps()), schedule.logsnr(1));
+    let alpha = schedule.logsnr(1);
     let eps_hat = |z: &Tensor, gamma: &Tensor| {
         let gammas = Vec::<f64>::try_from(gamma.to_device(tch::Device::Cpu))?;
         let levels: Vec<f64> = gammas.iter().map(|&g| schedule.level_at_logsnr(g)).collect();
         let levels = Tensor::from_slice(&levels).to_device(z.device());
         tch::no_grad(|| model.eps(z, &levels, labels, false)).map(|e| e.to_kind(Kind::Double))
     };
-    immse_log_prob(eps_hat, x, evaluations, range, rng)
+    let range = (schedule.logsnr(schedule.timesteps()), alpha + ABOVE_ALPHA);
+    immse_log_prob(noised_predictor(eps_hat, alpha), x, evaluations, range, rng)
 }

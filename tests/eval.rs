@@ -81,7 +81,7 @@ fn eval_writes_every_section_of_the_report() {
     assert_eq!(nll.len(), 4, "{nll:?}");
     assert!(nll.iter().all(|r| number(&r["bits_per_dim"]).is_finite()));
     assert!(nll.iter().any(|r| r["convention"].as_str().unwrap().starts_with("uniform dequantization")));
-    assert!(nll.iter().any(|r| r["estimator"] == "I-MMSE, 3 evaluations"));
+    assert!(nll.iter().any(|r| r["estimator"].as_str().unwrap().starts_with("I-MMSE, 3 evaluations")));
     // The CDM's single pass and the DDM at each budget.
     let curve = report["likelihood_vs_evaluations"].as_array().unwrap();
     assert_eq!(curve.iter().map(|r| r["evaluations"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 1, 3]);

@@ -120,3 +120,23 @@ fn typicality_is_minus_the_mahalanobis_distance_to_the_fitted_profile() {
         assert_close(*g, e, 1e-4 * (1.0 + e.abs()), "typicality score");
     }
 }
+
+#[test]
+fn immse_through_the_noised_predictor_gives_the_density_at_a_noise_level() {
+    // p_α of N(0, s² I) data is N(0, (σ(α)s² + σ(−α)) I); the predictor of the clean data is
+    // only asked for log SNR below α.
+    let (s, d, alpha) = (0.5f64, 4, 2.0f64);
+    let eps_hat = |z: &Tensor, gamma: &Tensor| {
+        assert!(gamma.max().double_value(&[]) < alpha, "asked above α");
+        let (signal, noise) = (gamma.sigmoid().unsqueeze(1), (-gamma).sigmoid().unsqueeze(1));
+        Ok(z * noise.sqrt() / (signal * s * s + noise))
+    };
+    let sig = |g: f64| 1.0 / (1.0 + (-g).exp());
+    let std = (sig(alpha) * s * s + sig(-alpha)).sqrt();
+    let x = common::det_points(6, d) * std;
+    let exact = log_standard_normal(&(&x / std)) - (d as f64) * std.ln();
+    let noised = cdm::likelihood::noised_predictor(eps_hat, alpha);
+    let estimate = immse_log_prob(noised, &x, 64000, (-12.0, alpha + 12.0), &mut Rng::new(5)).unwrap();
+    let error = (&estimate - &exact).abs().max().double_value(&[]);
+    assert!(error < 0.06, "I-MMSE log p_α off by {error}: {estimate} vs {exact}");
+}

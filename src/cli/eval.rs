@@ -219,9 +219,9 @@ fn models<'a>(ctx: &'a Eval) -> Vec<(&'a str, &'a LoadedModel)> {
 /// How a log-likelihood is computed.
 #[derive(Clone, Copy)]
 enum Estimator {
-    /// A CDM's logits, one forward pass (Theorem 3.2).
-    OnePass,
-    /// A DDM's I-MMSE estimate with this many evaluations per point.
+    /// A CDM's logits, one forward pass (Theorem 3.2): log p_t at this level.
+    OnePass(usize),
+    /// A DDM's I-MMSE estimate of log p_1 with this many evaluations per point.
     Immse(usize),
 }
 
@@ -230,7 +230,7 @@ fn log_likelihood(ctx: &Eval, model: &LoadedModel, x: &Tensor, how: Estimator) -
     let seed = ctx.args.sampling.seed;
     let out = batched(model, x, ctx.args.ckpt.batch, |chunk, start| {
         Ok(match (how, &model.model) {
-            (Estimator::OnePass, Model::Cdm(c)) => cdm::likelihood::log_prob(c, chunk, 0, None)?,
+            (Estimator::OnePass(t), Model::Cdm(c)) => cdm::likelihood::log_prob(c, chunk, t, None)?,
             (Estimator::Immse(k), Model::Ddm(d)) => {
                 ddm_log_prob(d, chunk, None, k, &mut Rng::stream(seed, 0x1_0000 + start as u64))?
             }
@@ -269,7 +269,7 @@ fn nll(ctx: &Eval) -> Result<Section> {
     );
     for (name, model) in models(ctx) {
         let (how, x) = match model.model {
-            Model::Cdm(_) => (Estimator::OnePass, ctx.x.shallow_clone()),
+            Model::Cdm(_) => (Estimator::OnePass(0), ctx.x.shallow_clone()),
             Model::Ddm(_) => {
                 let k = ctx.args.evaluations.iter().copied().max().unwrap_or(128);
                 (Estimator::Immse(k), first(&ctx.x, ctx.args.nfe_images))
@@ -296,8 +296,8 @@ fn nll(ctx: &Eval) -> Result<Section> {
             );
             npy::write_npy(&ctx.args.out.join(&file), &bpd)?;
             let estimator = match how {
-                Estimator::OnePass => "one forward pass".to_string(),
-                Estimator::Immse(k) => format!("I-MMSE, {k} evaluations"),
+                Estimator::OnePass(_) => "one forward pass, log p_0".to_string(),
+                Estimator::Immse(k) => format!("I-MMSE, {k} evaluations, log p_1 (density at level 1)"),
             };
             let value = mean(&bpd);
             writeln!(md, "| {name} | {estimator} | {label} | {} | {value:.4} |", x.size()[0])?;
@@ -318,10 +318,12 @@ fn likelihood_nfe(ctx: &Eval) -> Result<Section> {
     let dim = dim_of(&x);
     let n = x.size()[0] as f64;
     let (mut by_nfe, mut by_time, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+    let abar = ctx.model.model.schedule().alpha_bar(1);
     let mut md = format!(
-        "## Likelihood against network evaluations\n\n{} points{}.\n\n| model | evaluations per point | bits/dim | ms per point |\n|---|---|---|---|\n",
+        "## Likelihood against network evaluations\n\nBoth models estimate log p_1(x), the density at the smallest noise level t = 1 (ᾱ_1 = {abar:.6}, σ_1 = {:.4}), at the same {} points{}: a CDM exactly in one forward pass (Theorem 3.2), a DDM by the I-MMSE estimator, which needs its denoiser only at and above that noise level.\n\n| model | evaluations per point | bits/dim | ms per point |\n|---|---|---|---|\n",
+        (1.0 - abar).sqrt(),
         x.size()[0],
-        if ctx.eight_bit { ", uniform dequantization (bits/dim of 8-bit data, a bound)" } else { "" }
+        if ctx.eight_bit { " (8-bit images, uniformly dequantized; +7 as for bits/dim of 8-bit data)" } else { "" }
     );
     for (name, model) in models(ctx) {
         let budgets: Vec<usize> = match model.model {
@@ -330,7 +332,7 @@ fn likelihood_nfe(ctx: &Eval) -> Result<Section> {
         };
         let (mut nfe_points, mut time_points) = (Vec::new(), Vec::new());
         for k in budgets {
-            let how = if matches!(model.model, Model::Cdm(_)) { Estimator::OnePass } else { Estimator::Immse(k) };
+            let how = if matches!(model.model, Model::Cdm(_)) { Estimator::OnePass(1) } else { Estimator::Immse(k) };
             let start = Instant::now();
             let bpd = mean(&bits_per_dim_per_point(ctx, &log_likelihood(ctx, model, &points, how)?, dim));
             let ms = start.elapsed().as_secs_f64() * 1000.0 / n;
@@ -345,10 +347,10 @@ fn likelihood_nfe(ctx: &Eval) -> Result<Section> {
         by_nfe.push(Series { label: label.clone(), points: nfe_points, markers_only });
         by_time.push(Series { label, points: time_points, markers_only });
     }
-    let title = "NLL against network evaluations";
+    let title = "-log p_1 against network evaluations";
     let axes = Axes { title, x: "evaluations per point", y: "bits / dim", log_x: true, log_y: false };
     line_chart(&ctx.args.out.join("likelihood_vs_nfe.png"), &axes, &by_nfe)?;
-    let axes = Axes { title: "NLL against time", x: "seconds per point", ..axes };
+    let axes = Axes { title: "-log p_1 against time", x: "seconds per point", ..axes };
     line_chart(&ctx.args.out.join("likelihood_vs_seconds.png"), &axes, &by_time)?;
     md.push_str("\n![](likelihood_vs_nfe.png) ![](likelihood_vs_seconds.png)\n");
     Ok(Section { key: "likelihood_vs_evaluations", json: Value::Array(rows), markdown: md })
