@@ -102,7 +102,7 @@ fn eval_writes_every_section_of_the_report() {
     assert_eq!(total, 40);
     // OOD: AUROCs are probabilities.
     let ood = &report["ood"][0];
-    for key in ["auroc_likelihood", "auroc_typicality"] {
+    for key in ["auroc_likelihood", "auroc_typicality_sum_squares", "auroc_typicality_max_abs"] {
         assert!((0.0..=1.0).contains(&number(&ood[key])), "{key}: {}", ood[key]);
     }
     for file in [

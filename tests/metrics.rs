@@ -3,7 +3,7 @@
 mod common;
 
 use cdm::likelihood::{immse_log_prob, log_standard_normal};
-use cdm::metrics::{auroc, confusion_matrix, frechet_distance, GaussianStats};
+use cdm::metrics::{auroc, confusion_matrix, frechet_distance, GaussianStats, Typicality};
 use cdm::rng::Rng;
 use cdm::schedule::{Schedule, ScheduleConfig, ScheduleKind};
 use common::assert_close;
@@ -104,20 +104,19 @@ fn level_at_logsnr_inverts_the_schedule() {
 }
 
 #[test]
-fn typicality_is_minus_the_mahalanobis_distance_to_the_fitted_profile() {
-    // Features with mean (1, −2) and unbiased covariance diag(16/3, 4/3).
+fn typicality_scores_are_hand_computed_z_scores() {
+    // Per-level means (1, −2) and unbiased variances (16/3, 4/3).
     let features = Tensor::from_slice(&[3.0, -1.0, -1.0, -3.0, 3.0, -3.0, -1.0, -1.0]).reshape([4, 2]);
-    let stats = GaussianStats::of(&features).unwrap();
-    assert_eq!(Vec::<f64>::try_from(&stats.mean).unwrap(), vec![1.0, -2.0]);
-    let typicality = cdm::metrics::Typicality::fit(&features).unwrap();
-    let probe = Tensor::from_slice(&[1.0, -2.0, 5.0, -2.0, 1.0, 0.0]).reshape([3, 2]);
-    let cov = Vec::<f64>::try_from(stats.cov.flatten(0, -1)).unwrap();
-    let (var_a, var_b) = (cov[0], cov[3]);
-    assert_eq!(cov[1], 0.0);
-    let expected = [0.0, -16.0 / var_a, -4.0 / var_b];
-    let got = Vec::<f64>::try_from(typicality.score(&probe)).unwrap();
-    for (g, e) in got.iter().zip(expected) {
-        assert_close(*g, e, 1e-4 * (1.0 + e.abs()), "typicality score");
+    let typicality = Typicality::fit(&features).unwrap();
+    let probe = Tensor::from_slice(&[1.0, -2.0, 5.0, -2.0, 1.0, 0.0, 5.0, 0.0]).reshape([4, 2]);
+    let (za, zb) = (4.0 / (16.0f64 / 3.0).sqrt(), 2.0 / (4.0f64 / 3.0).sqrt());
+    let sums = Vec::<f64>::try_from(typicality.sum_of_squares(&probe)).unwrap();
+    let maxes = Vec::<f64>::try_from(typicality.max_abs(&probe)).unwrap();
+    for (got, expected) in sums.iter().zip([0.0, -za * za, -zb * zb, -za * za - zb * zb]) {
+        assert_close(*got, expected, 1e-9, "sum of squared z");
+    }
+    for (got, expected) in maxes.iter().zip([0.0, -za, -zb, -za.max(zb)]) {
+        assert_close(*got, expected, 1e-9, "max |z|");
     }
 }
 

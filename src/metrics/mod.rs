@@ -94,30 +94,39 @@ pub fn frechet_distance(a: &GaussianStats, b: &GaussianStats) -> Result<f64> {
     Ok(mean_term + trace(&a.cov) + trace(&b.cov) - 2.0 * trace_sqrt)
 }
 
-/// A typicality score for out-of-distribution detection: how far a vector of per-level
+/// Typicality scores for out-of-distribution detection: how far a vector of per-level
 /// log-densities (log p_t(x)/D at several noise levels t, all from one CDM forward pass) lies
-/// from those of in-distribution data, as minus the squared Mahalanobis distance under a
-/// Gaussian fitted to in-distribution vectors. Plain likelihood ranks simple images high even
-/// when they are foreign; typical data must also have the right profile across levels.
+/// from those of in-distribution data, level by level, as z-scores against the mean and
+/// standard deviation of in-distribution vectors. Plain likelihood ranks simple images high
+/// even when they are foreign; typical data must also have the right profile across levels.
+/// The levels are not combined through their covariance: adjacent noise levels carry almost
+/// the same information, and inverting their nearly singular covariance amplifies noise.
 pub struct Typicality {
     mean: Tensor,
-    precision: Tensor,
+    std: Tensor,
 }
 
 impl Typicality {
-    /// Fits the mean and (slightly regularised) covariance of `features`: [N, L].
+    /// Fits the per-level mean and standard deviation of `features`: [N, L], N ≥ 2.
     pub fn fit(features: &Tensor) -> Result<Self> {
         let stats = GaussianStats::of(features)?;
-        let levels = stats.cov.size()[0];
-        let ridge = 1e-6 * stats.cov.trace().double_value(&[]) / levels as f64 + 1e-12;
-        let eye = Tensor::eye(levels, (Kind::Double, stats.cov.device()));
-        let precision = (&stats.cov + eye * ridge).inverse();
-        Ok(Typicality { mean: stats.mean, precision })
+        let var = stats.cov.diagonal(0, 0, 1);
+        let floor = 1e-12 + 1e-9 * var.mean(Kind::Double).double_value(&[]);
+        Ok(Typicality { mean: stats.mean, std: var.clamp_min(floor).sqrt() })
     }
 
-    /// Scores [N] for `features`: [N, L]; higher is more typical.
-    pub fn score(&self, features: &Tensor) -> Tensor {
-        let centred = features.to_kind(Kind::Double) - self.mean.unsqueeze(0);
-        -(centred.matmul(&self.precision) * &centred).sum_dim_intlist(1, false, Kind::Double)
+    /// z-scores [N, L] of `features`: [N, L].
+    pub fn z_scores(&self, features: &Tensor) -> Tensor {
+        (features.to_kind(Kind::Double) - self.mean.unsqueeze(0)) / self.std.unsqueeze(0)
+    }
+
+    /// −Σ_t z_t²: minus the squared distance with per-level variances ([N]; higher is more typical).
+    pub fn sum_of_squares(&self, features: &Tensor) -> Tensor {
+        -self.z_scores(features).square().sum_dim_intlist(1, false, Kind::Double)
+    }
+
+    /// −max_t |z_t|: the most atypical level decides ([N]; higher is more typical).
+    pub fn max_abs(&self, features: &Tensor) -> Tensor {
+        -self.z_scores(features).abs().amax(1, false)
     }
 }
