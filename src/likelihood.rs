@@ -3,9 +3,8 @@
 //! uniformly in training, so the prior ratio is zero.
 use tch::{Kind, Tensor};
 
-use crate::classifier::{f_value, Classifier};
+use crate::classifier::Classifier;
 use crate::denoiser::Denoiser;
-use crate::schedule::levels_like;
 use crate::Result;
 
 /// log N(x; 0, I) per sample: [B] for x: [B, ..].
@@ -16,11 +15,21 @@ pub fn log_standard_normal(x: &Tensor) -> Tensor {
 
 /// log p_t(x) in nats per sample ([B]) at level `t` (0 = the data density), for x: [B, ..].
 pub fn log_prob(model: &Classifier, x: &Tensor, t: usize, labels: Option<&Tensor>) -> Result<Tensor> {
+    Ok(log_prob_at_levels(model, x, &[t], labels)?.squeeze_dim(1))
+}
+
+/// log p_t(x) in nats ([B, L]) at each of `levels`, all from one forward pass: Theorem 3.2 for
+/// every class of the logits, log p_t = log N(x; 0, I) + l_t − l_{T+1}.
+pub fn log_prob_at_levels(model: &Classifier, x: &Tensor, levels: &[usize], labels: Option<&Tensor>) -> Result<Tensor> {
     model.check_input(x)?;
-    model.schedule().check_level(t)?;
+    for &t in levels {
+        model.schedule().check_level(t)?;
+    }
     let logits = tch::no_grad(|| model.logits(x, labels, false));
-    let levels = levels_like(t, x);
-    Ok(log_standard_normal(x) - f_value(&logits, &levels))
+    let index = Tensor::from_slice(&levels.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(x.device());
+    let last = logits.size()[1] - 1;
+    let f = logits.narrow(1, last, 1) - logits.index_select(1, &index);
+    Ok(log_standard_normal(x).unsqueeze(1) - f)
 }
 
 /// Bits per dimension from a mean log-likelihood in nats per dimension (continuous data; for
@@ -57,6 +66,13 @@ pub fn bits_per_dim_8bit(nats_per_dim: f64) -> f64 {
     bits_per_dim(nats_per_dim) + 7.0
 }
 
+/// A per-sample factor `v` ([B]) shaped to broadcast over `like` ([B, ..]), in its kind.
+fn per_point(v: &Tensor, like: &Tensor) -> Tensor {
+    let mut shape = vec![-1i64];
+    shape.resize(like.dim(), 1);
+    v.to_kind(like.kind()).reshape(&shape[..])
+}
+
 /// Truncation of the logistic proposal over log SNR, in scale units either side of its centre.
 const LOGSNR_CLIP: f64 = 3.0;
 
@@ -87,28 +103,23 @@ pub fn immse_log_prob(
     let (loc, scale) = ((lo + hi) / 2.0, (hi - lo) / (2.0 * LOGSNR_CLIP));
     let batch = x.size()[0];
     let per_sample = |t: &Tensor| t.reshape([batch, -1]).sum_dim_intlist(1, false, Kind::Double);
-    let sigmoid = |v: &Tensor| v.sigmoid();
+    let edge = 1.0 / (1.0 + LOGSNR_CLIP.exp());
     let mut integral = Tensor::zeros([batch], (Kind::Double, x.device()));
     for k in 0..evaluations {
         // Stratified: sample k takes quantile (k + u)/K of the truncated logistic.
         let u = (rng.uniform(&[batch], Kind::Double).to_device(x.device()) + k as f64) / evaluations as f64;
-        let edge = 1.0 / (1.0 + LOGSNR_CLIP.exp());
         let p = u * (1.0 - 2.0 * edge) + edge;
         let v = (&p / (p.ones_like() - &p)).log();
         let gamma = &v * scale + loc;
-        let weight = sigmoid(&v) * sigmoid(&-&v);
-        let weight = weight.reciprocal() * (scale * (LOGSNR_CLIP / 2.0).tanh());
-        let (signal, noise) = (sigmoid(&gamma), sigmoid(&-&gamma));
+        let weight = (v.sigmoid() * (-&v).sigmoid()).reciprocal() * (scale * (LOGSNR_CLIP / 2.0).tanh());
+        let signal = per_point(&gamma.sigmoid().sqrt(), x);
+        let noise = per_point(&(-&gamma).sigmoid().sqrt(), x);
         let eps = rng.normal(&x.size(), x.kind()).to_device(x.device());
-        let mut shape = vec![-1i64];
-        shape.resize(x.dim(), 1);
-        let z = x * signal.sqrt().to_kind(x.kind()).reshape(&shape[..])
-            + &eps * noise.sqrt().to_kind(x.kind()).reshape(&shape[..]);
+        let z = x * signal + &eps * &noise;
         let error = per_sample(&(eps_hat(&z, &gamma)? - &eps).square());
         // The same ε through the Gaussian's predictor: its expectation is the Gaussian term,
         // and it cancels most of the noise of a single draw.
-        let gaussian_eps = &z * noise.sqrt().to_kind(x.kind()).reshape(&shape[..]);
-        let gaussian_error = per_sample(&(gaussian_eps - &eps).square());
+        let gaussian_error = per_sample(&(&z * noise - &eps).square());
         integral += weight * (error - gaussian_error) / evaluations as f64;
     }
     Ok(log_standard_normal(&x.to_kind(Kind::Double)) - integral * 0.5)
@@ -128,9 +139,7 @@ pub fn noised_predictor(
         let signal = gamma.sigmoid() * signal_alpha;
         let inner = (&signal / (signal.ones_like() - &signal)).log();
         let scale = ((-gamma).sigmoid() / (signal.ones_like() - &signal)).sqrt();
-        let mut shape = vec![-1i64];
-        shape.resize(z.dim(), 1);
-        Ok(eps_hat(z, &inner)? * scale.to_kind(z.kind()).reshape(&shape[..]))
+        Ok(eps_hat(z, &inner)? * per_point(&scale, z))
     }
 }
 

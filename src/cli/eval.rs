@@ -12,7 +12,7 @@ use tch::{Device, Kind, Tensor};
 
 use cdm::checkpoint::{write_atomic, TensorFile};
 use cdm::data::{npy, test_split, Dataset, DATA_SPECS};
-use cdm::likelihood::{ddm_log_prob, dequantize, log_standard_normal, Dequantization};
+use cdm::likelihood::{ddm_log_prob, dequantize, log_prob_at_levels, Dequantization};
 use cdm::metrics::fid::Inception;
 use cdm::metrics::{auroc, confusion_matrix, frechet_distance, GaussianStats, Typicality};
 use cdm::model::Model;
@@ -192,6 +192,11 @@ fn write_report(ctx: &Eval, sections: &[Section]) -> Result<()> {
 /// The run folder's name, for tables and legends.
 fn run_name(dir: &Path) -> String {
     dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// A data spec as part of a file name: anything but letters, digits and '-' becomes '_'.
+fn file_stem(spec: &str) -> String {
+    spec.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
 }
 
 /// The first `n` rows of `x`.
@@ -486,24 +491,22 @@ fn diagnostics(ctx: &Eval) -> Result<Section> {
 }
 
 /// log p_t(x)/D at `levels` for every point ([N, L]), all from one forward pass per point.
-fn level_log_densities(ctx: &Eval, x: &Tensor, levels: &[i64]) -> Result<Tensor> {
+fn level_log_densities(ctx: &Eval, x: &Tensor, levels: &[usize]) -> Result<Tensor> {
     let points = if ctx.eight_bit {
         dequantize(x, Dequantization::Uniform, &mut Rng::new(ctx.args.sampling.seed ^ 0x00d))
     } else {
         x.shallow_clone()
     };
-    let logits = logits_of(ctx, ctx.model, &points)?;
-    let last = logits.size()[1] - 1;
-    let index = Tensor::from_slice(levels);
-    // Theorem 3.2 at every level at once: log p_t = log N(x) + l_t − l_{T+1}.
-    let log_p = log_standard_normal(&points.to_kind(Kind::Double)).unsqueeze(1) + logits.index_select(1, &index)
-        - logits.narrow(1, last, 1);
-    Ok(log_p / dim_of(x))
+    let classifier = ctx.model.model.classifier()?;
+    let log_p = batched(ctx.model, &points, ctx.args.ckpt.batch, |chunk, _| {
+        Ok(log_prob_at_levels(classifier, chunk, levels, None)?)
+    })?;
+    Ok(log_p.to_kind(Kind::Double) / dim_of(x))
 }
 
 fn ood(ctx: &Eval) -> Result<Section> {
-    let t_max = ctx.model.model.schedule().timesteps() as i64;
-    let levels: Vec<i64> = (0..=20).map(|i| i * t_max / 20).collect();
+    let t_max = ctx.model.model.schedule().timesteps();
+    let levels: Vec<usize> = (0..=20).map(|i| i * t_max / 20).collect();
     let n = ctx.x.size()[0] as usize;
     // The typical profile is fitted on training points, never on the test points scored.
     let train = Dataset::open(&ctx.model.config.data)?;
@@ -534,8 +537,7 @@ fn ood(ctx: &Eval) -> Result<Section> {
         ctx.model.model.check_input(&y).with_context(|| format!("--ood {spec}"))?;
         let outside = level_log_densities(ctx, &y, &levels)?;
         let outside_scores = scores(&outside)?;
-        let safe: String = spec.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-        npy::write_npy(&ctx.args.out.join(format!("ood_profile_{safe}.npy")), &outside)?;
+        npy::write_npy(&ctx.args.out.join(format!("ood_profile_{}.npy", file_stem(spec))), &outside)?;
         let mut aurocs = [0.0; 3];
         for (k, value) in aurocs.iter_mut().enumerate() {
             *value = auroc(&inside_scores[k], &outside_scores[k])?;
@@ -586,9 +588,8 @@ fn fid(ctx: &Eval) -> Result<Section> {
 
 /// Inception statistics of the first `n` points of `spec`, cached per user.
 fn reference_stats(inception: &Inception, spec: &str, n: usize) -> Result<GaussianStats> {
-    let safe: String = spec.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
     let dir = cache::root()?.join("fid-stats");
-    let path = dir.join(format!("{safe}-{n}.safetensors"));
+    let path = dir.join(format!("{}-{n}.safetensors", file_stem(spec)));
     if let Ok(file) = TensorFile::load(&path) {
         let (mean, cov) = (file.get("mean", &path)?, file.get("cov", &path)?);
         let count = file.metadata.get("n").and_then(|v| v.parse().ok()).unwrap_or(n as i64);
