@@ -17,6 +17,14 @@ pub enum ScheduleKind {
     Cosine,
     /// The CDM paper's "TDR" schedule, √(1-ᾱ_t) = t/(T+1): uniform in noise std.
     Tdr,
+    /// Log SNR γ_t = ln(ᾱ_t/(1-ᾱ_t)) falling linearly from `logsnr_max` at t = 1 to `logsnr_min`
+    /// at t = T. Adjacent levels then differ by the same small step in γ at every noise
+    /// level, so each pair overlaps and the cross-entropy pins every log-density ratio; the
+    /// linear and TDR schedules double σ between the lowest levels, which in high dimension
+    /// makes them perfectly separable and leaves log p_0 up to the network (docs/results.md §1).
+    #[serde(rename = "logsnr")]
+    #[value(name = "logsnr")]
+    LogSnr,
 }
 
 /// A schedule's description, as stored in checkpoints.
@@ -27,12 +35,33 @@ pub struct ScheduleConfig {
     pub kind: ScheduleKind,
     /// T, the number of noisy levels; the classifier has T+2 classes.
     pub timesteps: usize,
+    /// γ_1, the log SNR of the least noisy level, for the `logsnr` kind (20: σ ≈ 4.5e-5).
+    #[serde(default = "default_logsnr_max")]
+    pub logsnr_max: f64,
+    /// γ_T, the log SNR of the noisiest level, for the `logsnr` kind (−12: ᾱ ≈ 6e-6).
+    #[serde(default = "default_logsnr_min")]
+    pub logsnr_min: f64,
+}
+
+fn default_logsnr_max() -> f64 {
+    20.0
+}
+
+fn default_logsnr_min() -> f64 {
+    -12.0
+}
+
+impl ScheduleConfig {
+    /// A schedule of this shape over T levels, with the default log-SNR range.
+    pub fn new(kind: ScheduleKind, timesteps: usize) -> Self {
+        ScheduleConfig { kind, timesteps, logsnr_max: default_logsnr_max(), logsnr_min: default_logsnr_min() }
+    }
 }
 
 impl Default for ScheduleConfig {
     /// T = 1000 with linear betas, as in the CDM paper's CIFAR-10 experiments.
     fn default() -> Self {
-        ScheduleConfig { kind: ScheduleKind::Linear, timesteps: 1000 }
+        ScheduleConfig::new(ScheduleKind::Linear, 1000)
     }
 }
 
@@ -76,6 +105,19 @@ impl Schedule {
                     alpha_bar.push(1.0 - (t as f64 / (t_max + 1) as f64).powi(2));
                 }
             }
+            ScheduleKind::LogSnr => {
+                let (hi, lo) = (config.logsnr_max, config.logsnr_min);
+                if !(hi.is_finite() && lo.is_finite() && lo < hi) {
+                    return Err(Error::Config(format!(
+                        "schedule.logsnr_min ({lo}) must be below schedule.logsnr_max ({hi}), both finite"
+                    )));
+                }
+                let step = if t_max == 1 { 0.0 } else { (hi - lo) / (t_max - 1) as f64 };
+                for i in 0..t_max {
+                    let gamma = hi - step * i as f64;
+                    alpha_bar.push(1.0 / (1.0 + (-gamma).exp()));
+                }
+            }
         }
         alpha_bar.push(0.0);
         Ok(Schedule { config, alpha_bar })
@@ -112,11 +154,18 @@ impl Schedule {
     /// √ᾱ_t and √(1-ᾱ_t) per sample, shaped to broadcast against `like` ([B, ..]).
     /// `t`: [B] integer levels.
     pub fn coefficients(&self, t: &Tensor, like: &Tensor) -> (Tensor, Tensor) {
-        let table = Tensor::from_slice(&self.alpha_bar).to_kind(like.kind()).to_device(like.device());
+        // Both square roots in f64 first: in f32, 1 − ᾱ_t rounds to 0 below 6e-8 (γ > 16.6).
         let mut shape = vec![-1i64];
         shape.resize(like.dim(), 1);
-        let abar = table.index_select(0, &t.to_kind(Kind::Int64)).reshape(&shape[..]);
-        (abar.sqrt(), (abar.ones_like() - &abar).sqrt())
+        let index = t.to_kind(Kind::Int64);
+        let column = |values: Vec<f64>| {
+            let table = Tensor::from_slice(&values).to_kind(like.kind()).to_device(like.device());
+            table.index_select(0, &index).reshape(&shape[..])
+        };
+        (
+            column(self.alpha_bar.iter().map(|a| a.sqrt()).collect()),
+            column(self.alpha_bar.iter().map(|a| (1.0 - a).sqrt()).collect()),
+        )
     }
 
     /// x_t = √ᾱ_t·x0 + √(1-ᾱ_t)·ε (forward process, per-sample levels `t`: [B]).

@@ -7,6 +7,7 @@ use cdm::classifier::Classifier;
 use cdm::likelihood::log_prob;
 use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::schedule::{Schedule, ScheduleConfig, ScheduleKind};
+use clap::ValueEnum;
 use common::{det_points, gaussian_backbone, max_abs_diff};
 use tch::{Kind, Tensor};
 
@@ -14,14 +15,14 @@ const S: f64 = 0.5;
 const D: i64 = 3;
 
 fn gaussian_classifier(kind: ScheduleKind) -> Classifier {
-    let schedule = Schedule::new(ScheduleConfig { kind, timesteps: 50 }).unwrap();
+    let schedule = Schedule::new(ScheduleConfig::new(kind, 50)).unwrap();
     let backbone = gaussian_backbone(schedule.alpha_bars(), S, D);
     Classifier::from_backbone(Box::new(backbone), schedule, vec![D])
 }
 
 #[test]
 fn denoiser_is_the_exact_posterior_mean_at_every_level() {
-    for kind in [ScheduleKind::Linear, ScheduleKind::Cosine, ScheduleKind::Tdr] {
+    for &kind in ScheduleKind::value_variants() {
         let model = gaussian_classifier(kind);
         let x = det_points(7, D);
         let denoiser = Conditioned { model: &model, labels: None };

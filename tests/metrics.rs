@@ -93,7 +93,7 @@ fn immse_recovers_the_log_density_of_gaussian_data() {
 
 #[test]
 fn level_at_logsnr_inverts_the_schedule() {
-    let schedule = Schedule::new(ScheduleConfig { kind: ScheduleKind::Linear, timesteps: 1000 }).unwrap();
+    let schedule = Schedule::new(ScheduleConfig::new(ScheduleKind::Linear, 1000)).unwrap();
     for t in [1, 2, 10, 500, 999, 1000] {
         assert_close(schedule.level_at_logsnr(schedule.logsnr(t)), t as f64, 1e-9, "integer level");
     }

@@ -14,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 const S: f64 = 0.5;
 
 fn gaussian_model(kind: ScheduleKind) -> Classifier {
-    let schedule = Schedule::new(ScheduleConfig { kind, timesteps: 1000 }).unwrap();
+    let schedule = Schedule::new(ScheduleConfig::new(kind, 1000)).unwrap();
     Classifier::from_backbone(Box::new(gaussian_backbone(schedule.alpha_bars(), S, 2)), schedule, vec![2])
 }
 
@@ -116,7 +116,7 @@ fn samples_do_not_depend_on_the_batch() {
 #[test]
 fn closure_predictors_plug_in() {
     // Any closure is a noise predictor: ε̂ = 0 makes DDIM return √ᾱ-scaled x0 = x_T/√ᾱ_T.
-    let schedule = Schedule::new(ScheduleConfig { kind: ScheduleKind::Tdr, timesteps: 10 }).unwrap();
+    let schedule = Schedule::new(ScheduleConfig::new(ScheduleKind::Tdr, 10)).unwrap();
     let zero = |x: &Tensor, _t: &Tensor| -> cdm::Result<Tensor> { Ok(x.zeros_like()) };
     let levels = schedule.sampling_levels(10).unwrap();
     let x_t = start(4, 11);
@@ -185,7 +185,7 @@ fn guidance_with_zero_weight_is_the_conditional_model() {
 
 #[test]
 fn clipping_bounds_the_implied_x0_and_leaves_the_rest() {
-    let schedule = Schedule::new(ScheduleConfig { kind: ScheduleKind::Linear, timesteps: 100 }).unwrap();
+    let schedule = Schedule::new(ScheduleConfig::new(ScheduleKind::Linear, 100)).unwrap();
     // ε̂ = 0 implies x̂0 = x_t/√ᾱ_t.
     let zero = |x: &Tensor, _t: &Tensor| -> cdm::Result<Tensor> { Ok(x.zeros_like()) };
     let clipped = ClipX0 { inner: &zero, schedule: &schedule, limit: 1.0 };

@@ -2,10 +2,12 @@
 mod common;
 
 use cdm::schedule::{Schedule, ScheduleConfig, ScheduleKind};
+use clap::ValueEnum;
 use common::assert_close;
+use tch::{Kind, Tensor};
 
 fn alpha_bar(kind: ScheduleKind, timesteps: usize, t: usize) -> f64 {
-    Schedule::new(ScheduleConfig { kind, timesteps }).unwrap().alpha_bar(t)
+    Schedule::new(ScheduleConfig::new(kind, timesteps)).unwrap().alpha_bar(t)
 }
 
 #[test]
@@ -29,8 +31,8 @@ fn pinned_values() {
 
 #[test]
 fn end_points_and_monotone() {
-    for kind in [ScheduleKind::Linear, ScheduleKind::Cosine, ScheduleKind::Tdr] {
-        let s = Schedule::new(ScheduleConfig { kind, timesteps: 100 }).unwrap();
+    for &kind in ScheduleKind::value_variants() {
+        let s = Schedule::new(ScheduleConfig::new(kind, 100)).unwrap();
         let ab = s.alpha_bars();
         assert_eq!(ab.len(), 102);
         assert_eq!((ab[0], ab[101]), (1.0, 0.0), "{kind:?}");
@@ -46,4 +48,23 @@ fn sampling_levels_grid() {
     assert!(s.sampling_levels(0).is_err());
     assert!(s.sampling_levels(1001).is_err());
     assert!(Schedule::new(ScheduleConfig { timesteps: 0, ..Default::default() }).is_err());
+}
+
+#[test]
+fn logsnr_schedule_steps_evenly_in_log_snr() {
+    let config =
+        ScheduleConfig { logsnr_max: 20.0, logsnr_min: -12.0, ..ScheduleConfig::new(ScheduleKind::LogSnr, 33) };
+    let s = Schedule::new(config).unwrap();
+    for t in 1..=33 {
+        assert_close(s.logsnr(t), 20.0 - (t - 1) as f64, 1e-6, &format!("γ_{t}"));
+    }
+    // The forward process in f32 keeps the smallest noise std: √(1-ᾱ_1) = √sigmoid(−20) ≈ 4.5e-5.
+    let x = Tensor::ones([2, 3], (Kind::Float, tch::Device::Cpu));
+    let (a, sigma) = s.coefficients(&Tensor::from_slice(&[1i64, 33]), &x);
+    assert_close(sigma.double_value(&[0, 0]), (1.0 / (1.0 + 20f64.exp())).sqrt(), 1e-10, "σ_1");
+    assert_close(a.double_value(&[1, 0]), (1.0 / (1.0 + 12f64.exp())).sqrt(), 1e-8, "√ᾱ_T");
+    for (lo, hi) in [(1.0, 1.0), (2.0, 1.0), (f64::NEG_INFINITY, 1.0)] {
+        let bad = ScheduleConfig { logsnr_max: hi, logsnr_min: lo, ..config };
+        assert!(Schedule::new(bad).is_err(), "range [{lo}, {hi}] accepted");
+    }
 }
