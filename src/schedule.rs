@@ -18,10 +18,10 @@ pub enum ScheduleKind {
     /// The CDM paper's "TDR" schedule, √(1-ᾱ_t) = t/(T+1): uniform in noise std.
     Tdr,
     /// Log SNR γ_t = ln(ᾱ_t/(1-ᾱ_t)) falling linearly from `logsnr_max` at t = 1 to `logsnr_min`
-    /// at t = T. Adjacent levels then differ by the same small step in γ at every noise
-    /// level, so each pair overlaps and the cross-entropy pins every log-density ratio; the
-    /// linear and TDR schedules double σ between the lowest levels, which in high dimension
-    /// makes them perfectly separable and leaves log p_0 up to the network (docs/results.md §1).
+    /// at t = T: adjacent levels are equally far apart at every noise scale, where the linear
+    /// and TDR schedules nearly double σ between their lowest levels (which makes those levels
+    /// perfectly separable in high dimension), and the range reaches far below linear's
+    /// σ_1 = 0.01.
     #[serde(rename = "logsnr")]
     #[value(name = "logsnr")]
     LogSnr,
