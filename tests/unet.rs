@@ -66,3 +66,18 @@ fn odd_sizes_and_encoders_are_refused() {
         .unwrap();
     assert!(err.to_string().contains("convnet is an encoder"), "{err}");
 }
+
+#[test]
+fn the_nonlinear_head_starts_at_the_prior_and_has_its_size() {
+    let x = Rng::new(1).normal(&[2, 1, 28, 28], Kind::Float);
+    let t = Tensor::from_slice(&[5i64, 900]);
+    let (paper, _) = build(ModelKind::Cdm, UnetConfig::tiny(), vec![1, 28, 28]);
+    let (vs, model) = build(ModelKind::Cdm, UnetConfig { head_channels: 64, ..UnetConfig::tiny() }, vec![1, 28, 28]);
+    let eps = model.eps(&x, &t, None).unwrap();
+    let off = (&eps - model.schedule().coefficients(&t, &x).1 * &x).abs().max().double_value(&[]);
+    assert!(off < 1e-5, "off by {off} at initialisation");
+    // conv 3×3 (C → 2C) and linear (2C → T+2) become conv 1×1 (C → K) and linear (K → T+2).
+    let (c, k, classes) = (32i64, 64i64, 1002i64);
+    let swapped = (c * k + k + k * classes + classes) - (9 * c * 2 * c + 2 * c + 2 * c * classes + classes);
+    assert_eq!(parameters(&vs) - parameters(&paper), swapped);
+}

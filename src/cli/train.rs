@@ -65,6 +65,9 @@ pub struct TrainArgs {
     /// Residual blocks (MLP: in total; ConvNet and UNet: per resolution).
     #[arg(long)]
     blocks: Option<usize>,
+    /// Nonlinear pixel features in a CDM's UNet head (0: the paper's head).
+    #[arg(long)]
+    head_channels: Option<usize>,
     /// Precision of weights and data.
     #[arg(long, value_enum)]
     precision: Option<Precision>,
@@ -169,6 +172,7 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
         BackboneConfig::Unet(unet) => {
             unet.channels = args.channels.unwrap_or(unet.channels);
             unet.res_blocks = args.blocks.unwrap_or(unet.res_blocks);
+            unet.head_channels = args.head_channels.unwrap_or(unet.head_channels);
         }
     }
     if args.conditional {

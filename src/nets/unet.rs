@@ -2,7 +2,8 @@
 //! and SiLU, self-attention at chosen resolutions, skip connections from the encoder to the
 //! decoder. As a DDM it reads t through a sinusoidal embedding and outputs ε̂; as a CDM its time
 //! path is removed and the CDM paper's head (Yadin et al. 2024, section 5) reads out the levels:
-//! GroupNorm → SiLU → conv(C → 2C) → mean over pixels → linear.
+//! GroupNorm → SiLU → conv(C → 2C) → mean over pixels → linear; or, with `head_channels` K,
+//! a 1×1 conv to K channels and a SiLU before the mean (docs/results.md §4).
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Tensor};
 
@@ -28,6 +29,10 @@ pub struct UnetConfig {
     pub groups: usize,
     /// Data labels to condition on (0: unconditional); label `num_labels` is the null label.
     pub num_labels: usize,
+    /// A CDM's head. 0: the paper's, conv 3×3 (C → 2C) → mean → linear, whose logits are linear
+    /// in about C pixel-averaged channels, so every level's denoiser combines the same few
+    /// gradient fields. K > 0: conv 1×1 (C → K) → SiLU → mean → linear, K nonlinear features.
+    pub head_channels: usize,
 }
 
 impl Default for UnetConfig {
@@ -47,6 +52,7 @@ impl UnetConfig {
             dropout: 0.0,
             groups: 8,
             num_labels: 0,
+            head_channels: 0,
         }
     }
 
@@ -66,6 +72,7 @@ impl UnetConfig {
             dropout: 0.1,
             groups: 32,
             num_labels: 0,
+            head_channels: 0,
         }
     }
 }
@@ -85,6 +92,7 @@ pub struct Unet {
     out_norm: nn::GroupNorm,
     out_conv: nn::Conv2D,
     levels_head: Option<nn::Linear>,
+    nonlinear_head: bool,
 }
 
 impl Unet {
@@ -163,8 +171,15 @@ impl Unet {
         };
         let (out_conv, levels_head) = match head {
             Head::Noise => (nn::conv2d(vs / "out_conv", c, c_in, 3, zero_conv), None),
-            Head::Levels(n) => {
+            Head::Levels(n) if cfg.head_channels == 0 => {
                 (conv3(vs / "out_conv", c, 2 * c, 1), Some(nn::linear(vs / "levels_head", 2 * c, n, zero_linear)))
+            }
+            Head::Levels(n) => {
+                let k = cfg.head_channels as i64;
+                (
+                    nn::conv2d(vs / "out_conv", c, k, 1, Default::default()),
+                    Some(nn::linear(vs / "levels_head", k, n, zero_linear)),
+                )
             }
         };
         Ok(Unet {
@@ -185,6 +200,7 @@ impl Unet {
             out_norm: nn::group_norm(vs / "out_norm", groups, c, Default::default()),
             out_conv,
             levels_head,
+            nonlinear_head: cfg.head_channels > 0,
         })
     }
 }
@@ -252,7 +268,10 @@ impl Backbone for Unet {
             // Averaged over pixels, as in the paper's head: a sum (as the ConvNet takes) makes the
             // cumsum logits so sensitive to the head's weights that training at lr 1e-3 diverged
             // on MNIST (cross-entropy 119 after 100 steps).
-            Some(head) => head.forward(&h.mean_dim([2, 3].as_slice(), false, h.kind())),
+            Some(head) => {
+                let h = if self.nonlinear_head { h.silu() } else { h };
+                head.forward(&h.mean_dim([2, 3].as_slice(), false, h.kind()))
+            }
             None => h,
         }
     }
