@@ -87,3 +87,26 @@ fn divergence_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
         assert!(v.isfinite().all().int64_value(&[]) == 1, "{name} is not finite in the kept checkpoint");
     }
 }
+
+#[test]
+fn resuming_from_the_command_line_needs_no_flag_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let train = |args: &[&str]| {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_cdm"))
+            .args(["train", "--out", out])
+            .args(args)
+            .env("OMP_NUM_THREADS", "1")
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    };
+    let first = ["--data", "gmm2d", "--steps", "2", "--lr", "3e-4", "--hidden", "16", "--timesteps", "20"];
+    train(&[&first[..], &["--batch", "16", "--checkpoint-every", "1"]].concat());
+    train(&["--steps", "3"]);
+    let saved: RunConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!((saved.train.steps, saved.train.lr, saved.train.checkpoint_every), (3, 3e-4, 1));
+    assert_eq!((saved.model.schedule.timesteps, saved.train.batch_size), (20, 16));
+    assert!(matches!(saved.model.backbone, BackboneConfig::Mlp(MlpConfig { hidden: 16, .. })));
+}

@@ -1,5 +1,5 @@
 //! `cdm train`.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -20,7 +20,8 @@ pub struct TrainArgs {
     /// Run directory: config.json, checkpoint.safetensors, log.jsonl, pictures.
     #[arg(long)]
     out: PathBuf,
-    /// A TOML or JSON file with any of `data`, `schedule`, `backbone`, `train`; flags override it.
+    /// A TOML or JSON file with any of `data`, `schedule`, `backbone`, `train`; flags override
+    /// it. Without it, a run already in `--out` gives every setting, so resuming repeats no flag.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Total optimiser steps (raise it to extend a finished run).
@@ -135,11 +136,28 @@ fn read_config_file(path: &PathBuf) -> Result<ConfigFile> {
     parsed.with_context(|| format!("config file {}", path.display()))
 }
 
-/// Defaults, then the config file, then flags; and the opened data, which set the shape.
+/// The settings of the run already in `dir`, if there is one.
+fn saved_run(dir: &Path) -> Result<Option<ConfigFile>> {
+    let (config_path, weights_path) = cdm::checkpoint::paths(dir);
+    if !weights_path.exists() {
+        return Ok(None);
+    }
+    let saved: RunConfig = cdm::checkpoint::read_json(&config_path)?;
+    Ok(Some(ConfigFile {
+        data: Some(saved.data),
+        model: Some(saved.model.kind),
+        schedule: Some(saved.model.schedule),
+        backbone: Some(saved.model.backbone),
+        train: Some(saved.train),
+    }))
+}
+
+/// Defaults, then the config file (or the run being resumed), then flags; and the opened
+/// data, which set the shape.
 fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
     let file = match &args.config {
         Some(path) => read_config_file(path)?,
-        None => ConfigFile::default(),
+        None => saved_run(&args.out)?.unwrap_or_default(),
     };
     let data =
         args.data.clone().or(file.data).context("no training data: pass --data SPEC or set `data` in --config")?;
