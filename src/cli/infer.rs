@@ -395,7 +395,12 @@ pub fn mmse(args: MmseArgs) -> Result<()> {
     let schedule = loaded.model.schedule();
     let t_max = schedule.timesteps();
     let levels = if args.levels.is_empty() {
-        [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.95].iter().map(|f| ((f * t_max as f64).round() as usize).max(1)).collect()
+        let mut levels: Vec<usize> = [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.95]
+            .iter()
+            .map(|f| ((f * t_max as f64).round() as usize).max(1))
+            .collect();
+        levels.dedup(); // small T maps several fractions onto one level
+        levels
     } else {
         args.levels.clone()
     };
