@@ -154,18 +154,13 @@ impl Schedule {
     /// √ᾱ_t and √(1-ᾱ_t) per sample, shaped to broadcast against `like` ([B, ..]).
     /// `t`: [B] integer levels.
     pub fn coefficients(&self, t: &Tensor, like: &Tensor) -> (Tensor, Tensor) {
-        // Both square roots in f64 first: in f32, 1 − ᾱ_t rounds to 0 below 6e-8 (γ > 16.6).
+        // Both square roots in f64, cast last: in f32, 1 − ᾱ_t rounds to 0 below 6e-8 (γ > 16.6).
         let mut shape = vec![-1i64];
         shape.resize(like.dim(), 1);
-        let index = t.to_kind(Kind::Int64);
-        let column = |values: Vec<f64>| {
-            let table = Tensor::from_slice(&values).to_kind(like.kind()).to_device(like.device());
-            table.index_select(0, &index).reshape(&shape[..])
-        };
-        (
-            column(self.alpha_bar.iter().map(|a| a.sqrt()).collect()),
-            column(self.alpha_bar.iter().map(|a| (1.0 - a).sqrt()).collect()),
-        )
+        let table = Tensor::from_slice(&self.alpha_bar).to_device(like.device());
+        let abar = table.index_select(0, &t.to_kind(Kind::Int64)).reshape(&shape[..]);
+        let sigma = (abar.ones_like() - &abar).sqrt();
+        (abar.sqrt().to_kind(like.kind()), sigma.to_kind(like.kind()))
     }
 
     /// x_t = √ᾱ_t·x0 + √(1-ᾱ_t)·ε (forward process, per-sample levels `t`: [B]).

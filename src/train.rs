@@ -236,6 +236,15 @@ fn build(config: &RunConfig, device: Device) -> Result<(VarStore, Model)> {
     Ok((vs, model))
 }
 
+/// The settings of the run already checkpointed in `dir`, if there is one.
+pub fn saved_run(dir: &Path) -> Result<Option<RunConfig>> {
+    let (config_path, weights_path) = checkpoint::paths(dir);
+    if !weights_path.exists() {
+        return Ok(None);
+    }
+    checkpoint::read_json(&config_path).map(Some)
+}
+
 /// Loads a trained model from a run directory; `ema` picks the EMA weights (the default for
 /// evaluation) over the raw ones.
 pub fn load_model(dir: &Path, device: Device, ema: bool) -> Result<LoadedModel> {
@@ -319,8 +328,7 @@ impl Trainer {
         let adam = Adam::new(&named_vars(&vs));
         let mut trainer =
             Trainer { config, dir: dir.to_path_buf(), data, device, vs, model, ema_vs, ema_model, adam, step: 0 };
-        if weights_path.exists() {
-            let saved: RunConfig = checkpoint::read_json(&config_path)?;
+        if let Some(saved) = saved_run(dir)? {
             // What a run computes must match; its length and bookkeeping may change.
             let comparable = |c: &RunConfig| RunConfig {
                 train: TrainConfig { steps: 0, checkpoint_every: 0, log_every: 0, sample_every: 0, ..c.train.clone() },

@@ -136,14 +136,9 @@ fn read_config_file(path: &PathBuf) -> Result<ConfigFile> {
     parsed.with_context(|| format!("config file {}", path.display()))
 }
 
-/// The settings of the run already in `dir`, if there is one.
+/// The settings of the run already in `dir`, if there is one, as a config file would give them.
 fn saved_run(dir: &Path) -> Result<Option<ConfigFile>> {
-    let (config_path, weights_path) = cdm::checkpoint::paths(dir);
-    if !weights_path.exists() {
-        return Ok(None);
-    }
-    let saved: RunConfig = cdm::checkpoint::read_json(&config_path)?;
-    Ok(Some(ConfigFile {
+    Ok(cdm::train::saved_run(dir)?.map(|saved| ConfigFile {
         data: Some(saved.data),
         model: Some(saved.model.kind),
         schedule: Some(saved.model.schedule),
