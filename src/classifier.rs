@@ -4,6 +4,7 @@
 //! and the MMSE denoiser from the input gradient of F (Theorem 3.1).
 use tch::{nn, Kind, Tensor};
 
+use crate::base::GaussianBase;
 use crate::model::{check_shape, ModelConfig};
 use crate::nets::{Backbone, Head};
 use crate::schedule::Schedule;
@@ -14,6 +15,8 @@ pub struct Classifier {
     backbone: Box<dyn Backbone>,
     schedule: Schedule,
     data_shape: Vec<i64>,
+    /// Level log-densities of a Gaussian fit, added to the logits.
+    base: Option<GaussianBase>,
 }
 
 /// What one pass with the input gradient gives.
@@ -30,16 +33,21 @@ impl Classifier {
         let schedule = Schedule::new(cfg.schedule)?;
         let head = Head::Levels(schedule.num_classes() as i64);
         let backbone = cfg.backbone.build(vs, &cfg.data_shape, head, schedule.timesteps())?;
-        Ok(Self::from_backbone(backbone, schedule, cfg.data_shape.clone()))
+        let base = cfg.gaussian_base.then(|| GaussianBase::new(vs, &cfg.data_shape));
+        Ok(Classifier { backbone, schedule, data_shape: cfg.data_shape.clone(), base })
     }
 
     /// Wraps any backbone, an analytic one for instance.
     pub fn from_backbone(backbone: Box<dyn Backbone>, schedule: Schedule, data_shape: Vec<i64>) -> Self {
-        Classifier { backbone, schedule, data_shape }
+        Classifier { backbone, schedule, data_shape, base: None }
     }
 
     pub fn schedule(&self) -> &Schedule {
         &self.schedule
+    }
+
+    pub fn base(&self) -> Option<&GaussianBase> {
+        self.base.as_ref()
     }
 
     /// Shape of one data point.
@@ -52,9 +60,13 @@ impl Classifier {
         check_shape(&self.data_shape, x)
     }
 
-    /// Logits l(x) = cumsum(h(x)): [B, T+2].
+    /// Logits l(x) = cumsum(h(x)), plus the base's level log-densities: [B, T+2].
     pub fn logits(&self, x: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
-        self.backbone.forward(x, None, labels, train).cumsum(1, None::<Kind>)
+        let logits = self.backbone.forward(x, None, labels, train).cumsum(1, None::<Kind>);
+        match &self.base {
+            Some(base) => logits + base.log_densities(x, &self.schedule),
+            None => logits,
+        }
     }
 
     /// One pass with the input gradient: logits and the denoiser ε̂ at per-sample levels `t`

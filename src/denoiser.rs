@@ -3,6 +3,7 @@
 //! compared against, on the same backbones.
 use tch::{nn, Tensor};
 
+use crate::base::GaussianBase;
 use crate::model::{check_shape, ModelConfig};
 use crate::nets::{Backbone, Head};
 use crate::schedule::Schedule;
@@ -13,13 +14,16 @@ pub struct Denoiser {
     backbone: Box<dyn Backbone>,
     schedule: Schedule,
     data_shape: Vec<i64>,
+    /// Noise prediction of a Gaussian fit, added to the network's.
+    base: Option<GaussianBase>,
 }
 
 impl Denoiser {
     pub fn new(vs: &nn::Path, cfg: &ModelConfig) -> Result<Self> {
         let schedule = Schedule::new(cfg.schedule)?;
         let backbone = cfg.backbone.build(vs, &cfg.data_shape, Head::Noise, schedule.timesteps())?;
-        Ok(Denoiser { backbone, schedule, data_shape: cfg.data_shape.clone() })
+        let base = cfg.gaussian_base.then(|| GaussianBase::new(vs, &cfg.data_shape));
+        Ok(Denoiser { backbone, schedule, data_shape: cfg.data_shape.clone(), base })
     }
 
     pub fn schedule(&self) -> &Schedule {
@@ -30,9 +34,17 @@ impl Denoiser {
         &self.data_shape
     }
 
+    pub fn base(&self) -> Option<&GaussianBase> {
+        self.base.as_ref()
+    }
+
     /// ε̂(x_t, t): [B, ..] for x_t: [B, ..] and levels t: [B] (Int64).
     pub fn eps(&self, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<Tensor> {
         check_shape(&self.data_shape, x_t)?;
-        Ok(self.backbone.forward(x_t, Some(t), labels, train))
+        let eps = self.backbone.forward(x_t, Some(t), labels, train);
+        Ok(match &self.base {
+            Some(base) => eps + base.eps(x_t, t, &self.schedule),
+            None => eps,
+        })
     }
 }

@@ -15,11 +15,12 @@
 //! | `F` | F(x, t) = l_{T+1}(x) - l_t(x); log p_t(x) = log N(x; 0, I) - F(x, t) |
 //!
 //! ## Layout
-//! `schedule` (ᾱ_t), `nets` (MLP, ConvNet encoder, UNet), `classifier` (cumsum head, F, ε̂ by
+//! `schedule` (ᾱ_t), `base` (a Gaussian fit's exact outputs, added to a network's), `nets` (MLP, ConvNet encoder, UNet), `classifier` (cumsum head, F, ε̂ by
 //! input gradient), `denoiser` (the DDM baseline), `model` (either kind behind one type),
 //! `predictor` (the one trait samplers use), `loss`, `likelihood`, `sample` (DDPM, DDIM,
 //! DPM-Solver, guidance), `train`, `checkpoint`, `data` (files, images, known densities), `metrics`
 //! (AUROC, confusion matrix, FID), `cache` (downloads kept per user), `plot`.
+pub mod base;
 pub mod cache;
 pub mod checkpoint;
 pub mod classifier;

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
+use crate::base::GaussianBase;
 use crate::classifier::Classifier;
 use crate::denoiser::Denoiser;
 use crate::loss::{cdm_loss, ddm_loss, Loss, LossWeights};
@@ -36,6 +37,10 @@ pub struct ModelConfig {
     pub backbone: BackboneConfig,
     /// Shape of one data point, without the batch axis (`[D]` or `[C, H, W]`).
     pub data_shape: Vec<i64>,
+    /// Add the exact outputs of a per-dimension Gaussian fit of the data to the network's
+    /// (see [`GaussianBase`]); off when absent.
+    #[serde(default)]
+    pub gaussian_base: bool,
 }
 
 /// A CDM or a DDM.
@@ -74,6 +79,14 @@ impl Model {
     /// Checks that `x` is a batch of data points of this model's shape.
     pub fn check_input(&self, x: &Tensor) -> Result<()> {
         check_shape(self.data_shape(), x)
+    }
+
+    /// The Gaussian base, for a model built with one (a fresh run fits it to the data).
+    pub fn base(&self) -> Option<&GaussianBase> {
+        match self {
+            Model::Cdm(m) => m.base(),
+            Model::Ddm(m) => m.base(),
+        }
     }
 
     /// The classifier, for what only a CDM can do (one-pass likelihood).

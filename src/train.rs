@@ -212,12 +212,16 @@ impl Adam {
     }
 }
 
-/// Variables of `vs` sorted by name, so every traversal has one fixed order.
-fn named_vars(vs: &VarStore) -> Vec<(String, Tensor)> {
-    let mut vars: Vec<_> = vs.variables().into_iter().collect();
+/// Trained variables of `vs` (not a Gaussian base's statistics) sorted by name, so every
+/// traversal has one fixed order.
+fn trained_vars(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<_> = vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     vars
 }
+
+/// Data points a fresh run fits a Gaussian base to (all of them for a dataset on disk).
+const BASE_FIT_POINTS: usize = 100_000;
 
 /// A model, the VarStore that owns its weights, and the run settings it came from.
 pub struct LoadedModel {
@@ -324,8 +328,11 @@ impl Trainer {
             let (vs, model) = build(&config, device)?;
             (vs, model, build(&config, device)?)
         };
+        if let Some(base) = model.base() {
+            base.fit(&data.eval_points(BASE_FIT_POINTS, config.train.seed));
+        }
         ema_vs.copy(&vs)?;
-        let adam = Adam::new(&named_vars(&vs));
+        let adam = Adam::new(&trained_vars(&vs));
         let mut trainer =
             Trainer { config, dir: dir.to_path_buf(), data, device, vs, model, ema_vs, ema_model, adam, step: 0 };
         if let Some(saved) = saved_run(dir)? {
@@ -350,7 +357,7 @@ impl Trainer {
         let file = TensorFile::load(path)?;
         file.load_vars("model", &mut self.vs, path)?;
         file.load_vars("ema", &mut self.ema_vs, path)?;
-        let names = named_vars(&self.vs);
+        let names = trained_vars(&self.vs);
         tch::no_grad(|| -> Result<()> {
             for (i, (name, _)) in names.iter().enumerate() {
                 self.adam.m[i].f_copy_(file.get(&format!("adam_m/{name}"), path)?)?;
@@ -423,7 +430,7 @@ impl Trainer {
         let mut file = TensorFile::default();
         file.insert_vars("model", &self.vs);
         file.insert_vars("ema", &self.ema_vs);
-        for ((name, _), (m, v)) in named_vars(&self.vs).iter().zip(self.adam.m.iter().zip(&self.adam.v)) {
+        for ((name, _), (m, v)) in trained_vars(&self.vs).iter().zip(self.adam.m.iter().zip(&self.adam.v)) {
             file.tensors.insert(format!("adam_m/{name}"), m.to_device(Device::Cpu));
             file.tensors.insert(format!("adam_v/{name}"), v.to_device(Device::Cpu));
         }
@@ -442,8 +449,8 @@ impl Trainer {
     pub fn run_until(&mut self, stop: u64, on_step: &mut dyn FnMut(&StepReport)) -> Result<()> {
         let cfg = self.config.train.clone();
         let stop = stop.min(cfg.steps);
-        let params = named_vars(&self.vs);
-        let ema_params = named_vars(&self.ema_vs);
+        let params = trained_vars(&self.vs);
+        let ema_params = trained_vars(&self.ema_vs);
         let log_path = self.dir.join("log.jsonl");
         let mut log = LogFile::open(&log_path, self.step)?;
         while self.step < stop {

@@ -15,6 +15,7 @@ fn model() -> (VarStore, Classifier) {
         schedule: ScheduleConfig { timesteps: 20, ..Default::default() },
         backbone: BackboneConfig::Mlp(MlpConfig { hidden: 8, blocks: 1, num_labels: 0 }),
         data_shape: vec![3],
+        gaussian_base: false,
     };
     let model = Classifier::new(&vs.root(), &cfg).unwrap();
     vs.double();

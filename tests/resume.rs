@@ -14,6 +14,7 @@ fn config(steps: u64) -> RunConfig {
             schedule: ScheduleConfig { timesteps: 20, ..Default::default() },
             backbone: BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 2, num_labels: 0 }),
             data_shape: vec![2],
+            gaussian_base: false,
         },
         train: TrainConfig {
             steps,

@@ -27,6 +27,7 @@ fn train_and_score(spec: &str, dim: i64, timesteps: usize) -> (f64, f64, f64) {
             schedule: ScheduleConfig { timesteps, ..Default::default() },
             backbone: BackboneConfig::Mlp(MlpConfig { hidden: 128, blocks: 3, num_labels: 0 }),
             data_shape: vec![dim],
+            gaussian_base: false,
         },
         train: TrainConfig { steps: 1500, batch_size: 512, checkpoint_every: 10_000, ..Default::default() },
     };
@@ -67,6 +68,7 @@ fn ddm_baseline_learns_the_posterior_mean() {
             schedule: ScheduleConfig { timesteps: 100, ..Default::default() },
             backbone: BackboneConfig::Mlp(MlpConfig { hidden: 128, blocks: 3, num_labels: 0 }),
             data_shape: vec![2],
+            gaussian_base: false,
         },
         train: TrainConfig { steps: 1500, batch_size: 512, checkpoint_every: 10_000, ..Default::default() },
     };

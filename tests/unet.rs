@@ -13,6 +13,7 @@ fn build(kind: ModelKind, unet: UnetConfig, shape: Vec<i64>) -> (VarStore, Model
         schedule: ScheduleConfig::default(),
         backbone: BackboneConfig::Unet(unet),
         data_shape: shape,
+        gaussian_base: false,
     };
     let model = Model::new(&vs.root(), &cfg).unwrap();
     (vs, model)
@@ -55,8 +56,13 @@ fn both_kinds_give_the_right_outputs() {
 #[test]
 fn odd_sizes_and_encoders_are_refused() {
     let vs = VarStore::new(Device::Cpu);
-    let cfg =
-        |backbone, kind, shape| ModelConfig { kind, schedule: ScheduleConfig::default(), backbone, data_shape: shape };
+    let cfg = |backbone, kind, shape| ModelConfig {
+        kind,
+        schedule: ScheduleConfig::default(),
+        backbone,
+        data_shape: shape,
+        gaussian_base: false,
+    };
     let err = Model::new(&vs.root(), &cfg(BackboneConfig::Unet(UnetConfig::tiny()), ModelKind::Cdm, vec![1, 30, 30]))
         .err()
         .unwrap();

@@ -76,7 +76,7 @@ fn run_config(size: BenchSize) -> RunConfig {
     let kind = if matches!(size, BenchSize::UnetDdm) { ModelKind::Ddm } else { ModelKind::Cdm };
     RunConfig {
         data: data.into(),
-        model: ModelConfig { kind, schedule: ScheduleConfig::default(), backbone, data_shape },
+        model: ModelConfig { kind, schedule: ScheduleConfig::default(), backbone, data_shape, gaussian_base: false },
         // Never reaches a checkpoint or log line: only steps are timed.
         train: TrainConfig {
             steps: u64::MAX,

@@ -72,6 +72,10 @@ pub struct TrainArgs {
     /// Precision of weights and data.
     #[arg(long, value_enum)]
     precision: Option<Precision>,
+    /// Add the exact outputs of a per-pixel Gaussian fit of the data to the network's: level
+    /// log-densities to a CDM's logits, the noise prediction to a DDM's.
+    #[arg(long)]
+    gaussian_base: bool,
     /// Condition on the data's labels (with label dropout, for classifier-free guidance).
     #[arg(long)]
     conditional: bool,
@@ -121,6 +125,7 @@ impl UnetPreset {
 struct ConfigFile {
     data: Option<String>,
     model: Option<ModelKind>,
+    gaussian_base: Option<bool>,
     schedule: Option<ScheduleConfig>,
     backbone: Option<BackboneConfig>,
     train: Option<TrainConfig>,
@@ -141,6 +146,7 @@ fn saved_run(dir: &Path) -> Result<Option<ConfigFile>> {
     Ok(cdm::train::saved_run(dir)?.map(|saved| ConfigFile {
         data: Some(saved.data),
         model: Some(saved.model.kind),
+        gaussian_base: Some(saved.model.gaussian_base),
         schedule: Some(saved.model.schedule),
         backbone: Some(saved.model.backbone),
         train: Some(saved.train),
@@ -203,8 +209,13 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
     train.hflip |= args.hflip;
     train.sample_every = args.sample_every.unwrap_or(train.sample_every);
     train.checkpoint_every = args.checkpoint_every.unwrap_or(train.checkpoint_every);
-    let model =
-        ModelConfig { kind: args.model.or(file.model).unwrap_or_default(), schedule, backbone, data_shape: shape };
+    let model = ModelConfig {
+        kind: args.model.or(file.model).unwrap_or_default(),
+        schedule,
+        backbone,
+        data_shape: shape,
+        gaussian_base: args.gaussian_base || file.gaussian_base.unwrap_or(false),
+    };
     Ok((RunConfig { data, model, train }, dataset))
 }
 
