@@ -69,6 +69,8 @@ fn eval_writes_every_section_of_the_report() {
         "10",
         "--fid-samples",
         "0",
+        "--steps",
+        "10",
         "--ood",
         &format!("npy:{}", other_npy.display()),
     ]);
@@ -100,6 +102,13 @@ fn eval_writes_every_section_of_the_report() {
         .map(|c| c.as_u64().unwrap())
         .sum();
     assert_eq!(total, 40);
+    // Sampler drift: one row per sampler step, down to the clean level, read levels in 0..=T+1.
+    let drift = classifier["sampler_drift"].as_array().unwrap();
+    assert_eq!(drift.len(), 10);
+    assert_eq!(drift.last().unwrap()["level"].as_u64(), Some(0));
+    for key in ["sampler_states", "real_points"] {
+        assert!(drift.iter().all(|r| (0.0..=51.0).contains(&number(&r[key]))), "{key}: {drift:?}");
+    }
     // OOD: AUROCs are probabilities.
     let ood = &report["ood"][0];
     for key in ["auroc_likelihood", "auroc_typicality_sum_squares", "auroc_typicality_max_abs"] {
@@ -112,6 +121,7 @@ fn eval_writes_every_section_of_the_report() {
         "denoising_mse.png",
         "confusion.png",
         "logit_profile.png",
+        "sampler_drift.png",
         "ood_auroc_by_level.png",
         "nll_bpd_cdm_uniform.npy",
         "nll_bpd_ddm_paper.npy",

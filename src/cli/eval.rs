@@ -481,13 +481,78 @@ fn diagnostics(ctx: &Eval) -> Result<Section> {
     let axes =
         Axes { title: "Mean log-softmax over levels", x: "level k", y: "log p(k | x_t)", log_x: false, log_y: false };
     line_chart(&ctx.args.out.join("logit_profile.png"), &axes, &profiles)?;
+    let drift = sampler_drift(ctx, &mut rng)?;
     let md = format!(
         "## Level classifier\n\n{n} points, each noised to a level spread evenly over 0..={}.\n\n| accuracy | within ±{tolerance} levels | mean abs. level error | cross-entropy (nats) | uniform guess CE |\n|---|---|---|---|---|\n| {accuracy:.4} | {near:.4} | {mean_abs:.2} | {ce:.4} | {:.4} |\n\n![](confusion.png) ![](logit_profile.png)\n",
         classes - 1,
         (classes as f64).ln()
-    );
-    let json = json!({"n": n, "accuracy": accuracy, "within_levels": tolerance, "accuracy_within": near, "mean_abs_level_error": mean_abs, "cross_entropy": ce, "confusion_bins": bins, "confusion": counts});
+    ) + &drift.markdown;
+    let json = json!({"n": n, "accuracy": accuracy, "within_levels": tolerance, "accuracy_within": near, "mean_abs_level_error": mean_abs, "cross_entropy": ce, "confusion_bins": bins, "confusion": counts, "sampler_drift": drift.json});
     Ok(Section { key: "classifier", json, markdown: md })
+}
+
+/// Samples drawn for the sampler-drift diagnostic.
+const DRIFT_SAMPLES: usize = 32;
+
+/// Where the sampler takes the classifier: at every step of `--sampler` (`--steps`), the level
+/// the classifier reads off the sampler's state (mean of its argmax over samples) against the
+/// level the sampler says the state is at, and against real points noised to that level. A
+/// time-free classifier's input gradient is trained only on states like the real ones, so a
+/// gap between the two curves shows the sampler leaving what the model knows.
+fn sampler_drift(ctx: &Eval, rng: &mut Rng) -> Result<Section> {
+    let schedule = ctx.model.model.schedule();
+    let opts = &ctx.args.sampling;
+    let levels = schedule.sampling_levels(opts.steps)?;
+    let n = DRIFT_SAMPLES.min(ctx.x.size()[0] as usize);
+    let sampler = format!("{:?}", opts.sampler).to_lowercase();
+    let mut states: Vec<(usize, Tensor)> = Vec::new();
+    let _ = draw_samples(ctx.model, n, opts, n, &mut |step| {
+        states.push((levels[step.i + 1], step.x_t.to_device(Device::Cpu)))
+    })?;
+    let read_level = |x: &Tensor| -> Result<f64> {
+        let argmax = logits_of(ctx, ctx.model, x)?.argmax(1, false).to_kind(Kind::Double);
+        Ok(mean(&argmax))
+    };
+    let real = ctx.x.narrow(0, 0, n as i64);
+    let (mut on_samples, mut on_real, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+    for (level, x) in &states {
+        let noised = schedule.add_noise(&real, &rng.normal(&real.size(), Kind::Double), &levels_like(*level, &real));
+        let (sampled, data) = (read_level(x)?, read_level(&noised)?);
+        on_samples.push((*level as f64, sampled));
+        on_real.push((*level as f64, data));
+        rows.push(json!({"level": level, "sampler_states": sampled, "real_points": data}));
+    }
+    let scheduled = on_real.iter().map(|&(t, _)| (t, t)).collect();
+    let series = [
+        Series { label: "the sampler's level".into(), points: scheduled, markers_only: false },
+        Series { label: format!("classifier on {sampler} states"), points: on_samples.clone(), markers_only: false },
+        Series {
+            label: "classifier on real points at that level".into(),
+            points: on_real.clone(),
+            markers_only: false,
+        },
+    ];
+    let axes = Axes {
+        title: "Sampler drift",
+        x: "level the sampler is at",
+        y: "level the classifier reads (mean argmax)",
+        log_x: false,
+        log_y: false,
+    };
+    line_chart(&ctx.args.out.join("sampler_drift.png"), &axes, &series)?;
+    let mut md = format!(
+        "\n### Sampler drift\n\n{n} samples, {} with {} steps (the sampling flags); at each step, the mean argmax level of the classifier on the sampler's states and on {n} real points noised to the same level.\n\n| level | on sampler states | on real points |\n|---|---|---|\n",
+        sampler,
+        opts.steps
+    );
+    let every = (states.len() / 10).max(1);
+    for (k, (&(t, s), &(_, r))) in on_samples.iter().zip(&on_real).enumerate() {
+        if k % every == 0 || k + 1 == states.len() {
+            writeln!(md, "| {t} | {s:.1} | {r:.1} |")?;
+        }
+    }
+    md.push_str("\n![](sampler_drift.png)\n");
+    Ok(Section { key: "sampler_drift", json: Value::Array(rows), markdown: md })
 }
 
 /// log p_t(x)/D at `levels` for every point ([N, L]), all from one forward pass per point.
@@ -566,7 +631,7 @@ fn fid(ctx: &Eval) -> Result<Section> {
     let inception = Inception::load(device)?;
     let reference = reference_stats(&inception, &ctx.model.config.data, args.fid_reference)?;
     let start = Instant::now();
-    let (samples, _) = draw_samples(ctx.model, args.fid_samples, &args.sampling, args.ckpt.batch)?;
+    let (samples, _) = draw_samples(ctx.model, args.fid_samples, &args.sampling, args.ckpt.batch, &mut |_| {})?;
     let sampling_s = start.elapsed().as_secs_f64();
     image_grid(&args.out.join("fid_samples.png"), &first(&samples, 100), 10)?;
     let score = frechet_distance(&reference, &inception.stats(&samples, 50)?)?;

@@ -280,7 +280,7 @@ pub struct SampleArgs {
 
 pub fn sample(args: SampleArgs) -> Result<()> {
     let loaded = args.ckpt.load()?;
-    let (samples, labels) = draw_samples(&loaded, args.n, &args.options, args.ckpt.batch)?;
+    let (samples, labels) = draw_samples(&loaded, args.n, &args.options, args.ckpt.batch, &mut |_| {})?;
     let ext = args.out.extension().and_then(|e| e.to_str()).unwrap_or("");
     let is_image = loaded.model.data_shape().len() == 3;
     match ext {
@@ -315,12 +315,13 @@ pub fn sample(args: SampleArgs) -> Result<()> {
 const STEP_NOISE_SALT: u64 = 0x5eed_0f57_e900_015e;
 
 /// `n` samples from a loaded model (CPU tensor [n, ..]), and for a conditional model the class
-/// of each.
+/// of each; `on_step` sees every step of every batch.
 pub fn draw_samples(
     loaded: &LoadedModel,
     n: usize,
     opts: &SampleOptions,
     batch: usize,
+    on_step: &mut dyn FnMut(&cdm::sample::Step),
 ) -> Result<(Tensor, Option<Vec<i64>>)> {
     let schedule = loaded.model.schedule();
     let shape = loaded.model.data_shape().to_vec();
@@ -353,7 +354,10 @@ pub fn draw_samples(
         // One stream per sample for x_T, and another for the noise of its steps.
         let x_t = Noise::new(opts.seed, start as u64, len).normal(&shape, kind, device);
         let mut noise = Noise::new(opts.seed ^ STEP_NOISE_SALT, start as u64, len);
-        let mut tick = |_: &cdm::sample::Step| bar.inc(1);
+        let mut tick = |step: &cdm::sample::Step| {
+            bar.inc(1);
+            on_step(step)
+        };
         let x0 = match opts.sampler {
             SamplerKind::Ddpm => ddpm(model, schedule, x_t, &levels, &mut noise, &mut tick)?,
             SamplerKind::Ddim => {
