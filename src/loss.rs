@@ -7,6 +7,7 @@ use tch::{Kind, Tensor};
 use crate::classifier::Classifier;
 use crate::denoiser::Denoiser;
 use crate::rng::Rng;
+use crate::schedule::Schedule;
 use crate::Result;
 
 /// Weights of the two CDM loss terms; the paper's ablation (its Table 3) sets one to zero.
@@ -14,6 +15,18 @@ use crate::Result;
 pub struct LossWeights {
     pub ce: f64,
     pub mse: f64,
+    /// Min-SNR-γ weighting of the squared error per level (Hang et al. 2023,
+    /// arXiv:2303.09556): min(SNR_t, γ)/SNR_t. `None`: every level weighs the same (Ho et al.).
+    pub min_snr: Option<f64>,
+}
+
+/// Per-sample weights of the squared error at levels `t` ([B]): min(1, γ/SNR_t), or 1 for all.
+/// Low levels, whose ε is hard to tell but whose x̂0 is almost right anyway, weigh less; the
+/// levels where samples take shape keep weight 1.
+fn level_weights(schedule: &Schedule, t: &Tensor, min_snr: Option<f64>, like: &Tensor) -> Tensor {
+    let Some(gamma) = min_snr else { return t.ones_like().to_kind(like.kind()) };
+    let weights: Vec<f64> = schedule.alpha_bars().iter().map(|&abar| (gamma * (1.0 - abar) / abar).min(1.0)).collect();
+    Tensor::from_slice(&weights).to_device(t.device()).index_select(0, t).to_kind(like.kind())
 }
 
 /// The loss terms of one batch (scalar tensors, with graph).
@@ -22,7 +35,7 @@ pub struct Loss {
     pub total: Tensor,
     /// Cross-entropy of the level classifier in nats (CDM only).
     pub ce: Option<Tensor>,
-    /// Mean over samples at levels 1..=T of ‖ε̂ - ε‖² (summed over dimensions).
+    /// Mean over samples at levels 1..=T of ‖ε̂ - ε‖² (summed over dimensions), unweighted.
     pub mse: Tensor,
 }
 
@@ -63,17 +76,27 @@ pub fn cdm_loss(
     let out = model.forward(&x_t, &t, labels, true)?;
     let ce = out.logits.log_softmax(1, Kind::Double).to_kind(x0.kind()).nll_loss(&t);
     let inside = t.gt(0).logical_and(&t.lt(classes as i64 - 1)).to_kind(x0.kind());
-    let mse = (squared_error(&out.eps, &eps) * &inside).sum(x0.kind()) / inside.sum(x0.kind()).clamp_min(1.0);
-    Ok(Loss { total: &ce * weights.ce + &mse * weights.mse, ce: Some(ce), mse })
+    let count = inside.sum(x0.kind()).clamp_min(1.0);
+    let error = squared_error(&out.eps, &eps) * &inside;
+    let mse = error.sum(x0.kind()) / &count;
+    let weighted = (error * level_weights(model.schedule(), &t, weights.min_snr, x0)).sum(x0.kind()) / count;
+    Ok(Loss { total: &ce * weights.ce + weighted * weights.mse, ce: Some(ce), mse })
 }
 
 /// Draws t ~ U{1..T} (stratified) and ε ~ N(0, I) for each sample of `x0` ([B, ..]) and
 /// returns the DDM's simple loss, summed over dimensions like the CDM's MSE term.
-pub fn ddm_loss(model: &Denoiser, x0: &Tensor, labels: Option<&Tensor>, rng: &mut Rng) -> Result<Loss> {
+pub fn ddm_loss(
+    model: &Denoiser,
+    x0: &Tensor,
+    labels: Option<&Tensor>,
+    min_snr: Option<f64>,
+    rng: &mut Rng,
+) -> Result<Loss> {
     let batch = x0.size()[0] as usize;
     let t = stratified_levels(batch, 1, model.schedule().timesteps(), rng).to_device(x0.device());
     let eps = rng.normal(&x0.size(), x0.kind()).to_device(x0.device());
     let x_t = model.schedule().add_noise(x0, &eps, &t);
-    let mse = squared_error(&model.eps(&x_t, &t, labels, true)?, &eps).mean(x0.kind());
-    Ok(Loss { total: mse.shallow_clone(), ce: None, mse })
+    let error = squared_error(&model.eps(&x_t, &t, labels, true)?, &eps);
+    let total = (&error * level_weights(model.schedule(), &t, min_snr, x0)).mean(x0.kind());
+    Ok(Loss { total, ce: None, mse: error.mean(x0.kind()) })
 }

@@ -111,7 +111,7 @@ impl Model {
     pub fn loss(&self, x0: &Tensor, labels: Option<&Tensor>, weights: LossWeights, rng: &mut Rng) -> Result<Loss> {
         match self {
             Model::Cdm(m) => cdm_loss(m, x0, labels, weights, rng),
-            Model::Ddm(m) => ddm_loss(m, x0, labels, rng),
+            Model::Ddm(m) => ddm_loss(m, x0, labels, weights.min_snr, rng),
         }
     }
 }

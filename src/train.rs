@@ -70,6 +70,8 @@ pub struct TrainConfig {
     pub ce_weight: f64,
     /// Weight of the MSE term (0 with a positive `ce_weight`: the paper's "CE only" ablation).
     pub mse_weight: f64,
+    /// Min-SNR-γ weighting of the MSE over levels (see [`LossWeights`]); none when absent.
+    pub min_snr: Option<f64>,
     /// Seed of every random draw in training.
     pub seed: u64,
     /// Steps between checkpoints (the last step is always saved).
@@ -103,6 +105,7 @@ impl Default for TrainConfig {
             grad_clip: Some(1.0),
             ce_weight: 1.0,
             mse_weight: 1.0,
+            min_snr: None,
             seed: 0,
             checkpoint_every: 1000,
             log_every: 50,
@@ -147,6 +150,9 @@ impl TrainConfig {
         }
         if self.mse_weight < 0.0 || !self.mse_weight.is_finite() || self.ce_weight + self.mse_weight == 0.0 {
             return bad("mse_weight", "must be a non-negative number, and not zero together with ce_weight");
+        }
+        if self.min_snr.is_some_and(|g| !(g > 0.0 && g.is_finite())) {
+            return bad("min_snr", "must be a positive number");
         }
         if self.grad_clip.is_some_and(|c| c <= 0.0) {
             return bad("grad_clip", "must be positive");
@@ -460,7 +466,7 @@ impl Trainer {
             let loss = self.model.loss(
                 &x0,
                 labels.as_ref(),
-                LossWeights { ce: cfg.ce_weight, mse: cfg.mse_weight },
+                LossWeights { ce: cfg.ce_weight, mse: cfg.mse_weight, min_snr: cfg.min_snr },
                 &mut rng,
             )?;
             let total = loss.total.double_value(&[]);

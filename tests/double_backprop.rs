@@ -31,7 +31,7 @@ fn model() -> (VarStore, Classifier) {
 
 /// The loss for a fixed draw of levels and noise.
 fn loss(model: &Classifier, x0: &Tensor, ce_weight: f64) -> Tensor {
-    cdm_loss(model, x0, None, LossWeights { ce: ce_weight, mse: 1.0 }, &mut Rng::new(3)).unwrap().total
+    cdm_loss(model, x0, None, LossWeights { ce: ce_weight, mse: 1.0, min_snr: None }, &mut Rng::new(3)).unwrap().total
 }
 
 fn check_gradients(ce_weight: f64) {
@@ -71,4 +71,23 @@ fn mse_term_gradients_match_finite_differences() {
 #[test]
 fn full_loss_gradients_match_finite_differences() {
     check_gradients(0.5);
+}
+
+/// Min-SNR-γ weighting: a γ above every level's SNR weighs all levels alike (the plain loss),
+/// and a vanishing γ leaves only the levels with almost no signal, so the MSE term all but
+/// disappears while the logged MSE stays unweighted.
+#[test]
+fn min_snr_weighting_spans_the_plain_loss_and_nothing() {
+    let (_vs, model) = model();
+    let x0 = Tensor::from_slice(&[0.3, -0.2, 0.5, -0.7, 0.1, 0.4]).reshape([2, 3]);
+    let with = |min_snr| {
+        let loss = cdm_loss(&model, &x0, None, LossWeights { ce: 0.0, mse: 1.0, min_snr }, &mut Rng::new(3)).unwrap();
+        (loss.total.double_value(&[]), loss.mse.double_value(&[]))
+    };
+    let (plain, plain_mse) = with(None);
+    let (high, high_mse) = with(Some(1e12));
+    let (low, low_mse) = with(Some(1e-9));
+    assert!((plain - high).abs() < 1e-12 * plain.abs(), "γ = 1e12: {high}, plain {plain}");
+    assert!(low < 1e-6 * plain, "γ = 1e-9: {low}, plain {plain}");
+    assert_eq!((plain_mse, high_mse), (low_mse, low_mse));
 }

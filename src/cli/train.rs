@@ -48,6 +48,9 @@ pub struct TrainArgs {
     /// Weight of the denoising (MSE) term.
     #[arg(long)]
     mse_weight: Option<f64>,
+    /// Weigh the MSE at each level by min(SNR, GAMMA)/SNR (Min-SNR-γ; 5 in its paper).
+    #[arg(long, value_name = "GAMMA")]
+    min_snr: Option<f64>,
     /// A classification diffusion model, or the denoising baseline.
     #[arg(long, value_enum)]
     model: Option<ModelKind>,
@@ -205,6 +208,7 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
     train.seed = args.seed.unwrap_or(train.seed);
     train.ce_weight = args.ce_weight.unwrap_or(train.ce_weight);
     train.mse_weight = args.mse_weight.unwrap_or(train.mse_weight);
+    train.min_snr = args.min_snr.or(train.min_snr);
     train.precision = args.precision.unwrap_or(train.precision);
     train.hflip |= args.hflip;
     train.sample_every = args.sample_every.unwrap_or(train.sample_every);
