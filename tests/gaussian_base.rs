@@ -1,5 +1,5 @@
 //! A model with a Gaussian base and an untrained network (whose output layer starts at zero) is
-//! the exact model of the fitted Gaussian: for data N(μ, diag v), the CDM's input-gradient
+//! the exact model of the fitted Gaussian: for data N(μ, Σ), the CDM's input-gradient
 //! denoiser and the DDM's noise prediction are the exact posterior means at every level, and
 //! the CDM's one-pass log-likelihood is the exact Gaussian log-density.
 mod common;
@@ -12,7 +12,21 @@ use common::{det_points, max_abs_diff};
 use tch::{nn, Kind, Tensor};
 
 const MEAN: [f64; 3] = [0.5, -1.0, 0.0];
-const VAR: [f64; 3] = [0.25, 1e-3, 2.0];
+/// Σ = A Aᵀ: correlated, with one direction of tiny variance.
+const A: [f64; 9] = [0.5, 0.0, 0.0, 0.4, 0.03, 0.0, -0.6, 0.2, 1.2];
+/// The variance the base adds to every direction.
+const FLOOR: f64 = (2.0 / 256.0) * (2.0 / 256.0) / 12.0;
+
+fn mean() -> Tensor {
+    Tensor::from_slice(&MEAN)
+}
+
+/// The covariance of x_t for the fitted Gaussian: ᾱ(Σ + floor·I) + (1 − ᾱ)I.
+fn level_cov(abar: f64) -> Tensor {
+    let a = Tensor::from_slice(&A).reshape([3, 3]);
+    let eye = Tensor::eye(3, (Kind::Double, tch::Device::Cpu));
+    (a.matmul(&a.tr()) + &eye * FLOOR) * abar + eye * (1.0 - abar)
+}
 
 fn model(kind: ModelKind) -> (nn::VarStore, Model) {
     let mut vs = nn::VarStore::new(tch::Device::Cpu);
@@ -25,18 +39,17 @@ fn model(kind: ModelKind) -> (nn::VarStore, Model) {
     };
     let model = Model::new(&vs.root(), &cfg).unwrap();
     vs.double();
-    // Points with exactly the moments MEAN and VAR (plus the base's variance floor).
-    let z = Tensor::from_slice(&[-1.0, 1.0, -1.0, 1.0, -1.0, 1.0]).reshape([2, 3]);
-    let x = z * Tensor::from_slice(&VAR).sqrt() + Tensor::from_slice(&MEAN);
+    // Points with exactly the mean μ and covariance Σ: μ ± √3·(columns of A).
+    let a = Tensor::from_slice(&A).reshape([3, 3]);
+    let columns = a.tr() * 3f64.sqrt();
+    let x = Tensor::cat(&[&columns, &(-&columns)], 0) + mean();
     model.base().unwrap().fit(&x);
     (vs, model)
 }
 
-/// E[ε | x_t] for N(μ, diag v) data: σ_t (x_t − √ᾱ_t μ) / (ᾱ_t v + σ_t²), per dimension.
+/// E[ε | x_t] for N(μ, Σ) data: σ_t (ᾱ_t Σ + σ_t² I)⁻¹ (x_t − √ᾱ_t μ).
 fn exact_eps(x: &Tensor, abar: f64) -> Tensor {
-    let floor = (2.0f64 / 256.0).powi(2) / 12.0;
-    let var = Tensor::from_slice(&VAR) + floor;
-    (x - Tensor::from_slice(&MEAN) * abar.sqrt()) * (1.0 - abar).sqrt() / (var * abar + (1.0 - abar))
+    (x - mean() * abar.sqrt()).matmul(&level_cov(abar).inverse()) * (1.0 - abar).sqrt()
 }
 
 #[test]
@@ -59,16 +72,12 @@ fn the_one_pass_likelihood_of_a_base_is_the_exact_gaussian_density() {
     let (_vs, model) = model(ModelKind::Cdm);
     let classifier = model.classifier().unwrap();
     let x = det_points(6, 3);
-    let floor = (2.0f64 / 256.0).powi(2) / 12.0;
     for t in [0usize, 7, 50] {
         let abar = model.schedule().alpha_bar(t);
-        let var = (Tensor::from_slice(&VAR) + floor) * abar + (1.0 - abar);
-        let centred = &x - Tensor::from_slice(&MEAN) * abar.sqrt();
-        let exact = ((centred.square() / &var + (var * (2.0 * std::f64::consts::PI)).log()) * -0.5).sum_dim_intlist(
-            1,
-            false,
-            Kind::Double,
-        );
+        let cov = level_cov(abar);
+        let centred = &x - mean() * abar.sqrt();
+        let mahalanobis = (centred.matmul(&cov.inverse()) * &centred).sum_dim_intlist(1, false, Kind::Double);
+        let exact = (mahalanobis + (cov * (2.0 * std::f64::consts::PI)).logdet()) * -0.5;
         let got = log_prob(classifier, &x, t, None).unwrap();
         let err = max_abs_diff(&got, &exact);
         assert!(err < 1e-8, "t={t}: log p off by {err}");
