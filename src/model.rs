@@ -37,7 +37,7 @@ pub struct ModelConfig {
     pub backbone: BackboneConfig,
     /// Shape of one data point, without the batch axis (`[D]` or `[C, H, W]`).
     pub data_shape: Vec<i64>,
-    /// Add the exact outputs of a per-dimension Gaussian fit of the data to the network's
+    /// Add the exact outputs of a Gaussian fit of the data (mean and covariance) to the network's
     /// (see [`GaussianBase`]); off when absent.
     #[serde(default)]
     pub gaussian_base: bool,

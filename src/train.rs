@@ -334,14 +334,16 @@ impl Trainer {
             let (vs, model) = build(&config, device)?;
             (vs, model, build(&config, device)?)
         };
-        if let Some(base) = model.base() {
+        let saved = saved_run(dir)?;
+        // A resumed run restores its base from the checkpoint; only a fresh one fits it.
+        if let (Some(base), None) = (model.base(), &saved) {
             base.fit(&data.eval_points(BASE_FIT_POINTS, config.train.seed));
         }
         ema_vs.copy(&vs)?;
         let adam = Adam::new(&trained_vars(&vs));
         let mut trainer =
             Trainer { config, dir: dir.to_path_buf(), data, device, vs, model, ema_vs, ema_model, adam, step: 0 };
-        if let Some(saved) = saved_run(dir)? {
+        if let Some(saved) = saved {
             // What a run computes must match; its length and bookkeeping may change.
             let comparable = |c: &RunConfig| RunConfig {
                 train: TrainConfig { steps: 0, checkpoint_every: 0, log_every: 0, sample_every: 0, ..c.train.clone() },

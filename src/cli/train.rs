@@ -75,7 +75,7 @@ pub struct TrainArgs {
     /// Precision of weights and data.
     #[arg(long, value_enum)]
     precision: Option<Precision>,
-    /// Add the exact outputs of a per-pixel Gaussian fit of the data to the network's: level
+    /// Add the exact outputs of a Gaussian fit of the data (mean and covariance) to the network's: level
     /// log-densities to a CDM's logits, the noise prediction to a DDM's.
     #[arg(long)]
     gaussian_base: bool,
