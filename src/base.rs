@@ -1,53 +1,51 @@
-//! A Gaussian base for either model kind: the Gaussian fit of the training data (its mean and
-//! covariance), whose noisy levels have closed-form densities and MMSE denoisers. A model with a
-//! base adds them to its network's outputs (the level log-densities to a CDM's logits, the
-//! noise prediction to a DDM's), so the network learns only what the Gaussian misses, and
-//! starts as the exact model of the fitted Gaussian. A time-free classifier gains most. At high
+//! A Gaussian base for either model kind: a Gaussian fit of the training data (its mean and
+//! covariance), or one per class, whose noisy levels have closed-form densities and MMSE
+//! denoisers. A model with a base adds them to its network's outputs (the level log-densities
+//! to a CDM's logits, the noise prediction to a DDM's), so the network learns only what the
+//! Gaussians miss, and starts as their exact model. A time-free classifier gains most. At high
 //! noise the posterior mean is nearly linear in x_t, so the Gaussian's (a smooth, blurred
 //! digit on MNIST) is nearly right, where an input gradient learnt from scratch is still high
 //! frequency noise; and without a base the gradient must grow like 1/σ_t² on pixels the data
 //! never vary (an MNIST border), which it can only learn by telling the level from the image.
+//! One Gaussian per class gives a conditional model its class's blurred shape at high noise,
+//! and the null label their mixture, whose posterior mean already weighs the classes.
 use tch::{nn, Kind, Tensor};
 
 use crate::schedule::Schedule;
+use crate::{Error, Result};
 
 /// Variance added to every principal direction's: that of uniform dequantization noise on
 /// 8-bit data scaled to [-1, 1], ((2/256)²/12). It keeps the level-0 density finite along
 /// directions the data never vary in.
 const VARIANCE_FLOOR: f64 = (2.0 / 256.0) * (2.0 / 256.0) / 12.0;
 
-/// The fitted Gaussian N(μ, U diag(λ) Uᵀ), stored as untrained variables so checkpoints keep
+/// One fitted Gaussian N(μ, U diag(λ) Uᵀ), stored as untrained variables so checkpoints keep
 /// it: μ [D], the principal directions U [D, D] (columns) and their variances λ [D].
-pub struct GaussianBase {
+struct Component {
     mean: Tensor,
     basis: Tensor,
     var: Tensor,
 }
 
-impl GaussianBase {
-    /// N(0, I) until [`GaussianBase::fit`] is called.
-    pub fn new(vs: &nn::Path, data_shape: &[i64]) -> Self {
-        let base = vs / "gaussian_base";
-        let d: i64 = data_shape.iter().product();
-        let mean = base.zeros_no_train("mean", &[d]);
-        let basis = base.var_copy("basis", &Tensor::eye(d, (Kind::Float, vs.device())));
+impl Component {
+    /// N(0, I) until fitted.
+    fn new(path: &nn::Path, d: i64) -> Self {
+        let mean = path.zeros_no_train("mean", &[d]);
+        let basis = path.var_copy("basis", &Tensor::eye(d, (Kind::Float, path.device())));
         let _ = basis.set_requires_grad(false);
-        let var = base.ones_no_train("var", &[d]);
-        GaussianBase { mean, basis, var }
+        let var = path.ones_no_train("var", &[d]);
+        Component { mean, basis, var }
     }
 
-    /// Sets the mean and covariance from data points `x` ([N, ..]).
-    pub fn fit(&self, x: &Tensor) {
-        tch::no_grad(|| {
-            let x = x.to_kind(Kind::Double).flatten(1, -1);
-            let mean = x.mean_dim(0, false, Kind::Double);
-            let centred = &x - &mean;
-            let cov = centred.tr().matmul(&centred) / x.size()[0] as f64;
-            let (var, basis) = cov.linalg_eigh("L");
-            self.mean.shallow_clone().copy_(&mean);
-            self.basis.shallow_clone().copy_(&basis);
-            self.var.shallow_clone().copy_(&(var.clamp_min(0.0) + VARIANCE_FLOOR));
-        })
+    /// Sets the mean and covariance from points `x` ([N, D], f64).
+    fn fit(&self, x: &Tensor) {
+        let mean = x.mean_dim(0, false, Kind::Double);
+        let centred = x - &mean;
+        let cov = centred.tr().matmul(&centred) / x.size()[0] as f64;
+        let (var, basis) = cov.linalg_eigh("L");
+        self.mean.shallow_clone().copy_(&mean);
+        self.basis.shallow_clone().copy_(&basis);
+        self.var.shallow_clone().copy_(&(var.clamp_min(0.0) + VARIANCE_FLOOR));
     }
 
     /// x ([B, ..]) in the principal coordinates, f64: [B, D].
@@ -55,8 +53,8 @@ impl GaussianBase {
         x.to_kind(Kind::Double).flatten(1, -1).matmul(&self.basis.to_kind(Kind::Double))
     }
 
-    /// Per level t = 0..=T+1, the mean and variances of the fitted Gaussian's x_t in the
-    /// principal coordinates: √ᾱ_t·Uᵀμ and ᾱ_t·λ + 1 − ᾱ_t, each [T+2, D] in f64.
+    /// Per level t = 0..=T+1, the mean and variances of x_t in the principal coordinates:
+    /// √ᾱ_t·Uᵀμ and ᾱ_t·λ + 1 − ᾱ_t, each [T+2, D] in f64.
     fn level_moments(&self, schedule: &Schedule) -> (Tensor, Tensor) {
         let device = self.mean.device();
         let abar = Tensor::from_slice(schedule.alpha_bars()).to_device(device).unsqueeze(1);
@@ -65,10 +63,10 @@ impl GaussianBase {
         (abar.sqrt() * mean, &abar * var - &abar + 1.0)
     }
 
-    /// log N(x; √ᾱ_t·μ, ᾱ_t·Σ + (1 − ᾱ_t)·I) for every level: [B, T+2] for x: [B, ..], in
-    /// x's kind. Computed in f64 (at t = 0 the terms of a never-varying direction reach 1e5
-    /// and cancel) by expanding the square into two matrix products.
-    pub fn log_densities(&self, x: &Tensor, schedule: &Schedule) -> Tensor {
+    /// log N(x; √ᾱ_t·μ, ᾱ_t·Σ + (1 − ᾱ_t)·I) for every level: [B, T+2] in f64 (at t = 0 the
+    /// terms of a never-varying direction reach 1e5 and cancel), by expanding the square into
+    /// two matrix products.
+    fn log_densities(&self, x: &Tensor, schedule: &Schedule) -> Tensor {
         let (m, v) = self.level_moments(schedule);
         let precision = v.reciprocal();
         let z = self.project(x);
@@ -78,18 +76,106 @@ impl GaussianBase {
             Kind::Double,
         );
         let quadratic = z.square().matmul(&precision.tr()) - 2.0 * z.matmul(&(m * precision).tr());
-        let log_density: Tensor = (quadratic + constant.unsqueeze(0)) * -0.5;
-        log_density.to_kind(x.kind())
+        (quadratic + constant.unsqueeze(0)) * -0.5
     }
 
-    /// The fitted Gaussian's MMSE noise prediction at per-sample levels t ([B], Int64):
-    /// σ_t·U·diag(1/(ᾱ_t·λ + σ_t²))·Uᵀ(x_t − √ᾱ_t·μ), shaped like x_t.
-    pub fn eps(&self, x_t: &Tensor, t: &Tensor, schedule: &Schedule) -> Tensor {
+    /// The MMSE noise prediction at per-sample levels t ([B], Int64), f64 [B, D]:
+    /// σ_t·U·diag(1/(ᾱ_t·λ + σ_t²))·Uᵀ(x_t − √ᾱ_t·μ).
+    fn eps(&self, x_t: &Tensor, t: &Tensor, schedule: &Schedule) -> Tensor {
         let (m, v) = self.level_moments(schedule);
-        let t = t.to_kind(Kind::Int64);
-        let (m, v) = (m.index_select(0, &t), v.index_select(0, &t));
-        let (_, sigma) = schedule.coefficients(&t, &m);
+        let (m, v) = (m.index_select(0, t), v.index_select(0, t));
+        let (_, sigma) = schedule.coefficients(t, &m);
         let whitened = (self.project(x_t) - m) / v;
-        (sigma * whitened.matmul(&self.basis.to_kind(Kind::Double).tr())).reshape(x_t.size()).to_kind(x_t.kind())
+        sigma * whitened.matmul(&self.basis.to_kind(Kind::Double).tr())
+    }
+}
+
+/// One Gaussian, or one per class and their mixture.
+pub struct GaussianBase {
+    components: Vec<Component>,
+    /// log π_c, the classes' frequencies: [K] (a variable when K > 1).
+    log_weights: Tensor,
+}
+
+impl GaussianBase {
+    /// `components` Gaussians (1, or one per class), N(0, I) until [`GaussianBase::fit`].
+    pub fn new(vs: &nn::Path, data_shape: &[i64], components: usize) -> Self {
+        let base = vs / "gaussian_base";
+        let d: i64 = data_shape.iter().product();
+        if components <= 1 {
+            return GaussianBase {
+                components: vec![Component::new(&base, d)],
+                log_weights: Tensor::zeros([1], (Kind::Float, vs.device())),
+            };
+        }
+        let k = components as i64;
+        let log_weights =
+            base.var_copy("log_weights", &Tensor::full([k], -(k as f64).ln(), (Kind::Float, vs.device())));
+        let _ = log_weights.set_requires_grad(false);
+        GaussianBase { components: (0..components).map(|c| Component::new(&(&base / c), d)).collect(), log_weights }
+    }
+
+    /// Fits to data points `x` ([N, ..]): one Gaussian to all, or class c's to the points with
+    /// label c (`labels` [N]), weighted by their share.
+    pub fn fit(&self, x: &Tensor, labels: Option<&Tensor>) -> Result<()> {
+        tch::no_grad(|| {
+            let x = x.to_kind(Kind::Double).flatten(1, -1);
+            if let [single] = &self.components[..] {
+                single.fit(&x);
+                return Ok(());
+            }
+            let labels = labels.ok_or_else(|| Error::Data("a per-class Gaussian base needs labelled data".into()))?;
+            let mut shares = Vec::new();
+            for (c, component) in self.components.iter().enumerate() {
+                let rows = labels.eq(c as i64).nonzero().squeeze_dim(1);
+                if rows.size()[0] == 0 {
+                    return Err(Error::Data(format!("no points with label {c} to fit its Gaussian to")));
+                }
+                component.fit(&x.index_select(0, &rows.to_device(x.device())));
+                shares.push(rows.size()[0] as f64 / x.size()[0] as f64);
+            }
+            self.log_weights.shallow_clone().copy_(&Tensor::from_slice(&shares).log());
+            Ok(())
+        })
+    }
+
+    /// Log-density of every level for x: [B, T+2], in x's kind. With a label c (`labels` [B],
+    /// Int64), class c's Gaussian; with the null label (K) or none, the mixture.
+    pub fn log_densities(&self, x: &Tensor, labels: Option<&Tensor>, schedule: &Schedule) -> Tensor {
+        let per_class: Vec<Tensor> = self.components.iter().map(|c| c.log_densities(x, schedule)).collect();
+        if per_class.len() == 1 {
+            return per_class[0].to_kind(x.kind());
+        }
+        let stacked = Tensor::stack(&per_class, 1);
+        let mixture = (&stacked + self.log_weights.to_kind(Kind::Double).view([1, -1, 1])).logsumexp([1], true);
+        self.pick(&Tensor::cat(&[stacked, mixture], 1), labels).to_kind(x.kind())
+    }
+
+    /// The MMSE noise prediction at per-sample levels t ([B], Int64), shaped like x_t: class
+    /// c's for label c, and for the null label (or none) the mixture's, the classes' weighted by
+    /// their posterior probabilities given x_t.
+    pub fn eps(&self, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>, schedule: &Schedule) -> Tensor {
+        let t = t.to_kind(Kind::Int64);
+        let per_class: Vec<Tensor> = self.components.iter().map(|c| c.eps(x_t, &t, schedule)).collect();
+        let eps = if per_class.len() == 1 {
+            per_class[0].shallow_clone()
+        } else {
+            let stacked = Tensor::stack(&per_class, 1);
+            let at_t = |c: &Component| c.log_densities(x_t, schedule).gather(1, &t.unsqueeze(1), false);
+            let log_joint: Vec<Tensor> = self.components.iter().map(at_t).collect();
+            let log_joint = Tensor::cat(&log_joint, 1) + self.log_weights.to_kind(Kind::Double).unsqueeze(0);
+            let posterior = log_joint.softmax(1, Kind::Double).unsqueeze(2);
+            let mixture = (&stacked * posterior).sum_dim_intlist(1, true, Kind::Double);
+            self.pick(&Tensor::cat(&[stacked, mixture], 1), labels)
+        };
+        eps.reshape(x_t.size()).to_kind(x_t.kind())
+    }
+
+    /// Row `labels[b]` of each sample's [K+1, N] block of `rows` ([B, K+1, N]); row K, the
+    /// mixture's, for the null label and without labels.
+    fn pick(&self, rows: &Tensor, labels: Option<&Tensor>) -> Tensor {
+        let (batch, k) = (rows.size()[0], self.components.len() as i64);
+        let index = labels.map_or_else(|| Tensor::full([batch], k, (Kind::Int64, rows.device())), |l| l.clamp(0, k));
+        rows.gather(1, &index.view([-1, 1, 1]).expand([batch, 1, rows.size()[2]], false), false).squeeze_dim(1)
     }
 }

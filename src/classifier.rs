@@ -15,7 +15,7 @@ pub struct Classifier {
     backbone: Box<dyn Backbone>,
     schedule: Schedule,
     data_shape: Vec<i64>,
-    /// Level log-densities of a Gaussian fit, added to the logits.
+    /// Level log-densities of a Gaussian fit (or one per class), added to the logits.
     base: Option<GaussianBase>,
 }
 
@@ -33,7 +33,7 @@ impl Classifier {
         let schedule = Schedule::new(cfg.schedule)?;
         let head = Head::Levels(schedule.num_classes() as i64);
         let backbone = cfg.backbone.build(vs, &cfg.data_shape, head, schedule.timesteps())?;
-        let base = cfg.gaussian_base.then(|| GaussianBase::new(vs, &cfg.data_shape));
+        let base = cfg.base_components()?.map(|k| GaussianBase::new(vs, &cfg.data_shape, k));
         Ok(Classifier { backbone, schedule, data_shape: cfg.data_shape.clone(), base })
     }
 
@@ -64,7 +64,7 @@ impl Classifier {
     pub fn logits(&self, x: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
         let logits = self.backbone.forward(x, None, labels, train).cumsum(1, None::<Kind>);
         match &self.base {
-            Some(base) => logits + base.log_densities(x, &self.schedule),
+            Some(base) => logits + base.log_densities(x, labels, &self.schedule),
             None => logits,
         }
     }

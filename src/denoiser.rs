@@ -22,7 +22,7 @@ impl Denoiser {
     pub fn new(vs: &nn::Path, cfg: &ModelConfig) -> Result<Self> {
         let schedule = Schedule::new(cfg.schedule)?;
         let backbone = cfg.backbone.build(vs, &cfg.data_shape, Head::Noise, schedule.timesteps())?;
-        let base = cfg.gaussian_base.then(|| GaussianBase::new(vs, &cfg.data_shape));
+        let base = cfg.base_components()?.map(|k| GaussianBase::new(vs, &cfg.data_shape, k));
         Ok(Denoiser { backbone, schedule, data_shape: cfg.data_shape.clone(), base })
     }
 
@@ -43,7 +43,7 @@ impl Denoiser {
         check_shape(&self.data_shape, x_t)?;
         let eps = self.backbone.forward(x_t, Some(t), labels, train);
         Ok(match &self.base {
-            Some(base) => eps + base.eps(x_t, t, &self.schedule),
+            Some(base) => eps + base.eps(x_t, t, labels, &self.schedule),
             None => eps,
         })
     }

@@ -41,6 +41,27 @@ pub struct ModelConfig {
     /// (see [`GaussianBase`]); off when absent.
     #[serde(default)]
     pub gaussian_base: bool,
+    /// With `gaussian_base`, one Gaussian per class of a conditional model, the null label
+    /// getting their mixture; off when absent.
+    #[serde(default)]
+    pub base_per_class: bool,
+}
+
+impl ModelConfig {
+    /// How many Gaussians the base has: none without one, one per class with
+    /// `base_per_class`, else one.
+    pub fn base_components(&self) -> Result<Option<usize>> {
+        let classes = self.backbone.num_labels();
+        match (self.gaussian_base, self.base_per_class) {
+            (false, false) => Ok(None),
+            (false, true) => Err(Error::Config("base_per_class needs gaussian_base".into())),
+            (true, true) if classes == 0 => {
+                Err(Error::Config("base_per_class needs a conditional model (--conditional)".into()))
+            }
+            (true, true) => Ok(Some(classes)),
+            (true, false) => Ok(Some(1)),
+        }
+    }
 }
 
 /// A CDM or a DDM.

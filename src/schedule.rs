@@ -201,11 +201,20 @@ impl Schedule {
     /// `num_steps + 1` decreasing levels from T to 0, evenly spaced: the sampling grid. Starts
     /// at T rather than T+1 because x0 is undefined from pure noise (ᾱ_{T+1} = 0).
     pub fn sampling_levels(&self, num_steps: usize) -> Result<Vec<usize>> {
+        self.sampling_levels_from(self.timesteps(), num_steps)
+    }
+
+    /// `num_steps + 1` decreasing levels from `start` (1..=T) to 0, evenly spaced: the grid of a
+    /// run that starts from noised data rather than pure noise (SDEdit).
+    pub fn sampling_levels_from(&self, start: usize, num_steps: usize) -> Result<Vec<usize>> {
         let t_max = self.timesteps();
-        if num_steps == 0 || num_steps > t_max {
-            return Err(Error::Config(format!("steps must be in 1..={t_max}, got {num_steps}")));
+        if start == 0 || start > t_max {
+            return Err(Error::Config(format!("the starting level must be in 1..={t_max}, got {start}")));
         }
-        Ok((0..=num_steps).map(|i| ((t_max * (num_steps - i)) as f64 / num_steps as f64).round() as usize).collect())
+        if num_steps == 0 || num_steps > start {
+            return Err(Error::Config(format!("steps must be in 1..={start}, got {num_steps}")));
+        }
+        Ok((0..=num_steps).map(|i| ((start * (num_steps - i)) as f64 / num_steps as f64).round() as usize).collect())
     }
 }
 

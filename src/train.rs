@@ -337,7 +337,7 @@ impl Trainer {
         let saved = saved_run(dir)?;
         // A resumed run restores its base from the checkpoint; only a fresh one fits it.
         if let (Some(base), None) = (model.base(), &saved) {
-            base.fit(&data.eval_points(BASE_FIT_POINTS, config.train.seed));
+            base.fit(&data.eval_points(BASE_FIT_POINTS, config.train.seed), data.labels())?;
         }
         ema_vs.copy(&vs)?;
         let adam = Adam::new(&trained_vars(&vs));

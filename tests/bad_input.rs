@@ -206,6 +206,18 @@ fn conditional_sampling_checks_its_classes() {
         &["sample", "--ckpt", r, "--n", "2", "--steps", "2", "--out", path_str(&dir.path().join("x.txt"))],
         &["expected FILE.npy"],
     );
+    // SDEdit: from the data's own points and labels, noised to a level.
+    let edited = dir.path().join("edited.png");
+    let sdedit = ["sample", "--ckpt", r, "--n", "5", "--init", "digits", "--steps", "2", "--out", path_str(&edited)];
+    let (ok, stderr) = cdm(&[&sdedit[..], &["--from-level", "4"]].concat());
+    assert!(ok && edited.exists(), "{stderr}");
+    assert_error(&[&sdedit[..], &["--from-level", "11"]].concat(), &["--from-level 11 must be in 1..=10"]);
+    assert_error(&[&sdedit[..], &["--from-level", "1"]].concat(), &["steps must be in 1..=1, got 2"]);
+    assert_error(&[&sdedit[..5], &["--from-level", "4", "--out", "x.png"]].concat(), &["--init"]);
+    assert_error(
+        &[&sdedit[..6], &["npy:none.npy", "--from-level", "4", "--out", "x.png"]].concat(),
+        &["--init npy:none.npy"],
+    );
     assert_error(
         &["train", "--data", "gmm2d", "--conditional", "--out", path_str(&dir.path().join("c"))],
         &["'gmm2d' has no labels"],

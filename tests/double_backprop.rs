@@ -16,6 +16,7 @@ fn model() -> (VarStore, Classifier) {
         backbone: BackboneConfig::Mlp(MlpConfig { hidden: 8, blocks: 1, num_labels: 0 }),
         data_shape: vec![3],
         gaussian_base: false,
+        base_per_class: false,
     };
     let model = Classifier::new(&vs.root(), &cfg).unwrap();
     vs.double();

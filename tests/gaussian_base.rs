@@ -36,6 +36,7 @@ fn model(kind: ModelKind) -> (nn::VarStore, Model) {
         backbone: BackboneConfig::Mlp(MlpConfig::default()),
         data_shape: vec![3],
         gaussian_base: true,
+        base_per_class: false,
     };
     let model = Model::new(&vs.root(), &cfg).unwrap();
     vs.double();
@@ -43,7 +44,7 @@ fn model(kind: ModelKind) -> (nn::VarStore, Model) {
     let a = Tensor::from_slice(&A).reshape([3, 3]);
     let columns = a.tr() * 3f64.sqrt();
     let x = Tensor::cat(&[&columns, &(-&columns)], 0) + mean();
-    model.base().unwrap().fit(&x);
+    model.base().unwrap().fit(&x, None).unwrap();
     (vs, model)
 }
 
@@ -82,4 +83,108 @@ fn the_one_pass_likelihood_of_a_base_is_the_exact_gaussian_density() {
         let err = max_abs_diff(&got, &exact);
         assert!(err < 1e-8, "t={t}: log p off by {err}");
     }
+}
+
+/// Class 1 of the per-class tests: another mean and covariance.
+const MEAN_1: [f64; 3] = [-1.0, 0.5, 1.5];
+const A_1: [f64; 9] = [0.9, 0.0, 0.0, -0.3, 0.6, 0.0, 0.1, 0.2, 0.02];
+
+/// log N(x; √ᾱ·μ, ᾱ(A Aᵀ + floor·I) + (1 − ᾱ)I): [B].
+fn gaussian_log_density(x: &Tensor, mean: &[f64], a: &[f64], abar: f64) -> Tensor {
+    let a = Tensor::from_slice(a).reshape([3, 3]);
+    let eye = Tensor::eye(3, (Kind::Double, tch::Device::Cpu));
+    let cov = (a.matmul(&a.tr()) + &eye * FLOOR) * abar + eye * (1.0 - abar);
+    let centred = x - Tensor::from_slice(mean) * abar.sqrt();
+    let mahalanobis = (centred.matmul(&cov.inverse()) * &centred).sum_dim_intlist(1, false, Kind::Double);
+    (mahalanobis + (cov * (2.0 * std::f64::consts::PI)).logdet()) * -0.5
+}
+
+/// A conditional model with one Gaussian per class, fitted to two classes of points with
+/// exactly the means and covariances above: 6 points of class 0, 12 of class 1 (weights 1/3,
+/// 2/3).
+fn per_class_model(kind: ModelKind) -> (nn::VarStore, Model) {
+    let mut vs = nn::VarStore::new(tch::Device::Cpu);
+    let cfg = ModelConfig {
+        kind,
+        schedule: ScheduleConfig::new(ScheduleKind::Linear, 50),
+        backbone: BackboneConfig::Mlp(MlpConfig { num_labels: 2, ..MlpConfig::default() }),
+        data_shape: vec![3],
+        gaussian_base: true,
+        base_per_class: true,
+    };
+    let model = Model::new(&vs.root(), &cfg).unwrap();
+    vs.double();
+    let points = |mean: &[f64], a: &[f64]| {
+        let columns = Tensor::from_slice(a).reshape([3, 3]).tr() * 3f64.sqrt();
+        Tensor::cat(&[&columns, &(-&columns)], 0) + Tensor::from_slice(mean)
+    };
+    let (class_0, class_1) = (points(&MEAN, &A), points(&MEAN_1, &A_1));
+    let x = Tensor::cat(&[&class_1, &class_0, &class_1], 0);
+    let labels = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]);
+    model.base().unwrap().fit(&x, Some(&labels)).unwrap();
+    (vs, model)
+}
+
+/// The exact log-density of level t under label 0, 1 or the null label 2 (the mixture): [B].
+fn per_class_log_density(x: &Tensor, label: i64, abar: f64) -> Tensor {
+    let class_0 = gaussian_log_density(x, &MEAN, &A, abar);
+    let class_1 = gaussian_log_density(x, &MEAN_1, &A_1, abar);
+    match label {
+        0 => class_0,
+        1 => class_1,
+        _ => Tensor::stack(&[class_0 + (1.0f64 / 3.0).ln(), class_1 + (2.0f64 / 3.0).ln()], 1).logsumexp([1], false),
+    }
+}
+
+#[test]
+fn a_per_class_base_is_each_class_exactly_and_their_mixture_for_the_null_label() {
+    let x = det_points(6, 3);
+    for kind in [ModelKind::Cdm, ModelKind::Ddm] {
+        let (_vs, model) = per_class_model(kind);
+        for label in 0..=2i64 {
+            let labels = Tensor::full([6], label, (Kind::Int64, tch::Device::Cpu));
+            for t in [1usize, 10, 25, 50] {
+                let abar = model.schedule().alpha_bar(t);
+                // E[ε | x_t] = −σ_t ∇ log p_t(x_t), for the class's Gaussian and for the mixture.
+                let xg = x.copy().set_requires_grad(true);
+                let grad = Tensor::run_backward(
+                    &[per_class_log_density(&xg, label, abar).sum(Kind::Double)],
+                    &[&xg],
+                    false,
+                    false,
+                );
+                let exact = &grad[0] * -(1.0 - abar).sqrt();
+                let level = Tensor::full([6], t as i64, (Kind::Int64, tch::Device::Cpu));
+                let eps = model.eps(&x, &level, Some(&labels)).unwrap();
+                let err = max_abs_diff(&eps, &exact);
+                assert!(err < 1e-8, "{kind:?} label {label} t={t}: ε̂ off by {err}");
+                if kind == ModelKind::Cdm {
+                    let got = log_prob(model.classifier().unwrap(), &x, t, Some(&labels)).unwrap();
+                    let err = max_abs_diff(&got, &per_class_log_density(&x, label, abar));
+                    assert!(err < 1e-8, "label {label} t={t}: log p off by {err}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_per_class_base_needs_a_conditional_model_and_labels() {
+    let cfg = |num_labels| ModelConfig {
+        kind: ModelKind::Cdm,
+        schedule: ScheduleConfig::new(ScheduleKind::Linear, 10),
+        backbone: BackboneConfig::Mlp(MlpConfig { num_labels, ..MlpConfig::default() }),
+        data_shape: vec![3],
+        gaussian_base: true,
+        base_per_class: true,
+    };
+    let vs = nn::VarStore::new(tch::Device::Cpu);
+    let err = Model::new(&vs.root(), &cfg(0)).err().expect("an unconditional model was accepted").to_string();
+    assert!(err.contains("needs a conditional model"), "{err}");
+    let model = Model::new(&vs.root(), &cfg(2)).unwrap();
+    let x = det_points(4, 3);
+    let err = model.base().unwrap().fit(&x, None).unwrap_err().to_string();
+    assert!(err.contains("needs labelled data"), "{err}");
+    let err = model.base().unwrap().fit(&x, Some(&Tensor::from_slice(&[0i64, 0, 0, 0]))).unwrap_err().to_string();
+    assert!(err.contains("no points with label 1"), "{err}");
 }

@@ -15,6 +15,7 @@ fn config(steps: u64) -> RunConfig {
             backbone: BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 2, num_labels: 0 }),
             data_shape: vec![2],
             gaussian_base: false,
+            base_per_class: false,
         },
         train: TrainConfig {
             steps,

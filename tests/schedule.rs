@@ -47,6 +47,11 @@ fn sampling_levels_grid() {
     assert_eq!(s.sampling_levels(3).unwrap(), vec![1000, 667, 333, 0]);
     assert!(s.sampling_levels(0).is_err());
     assert!(s.sampling_levels(1001).is_err());
+    assert_eq!(s.sampling_levels_from(300, 3).unwrap(), vec![300, 200, 100, 0]);
+    assert_eq!(s.sampling_levels_from(5, 5).unwrap(), vec![5, 4, 3, 2, 1, 0]);
+    assert!(s.sampling_levels_from(5, 6).is_err());
+    assert!(s.sampling_levels_from(0, 1).is_err());
+    assert!(s.sampling_levels_from(1001, 10).is_err());
     assert!(Schedule::new(ScheduleConfig { timesteps: 0, ..Default::default() }).is_err());
 }
 

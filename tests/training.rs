@@ -28,6 +28,7 @@ fn train_and_score(spec: &str, dim: i64, timesteps: usize) -> (f64, f64, f64) {
             backbone: BackboneConfig::Mlp(MlpConfig { hidden: 128, blocks: 3, num_labels: 0 }),
             data_shape: vec![dim],
             gaussian_base: false,
+            base_per_class: false,
         },
         train: TrainConfig { steps: 1500, batch_size: 512, checkpoint_every: 10_000, ..Default::default() },
     };
@@ -69,6 +70,7 @@ fn ddm_baseline_learns_the_posterior_mean() {
             backbone: BackboneConfig::Mlp(MlpConfig { hidden: 128, blocks: 3, num_labels: 0 }),
             data_shape: vec![2],
             gaussian_base: false,
+            base_per_class: false,
         },
         train: TrainConfig { steps: 1500, batch_size: 512, checkpoint_every: 10_000, ..Default::default() },
     };

@@ -14,6 +14,7 @@ fn build(kind: ModelKind, unet: UnetConfig, shape: Vec<i64>) -> (VarStore, Model
         backbone: BackboneConfig::Unet(unet),
         data_shape: shape,
         gaussian_base: false,
+        base_per_class: false,
     };
     let model = Model::new(&vs.root(), &cfg).unwrap();
     (vs, model)
@@ -62,6 +63,7 @@ fn odd_sizes_and_encoders_are_refused() {
         backbone,
         data_shape: shape,
         gaussian_base: false,
+        base_per_class: false,
     };
     let err = Model::new(&vs.root(), &cfg(BackboneConfig::Unet(UnetConfig::tiny()), ModelKind::Cdm, vec![1, 30, 30]))
         .err()

@@ -76,7 +76,14 @@ fn run_config(size: BenchSize) -> RunConfig {
     let kind = if matches!(size, BenchSize::UnetDdm) { ModelKind::Ddm } else { ModelKind::Cdm };
     RunConfig {
         data: data.into(),
-        model: ModelConfig { kind, schedule: ScheduleConfig::default(), backbone, data_shape, gaussian_base: false },
+        model: ModelConfig {
+            kind,
+            schedule: ScheduleConfig::default(),
+            backbone,
+            data_shape,
+            gaussian_base: false,
+            base_per_class: false,
+        },
         // Never reaches a checkpoint or log line: only steps are timed.
         train: TrainConfig {
             steps: u64::MAX,

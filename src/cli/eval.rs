@@ -506,7 +506,7 @@ fn sampler_drift(ctx: &Eval, rng: &mut Rng) -> Result<Section> {
     let n = DRIFT_SAMPLES.min(ctx.x.size()[0] as usize);
     let sampler = format!("{:?}", opts.sampler).to_lowercase();
     let mut states: Vec<(usize, Tensor)> = Vec::new();
-    let _ = draw_samples(ctx.model, n, opts, n, &mut |step| {
+    let _ = draw_samples(ctx.model, n, opts, n, None, &mut |step| {
         states.push((levels[step.i + 1], step.x_t.to_device(Device::Cpu)))
     })?;
     let read_level = |x: &Tensor| -> Result<f64> {
@@ -631,7 +631,7 @@ fn fid(ctx: &Eval) -> Result<Section> {
     let inception = Inception::load(device)?;
     let reference = reference_stats(&inception, &ctx.model.config.data, args.fid_reference)?;
     let start = Instant::now();
-    let (samples, _) = draw_samples(ctx.model, args.fid_samples, &args.sampling, args.ckpt.batch, &mut |_| {})?;
+    let (samples, _) = draw_samples(ctx.model, args.fid_samples, &args.sampling, args.ckpt.batch, None, &mut |_| {})?;
     let sampling_s = start.elapsed().as_secs_f64();
     image_grid(&args.out.join("fid_samples.png"), &first(&samples, 100), 10)?;
     let score = frechet_distance(&reference, &inception.stats(&samples, 50)?)?;

@@ -272,19 +272,75 @@ pub struct SampleArgs {
     n: usize,
     #[command(flatten)]
     options: SampleOptions,
+    /// Start from data instead of pure noise (SDEdit, Meng et al. 2022): the first --n points
+    /// of this data spec (e.g. `mnist:split=test`, `npy:FILE`), noised to --from-level; a
+    /// conditional model gets their labels unless --class or --unconditional says otherwise.
+    #[arg(long, requires = "from_level")]
+    init: Option<String>,
+    /// The level (1..=T) that --init's points are noised to; --steps counts the steps from it.
+    #[arg(long, requires = "init")]
+    from_level: Option<usize>,
     /// Output: FILE.npy (the array), FILE.png (a grid; one row per class for a conditional
-    /// model), or a directory (one PNG per image).
+    /// model; with --init, rows of clean, noised and sampled images in turn), or a directory
+    /// (one PNG per image).
     #[arg(long)]
     out: PathBuf,
 }
 
+/// Where a sampling run begins when not at pure noise: states `x_t` [n, ..] at `level`, and the
+/// labels of the points they came from.
+pub struct Start {
+    pub x_t: Tensor,
+    pub level: usize,
+    pub labels: Option<Vec<i64>>,
+}
+
+/// The first `n` points of `spec` ([n, ..], CPU) and the SDEdit start made by noising them to
+/// `level` with the seed's starting-point streams.
+fn noised_start(loaded: &LoadedModel, spec: &str, level: usize, n: usize, seed: u64) -> Result<(Tensor, Start)> {
+    let schedule = loaded.model.schedule();
+    if level == 0 || level > schedule.timesteps() {
+        bail!("--from-level {level} must be in 1..={}", schedule.timesteps());
+    }
+    let (x, labels) = match Dataset::open(spec).with_context(|| format!("--init {spec}"))? {
+        Dataset::Points { x, labels } => (x, labels),
+        known => (known.eval_points(n, seed), None),
+    };
+    if (x.size()[0] as usize) < n {
+        bail!("--init {spec}: has {} points, --n asks for {n}", x.size()[0]);
+    }
+    let x = x.narrow(0, 0, n as i64).to_kind(Kind::Double);
+    loaded.model.check_input(&x).with_context(|| format!("--init {spec}"))?;
+    let eps = Noise::new(seed, 0, n).normal(&x.size()[1..], Kind::Double, tch::Device::Cpu);
+    let x_t = schedule.add_noise(&x, &eps, &levels_like(level, &x));
+    let labels = labels.map(|l| Vec::<i64>::try_from(l.narrow(0, 0, n as i64).to_kind(Kind::Int64))).transpose()?;
+    Ok((x, Start { x_t, level, labels }))
+}
+
 pub fn sample(args: SampleArgs) -> Result<()> {
     let loaded = args.ckpt.load()?;
-    let (samples, labels) = draw_samples(&loaded, args.n, &args.options, args.ckpt.batch, &mut |_| {})?;
+    let init = match (&args.init, args.from_level) {
+        (Some(spec), Some(level)) => Some(noised_start(&loaded, spec, level, args.n, args.options.seed)?),
+        _ => None,
+    };
+    let start = init.as_ref().map(|(_, start)| start);
+    let (samples, labels) = draw_samples(&loaded, args.n, &args.options, args.ckpt.batch, start, &mut |_| {})?;
     let ext = args.out.extension().and_then(|e| e.to_str()).unwrap_or("");
     let is_image = loaded.model.data_shape().len() == 3;
     match ext {
         "npy" => npy::write_npy(&args.out, &samples)?,
+        "png" if is_image && init.is_some() => {
+            let (clean, start) = init.as_ref().expect("checked");
+            let cols = (args.n as f64).sqrt().ceil() as i64;
+            let mut rows = Vec::new();
+            for first in (0..args.n as i64).step_by(cols as usize) {
+                let len = cols.min(args.n as i64 - first);
+                for images in [clean, &start.x_t, &samples] {
+                    rows.push(pad_row(&images.narrow(0, first, len).to_kind(Kind::Double), cols));
+                }
+            }
+            image_grid(&args.out, &Tensor::cat(&rows, 0), cols as usize)?;
+        }
         "png" if is_image => {
             // Every class in turn: lay the grid out with one row per class.
             let rows =
@@ -311,16 +367,25 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     Ok(())
 }
 
+/// `images` [len, ..] padded with white images to `cols`, so grid rows line up.
+fn pad_row(images: &Tensor, cols: i64) -> Tensor {
+    let mut size = images.size();
+    let len = size[0];
+    size[0] = cols - len;
+    Tensor::cat(&[images.shallow_clone(), Tensor::ones(&size, (images.kind(), images.device()))], 0)
+}
+
 /// Separates the step-noise streams of a seed from its starting-point streams.
 const STEP_NOISE_SALT: u64 = 0x5eed_0f57_e900_015e;
 
 /// `n` samples from a loaded model (CPU tensor [n, ..]), and for a conditional model the class
-/// of each; `on_step` sees every step of every batch.
+/// of each; from pure noise, or from `start`; `on_step` sees every step of every batch.
 pub fn draw_samples(
     loaded: &LoadedModel,
     n: usize,
     opts: &SampleOptions,
     batch: usize,
+    start: Option<&Start>,
     on_step: &mut dyn FnMut(&cdm::sample::Step),
 ) -> Result<(Tensor, Option<Vec<i64>>)> {
     let schedule = loaded.model.schedule();
@@ -334,14 +399,23 @@ pub fn draw_samples(
     if let Some(c) = opts.class.filter(|c| !(0..num_labels).contains(c)) {
         bail!("--class {c}: the model knows classes 0..{}", num_labels - 1);
     }
-    let levels = schedule.sampling_levels(opts.steps)?;
-    let labels: Option<Vec<i64>> = (num_labels > 0 && !opts.unconditional)
-        .then(|| (0..n as i64).map(|i| opts.class.unwrap_or(i % num_labels)).collect());
+    let levels = match start {
+        Some(s) => schedule.sampling_levels_from(s.level, opts.steps)?,
+        None => schedule.sampling_levels(opts.steps)?,
+    };
+    let labels: Option<Vec<i64>> =
+        (num_labels > 0 && !opts.unconditional).then(|| match (opts.class, start.and_then(|s| s.labels.as_ref())) {
+            (None, Some(data_labels)) => data_labels[..n].to_vec(),
+            _ => (0..n as i64).map(|i| opts.class.unwrap_or(i % num_labels)).collect(),
+        });
+    if let Some(bad) = labels.iter().flatten().find(|l| !(0..num_labels).contains(*l)) {
+        bail!("label {bad} of the starting points: the model knows classes 0..{}", num_labels - 1);
+    }
     let bar = progress_bar((n.div_ceil(batch.max(1)) * opts.steps) as u64, "sample");
     let mut parts = Vec::new();
-    for start in (0..n).step_by(batch.max(1)) {
-        let len = batch.max(1).min(n - start);
-        let chunk_labels = labels.as_ref().map(|l| Tensor::from_slice(&l[start..start + len]).to_device(device));
+    for first in (0..n).step_by(batch.max(1)) {
+        let len = batch.max(1).min(n - first);
+        let chunk_labels = labels.as_ref().map(|l| Tensor::from_slice(&l[first..first + len]).to_device(device));
         let conditional = Conditioned { model: &loaded.model, labels: chunk_labels };
         let unconditional = Conditioned { model: &loaded.model, labels: None };
         let guided = Guided { conditional: &conditional, unconditional: &unconditional, weight: opts.guidance };
@@ -352,8 +426,11 @@ pub fn draw_samples(
             None => unclipped,
         };
         // One stream per sample for x_T, and another for the noise of its steps.
-        let x_t = Noise::new(opts.seed, start as u64, len).normal(&shape, kind, device);
-        let mut noise = Noise::new(opts.seed ^ STEP_NOISE_SALT, start as u64, len);
+        let x_t = match start {
+            Some(s) => s.x_t.narrow(0, first as i64, len as i64).to_kind(kind).to_device(device),
+            None => Noise::new(opts.seed, first as u64, len).normal(&shape, kind, device),
+        };
+        let mut noise = Noise::new(opts.seed ^ STEP_NOISE_SALT, first as u64, len);
         let mut tick = |step: &cdm::sample::Step| {
             bar.inc(1);
             on_step(step)

@@ -100,7 +100,7 @@ pub fn run(args: PlotArgs) -> Result<()> {
                 Ok(v.chunks(grid).map(|c| c.to_vec()).collect())
             };
             let steps = 200.min(loaded.model.schedule().timesteps());
-            let (drawn, _) = draw_samples(&loaded, samples, &SampleOptions::ddpm(steps), 1024, &mut |_| {})?;
+            let (drawn, _) = draw_samples(&loaded, samples, &SampleOptions::ddpm(steps), 1024, None, &mut |_| {})?;
             let pairs = Vec::<f64>::try_from(drawn.to_kind(Kind::Double).flatten(0, -1))?;
             let dots: Vec<(f64, f64)> = pairs.chunks(2).map(|p| (p[0], p[1])).collect();
             let vmax = exact.max().double_value(&[]).max(learned.max().double_value(&[]));

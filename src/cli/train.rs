@@ -79,6 +79,10 @@ pub struct TrainArgs {
     /// log-densities to a CDM's logits, the noise prediction to a DDM's.
     #[arg(long)]
     gaussian_base: bool,
+    /// A conditional model's Gaussian base: one Gaussian per class, and their mixture for the
+    /// null label (implies --gaussian-base).
+    #[arg(long)]
+    base_per_class: bool,
     /// Condition on the data's labels (with label dropout, for classifier-free guidance).
     #[arg(long)]
     conditional: bool,
@@ -129,6 +133,7 @@ struct ConfigFile {
     data: Option<String>,
     model: Option<ModelKind>,
     gaussian_base: Option<bool>,
+    base_per_class: Option<bool>,
     schedule: Option<ScheduleConfig>,
     backbone: Option<BackboneConfig>,
     train: Option<TrainConfig>,
@@ -150,6 +155,7 @@ fn saved_run(dir: &Path) -> Result<Option<ConfigFile>> {
         data: Some(saved.data),
         model: Some(saved.model.kind),
         gaussian_base: Some(saved.model.gaussian_base),
+        base_per_class: Some(saved.model.base_per_class),
         schedule: Some(saved.model.schedule),
         backbone: Some(saved.model.backbone),
         train: Some(saved.train),
@@ -218,7 +224,8 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
         schedule,
         backbone,
         data_shape: shape,
-        gaussian_base: args.gaussian_base || file.gaussian_base.unwrap_or(false),
+        gaussian_base: args.gaussian_base || args.base_per_class || file.gaussian_base.unwrap_or(false),
+        base_per_class: args.base_per_class || file.base_per_class.unwrap_or(false),
     };
     Ok((RunConfig { data, model, train }, dataset))
 }

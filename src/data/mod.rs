@@ -129,6 +129,14 @@ impl Dataset {
         }
     }
 
+    /// The labels of [`Dataset::eval_points`], for a labelled dataset on disk.
+    pub fn labels(&self) -> Option<&Tensor> {
+        match self {
+            Dataset::Points { labels, .. } => labels.as_ref(),
+            Dataset::Known(_) => None,
+        }
+    }
+
     /// Points to evaluate on: every row of a file, or `n` samples drawn with `seed` (use a seed
     /// other than the training seed for held-out points).
     pub fn eval_points(&self, n: usize, seed: u64) -> Tensor {
