@@ -331,7 +331,7 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         "npy" => npy::write_npy(&args.out, &samples)?,
         "png" if is_image && init.is_some() => {
             let (clean, start) = init.as_ref().expect("checked");
-            let cols = (args.n as f64).sqrt().ceil() as i64;
+            let cols = args.n.min(SDEDIT_COLUMNS) as i64;
             let mut rows = Vec::new();
             for first in (0..args.n as i64).step_by(cols as usize) {
                 let len = cols.min(args.n as i64 - first);
@@ -366,6 +366,9 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     println!("{} samples written to {}", args.n, args.out.display());
     Ok(())
 }
+
+/// Images per row of an SDEdit grid (its clean, noised and sampled rows come in turn).
+const SDEDIT_COLUMNS: usize = 10;
 
 /// `images` [len, ..] padded with white images to `cols`, so grid rows line up.
 fn pad_row(images: &Tensor, cols: i64) -> Tensor {
