@@ -79,14 +79,18 @@ impl Component {
         (quadratic + constant.unsqueeze(0)) * -0.5
     }
 
-    /// The MMSE noise prediction at per-sample levels t ([B], Int64), f64 [B, D]:
-    /// σ_t·U·diag(1/(ᾱ_t·λ + σ_t²))·Uᵀ(x_t − √ᾱ_t·μ).
-    fn eps(&self, x_t: &Tensor, t: &Tensor, schedule: &Schedule) -> Tensor {
+    /// At per-sample levels t ([B], Int64), f64: the MMSE noise prediction [B, D],
+    /// σ_t·U·diag(1/(ᾱ_t·λ + σ_t²))·Uᵀ(x_t − √ᾱ_t·μ), and the log-density of x_t [B].
+    fn eps_and_log_density(&self, x_t: &Tensor, t: &Tensor, schedule: &Schedule) -> (Tensor, Tensor) {
         let (m, v) = self.level_moments(schedule);
         let (m, v) = (m.index_select(0, t), v.index_select(0, t));
         let (_, sigma) = schedule.coefficients(t, &m);
-        let whitened = (self.project(x_t) - m) / v;
-        sigma * whitened.matmul(&self.basis.to_kind(Kind::Double).tr())
+        let centred = self.project(x_t) - m;
+        let log_density =
+            (centred.square() / &v + (&v * (2.0 * std::f64::consts::PI)).log()).sum_dim_intlist(1, false, Kind::Double)
+                * -0.5;
+        let whitened = centred / v;
+        (sigma * whitened.matmul(&self.basis.to_kind(Kind::Double).tr()), log_density)
     }
 }
 
@@ -156,14 +160,13 @@ impl GaussianBase {
     /// their posterior probabilities given x_t.
     pub fn eps(&self, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>, schedule: &Schedule) -> Tensor {
         let t = t.to_kind(Kind::Int64);
-        let per_class: Vec<Tensor> = self.components.iter().map(|c| c.eps(x_t, &t, schedule)).collect();
+        let (per_class, log_densities): (Vec<Tensor>, Vec<Tensor>) =
+            self.components.iter().map(|c| c.eps_and_log_density(x_t, &t, schedule)).unzip();
         let eps = if per_class.len() == 1 {
             per_class[0].shallow_clone()
         } else {
             let stacked = Tensor::stack(&per_class, 1);
-            let at_t = |c: &Component| c.log_densities(x_t, schedule).gather(1, &t.unsqueeze(1), false);
-            let log_joint: Vec<Tensor> = self.components.iter().map(at_t).collect();
-            let log_joint = Tensor::cat(&log_joint, 1) + self.log_weights.to_kind(Kind::Double).unsqueeze(0);
+            let log_joint = Tensor::stack(&log_densities, 1) + self.log_weights.to_kind(Kind::Double).unsqueeze(0);
             let posterior = log_joint.softmax(1, Kind::Double).unsqueeze(2);
             let mixture = (&stacked * posterior).sum_dim_intlist(1, true, Kind::Double);
             self.pick(&Tensor::cat(&[stacked, mixture], 1), labels)

@@ -327,10 +327,9 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     let (samples, labels) = draw_samples(&loaded, args.n, &args.options, args.ckpt.batch, start, &mut |_| {})?;
     let ext = args.out.extension().and_then(|e| e.to_str()).unwrap_or("");
     let is_image = loaded.model.data_shape().len() == 3;
-    match ext {
-        "npy" => npy::write_npy(&args.out, &samples)?,
-        "png" if is_image && init.is_some() => {
-            let (clean, start) = init.as_ref().expect("checked");
+    match (ext, &init) {
+        ("npy", _) => npy::write_npy(&args.out, &samples)?,
+        ("png", Some((clean, start))) if is_image => {
             let cols = args.n.min(SDEDIT_COLUMNS) as i64;
             let mut rows = Vec::new();
             for first in (0..args.n as i64).step_by(cols as usize) {
@@ -341,7 +340,7 @@ pub fn sample(args: SampleArgs) -> Result<()> {
             }
             image_grid(&args.out, &Tensor::cat(&rows, 0), cols as usize)?;
         }
-        "png" if is_image => {
+        ("png", None) if is_image => {
             // Every class in turn: lay the grid out with one row per class.
             let rows =
                 labels.filter(|_| args.options.class.is_none()).map_or(0, |l| l.iter().max().map_or(0, |m| m + 1));
@@ -355,7 +354,7 @@ pub fn sample(args: SampleArgs) -> Result<()> {
             };
             image_grid(&args.out, &samples.index_select(0, &order), cols)?;
         }
-        "" if is_image => {
+        ("", _) if is_image => {
             std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
             for i in 0..args.n as i64 {
                 image_grid(&args.out.join(format!("{i:05}.png")), &samples.narrow(0, i, 1), 1)?;
