@@ -15,6 +15,8 @@ pub struct Classifier {
     backbone: Box<dyn Backbone>,
     schedule: Schedule,
     data_shape: Vec<i64>,
+    /// Data labels it is conditioned on (0: unconditional).
+    num_labels: usize,
     /// Level log-densities of a Gaussian fit (or one per class), added to the logits.
     base: Option<GaussianBase>,
 }
@@ -34,16 +36,27 @@ impl Classifier {
         let head = Head::Levels(schedule.num_classes() as i64);
         let backbone = cfg.backbone.build(vs, &cfg.data_shape, head, schedule.timesteps())?;
         let base = cfg.base_components()?.map(|k| GaussianBase::new(vs, &cfg.data_shape, k));
-        Ok(Classifier { backbone, schedule, data_shape: cfg.data_shape.clone(), base })
+        Ok(Classifier {
+            backbone,
+            schedule,
+            data_shape: cfg.data_shape.clone(),
+            num_labels: cfg.backbone.num_labels(),
+            base,
+        })
     }
 
     /// Wraps any backbone, an analytic one for instance.
     pub fn from_backbone(backbone: Box<dyn Backbone>, schedule: Schedule, data_shape: Vec<i64>) -> Self {
-        Classifier { backbone, schedule, data_shape, base: None }
+        Classifier { backbone, schedule, data_shape, num_labels: 0, base: None }
     }
 
     pub fn schedule(&self) -> &Schedule {
         &self.schedule
+    }
+
+    /// Data labels it is conditioned on (0: unconditional).
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
     }
 
     pub fn base(&self) -> Option<&GaussianBase> {

@@ -14,6 +14,8 @@ pub struct Denoiser {
     backbone: Box<dyn Backbone>,
     schedule: Schedule,
     data_shape: Vec<i64>,
+    /// Data labels it is conditioned on (0: unconditional).
+    num_labels: usize,
     /// Noise prediction of a Gaussian fit, added to the network's.
     base: Option<GaussianBase>,
 }
@@ -23,11 +25,22 @@ impl Denoiser {
         let schedule = Schedule::new(cfg.schedule)?;
         let backbone = cfg.backbone.build(vs, &cfg.data_shape, Head::Noise, schedule.timesteps())?;
         let base = cfg.base_components()?.map(|k| GaussianBase::new(vs, &cfg.data_shape, k));
-        Ok(Denoiser { backbone, schedule, data_shape: cfg.data_shape.clone(), base })
+        Ok(Denoiser {
+            backbone,
+            schedule,
+            data_shape: cfg.data_shape.clone(),
+            num_labels: cfg.backbone.num_labels(),
+            base,
+        })
     }
 
     pub fn schedule(&self) -> &Schedule {
         &self.schedule
+    }
+
+    /// Data labels it is conditioned on (0: unconditional).
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
     }
 
     pub fn data_shape(&self) -> &[i64] {
