@@ -122,18 +122,20 @@ impl Anderson {
     fn slide(&mut self, stride: i64, len: i64) {
         for (x, f, valid) in self.past.iter_mut() {
             let keep = (x.size()[0] - stride).min(len);
-            let pad = |t: &Tensor| {
-                let tail = t
-                    .narrow(0, 0, 1)
-                    .zeros_like()
-                    .repeat([len - keep].iter().chain(&vec![1; t.dim() - 1]).copied().collect::<Vec<_>>());
-                Tensor::cat(&[t.narrow(0, stride, keep), tail], 0)
-            };
+            let pad =
+                |t: &Tensor| Tensor::cat(&[t.narrow(0, stride, keep), repeated(&t.get(0).zeros_like(), len - keep)], 0);
             *x = pad(x);
             *f = pad(f);
             *valid = (*valid - stride).clamp(0, keep);
         }
     }
+}
+
+/// `x` ([..]) stacked `k` times: [k, ..].
+fn repeated(x: &Tensor, k: i64) -> Tensor {
+    let mut size = x.size();
+    size.insert(0, k);
+    x.unsqueeze(0).expand(&size, false).contiguous()
 }
 
 /// Samples by parallel fixed-point iteration over the steps of `table`, from `x_t` ([n, ..],
@@ -172,8 +174,7 @@ pub fn parallel(
     let mut begin = 0;
     let mut width = opts.window.min(num_steps);
     // States x_b..x_{b+W} (position 0 fixed), all starting from x_b.
-    let mut states =
-        x_t.unsqueeze(0).repeat([width as i64 + 1].iter().chain(&vec![1; x_t.dim()]).copied().collect::<Vec<_>>());
+    let mut states = repeated(&x_t, width as i64 + 1);
     let mut noises = Tensor::stack(&(0..width).map(&mut draw).collect::<Vec<_>>(), 0);
     // What the step before the window remembers, for multistep solvers.
     let mut carried: Option<Tensor> = None;
@@ -230,13 +231,14 @@ pub fn parallel(
         // moved by that step with the last ε̂ of the window (no network call), which carries its
         // noise exactly and its drift approximately.
         let new_width = opts.window.min(num_steps - begin);
-        let mut kept: Vec<Tensor> = (s..=w).map(|k| next.narrow(0, k, 1)).collect();
+        let mut kept = vec![next.narrow(0, s, w + 1 - s)];
         let (last_eps, last_memory) = (eps.narrow(0, w - 1, 1), outputs.map(|out| out.narrow(0, w - 1, 1)));
         let mut fresh = vec![noises.narrow(0, s, w - s)];
+        let mut tail = next.narrow(0, w, 1);
         for j in end..begin + new_width {
             let z = draw(j).unsqueeze(0);
-            let before = kept.last().map(|x| x.shallow_clone()).unwrap_or_else(|| next.narrow(0, w, 1));
-            kept.push(table.apply(j, &before, &last_eps, last_memory.as_ref(), Some(&z)));
+            tail = table.apply(j, &tail, &last_eps, last_memory.as_ref(), Some(&z));
+            kept.push(tail.shallow_clone());
             fresh.push(z);
         }
         states = Tensor::cat(&kept, 0);
