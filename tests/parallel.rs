@@ -95,7 +95,7 @@ fn any_window_converges_to_the_sequential_trajectory_at_zero_tolerance() {
         let table = StepTable::new(sampler, 0.0, &schedule, &levels).unwrap();
         let expected = run_sequential(&model, &schedule, &table, &x_t, 3);
         for window in [4, 16, 40, 64] {
-            for solver in [ParallelSolver::Picard, ParallelSolver::Anderson] {
+            for solver in [ParallelSolver::Picard, ParallelSolver::Anderson, ParallelSolver::Newton] {
                 let opts = ParallelOptions { solver, ..picard(window, 0.0) };
                 let (got, stats) = run_parallel(&model, &schedule, &table, &x_t, 3, opts);
                 let gap = max_abs_diff(&got, &expected);
@@ -250,4 +250,37 @@ fn bad_parallel_options_are_named_errors() {
     }
     assert!(StepTable::new(SamplerKind::Ddim, 0.0, &schedule, &[5, 5, 0]).is_err());
     assert!(StepTable::new(SamplerKind::Ddim, -1.0, &schedule, &[5, 0]).is_err());
+}
+
+/// The table of docs/results.md §6.1: the solvers on the exact denoiser of a two-mode mixture
+/// (no model error), the samplers, several windows.
+/// `cargo test --release --test parallel -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn solver_table_on_a_mixture() {
+    let schedule = schedule(1000);
+    let model = mixture_eps(&schedule, 1.0, 0.2);
+    let n = 32;
+    let x_t = Noise::new(5, 0, n).normal(&[2], Kind::Double, Device::Cpu);
+    println!("| sampler | window | solver | iterations | evaluations | max abs gap to sequential |");
+    println!("|---|---|---|---|---|---|");
+    for (sampler, steps) in
+        [(SamplerKind::Ddpm, 1000), (SamplerKind::Ddim, 100), (SamplerKind::Ddim, 50), (SamplerKind::Ddim, 25)]
+    {
+        let table = StepTable::new(sampler, 0.0, &schedule, &schedule.sampling_levels(steps).unwrap()).unwrap();
+        let expected = run_sequential(&model, &schedule, &table, &x_t, 9);
+        for window in [16, 48, steps] {
+            for solver in [ParallelSolver::Picard, ParallelSolver::Anderson, ParallelSolver::Newton] {
+                let opts = ParallelOptions { solver, ..picard(window, 0.1) };
+                let (x, cost) = run_parallel(&model, &schedule, &table, &x_t, 9, opts);
+                let gap = max_abs_diff(&x, &expected);
+                println!(
+                    "| {sampler:?}-{steps} | {window} | {solver:?} | {} | {} ({:.2}x) | {gap:.1e} |",
+                    cost.iterations,
+                    cost.evaluations,
+                    cost.evaluations as f64 / steps as f64
+                );
+            }
+        }
+    }
 }

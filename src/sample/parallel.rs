@@ -33,6 +33,10 @@ pub enum ParallelSolver {
     /// Picard with triangular Anderson acceleration (ParaTAA): each state mixes the last few
     /// iterates with weights fitted to the residuals of the states before it.
     Anderson,
+    /// Quasi-Newton on the banded system x_{j+1} = Φ_j(x_j) (ParaSolver's view): the window is
+    /// swept in order, x′_{j+1} = Φ_j(x_j) + J_j·(x′_j − x_j), with J_j the step's Jacobian
+    /// for Gaussian data of the current x̂0's variance. Picard is J_j = 1.
+    Newton,
 }
 
 /// Settings of a parallel run.
@@ -131,6 +135,21 @@ impl Anderson {
     }
 }
 
+/// The quasi-Newton sweep over a window whose states `x` ([W, n, ..], from x_b) moved by
+/// `drift` = Φ(x) − x: x′_b = x_b, x′_{j+1} = Φ_j(x_j) + J_j·(x′_j − x_j), [W, n, ..] for
+/// positions 1..=W. λ is the per-dimension variance of the window's x̂0 over its samples.
+fn newton_sweep(table: &StepTable, begin: usize, x: &Tensor, drift: &Tensor, x0: &Tensor) -> Tensor {
+    let lambda = x0.var_dim(1, false, false).mean(Kind::Double).double_value(&[]).max(1e-6);
+    let mut moved = x.get(0);
+    let mut states = Vec::with_capacity(x.size()[0] as usize);
+    for k in 0..x.size()[0] {
+        let (x_k, phi) = (x.get(k), x.get(k) + drift.get(k));
+        moved = phi + (&moved - x_k) * table.gaussian_jacobian(begin + k as usize, lambda);
+        states.push(moved.shallow_clone());
+    }
+    Tensor::stack(&states, 0)
+}
+
 /// `x` ([..]) stacked `k` times: [k, ..].
 fn repeated(x: &Tensor, k: i64) -> Tensor {
     let mut size = x.size();
@@ -195,9 +214,12 @@ pub fn parallel(
             Tensor::cat(&[before, out.narrow(0, 0, w - 1)], 0)
         });
         let drift = table.apply(begin, &x, &eps, memory.as_ref(), Some(&noises)) - &x;
-        // Picard: x_{j+1} = x_b + Σ_{k=b..j} drift_k.
         let start = states.narrow(0, 0, 1);
-        let picard = &start + drift.cumsum(0, drift.kind());
+        let picard = match opts.solver {
+            ParallelSolver::Newton => newton_sweep(table, begin, &x, &drift, &x0),
+            // Picard: x_{j+1} = x_b + Σ_{k=b..j} drift_k.
+            _ => &start + drift.cumsum(0, drift.kind()),
+        };
         let old = states.narrow(0, 1, w);
         let moved = match anderson.as_mut() {
             Some(acc) => acc.next(&old, &picard),

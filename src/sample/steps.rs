@@ -41,6 +41,8 @@ pub struct StepTable {
     memory: Memory,
     /// The DDPM posterior variance of each step, the scale of Picard's tolerance.
     variance: Vec<f64>,
+    /// ᾱ at the level each step starts from.
+    alpha_bar: Vec<f64>,
 }
 
 /// λ = log(α/σ), the half log-SNR of a level (+∞ at ᾱ = 1).
@@ -79,6 +81,7 @@ impl StepTable {
             noise_std: Vec::with_capacity(num_steps),
             memory,
             variance: Vec::with_capacity(num_steps),
+            alpha_bar: Vec::with_capacity(num_steps),
         };
         let mut h_prev: Option<f64> = None;
         for pair in levels.windows(2) {
@@ -125,6 +128,7 @@ impl StepTable {
             table.c.push(c);
             table.noise_std.push(var.sqrt());
             table.variance.push(posterior_var);
+            table.alpha_bar.push(abar_t);
             h_prev = Some(h);
         }
         Ok(table)
@@ -154,6 +158,13 @@ impl StepTable {
             v if v > 0.0 => v,
             _ => self.variance[..j].iter().rev().find(|&&v| v > 0.0).copied().unwrap_or(f64::MIN_POSITIVE),
         }
+    }
+
+    /// d x_{j+1} / d x_j of step `j` if the data were N(0, λI): then ε̂ = σ_t x/(ᾱ_t λ + σ_t²),
+    /// so the step's Jacobian is a_j + b_j·σ_t/(ᾱ_t λ + σ_t²) (the multistep memory ignored).
+    pub fn gaussian_jacobian(&self, j: usize, lambda: f64) -> f64 {
+        let abar = self.alpha_bar[j];
+        self.a[j] + self.b[j] * (1.0 - abar).sqrt() / (abar * lambda + 1.0 - abar)
     }
 
     /// What step j + 1 needs from step j (its ε̂ or x̂0), for a multistep solver.
