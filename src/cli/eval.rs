@@ -41,6 +41,8 @@ pub enum Metric {
     Diagnostics,
     /// Out-of-distribution detection by likelihood and by typicality over levels (AUROC).
     Ood,
+    /// Unbiased MMD² (Gaussian kernel) between samples and held-out points, for vector data.
+    Mmd,
 }
 
 #[derive(Args)]
@@ -80,6 +82,9 @@ pub struct EvalArgs {
     /// flag for several.
     #[arg(long)]
     ood: Vec<String>,
+    /// Bandwidth h of the MMD's Gaussian kernel exp(−|a − b|²/(2h²)).
+    #[arg(long, default_value_t = 0.2)]
+    mmd_bandwidth: f64,
 }
 
 /// What every section needs.
@@ -128,11 +133,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Metric::Diagnostics | Metric::Ood => is_cdm,
         Metric::LikelihoodNfe => has_ddm,
         Metric::Fid => args.fid_samples > 0 && x_is_image(&ctx.x),
+        Metric::Mmd => ctx.x.dim() == 2,
         Metric::Nll | Metric::Denoising => true,
     };
     for m in &args.only {
         if !applies(*m) {
-            bail!("--only {m:?}: does not apply to this model (diagnostics and OOD need a CDM, likelihood-nfe a DDM, FID image data and --fid-samples > 0)");
+            bail!("--only {m:?}: does not apply to this model (diagnostics and OOD need a CDM, likelihood-nfe a DDM, FID image data and --fid-samples > 0, MMD vector data)");
         }
     }
     if wanted(Metric::Ood) && is_cdm && args.ood.is_empty() && !args.only.is_empty() {
@@ -140,13 +146,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let mut sections = Vec::new();
     type Runner = fn(&Eval) -> Result<Section>;
-    let steps: [(Metric, Runner); 6] = [
+    let steps: [(Metric, Runner); 7] = [
         (Metric::Nll, nll),
         (Metric::LikelihoodNfe, likelihood_nfe),
         (Metric::Denoising, denoising),
         (Metric::Diagnostics, diagnostics),
         (Metric::Ood, ood),
         (Metric::Fid, fid),
+        (Metric::Mmd, mmd),
     ];
     for (metric, section) in steps {
         if wanted(metric) && applies(metric) && !(metric == Metric::Ood && args.ood.is_empty()) {
@@ -674,4 +681,24 @@ fn reference_stats(inception: &Inception, spec: &str, n: usize) -> Result<Gaussi
     file.metadata.insert("n".into(), stats.n.to_string());
     file.save(&path)?;
     Ok(stats)
+}
+
+/// MMD² of each model's samples (as many as held-out points, drawn as --sampler says) against
+/// the held-out points.
+fn mmd(ctx: &Eval) -> Result<Section> {
+    let (args, n) = (ctx.args, ctx.x.size()[0] as usize);
+    let h = args.mmd_bandwidth;
+    let mut md = format!(
+        "## MMD\n\nUnbiased MMD² between {n} samples ({} {} steps) and {n} held-out points, Gaussian kernel h = {h}.\n\n| model | MMD² |\n|---|---|\n",
+        format!("{:?}", args.sampling.sampler).to_lowercase(),
+        args.sampling.steps
+    );
+    let mut rows = Vec::new();
+    for (name, model) in models(ctx) {
+        let (samples, _) = draw_samples(model, n, &args.sampling, args.ckpt.batch, None, &mut |_| {})?;
+        let value = cdm::metrics::mmd::mmd2_unbiased(&samples.to_device(Device::Cpu), &ctx.x, h)?;
+        writeln!(md, "| {name} | {value:.5} |")?;
+        rows.push(json!({"model": name, "mmd2": value}));
+    }
+    Ok(Section { key: "mmd", json: json!({"bandwidth": h, "points": n, "models": rows}), markdown: md })
 }
