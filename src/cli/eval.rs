@@ -20,7 +20,7 @@ use cdm::plot::{image_grid, line_chart, matrix_heatmap, Axes, Series};
 use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::rng::Rng;
 use cdm::sample::Noise;
-use cdm::schedule::levels_like;
+use cdm::schedule::{levels_like, Levels};
 use cdm::train::LoadedModel;
 use cdm::{cache, Error};
 
@@ -309,7 +309,13 @@ fn nll(ctx: &Eval) -> Result<Section> {
             npy::write_npy(&ctx.args.out.join(&file), &bpd)?;
             let estimator = match how {
                 Estimator::OnePass(_) => "one forward pass, log p_0".to_string(),
-                Estimator::Immse(k) => format!("I-MMSE, {k} evaluations, log p_1 (density at level 1)"),
+                Estimator::Immse(k) => match model.model.schedule().levels() {
+                    Levels::Discrete => format!("I-MMSE, {k} evaluations, log p_1 (density at level 1)"),
+                    Levels::Continuous(p) => {
+                        let (lo, hi) = p.range();
+                        format!("I-MMSE, {k} evaluations, log p_0 over log SNR [{lo:.1}, {hi:.1}]")
+                    }
+                },
             };
             let value = mean(&bpd);
             writeln!(md, "| {name} | {estimator} | {label} | {} | {value:.4} |", x.size()[0])?;
