@@ -230,7 +230,7 @@ pub fn noised_predictor(
     }
 }
 
-/// The noise classifier inside a denoiser (Wu et al. 2024, arXiv:2407.08946, section 3): the
+/// The noise classifier inside a denoiser (Wu et al. 2024, arXiv:2407.08946): the
 /// logit log p_ζ(z) − log p(z) per point of `z` ([N, ..]) against extra noise at log SNR
 /// `zeta` ([N]), each density by [`immse_log_prob`] with `draws` Monte-Carlo draws per point.
 /// Both estimates share their draws (γ stratified over `proposal`, ε), so h_G, mmse_G and the

@@ -92,7 +92,7 @@ pub struct CdlTerm {
     pub accuracy: f64,
 }
 
-/// The contrastive diffusion loss (Wu et al. 2024, arXiv:2407.08946, eq. 9) on the first
+/// The contrastive diffusion loss (Wu et al. 2024, arXiv:2407.08946) on the first
 /// `cdl.images` points of `x0` ([B, ..]): each is kept (y = +1, z = x) or noised at a log SNR ζ
 /// drawn from `cdl.zeta` (y = −1) by a fair coin, and the loss is softplus(y·ℓ) with the
 /// denoiser's logit ℓ = log p_ζ(z) − log p(z) from [`noise_logits`], over the log-SNR range the
@@ -203,8 +203,8 @@ pub fn cdm_loss(
 /// loss, summed over dimensions like the CDM's MSE term, plus the contrastive diffusion loss
 /// with `weights.cdl`. Integer levels: t ~ U{1..T} (stratified). Continuous levels: γ from the
 /// model's truncated logistic (stratified), each error weighted by 1/q(γ) over the support's
-/// length, so the loss is the error averaged uniformly over log SNR (the I-MMSE integrand,
-/// Kong et al. 2023, eq. 8).
+/// length, so the loss is the error averaged uniformly over log SNR (the I-MMSE integrand of
+/// Kong et al. 2023, arXiv:2302.03792).
 pub fn ddm_loss(
     model: &Denoiser,
     x0: &Tensor,

@@ -68,7 +68,7 @@ pub const LOGSNR_CLIP: f64 = 3.0;
 
 /// A logistic distribution over log SNR truncated to loc ± 3·scale: where a DDM trained on
 /// continuous levels is trained and where its I-MMSE integrals are taken (Kong et al.,
-/// arXiv:2302.03792, section 4; Wu et al., arXiv:2407.08946). Logistic, because its density
+/// arXiv:2302.03792; Wu et al., arXiv:2407.08946). Logistic, because its density
 /// σ(v)σ(−v) has the shape of the MMSE's derivative for Gaussian data: the integrand is
 /// nearly flat after importance weighting.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

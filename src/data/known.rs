@@ -1,7 +1,7 @@
 //! Built-in densities with exact log-densities, to check learned likelihoods against: the
 //! uniform hypercube of the CDM paper's Fig. 3, Gaussian mixtures (exact at every noise level,
 //! with the exact posterior mean E[x0 | x_t]), a checkerboard, concentric rings, and the 2-D
-//! sets of the CDL paper (Wu et al. 2024, arXiv:2407.08946, section 5.1): moons, two spirals,
+//! sets of the CDL paper (Wu et al. 2024, arXiv:2407.08946): moons, two spirals,
 //! eight Gaussians and a circle. Moons and spirals are curves blurred by noise, whose density
 //! is a one-dimensional integral along the curve, taken by the midpoint rule on nodes closely
 //! spaced against the noise (its error is far below any model's).

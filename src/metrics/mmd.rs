@@ -1,6 +1,6 @@
 //! Maximum mean discrepancy between two samples (Gretton et al. 2012, JMLR 13, "A Kernel
-//! Two-Sample Test", eq. 3): the unbiased MMD² with a Gaussian kernel, the sample-quality
-//! score of the CDL paper's 2-D experiments (Wu et al. 2024, arXiv:2407.08946, section 5.1).
+//! Two-Sample Test", the estimate MMD²_u): the unbiased MMD² with a Gaussian kernel, the
+//! sample-quality score of the CDL paper's 2-D experiments (Wu et al. 2024, arXiv:2407.08946).
 use tch::{Kind, Tensor};
 
 use crate::{Error, Result};
