@@ -11,13 +11,14 @@
 //! and the null label their mixture, whose posterior mean already weighs the classes.
 use tch::{nn, Kind, Tensor};
 
+use crate::likelihood::GaussianReference;
 use crate::schedule::Schedule;
 use crate::{Error, Result};
 
 /// Variance added to every principal direction's: that of uniform dequantization noise on
 /// 8-bit data scaled to [-1, 1], ((2/256)²/12). It keeps the level-0 density finite along
 /// directions the data never vary in.
-const VARIANCE_FLOOR: f64 = (2.0 / 256.0) * (2.0 / 256.0) / 12.0;
+pub(crate) const VARIANCE_FLOOR: f64 = (2.0 / 256.0) * (2.0 / 256.0) / 12.0;
 
 /// One fitted Gaussian N(μ, U diag(λ) Uᵀ), stored as untrained variables so checkpoints keep
 /// it: μ [D], the principal directions U [D, D] (columns) and their variances λ [D].
@@ -79,18 +80,20 @@ impl Component {
         (quadratic + constant.unsqueeze(0)) * -0.5
     }
 
-    /// At per-sample levels t ([B], Int64), f64: the MMSE noise prediction [B, D],
-    /// σ_t·U·diag(1/(ᾱ_t·λ + σ_t²))·Uᵀ(x_t − √ᾱ_t·μ), and the log-density of x_t [B].
+    /// At per-sample levels t ([B], integer or fractional: [`Schedule::alpha_bar_pair`]), f64:
+    /// the MMSE noise prediction [B, D], σ_t·U·diag(1/(ᾱ_t·λ + σ_t²))·Uᵀ(x_t − √ᾱ_t·μ), and the
+    /// log-density of x_t [B].
     fn eps_and_log_density(&self, x_t: &Tensor, t: &Tensor, schedule: &Schedule) -> (Tensor, Tensor) {
-        let (m, v) = self.level_moments(schedule);
-        let (m, v) = (m.index_select(0, t), v.index_select(0, t));
-        let (_, sigma) = schedule.coefficients(t, &m);
+        let (abar, one_minus) = schedule.alpha_bar_pair(&t.to_device(x_t.device()));
+        let (abar, one_minus) = (abar.unsqueeze(1), one_minus.unsqueeze(1));
+        let m = abar.sqrt() * self.project(&self.mean.unsqueeze(0));
+        let v = &abar * self.var.to_kind(Kind::Double).unsqueeze(0) + &one_minus;
         let centred = self.project(x_t) - m;
         let log_density =
             (centred.square() / &v + (&v * (2.0 * std::f64::consts::PI)).log()).sum_dim_intlist(1, false, Kind::Double)
                 * -0.5;
         let whitened = centred / v;
-        (sigma * whitened.matmul(&self.basis.to_kind(Kind::Double).tr()), log_density)
+        (one_minus.sqrt() * whitened.matmul(&self.basis.to_kind(Kind::Double).tr()), log_density)
     }
 }
 
@@ -155,13 +158,13 @@ impl GaussianBase {
         self.pick(&Tensor::cat(&[stacked, mixture], 1), labels).to_kind(x.kind())
     }
 
-    /// The MMSE noise prediction at per-sample levels t ([B], Int64), shaped like x_t: class
+    /// The MMSE noise prediction at per-sample levels t ([B], integer or fractional), shaped
+    /// like x_t: class
     /// c's for label c, and for the null label (or none) the mixture's, the classes' weighted by
     /// their posterior probabilities given x_t.
     pub fn eps(&self, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>, schedule: &Schedule) -> Tensor {
-        let t = t.to_kind(Kind::Int64);
         let (per_class, log_densities): (Vec<Tensor>, Vec<Tensor>) =
-            self.components.iter().map(|c| c.eps_and_log_density(x_t, &t, schedule)).unzip();
+            self.components.iter().map(|c| c.eps_and_log_density(x_t, t, schedule)).unzip();
         let eps = if per_class.len() == 1 {
             per_class[0].shallow_clone()
         } else {
@@ -172,6 +175,27 @@ impl GaussianBase {
             self.pick(&Tensor::cat(&[stacked, mixture], 1), labels)
         };
         eps.reshape(x_t.size()).to_kind(x_t.kind())
+    }
+
+    /// The per-dimension mean and variance of the base (of the class mixture for more than
+    /// one Gaussian): the reference of a DDM's I-MMSE likelihood.
+    pub fn diagonal(&self) -> GaussianReference {
+        tch::no_grad(|| {
+            let weights = self.log_weights.to_kind(Kind::Double).exp();
+            let weights = &weights / weights.sum(Kind::Double);
+            let (mut mean, mut second) = (Tensor::from(0.0), Tensor::from(0.0));
+            for (c, component) in self.components.iter().enumerate() {
+                let basis = component.basis.to_kind(Kind::Double);
+                // diag(U diag(λ) Uᵀ)_i = Σ_k U_ik² λ_k
+                let var = basis.square().matmul(&component.var.to_kind(Kind::Double));
+                let mu = component.mean.to_kind(Kind::Double);
+                let w = weights.get(c as i64);
+                second += &w * (var + mu.square());
+                mean += w * mu;
+            }
+            let var = (second - mean.square()).clamp_min(VARIANCE_FLOOR);
+            GaussianReference { mean: mean.to_device(tch::Device::Cpu), var: var.to_device(tch::Device::Cpu) }
+        })
     }
 
     /// Row `labels[b]` of each sample's [K+1, N] block of `rows` ([B, K+1, N]); row K, the

@@ -4,6 +4,7 @@
 use tch::{nn, Tensor};
 
 use crate::base::GaussianBase;
+use crate::likelihood::GaussianReference;
 use crate::model::{check_shape, ModelConfig};
 use crate::nets::{Backbone, Head};
 use crate::schedule::Schedule;
@@ -51,7 +52,17 @@ impl Denoiser {
         self.base.as_ref()
     }
 
-    /// ε̂(x_t, t): [B, ..] for x_t: [B, ..] and levels t: [B] (Int64).
+    /// The Gaussian its I-MMSE likelihood is taken relative to: its base's per-dimension
+    /// moments, or N(0, I).
+    pub fn reference(&self) -> GaussianReference {
+        match &self.base {
+            Some(base) => base.diagonal(),
+            None => GaussianReference::standard(self.data_shape.iter().product()),
+        }
+    }
+
+    /// ε̂(x_t, t): [B, ..] for x_t: [B, ..] and levels t: [B] (Int64, or fractional: a float
+    /// tensor, exact through [`Schedule::coefficients`]).
     pub fn eps(&self, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<Tensor> {
         check_shape(&self.data_shape, x_t)?;
         let eps = self.backbone.forward(x_t, Some(t), labels, train);

@@ -13,6 +13,8 @@
 //! | `x0`, `x_t`, `eps` | clean data, noisy data, the Gaussian noise ε |
 //! | `logits` | l(x) = cumsum(h(x)) over the T+2 levels |
 //! | `F` | F(x, t) = l_{T+1}(x) - l_t(x); log p_t(x) = log N(x; 0, I) - F(x, t) |
+//! | `gamma` | log SNR γ = ln(ᾱ/(1-ᾱ)); a fractional level's γ is interpolated between integer ones |
+//! | `zeta` | ζ, the log SNR of the extra noise of the contrastive diffusion loss (Wu et al. 2024, arXiv:2407.08946) |
 //!
 //! ## Layout
 //! `schedule` (ᾱ_t), `base` (a Gaussian fit's exact outputs, added to a network's), `nets` (MLP, ConvNet encoder, UNet), `classifier` (cumsum head, F, ε̂ by

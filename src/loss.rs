@@ -1,14 +1,19 @@
 //! Training losses. The CDM loss (Yadin et al. 2024, arXiv:2402.10095, Algorithm 1):
 //! cross-entropy of the level classifier plus the MSE of its input-gradient denoiser, trained
 //! by double backprop. The DDM loss (Ho et al. 2020, arXiv:2006.11239, Algorithm 1): the MSE
-//! of ε̂ alone.
+//! of ε̂ alone, at integer levels or on a continuous log SNR (Kong et al. 2023,
+//! arXiv:2302.03792). The contrastive diffusion loss (Wu et al. 2024, arXiv:2407.08946,
+//! section 3): the denoiser's own noise classifier, trained to tell data from data noised at
+//! a high log SNR ζ.
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::classifier::Classifier;
 use crate::denoiser::Denoiser;
+use crate::likelihood::noise_logits;
 use crate::rng::Rng;
-use crate::schedule::Schedule;
-use crate::Result;
+use crate::schedule::{Levels, LogSnrProposal, Schedule, LOGSNR_CLIP};
+use crate::{Error, Result};
 
 /// Weights of the two CDM loss terms; the paper's ablation (its Table 3) sets one to zero.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -18,15 +23,124 @@ pub struct LossWeights {
     /// Min-SNR-γ weighting of the squared error per level (Hang et al. 2023,
     /// arXiv:2303.09556): min(SNR_t, γ)/SNR_t. `None`: every level weighs the same (Ho et al.).
     pub min_snr: Option<f64>,
+    /// The contrastive diffusion loss, added to a DDM's (none when absent).
+    pub cdl: Option<CdlConfig>,
 }
 
-/// Per-sample weights of the squared error at levels `t` ([B]): min(1, γ/SNR_t), or 1 for all.
-/// Low levels, whose ε is hard to tell but whose x̂0 is almost right anyway, weigh less; the
-/// levels where samples take shape keep weight 1.
+/// Where the extra noise ζ of the contrastive diffusion loss is drawn, on log SNR [6, 15]
+/// (Wu et al. 2024: the noise a sampler's last steps must tell from data).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ZetaPrior {
+    /// Logistic(10.5, 1.5) truncated at ±3 scales, the paper code's choice.
+    #[default]
+    Logistic,
+    /// Uniform on [6, 15].
+    Uniform,
+}
+
+impl ZetaPrior {
+    /// `n` draws of ζ, f64 [n].
+    fn draw(self, n: usize, rng: &mut Rng) -> Tensor {
+        let u = rng.uniform(&[n as i64], Kind::Double);
+        match self {
+            ZetaPrior::Logistic => LogSnrProposal { loc: 10.5, scale: 1.5 }.at_quantiles(&u).0,
+            ZetaPrior::Uniform => u * 9.0 + 6.0,
+        }
+    }
+}
+
+/// Settings of the contrastive diffusion loss.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CdlConfig {
+    /// Weight of the term against the denoising loss (1 in the paper).
+    pub weight: f64,
+    /// Images of each batch that get the term (the paper's code: 2).
+    pub images: usize,
+    /// Monte-Carlo draws of (γ, ε) per image for each log-density; 0: the batch size (the
+    /// paper's code).
+    pub draws: usize,
+    /// Where ζ is drawn.
+    pub zeta: ZetaPrior,
+}
+
+impl Default for CdlConfig {
+    fn default() -> Self {
+        CdlConfig { weight: 1.0, images: 2, draws: 0, zeta: ZetaPrior::Logistic }
+    }
+}
+
+impl CdlConfig {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.weight > 0.0 && self.weight.is_finite()) {
+            return Err(Error::Config(format!("cdl.weight must be a positive number, got {}", self.weight)));
+        }
+        if self.images == 0 {
+            return Err(Error::Config("cdl.images must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The contrastive diffusion loss of one batch.
+pub struct CdlTerm {
+    /// mean softplus(y·(log p_ζ(z) − log p(z))), with graph; ln 2 is chance.
+    pub loss: Tensor,
+    /// How often the noise classifier is right: log p_ζ(z) > log p(z) exactly for noised z.
+    pub accuracy: f64,
+}
+
+/// The contrastive diffusion loss (Wu et al. 2024, arXiv:2407.08946) on the first
+/// `cdl.images` points of `x0` ([B, ..]): each is kept (y = +1, z = x) or noised at a log SNR ζ
+/// drawn from `cdl.zeta` (y = −1) by a fair coin, and the loss is softplus(y·ℓ) with the
+/// denoiser's logit ℓ = log p_ζ(z) − log p(z) from [`noise_logits`], over the log-SNR range the
+/// model was trained on. Differentiable in the network's weights.
+pub fn cdl_loss(
+    model: &Denoiser,
+    x0: &Tensor,
+    labels: Option<&Tensor>,
+    cdl: &CdlConfig,
+    rng: &mut Rng,
+) -> Result<CdlTerm> {
+    cdl.validate()?;
+    let batch = x0.size()[0];
+    let n = (cdl.images as i64).min(batch);
+    let draws = if cdl.draws == 0 { batch } else { cdl.draws as i64 };
+    let x = x0.narrow(0, 0, n);
+    let noised = rng.uniform(&[n], Kind::Double).lt(0.5).to_device(x0.device());
+    let zeta = cdl.zeta.draw(n as usize, rng).to_device(x0.device());
+    let eps = rng.normal(&x.size(), x.kind()).to_device(x0.device());
+    let shape = |v: &Tensor| {
+        let mut dims = vec![-1i64];
+        dims.resize(x.dim(), 1);
+        v.to_kind(x.kind()).reshape(&dims[..])
+    };
+    let noisy = &x * shape(&zeta.sigmoid().sqrt()) + eps * shape(&(-&zeta).sigmoid().sqrt());
+    let z = noisy.where_self(&shape(&noised).to_kind(Kind::Bool), &x);
+    // noise_logits asks for the clean-level pass, then the noised one, each point's draws
+    // contiguous: the labels follow that order.
+    let labels = labels.map(|l| l.narrow(0, 0, n).repeat_interleave_self_int(draws, 0, None).repeat([2]));
+    let eps_hat = |z: &Tensor, gamma: &Tensor| {
+        model.eps(z, &model.schedule().levels_at_logsnr(gamma).to_kind(z.kind()), labels.as_ref(), true)
+    };
+    let proposal = model.schedule().logsnr_proposal();
+    let logits = noise_logits(eps_hat, &z, &zeta, &proposal, draws as usize, rng)?;
+    // y = +1 for kept points, −1 for noised ones.
+    let sign = noised.to_kind(x.kind()) * -2.0 + 1.0;
+    let loss = (&sign * &logits).softplus().mean(x.kind());
+    let right = logits.gt(0.0).eq_tensor(&noised).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+    Ok(CdlTerm { loss, accuracy: right })
+}
+
+/// Per-sample weights of the squared error at levels `t` ([B], integer or fractional):
+/// min(1, γ/SNR_t), or 1 for all. Low levels, whose ε is hard to tell but whose x̂0 is almost
+/// right anyway, weigh less; the levels where samples take shape keep weight 1.
 fn level_weights(schedule: &Schedule, t: &Tensor, min_snr: Option<f64>, like: &Tensor) -> Tensor {
     let Some(gamma) = min_snr else { return t.ones_like().to_kind(like.kind()) };
-    let weights: Vec<f64> = schedule.alpha_bars().iter().map(|&abar| (gamma * (1.0 - abar) / abar).min(1.0)).collect();
-    Tensor::from_slice(&weights).to_device(t.device()).index_select(0, t).to_kind(like.kind())
+    let (abar, one_minus) = schedule.alpha_bar_pair(t);
+    (one_minus * gamma / abar).clamp_max(1.0).to_kind(like.kind())
 }
 
 /// The loss terms of one batch (scalar tensors, with graph).
@@ -37,6 +151,8 @@ pub struct Loss {
     pub ce: Option<Tensor>,
     /// Mean over samples at levels 1..=T of ‖ε̂ - ε‖² (summed over dimensions), unweighted.
     pub mse: Tensor,
+    /// The contrastive diffusion loss, when training with it (its weight is in `total`).
+    pub cdl: Option<CdlTerm>,
 }
 
 /// Levels spread evenly over `first..first + count` with one random offset:
@@ -80,23 +196,44 @@ pub fn cdm_loss(
     let error = squared_error(&out.eps, &eps) * &inside;
     let mse = error.sum(x0.kind()) / &count;
     let weighted = (error * level_weights(model.schedule(), &t, weights.min_snr, x0)).sum(x0.kind()) / count;
-    Ok(Loss { total: &ce * weights.ce + weighted * weights.mse, ce: Some(ce), mse })
+    Ok(Loss { total: &ce * weights.ce + weighted * weights.mse, ce: Some(ce), mse, cdl: None })
 }
 
-/// Draws t ~ U{1..T} (stratified) and ε ~ N(0, I) for each sample of `x0` ([B, ..]) and
-/// returns the DDM's simple loss, summed over dimensions like the CDM's MSE term.
+/// Draws a level per sample of `x0` ([B, ..]) and ε ~ N(0, I) and returns the DDM's simple
+/// loss, summed over dimensions like the CDM's MSE term, plus the contrastive diffusion loss
+/// with `weights.cdl`. Integer levels: t ~ U{1..T} (stratified). Continuous levels: γ from the
+/// model's truncated logistic (stratified), each error weighted by 1/q(γ) over the support's
+/// length, so the loss is the error averaged uniformly over log SNR (the I-MMSE integrand of
+/// Kong et al. 2023, arXiv:2302.03792).
 pub fn ddm_loss(
     model: &Denoiser,
     x0: &Tensor,
     labels: Option<&Tensor>,
-    min_snr: Option<f64>,
+    weights: LossWeights,
     rng: &mut Rng,
 ) -> Result<Loss> {
     let batch = x0.size()[0] as usize;
-    let t = stratified_levels(batch, 1, model.schedule().timesteps(), rng).to_device(x0.device());
+    let schedule = model.schedule();
+    let (t, importance) = match schedule.levels() {
+        Levels::Discrete => {
+            let t = stratified_levels(batch, 1, schedule.timesteps(), rng).to_device(x0.device());
+            let ones = t.ones_like().to_kind(x0.kind());
+            (t, ones)
+        }
+        Levels::Continuous(proposal) => {
+            let (gamma, weight) = proposal.draw(batch, batch, rng, x0.device());
+            let t = schedule.levels_at_logsnr(&gamma).to_kind(x0.kind());
+            (t, (weight / (2.0 * LOGSNR_CLIP * proposal.scale)).to_kind(x0.kind()))
+        }
+    };
     let eps = rng.normal(&x0.size(), x0.kind()).to_device(x0.device());
-    let x_t = model.schedule().add_noise(x0, &eps, &t);
+    let x_t = schedule.add_noise(x0, &eps, &t);
     let error = squared_error(&model.eps(&x_t, &t, labels, true)?, &eps);
-    let total = (&error * level_weights(model.schedule(), &t, min_snr, x0)).mean(x0.kind());
-    Ok(Loss { total, ce: None, mse: error.mean(x0.kind()) })
+    let denoising = (&error * level_weights(schedule, &t, weights.min_snr, x0) * importance).mean(x0.kind());
+    let cdl = weights.cdl.map(|cdl| cdl_loss(model, x0, labels, &cdl, rng)).transpose()?;
+    let total = match (&cdl, &weights.cdl) {
+        (Some(term), Some(settings)) => denoising + &term.loss * settings.weight,
+        _ => denoising,
+    };
+    Ok(Loss { total, ce: None, mse: error.mean(x0.kind()), cdl })
 }

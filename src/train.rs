@@ -7,13 +7,16 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
+use crate::base::VARIANCE_FLOOR;
 use crate::checkpoint::{self, TensorFile};
 use crate::data::Dataset;
-use crate::loss::LossWeights;
-use crate::model::{Model, ModelConfig};
+use crate::likelihood::GaussianReference;
+use crate::loss::{CdlConfig, LossWeights};
+use crate::model::{Model, ModelConfig, ModelKind};
 use crate::plot::image_grid;
 use crate::rng::Rng;
 use crate::sample::{draw, SampleOptions};
+use crate::schedule::LogSnrProposal;
 use crate::{Error, Result};
 
 /// Floating-point precision of weights and data.
@@ -87,6 +90,12 @@ pub struct TrainConfig {
     pub label_dropout: f64,
     /// Flip each image left-right with probability 1/2 (for [C, H, W] data).
     pub hflip: bool,
+    /// Add the contrastive diffusion loss (a DDM only; Wu et al. 2024, arXiv:2407.08946);
+    /// none when absent.
+    pub cdl: Option<CdlConfig>,
+    /// A run directory whose EMA weights a fresh run starts from, with a fresh optimiser
+    /// (fine-tuning, as the CDL paper does to a trained DDPM); none when absent.
+    pub init_from: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -112,6 +121,8 @@ impl Default for TrainConfig {
             sample_every: 0,
             label_dropout: 0.1,
             hflip: false,
+            cdl: None,
+            init_from: None,
         }
     }
 }
@@ -159,7 +170,7 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.label_dropout) {
             return bad("label_dropout", "must be a probability");
         }
-        Ok(())
+        self.cdl.as_ref().map_or(Ok(()), CdlConfig::validate)
     }
 }
 
@@ -183,6 +194,12 @@ pub struct StepReport {
     pub mse: f64,
     pub lr: f64,
     pub grad_norm: f64,
+    /// The contrastive diffusion loss, when training with it (ln 2 is chance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cdl: Option<f64>,
+    /// How often its noise classifier told kept from noised points in this batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cdl_accuracy: Option<f64>,
 }
 
 /// Adam (Kingma & Ba 2015) with its moments kept as named tensors, so they checkpoint.
@@ -228,6 +245,14 @@ fn trained_vars(vs: &VarStore) -> Vec<(String, Tensor)> {
 /// Data points a fresh run fits a Gaussian base to (all of them for a dataset on disk).
 const BASE_FIT_POINTS: usize = 100_000;
 
+/// Where a DDM on continuous levels of `data` is trained: the CDL code's truncated logistic
+/// from the per-dimension variances of the points a base would be fitted to (floored like
+/// the base's, so a never-varying pixel does not send log λ to −∞).
+pub fn data_logsnr_proposal(data: &Dataset, seed: u64) -> Result<LogSnrProposal> {
+    let reference = GaussianReference::fit(&data.eval_points(BASE_FIT_POINTS, seed), VARIANCE_FLOOR);
+    LogSnrProposal::from_variances(&Vec::<f64>::try_from(&reference.var)?)
+}
+
 /// A model, the VarStore that owns its weights, and the run settings it came from.
 pub struct LoadedModel {
     pub config: RunConfig,
@@ -271,6 +296,26 @@ pub fn load_model(dir: &Path, device: Device, ema: bool) -> Result<LoadedModel> 
     file.load_vars(if ema { "ema" } else { "model" }, &mut vs, &weights_path)?;
     let step = checkpoint_step(&file, &weights_path)?;
     Ok(LoadedModel { config, model, vs, step })
+}
+
+/// Copies the EMA weights of the run in `init` (its Gaussian base included) into `vs`: the
+/// start of a fine-tuning run. The model must be the same but for how its levels are drawn
+/// in training, so a DDM trained on integer levels can be fine-tuned on continuous ones.
+fn init_weights(vs: &mut VarStore, config: &RunConfig, init: &Path) -> Result<()> {
+    let (config_path, weights_path) = checkpoint::paths(init);
+    let source: RunConfig = checkpoint::read_json(&config_path)?;
+    let same_levels = |m: &ModelConfig| {
+        let mut m = m.clone();
+        m.schedule.levels = Default::default();
+        m
+    };
+    if same_levels(&source.model) != same_levels(&config.model) {
+        return Err(Error::Config(format!(
+            "--init-from {}: its model differs from this run's (only the training levels may change)",
+            init.display()
+        )));
+    }
+    TensorFile::load(&weights_path)?.load_vars("ema", vs, &weights_path)
 }
 
 fn checkpoint_step(file: &TensorFile, path: &Path) -> Result<u64> {
@@ -333,7 +378,7 @@ impl Trainer {
         let (config_path, weights_path) = checkpoint::paths(dir);
         // tch's initialisers draw from libtorch's global generator: seed it (under a lock, as
         // other threads may build models too), so a run is reproducible from its config alone.
-        let (vs, model, (mut ema_vs, ema_model)) = {
+        let (mut vs, model, (mut ema_vs, ema_model)) = {
             static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
             let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
             tch::manual_seed(config.train.seed as i64);
@@ -341,9 +386,18 @@ impl Trainer {
             (vs, model, build(&config, device)?)
         };
         let saved = saved_run(dir)?;
-        // A resumed run restores its base from the checkpoint; only a fresh one fits it.
-        if let (Some(base), None) = (model.base(), &saved) {
-            base.fit(&data.eval_points(BASE_FIT_POINTS, config.train.seed), data.labels())?;
+        match (&saved, &config.train.init_from) {
+            // A resumed run restores its weights and base from the checkpoint below.
+            (Some(_), _) => {}
+            (None, Some(init)) => init_weights(&mut vs, &config, init)?,
+            (None, None) => {
+                if let Some(base) = model.base() {
+                    base.fit(&data.eval_points(BASE_FIT_POINTS, config.train.seed), data.labels())?;
+                }
+            }
+        }
+        if config.train.cdl.is_some() && config.model.kind != ModelKind::Ddm {
+            return Err(Error::Config("the contrastive diffusion loss is for a DDM (--model ddm)".into()));
         }
         ema_vs.copy(&vs)?;
         let adam = Adam::new(&trained_vars(&vs));
@@ -457,7 +511,7 @@ impl Trainer {
             let loss = self.model.loss(
                 &x0,
                 labels.as_ref(),
-                LossWeights { ce: cfg.ce_weight, mse: cfg.mse_weight, min_snr: cfg.min_snr },
+                LossWeights { ce: cfg.ce_weight, mse: cfg.mse_weight, min_snr: cfg.min_snr, cdl: cfg.cdl },
                 &mut rng,
             )?;
             let total = loss.total.double_value(&[]);
@@ -497,6 +551,8 @@ impl Trainer {
                 mse: loss.mse.double_value(&[]),
                 lr,
                 grad_norm,
+                cdl: loss.cdl.as_ref().map(|c| c.loss.double_value(&[])),
+                cdl_accuracy: loss.cdl.as_ref().map(|c| c.accuracy),
             };
             if self.step.is_multiple_of(cfg.log_every.max(1)) || self.step == cfg.steps {
                 log.append(&report)?;

@@ -2,10 +2,10 @@
 //! computations and closed forms.
 mod common;
 
-use cdm::likelihood::{immse_log_prob, log_standard_normal};
+use cdm::likelihood::{immse_log_prob, log_standard_normal, GaussianReference};
 use cdm::metrics::{auroc, confusion_matrix, frechet_distance, GaussianStats, Typicality};
 use cdm::rng::Rng;
-use cdm::schedule::{Schedule, ScheduleConfig, ScheduleKind};
+use cdm::schedule::{LogSnrProposal, Schedule, ScheduleConfig, ScheduleKind};
 use common::assert_close;
 use tch::{Kind, Tensor};
 
@@ -79,7 +79,8 @@ fn immse_recovers_the_log_density_of_gaussian_data() {
     let x = common::det_points(6, d) * s;
     let exact = log_standard_normal(&(&x / s)) - (d as f64) * f64::ln(s);
     // The integrand decays like e^{−|γ|} on both sides, so ±12 leaves ~1e-5 out.
-    let estimate = immse_log_prob(eps_hat, &x, 64000, (-12.0, 12.0), &mut Rng::new(3)).unwrap();
+    let (reference, range) = (GaussianReference::standard(d), LogSnrProposal::covering(-12.0, 12.0).unwrap());
+    let estimate = immse_log_prob(eps_hat, &x, &reference, &range, 64000, &mut Rng::new(3)).unwrap();
     let error = (&estimate - &exact).abs().max().double_value(&[]);
     // One ε per evaluation: with 64 000 of them the Monte Carlo error is about 0.02 here (0.1 at
     // 4 000: it falls as 1/√K, with no sign of bias).
@@ -87,7 +88,7 @@ fn immse_recovers_the_log_density_of_gaussian_data() {
     // A poor predictor (ε̂ = 0) must score the data lower than the truth on average: the
     // estimator is an upper bound on −log p in expectation.
     let zero = |z: &Tensor, _: &Tensor| Ok(z.zeros_like());
-    let worse = immse_log_prob(zero, &x, 4000, (-12.0, 12.0), &mut Rng::new(3)).unwrap();
+    let worse = immse_log_prob(zero, &x, &reference, &range, 4000, &mut Rng::new(3)).unwrap();
     assert!(worse.mean(Kind::Double).double_value(&[]) < exact.mean(Kind::Double).double_value(&[]) - 1.0);
 }
 
@@ -134,8 +135,10 @@ fn immse_through_the_noised_predictor_gives_the_density_at_a_noise_level() {
     let std = (sig(alpha) * s * s + sig(-alpha)).sqrt();
     let x = common::det_points(6, d) * std;
     let exact = log_standard_normal(&(&x / std)) - (d as f64) * std.ln();
-    let noised = cdm::likelihood::noised_predictor(eps_hat, alpha);
-    let estimate = immse_log_prob(noised, &x, 64000, (-12.0, alpha + 12.0), &mut Rng::new(5)).unwrap();
+    let noised = cdm::likelihood::noised_predictor(eps_hat, Tensor::from(alpha));
+    let range = LogSnrProposal::covering(-12.0, alpha + 12.0).unwrap();
+    let estimate =
+        immse_log_prob(noised, &x, &GaussianReference::standard(d), &range, 64000, &mut Rng::new(5)).unwrap();
     let error = (&estimate - &exact).abs().max().double_value(&[]);
     assert!(error < 0.06, "I-MMSE log p_α off by {error}: {estimate} vs {exact}");
 }

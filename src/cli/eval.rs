@@ -20,7 +20,7 @@ use cdm::plot::{image_grid, line_chart, matrix_heatmap, Axes, Series};
 use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::rng::Rng;
 use cdm::sample::Noise;
-use cdm::schedule::levels_like;
+use cdm::schedule::{levels_like, Levels};
 use cdm::train::LoadedModel;
 use cdm::{cache, Error};
 
@@ -42,6 +42,8 @@ pub enum Metric {
     Diagnostics,
     /// Out-of-distribution detection by likelihood and by typicality over levels (AUROC).
     Ood,
+    /// Unbiased MMD² (Gaussian kernel) between samples and held-out points, for vector data.
+    Mmd,
 }
 
 #[derive(Args)]
@@ -81,6 +83,9 @@ pub struct EvalArgs {
     /// flag for several.
     #[arg(long)]
     ood: Vec<String>,
+    /// Bandwidth h of the MMD's Gaussian kernel exp(−|a − b|²/(2h²)).
+    #[arg(long, default_value_t = 0.2)]
+    mmd_bandwidth: f64,
 }
 
 /// What every section needs.
@@ -129,11 +134,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Metric::Diagnostics | Metric::Ood => is_cdm,
         Metric::LikelihoodNfe => has_ddm,
         Metric::Fid => args.fid_samples > 0 && x_is_image(&ctx.x),
+        Metric::Mmd => ctx.x.dim() == 2,
         Metric::Nll | Metric::Denoising => true,
     };
     for m in &args.only {
         if !applies(*m) {
-            bail!("--only {m:?}: does not apply to this model (diagnostics and OOD need a CDM, likelihood-nfe a DDM, FID image data and --fid-samples > 0)");
+            bail!("--only {m:?}: does not apply to this model (diagnostics and OOD need a CDM, likelihood-nfe a DDM, FID image data and --fid-samples > 0, MMD vector data)");
         }
     }
     if wanted(Metric::Ood) && is_cdm && args.ood.is_empty() && !args.only.is_empty() {
@@ -141,13 +147,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let mut sections = Vec::new();
     type Runner = fn(&Eval) -> Result<Section>;
-    let steps: [(Metric, Runner); 6] = [
+    let steps: [(Metric, Runner); 7] = [
         (Metric::Nll, nll),
         (Metric::LikelihoodNfe, likelihood_nfe),
         (Metric::Denoising, denoising),
         (Metric::Diagnostics, diagnostics),
         (Metric::Ood, ood),
         (Metric::Fid, fid),
+        (Metric::Mmd, mmd),
     ];
     for (metric, section) in steps {
         if wanted(metric) && applies(metric) && !(metric == Metric::Ood && args.ood.is_empty()) {
@@ -303,7 +310,13 @@ fn nll(ctx: &Eval) -> Result<Section> {
             npy::write_npy(&ctx.args.out.join(&file), &bpd)?;
             let estimator = match how {
                 Estimator::OnePass(_) => "one forward pass, log p_0".to_string(),
-                Estimator::Immse(k) => format!("I-MMSE, {k} evaluations, log p_1 (density at level 1)"),
+                Estimator::Immse(k) => match model.model.schedule().levels() {
+                    Levels::Discrete => format!("I-MMSE, {k} evaluations, log p_1 (density at level 1)"),
+                    Levels::Continuous(p) => {
+                        let (lo, hi) = p.range();
+                        format!("I-MMSE, {k} evaluations, log p_0 over log SNR [{lo:.1}, {hi:.1}]")
+                    }
+                },
             };
             let value = mean(&bpd);
             writeln!(md, "| {name} | {estimator} | {label} | {} | {value:.4} |", x.size()[0])?;
@@ -685,4 +698,24 @@ fn reference_stats(inception: &Inception, spec: &str, n: usize) -> Result<Gaussi
     file.metadata.insert("n".into(), stats.n.to_string());
     file.save(&path)?;
     Ok(stats)
+}
+
+/// MMD² of each model's samples (as many as held-out points, drawn as --sampler says) against
+/// the held-out points.
+fn mmd(ctx: &Eval) -> Result<Section> {
+    let (args, n) = (ctx.args, ctx.x.size()[0] as usize);
+    let h = args.mmd_bandwidth;
+    let mut md = format!(
+        "## MMD\n\nUnbiased MMD² between {n} samples ({} {} steps) and {n} held-out points, Gaussian kernel h = {h}.\n\n| model | MMD² |\n|---|---|\n",
+        format!("{:?}", args.sampling.sampler).to_lowercase(),
+        args.sampling.steps
+    );
+    let mut rows = Vec::new();
+    for (name, model) in models(ctx) {
+        let samples = draw_samples(model, n, &args.sampling, args.ckpt.batch, None, &mut |_| {})?.x;
+        let value = cdm::metrics::mmd::mmd2_unbiased(&samples.to_device(Device::Cpu), &ctx.x, h)?;
+        writeln!(md, "| {name} | {value:.5} |")?;
+        rows.push(json!({"model": name, "mmd2": value}));
+    }
+    Ok(Section { key: "mmd", json: json!({"bandwidth": h, "points": n, "models": rows}), markdown: md })
 }

@@ -6,9 +6,10 @@ use clap::Args;
 use serde::Deserialize;
 
 use cdm::data::{Dataset, DATA_SPECS};
+use cdm::loss::ZetaPrior;
 use cdm::model::{ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, ConvNetConfig, MlpConfig, UnetConfig};
-use cdm::schedule::{ScheduleConfig, ScheduleKind};
+use cdm::schedule::{Levels, ScheduleConfig, ScheduleKind};
 use cdm::train::{Precision, RunConfig, TrainConfig, Trainer};
 
 use super::{progress_bar, DeviceArg};
@@ -95,6 +96,27 @@ pub struct TrainArgs {
     /// Steps between checkpoints.
     #[arg(long)]
     checkpoint_every: Option<u64>,
+    /// A DDM's training levels: the integers 1..=T, or a continuous log SNR from a truncated
+    /// logistic fitted to the data's variances (the CDL paper's recipe; its range must lie in
+    /// the schedule's, which `--schedule logsnr` widens).
+    #[arg(long, value_enum)]
+    levels: Option<LevelsArg>,
+    /// Add the contrastive diffusion loss with this weight (a DDM; 1 in the CDL paper).
+    #[arg(long, value_name = "W")]
+    cdl_weight: Option<f64>,
+    /// Images per batch that get the CDL term (default 2).
+    #[arg(long)]
+    cdl_images: Option<usize>,
+    /// Monte-Carlo draws per image for the CDL's log-densities (default: the batch size).
+    #[arg(long)]
+    cdl_draws: Option<usize>,
+    /// Where the CDL's extra noise ζ is drawn on log SNR [6, 15].
+    #[arg(long, value_enum)]
+    cdl_zeta: Option<ZetaPrior>,
+    /// Start from this run's EMA weights with a fresh optimiser (fine-tuning); its settings are
+    /// the defaults here, so flags need only say what changes.
+    #[arg(long, value_name = "RUN")]
+    init_from: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
 }
@@ -107,6 +129,14 @@ enum BackboneArg {
     Convnet,
     /// The DDPM UNet (`--preset`, default tiny).
     Unet,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LevelsArg {
+    /// t ~ U{1..T}.
+    Discrete,
+    /// Log SNR from a truncated logistic, with the importance weight.
+    Continuous,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -165,9 +195,13 @@ fn saved_run(dir: &Path) -> Result<Option<ConfigFile>> {
 /// Defaults, then the config file (or the run being resumed), then flags; and the opened
 /// data, which set the shape.
 fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
-    let file = match &args.config {
-        Some(path) => read_config_file(path)?,
-        None => saved_run(&args.out)?.unwrap_or_default(),
+    let file = match (&args.config, saved_run(&args.out)?, &args.init_from) {
+        (Some(path), _, _) => read_config_file(path)?,
+        (None, Some(saved), _) => saved,
+        (None, None, Some(init)) => {
+            saved_run(init)?.with_context(|| format!("--init-from {}: no trained run there", init.display()))?
+        }
+        (None, None, None) => ConfigFile::default(),
     };
     let data =
         args.data.clone().or(file.data).context("no training data: pass --data SPEC or set `data` in --config")?;
@@ -176,6 +210,14 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
     let mut schedule = file.schedule.unwrap_or_default();
     schedule.kind = args.schedule.unwrap_or(schedule.kind);
     schedule.timesteps = args.timesteps.unwrap_or(schedule.timesteps);
+    schedule.levels = match args.levels {
+        None => schedule.levels,
+        Some(LevelsArg::Discrete) => Levels::Discrete,
+        Some(LevelsArg::Continuous) => {
+            let seed = args.seed.or(file.train.as_ref().map(|t| t.seed)).unwrap_or_default();
+            Levels::Continuous(cdm::train::data_logsnr_proposal(&dataset, seed)?)
+        }
+    };
     let unet = || BackboneConfig::Unet(args.preset.unwrap_or(UnetPreset::Tiny).config());
     let mut backbone = match (args.backbone, file.backbone) {
         (Some(BackboneArg::Mlp), _) => BackboneConfig::Mlp(MlpConfig::default()),
@@ -219,6 +261,17 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
     train.hflip |= args.hflip;
     train.sample_every = args.sample_every.unwrap_or(train.sample_every);
     train.checkpoint_every = args.checkpoint_every.unwrap_or(train.checkpoint_every);
+    train.init_from = args.init_from.clone().or(train.init_from);
+    let cdl_flags =
+        args.cdl_weight.is_some() || args.cdl_images.is_some() || args.cdl_draws.is_some() || args.cdl_zeta.is_some();
+    if cdl_flags {
+        let mut cdl = train.cdl.unwrap_or_default();
+        cdl.weight = args.cdl_weight.unwrap_or(cdl.weight);
+        cdl.images = args.cdl_images.unwrap_or(cdl.images);
+        cdl.draws = args.cdl_draws.unwrap_or(cdl.draws);
+        cdl.zeta = args.cdl_zeta.unwrap_or(cdl.zeta);
+        train.cdl = Some(cdl);
+    }
     let model = ModelConfig {
         kind: args.model.or(file.model).unwrap_or_default(),
         schedule,
@@ -241,9 +294,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     trainer.run(&mut |r| {
         bar.set_position(r.step);
-        bar.set_message(match r.ce {
+        let terms = match r.ce {
             Some(ce) => format!("loss {:.4} ce {ce:.3} mse {:.4}", r.loss, r.mse),
             None => format!("mse {:.4}", r.mse),
+        };
+        bar.set_message(match (r.cdl, r.cdl_accuracy) {
+            (Some(cdl), Some(accuracy)) => format!("{terms} cdl {cdl:.3} acc {accuracy:.2}"),
+            _ => terms,
         });
     })?;
     bar.finish();

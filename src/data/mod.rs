@@ -12,12 +12,13 @@ pub mod known;
 pub mod npy;
 
 pub use images::{ImageSet, Split};
-pub use known::{Checkerboard, GaussianMixture, KnownDensity, Rings, UniformCube};
+pub use known::{Checkerboard, Circle, GaussianMixture, KnownDensity, Moons, Rings, TwoSpirals, UniformCube};
 
 /// Specs accepted by [`Dataset::open`], for help texts and error messages.
 pub const DATA_SPECS: &str = "npy:PATH | mnist[:split=test] | fashion-mnist[:split=test] | digits | \
 cifar10:DIR[,split=test] | folder:DIR[,size=64] | \
-uniform:d=D,g=WIDTH (d may be a shape like 3x32x32) | gmm2d | gmm:d=D,k=K,seed=S | checkerboard | rings";
+uniform:d=D,g=WIDTH (d may be a shape like 3x32x32) | gmm2d | gmm:d=D,k=K,seed=S | checkerboard | rings | \
+moons | two-spirals | eight-gaussians | circle";
 
 /// The test-split spec of a training data spec (`mnist` → `mnist:split=test`), for the image
 /// sets that have one; `None` for data without a test split.
@@ -95,6 +96,10 @@ impl Dataset {
             )),
             "checkerboard" => Box::new(Checkerboard),
             "rings" => Box::new(Rings),
+            "moons" => Box::new(Moons),
+            "two-spirals" => Box::new(TwoSpirals),
+            "eight-gaussians" => Box::new(GaussianMixture::eight_gaussians()),
+            "circle" => Box::new(Circle),
             _ => return Err(Error::Data(format!("unknown data spec '{spec}'; expected one of: {DATA_SPECS}"))),
         };
         args.check_all_used()?;

@@ -1,10 +1,12 @@
 //! Scores that turn model outputs into numbers: AUROC for out-of-distribution detection, the
-//! confusion matrix of the noise-level classifier, and the Fréchet distance behind FID.
+//! confusion matrix of the noise-level classifier, the Fréchet distance behind FID, and the
+//! MMD between samples.
 use tch::{Kind, Tensor};
 
 use crate::{Error, Result};
 
 pub mod fid;
+pub mod mmd;
 
 /// Area under the ROC curve for telling `positive` scores from `negative` ones (higher score =
 /// more positive): P(s₊ > s₋) + ½ P(s₊ = s₋), the Mann–Whitney statistic, with tied scores
