@@ -706,16 +706,22 @@ fn mmd(ctx: &Eval) -> Result<Section> {
     let (args, n) = (ctx.args, ctx.x.size()[0] as usize);
     let h = args.mmd_bandwidth;
     let mut md = format!(
-        "## MMD\n\nUnbiased MMD² between {n} samples ({} {} steps) and {n} held-out points, Gaussian kernel h = {h}.\n\n| model | MMD² |\n|---|---|\n",
+        "## MMD\n\nUnbiased MMD² between {n} samples ({} {} steps{}) and {n} held-out points, Gaussian kernel h = {h}.\n\n| model | MMD² | iterations | network evaluations per sample |\n|---|---|---|---|\n",
         format!("{:?}", args.sampling.sampler).to_lowercase(),
-        args.sampling.steps
+        args.sampling.steps,
+        args.sampling.parallel.map_or(String::new(), |p| format!(
+            ", parallel {} window {p}, tol {}",
+            format!("{:?}", args.sampling.solver).to_lowercase(),
+            args.sampling.tol
+        ))
     );
     let mut rows = Vec::new();
     for (name, model) in models(ctx) {
-        let samples = draw_samples(model, n, &args.sampling, args.ckpt.batch, None, &mut |_| {})?.x;
-        let value = cdm::metrics::mmd::mmd2_unbiased(&samples.to_device(Device::Cpu), &ctx.x, h)?;
-        writeln!(md, "| {name} | {value:.5} |")?;
-        rows.push(json!({"model": name, "mmd2": value}));
+        let drawn = draw_samples(model, n, &args.sampling, args.ckpt.batch, None, &mut |_| {})?;
+        let value = cdm::metrics::mmd::mmd2_unbiased(&drawn.x.to_device(Device::Cpu), &ctx.x, h)?;
+        let cost = drawn.stats;
+        writeln!(md, "| {name} | {value:.5} | {} | {} |", cost.iterations, cost.evaluations)?;
+        rows.push(json!({"model": name, "mmd2": value, "sampling_cost": cost}));
     }
     Ok(Section { key: "mmd", json: json!({"bandwidth": h, "points": n, "models": rows}), markdown: md })
 }
