@@ -4,7 +4,7 @@
 use tch::{nn, Tensor};
 
 use crate::base::GaussianBase;
-use crate::model::{check_shape, ModelConfig};
+use crate::model::{check_labels, check_levels, check_shape, ModelConfig};
 use crate::nets::{Backbone, Head};
 use crate::schedule::Schedule;
 use crate::Result;
@@ -14,6 +14,8 @@ pub struct Denoiser {
     backbone: Box<dyn Backbone>,
     schedule: Schedule,
     data_shape: Vec<i64>,
+    /// Data labels the backbone is conditioned on (0: none; labels are then ignored).
+    num_labels: usize,
     /// Noise prediction of a Gaussian fit, added to the network's.
     base: Option<GaussianBase>,
 }
@@ -23,7 +25,13 @@ impl Denoiser {
         let schedule = Schedule::new(cfg.schedule)?;
         let backbone = cfg.backbone.build(vs, &cfg.data_shape, Head::Noise, schedule.timesteps())?;
         let base = cfg.base_components()?.map(|k| GaussianBase::new(vs, &cfg.data_shape, k));
-        Ok(Denoiser { backbone, schedule, data_shape: cfg.data_shape.clone(), base })
+        Ok(Denoiser {
+            backbone,
+            schedule,
+            data_shape: cfg.data_shape.clone(),
+            num_labels: cfg.backbone.num_labels(),
+            base,
+        })
     }
 
     pub fn schedule(&self) -> &Schedule {
@@ -38,9 +46,12 @@ impl Denoiser {
         self.base.as_ref()
     }
 
-    /// ε̂(x_t, t): [B, ..] for x_t: [B, ..] and levels t: [B] (Int64).
+    /// ε̂(x_t, t): [B, ..] for x_t: [B, ..], levels t: [B] in 0..=T+1 and labels: [B]
+    /// (Int64, 0..=L, L the null label).
     pub fn eps(&self, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<Tensor> {
         check_shape(&self.data_shape, x_t)?;
+        check_levels(t, x_t.size()[0], &self.schedule)?;
+        check_labels(labels, x_t.size()[0], self.num_labels)?;
         let eps = self.backbone.forward(x_t, Some(t), labels, train);
         Ok(match &self.base {
             Some(base) => eps + base.eps(x_t, t, labels, &self.schedule),
