@@ -1,9 +1,11 @@
 //! Fuzzing every parser of outside bytes on stable Rust: seeded byte mutations of valid seed
-//! files run through the public parse functions, which must return (Ok or a named error)
-//! without panicking, and without any single allocation over [`ALLOCATION_LIMIT`] (the
+//! files run through the public parse functions, which must return Ok or an error naming the
+//! file, without panicking, and without any single allocation over [`ALLOCATION_LIMIT`] (the
 //! allocator below refuses larger ones, which aborts the process and names the size).
+//! (cargo-fuzz would need nightly and a sanitizer build of libtorch's C++ wrapper; this
+//! harness runs in `cargo test` on the stable toolchain.)
 //!
-//! `cargo test --test fuzz` runs 2000 inputs per parser; `make fuzz N=1000000` (or
+//! `cargo test --test fuzz` runs 5000 inputs per parser; `make fuzz N=1000000` (or
 //! `CDM_FUZZ_INPUTS=N`) runs more, `CDM_FUZZ_SEED` picks another stream and
 //! `CDM_FUZZ_TRACE=1` prints each input before it runs (to find one that aborts). Panicking
 //! inputs are written to `target/fuzz-findings/`; the files in `tests/fuzz_inputs/PARSER/`
@@ -68,7 +70,7 @@ unsafe impl GlobalAlloc for Bounded {
 static ALLOCATOR: Bounded = Bounded;
 
 fn inputs_per_parser() -> usize {
-    std::env::var("CDM_FUZZ_INPUTS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+    std::env::var("CDM_FUZZ_INPUTS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000)
 }
 
 fn fuzz_seed() -> u64 {
@@ -77,9 +79,29 @@ fn fuzz_seed() -> u64 {
 
 /// Integers that break size arithmetic, in 4 bytes.
 const INTERESTING_U32: [u32; 8] = [0, 1, 0x7f, 0xff, 0xffff, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff];
-/// Numbers that break text parsers.
-const INTERESTING_TEXT: [&str; 10] =
-    ["0", "-1", "1000000000000", "18446744073709551616", "nan", "inf", "1e308", "", "\"", "99999999999999999999x9"];
+/// Numbers and tokens that break text parsers (data specs, headers, TOML and JSON).
+const INTERESTING_TEXT: [&str; 20] = [
+    "0",
+    "-1",
+    "1000000000000",
+    "18446744073709551616",
+    "nan",
+    "inf",
+    "1e308",
+    "",
+    "\"",
+    "99999999999999999999x9",
+    "[0]",
+    "[]",
+    "{}",
+    ",",
+    "x0",
+    "=",
+    ":",
+    "true",
+    "0.5, 0",
+    "4294967296",
+];
 
 /// One seed with 1 to 4 random byte-level mutations: bit flips, random or boundary bytes,
 /// big- and little-endian boundary integers, insertions, deletions, duplications, truncation,
@@ -89,7 +111,7 @@ fn mutate(seed: &[u8], rng: &mut StdRng) -> Vec<u8> {
     for _ in 0..rng.gen_range(1..=4) {
         let len = data.len();
         let at = if len == 0 { 0 } else { rng.gen_range(0..len) };
-        match rng.gen_range(0..9) {
+        match rng.gen_range(0..10) {
             0 if len > 0 => data[at] ^= 1 << rng.gen_range(0..8),
             1 if len > 0 => data[at] = rng.gen(),
             2 if len > 0 => data[at] = [0u8, 1, 0x7f, 0x80, 0xff][rng.gen_range(0..5)],
@@ -114,8 +136,12 @@ fn mutate(seed: &[u8], rng: &mut StdRng) -> Vec<u8> {
                 data.splice(to..to, copy);
             }
             7 if len > 0 => data.truncate(at),
+            8 => {
+                let token = INTERESTING_TEXT[rng.gen_range(0..INTERESTING_TEXT.len())];
+                data.splice(at..at, token.bytes());
+            }
             _ => {
-                // Replace the digit run at or after `at` with a boundary number.
+                // Replace the digit run at or after `at` with a boundary number or token.
                 if let Some(start) = data[at..].iter().position(|b| b.is_ascii_digit()).map(|p| p + at) {
                     let end = data[start..].iter().position(|b| !b.is_ascii_digit()).map_or(len, |p| p + start);
                     let text = INTERESTING_TEXT[rng.gen_range(0..INTERESTING_TEXT.len())];
@@ -132,13 +158,18 @@ fn mutate(seed: &[u8], rng: &mut StdRng) -> Vec<u8> {
 struct Tally {
     accepted: usize,
     rejected: usize,
-    panics: Vec<(Vec<u8>, String)>,
+    /// Inputs that panicked, or whose error did not name the file, with the message.
+    findings: Vec<(Vec<u8>, String)>,
     slowest: Duration,
 }
 
+/// What a parser made of one input: accepted, or the error's message.
+type Outcome = Result<(), String>;
+
 /// Runs `parse` on the regression inputs of `name`, on every seed, and on `n` mutants; fails
-/// listing every input that panicked (each written to `target/fuzz-findings/`).
-fn fuzz(name: &str, seeds: &[Vec<u8>], n: usize, parse: impl Fn(&[u8]) -> bool) {
+/// listing every input that panicked, or whose error lacks `names` (the file the parser was
+/// told it reads), each written to `target/fuzz-findings/`.
+fn fuzz(name: &str, seeds: &[Vec<u8>], n: usize, names: Option<&str>, parse: impl Fn(&[u8]) -> Outcome) {
     let trace = std::env::var_os("CDM_FUZZ_TRACE").is_some();
     let mut rng = StdRng::seed_from_u64(fuzz_seed() ^ name.bytes().fold(0u64, |h, b| h.wrapping_mul(31) ^ b as u64));
     let regressions = regression_inputs(name);
@@ -158,39 +189,42 @@ fn fuzz(name: &str, seeds: &[Vec<u8>], n: usize, parse: impl Fn(&[u8]) -> bool) 
         }
         let began = Instant::now();
         match catch_unwind(AssertUnwindSafe(|| parse(&input))) {
-            Ok(true) => tally.accepted += 1,
-            Ok(false) => tally.rejected += 1,
+            Ok(Ok(())) => tally.accepted += 1,
+            Ok(Err(msg)) if names.is_some_and(|file| !msg.contains(file)) => {
+                tally.findings.push((input, format!("error without the file name: {msg}")))
+            }
+            Ok(Err(_)) => tally.rejected += 1,
             Err(payload) => {
                 let msg = payload
                     .downcast_ref::<String>()
                     .cloned()
                     .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_default();
-                tally.panics.push((input, msg));
+                tally.findings.push((input, format!("panic: {msg}")));
             }
         }
         tally.slowest = tally.slowest.max(began.elapsed());
     }
     eprintln!(
         "fuzz {name}: {total} inputs ({} regressions, {} seeds) in {:.1} s: {} accepted, {} rejected with an error, \
-         {} panics; slowest input {:.1} ms; largest allocation in this binary so far {} bytes",
+         {} findings; slowest input {:.1} ms; largest allocation in this binary so far {} bytes",
         regressions.len(),
         seeds.len(),
         start.elapsed().as_secs_f64(),
         tally.accepted,
         tally.rejected,
-        tally.panics.len(),
+        tally.findings.len(),
         tally.slowest.as_secs_f64() * 1e3,
         LARGEST.load(Ordering::Relaxed)
     );
-    if !tally.panics.is_empty() {
+    if !tally.findings.is_empty() {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../fuzz-findings").join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        for (k, (input, _)) in tally.panics.iter().enumerate() {
+        for (k, (input, _)) in tally.findings.iter().enumerate() {
             std::fs::write(dir.join(format!("{k}.bin")), input).unwrap();
         }
-        let first: Vec<_> = tally.panics.iter().take(5).map(|(i, m)| format!("{m}\n  input {i:02x?}")).collect();
-        panic!("{name}: {} inputs panicked (saved in {}):\n{}", tally.panics.len(), dir.display(), first.join("\n"));
+        let first: Vec<_> = tally.findings.iter().take(5).map(|(i, m)| format!("{m}\n  input {i:02x?}")).collect();
+        panic!("{name}: {} findings (inputs saved in {}):\n{}", tally.findings.len(), dir.display(), first.join("\n"));
     }
 }
 
@@ -203,6 +237,11 @@ fn regression_inputs(name: &str) -> Vec<Vec<u8>> {
     };
     paths.sort();
     paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+/// A parser's result as an [`Outcome`].
+fn outcome<T>(result: cdm::Result<T>) -> Outcome {
+    result.map(|_| ()).map_err(|e| e.to_string())
 }
 
 fn file(name: &str) -> PathBuf {
@@ -255,7 +294,7 @@ fn npy_files() {
         npy_f32(&[2, 2], 2, true, true),
         npy_f32(&[1, 1, 2, 2], 3, false, true),
     ];
-    fuzz("npy", &seeds, inputs_per_parser(), |bytes| parse_npy(bytes, &file("x.npy")).is_ok());
+    fuzz("npy", &seeds, inputs_per_parser(), Some("x.npy"), |bytes| outcome(parse_npy(bytes, &file("x.npy"))));
 }
 
 fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
@@ -284,20 +323,26 @@ fn idx_seeds() -> Vec<Vec<u8>> {
 
 #[test]
 fn idx_files() {
-    fuzz("idx", &idx_seeds(), inputs_per_parser(), |bytes| parse_idx(bytes, &file("images-idx3-ubyte")).is_ok());
+    fuzz("idx", &idx_seeds(), inputs_per_parser(), Some("images-idx3-ubyte"), |bytes| {
+        outcome(parse_idx(bytes, &file("images-idx3-ubyte")))
+    });
 }
 
 #[test]
 fn idx_gzip_files() {
     let seeds: Vec<Vec<u8>> = idx_seeds().iter().map(|b| gzip(b)).collect();
-    fuzz("idx-gzip", &seeds, inputs_per_parser(), |bytes| parse_idx(bytes, &file("images-idx3-ubyte.gz")).is_ok());
+    fuzz("idx-gzip", &seeds, inputs_per_parser(), Some("images-idx3-ubyte.gz"), |bytes| {
+        outcome(parse_idx(bytes, &file("images-idx3-ubyte.gz")))
+    });
 }
 
 #[test]
 fn cifar10_batches() {
     let record = |label: u8, value: u8| [vec![label], vec![value; 3072]].concat();
     let seeds = vec![record(3, 51), [record(0, 0), record(9, 255)].concat()];
-    fuzz("cifar10", &seeds, inputs_per_parser(), |bytes| parse_cifar10(bytes, &file("data_batch_1.bin")).is_ok());
+    fuzz("cifar10", &seeds, inputs_per_parser(), Some("data_batch_1.bin"), |bytes| {
+        outcome(parse_cifar10(bytes, &file("data_batch_1.bin")))
+    });
 }
 
 #[test]
@@ -314,9 +359,10 @@ fn folder_images() {
         encode(image::ImageFormat::Png, image::DynamicImage::ImageLuma8(grey)),
         encode(image::ImageFormat::Jpeg, image::DynamicImage::ImageRgb8(gradient)),
     ];
-    fuzz("image", &seeds, inputs_per_parser(), |bytes| match decode_image(bytes, &file("a.png")) {
-        Ok(img) => square_crop(&img, 4).dimensions() == (4, 4),
-        Err(_) => false,
+    fuzz("image", &seeds, inputs_per_parser(), Some("a.png"), |bytes| {
+        let img = decode_image(bytes, &file("a.png")).map_err(|e| e.to_string())?;
+        assert_eq!(square_crop(&img, 4).dimensions(), (4, 4));
+        Ok(())
     });
 }
 
@@ -348,12 +394,13 @@ fn checkpoint_weights() {
     let weights = dir.path().join("checkpoint.safetensors");
     saved.save(&weights).unwrap();
     // Loaded into a fresh model of the same config, as `load_model` does.
-    fuzz("safetensors", &[std::fs::read(&weights).unwrap()], inputs_per_parser(), |bytes| {
+    let seeds = [std::fs::read(&weights).unwrap()];
+    fuzz("safetensors", &seeds, inputs_per_parser(), Some("checkpoint.safetensors"), |bytes| {
         let path = file("checkpoint.safetensors");
-        let Ok(loaded) = TensorFile::parse(bytes, &path) else { return false };
+        let loaded = TensorFile::parse(bytes, &path).map_err(|e| e.to_string())?;
         let mut vs = VarStore::new(tch::Device::Cpu);
         let _model = Model::new(&vs.root(), &config.model).unwrap();
-        loaded.load_vars("ema", &mut vs, &path).is_ok()
+        outcome(loaded.load_vars("ema", &mut vs, &path))
     });
 }
 
@@ -372,9 +419,9 @@ fn checkpoint_configs() {
     };
     let seeds = vec![serde_json::to_vec_pretty(&config).unwrap(), serde_json::to_vec(&unet).unwrap()];
     // config.json, read and checked as `load_model` does before it builds anything.
-    fuzz("config-json", &seeds, inputs_per_parser(), |bytes| {
-        let Ok(run) = serde_json::from_slice::<RunConfig>(bytes) else { return false };
-        run.model.validate().is_ok() && run.train.validate().is_ok()
+    fuzz("config-json", &seeds, inputs_per_parser(), None, |bytes| {
+        let run = serde_json::from_slice::<RunConfig>(bytes).map_err(|e| e.to_string())?;
+        outcome(run.model.validate().and_then(|()| run.train.validate()))
     });
 }
 
@@ -386,8 +433,9 @@ fn config_files_toml() {
         .map(|name| std::fs::read(configs.join(name)).unwrap())
         .collect();
     seeds.push(b"data = \"gmm2d\"\nmodel = \"ddm\"\n[backbone]\ntype = \"unet\"\nchannel_mult = [1, 2]\n".to_vec());
-    fuzz("config-toml", &seeds, inputs_per_parser(), |bytes| {
-        std::str::from_utf8(bytes).is_ok_and(|text| ConfigFile::parse(text, &file("run.toml")).is_ok())
+    fuzz("config-toml", &seeds, inputs_per_parser(), Some("run.toml"), |bytes| {
+        let text = std::str::from_utf8(bytes).map_err(|e| format!("run.toml: {e}"))?;
+        outcome(ConfigFile::parse(text, &file("run.toml")))
     });
 }
 
@@ -398,8 +446,9 @@ fn config_files_json() {
             .to_vec(),
         br#"{"backbone": {"type": "convnet", "channels": 8, "channel_mult": [1, 2], "groups": 4}}"#.to_vec(),
     ];
-    fuzz("config-json-file", &seeds, inputs_per_parser(), |bytes| {
-        std::str::from_utf8(bytes).is_ok_and(|text| ConfigFile::parse(text, &file("run.json")).is_ok())
+    fuzz("config-json-file", &seeds, inputs_per_parser(), Some("run.json"), |bytes| {
+        let text = std::str::from_utf8(bytes).map_err(|e| format!("run.json: {e}"))?;
+        outcome(ConfigFile::parse(text, &file("run.json")))
     });
 }
 
@@ -422,17 +471,18 @@ fn data_specs() {
     .iter()
     .map(|s| s.as_bytes().to_vec())
     .collect();
-    fuzz("data-spec", &seeds, inputs_per_parser(), |bytes| {
-        let Ok(spec) = std::str::from_utf8(bytes) else { return false };
+    fuzz("data-spec", &seeds, inputs_per_parser(), None, |bytes| {
+        let spec = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
         let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
         // The image sets download on first use, and other paths are the user's own files.
         let touches_files = matches!(name, "npy" | "folder" | "cifar10") && !args.starts_with(NO_SUCH_DIR);
         if matches!(name, "mnist" | "fashion-mnist" | "digits") || touches_files || args.contains("..") {
-            return false;
+            return Err("skipped: not opened by the fuzzer".into());
         }
-        let Ok(data) = Dataset::open(spec) else { return false };
+        let data = Dataset::open(spec).map_err(|e| e.to_string())?;
         let (x, _) = data.batch(2, &mut Rng::new(0));
-        let _ = data.describe(spec);
-        x.size()[1..] == data.shape()[..]
+        assert!(!data.describe(spec).is_empty());
+        assert_eq!(x.size()[1..], data.shape()[..]);
+        Ok(())
     });
 }

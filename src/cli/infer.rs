@@ -27,7 +27,7 @@ pub struct CkptArgs {
     #[arg(long)]
     pub raw_weights: bool,
     /// Points per forward pass.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = super::positive)]
     pub batch: usize,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
@@ -480,7 +480,7 @@ pub struct MmseArgs {
     #[arg(long, value_delimiter = ',')]
     levels: Vec<usize>,
     /// Held-out points per level.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = super::positive)]
     n: usize,
     #[arg(long, default_value_t = 12345)]
     seed: u64,
