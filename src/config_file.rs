@@ -22,7 +22,9 @@ pub struct ConfigFile {
     pub base_per_class: Option<bool>,
     pub schedule: Option<ScheduleConfig>,
     pub backbone: Option<BackboneConfig>,
-    pub train: Option<TrainConfig>,
+    /// The `[train]` table as written: the fields it sets go over the defaults that suit the
+    /// data (see [`ConfigFile::train_over`]), so `steps = 100` alone keeps an image run's batch.
+    pub train: Option<serde_json::Value>,
 }
 
 impl ConfigFile {
@@ -52,9 +54,21 @@ impl ConfigFile {
         if let Some(backbone) = &file.backbone {
             backbone.validate().map_err(named)?;
         }
-        if let Some(train) = &file.train {
-            train.validate().map_err(named)?;
-        }
+        file.train_over(TrainConfig::default()).map_err(named)?;
         Ok(file)
+    }
+
+    /// The `[train]` table's fields over `defaults`, checked.
+    pub fn train_over(&self, defaults: TrainConfig) -> Result<TrainConfig> {
+        let Some(table) = &self.train else { return Ok(defaults) };
+        let bad = |e: &dyn std::fmt::Display| Error::Config(format!("train: {e}"));
+        let mut merged = serde_json::to_value(defaults).map_err(|e| bad(&e))?;
+        match (merged.as_object_mut(), table.as_object()) {
+            (Some(fields), Some(over)) => fields.extend(over.iter().map(|(k, v)| (k.clone(), v.clone()))),
+            _ => return Err(bad(&"expected a table of fields")),
+        }
+        let train: TrainConfig = serde_json::from_value(merged).map_err(|e| bad(&e))?;
+        train.validate()?;
+        Ok(train)
     }
 }

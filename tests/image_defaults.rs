@@ -53,21 +53,24 @@ fn a_folder_of_small_images_trains_at_its_own_size_with_image_defaults() {
     assert_eq!((train["batch_size"].as_u64(), train["lr"].as_f64()), (Some(32), Some(4e-4)));
     assert_eq!((train["min_snr"].as_f64(), train["checkpoint_every"].as_u64()), (Some(5.0), Some(500)));
 
-    // size= resizes, and says so.
+    // size= resizes, and says so; a config file's [train] fields go over the image defaults.
     let resized = dir.path().join("resized");
+    let config = dir.path().join("short.toml");
+    std::fs::write(&config, "[train]\nsteps = 1\n[schedule]\nkind = \"linear\"\ntimesteps = 10\n").unwrap();
     let (ok, _, stderr) = cdm(&[
         "train",
         "--data",
         &format!("{spec},size=4"),
         "--out",
         path_str(&resized),
-        "--steps",
-        "1",
-        "--timesteps",
-        "10",
+        "--config",
+        path_str(&config),
     ]);
     assert!(ok, "{stderr}");
     assert!(stderr.contains("6 images of 3×4×4, centre-cropped to a square and resized as size= asks"), "{stderr}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(resized.join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["train"]["steps"].as_u64(), config["train"]["batch_size"].as_u64()), (Some(1), Some(32)));
 
     // 8-bit images: bits/dim of the discrete data by default, the continuous figure labelled.
     let r = path_str(&run);

@@ -147,3 +147,14 @@ fn image_folders_are_resized_and_centre_cropped() {
     let empty = tempfile::tempdir().unwrap();
     assert!(read_folder(empty.path(), None).err().unwrap().to_string().contains("no .png"));
 }
+
+#[test]
+fn eight_bit_images_are_told_from_other_data() {
+    use cdm::data::is_8bit;
+    let k = tch::Tensor::from_slice(&[0.0, 1.0, 128.0, 255.0]).reshape([1, 1, 2, 2]);
+    assert!(is_8bit(&(&k / 127.5 - 1.0)));
+    // The 8×8 digits have 17 grey levels, v/8 − 1: not on the 8-bit grid.
+    assert!(!is_8bit(&(tch::Tensor::from_slice(&[0.0, 3.0, 9.0, 16.0]).reshape([1, 1, 2, 2]) / 8.0 - 1.0)));
+    assert!(!is_8bit(&(&k / 127.5 - 1.0).reshape([1, 4])), "points, not images");
+    assert!(!is_8bit(&(&k / 127.5 - 1.0 + 0.002)), "off the grid");
+}

@@ -129,14 +129,15 @@ impl UnetPreset {
 
 /// The settings of the run already in `dir`, if there is one, as a config file would give them.
 fn saved_run(dir: &Path) -> Result<Option<ConfigFile>> {
-    Ok(cdm::train::saved_run(dir)?.map(|saved| ConfigFile {
+    let Some(saved) = cdm::train::saved_run(dir)? else { return Ok(None) };
+    Ok(Some(ConfigFile {
         data: Some(saved.data),
         model: Some(saved.model.kind),
         gaussian_base: Some(saved.model.gaussian_base),
         base_per_class: Some(saved.model.base_per_class),
         schedule: Some(saved.model.schedule),
         backbone: Some(saved.model.backbone),
-        train: Some(saved.train),
+        train: Some(serde_json::to_value(saved.train)?),
     }))
 }
 
@@ -147,8 +148,11 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
         Some(path) => ConfigFile::read(path)?,
         None => saved_run(&args.out)?.unwrap_or_default(),
     };
-    let data =
-        args.data.clone().or(file.data).context("no training data: pass --data SPEC or set `data` in --config")?;
+    let data = args
+        .data
+        .clone()
+        .or(file.data.clone())
+        .context("no training data: pass --data SPEC or set `data` in --config")?;
     let preparing = spinner(format!("preparing --data {data} (the first use of a dataset downloads it)"));
     let dataset = Dataset::open(&data).with_context(|| format!("--data {data}"));
     preparing.finish_and_clear();
@@ -156,6 +160,11 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
     tracing::info!("data {data}: {}", dataset.describe(&data));
     let shape = dataset.shape();
     let images = shape.len() == 3;
+    let defaults = if images { TrainConfig::images() } else { TrainConfig::default() };
+    let mut train = file.train_over(defaults).with_context(|| match &args.config {
+        Some(path) => format!("--config {}", path.display()),
+        None => format!("the run in {}", args.out.display()),
+    })?;
     let mut schedule = file.schedule.unwrap_or_default();
     schedule.kind = args.schedule.unwrap_or(schedule.kind);
     schedule.timesteps = args.timesteps.unwrap_or(schedule.timesteps);
@@ -190,7 +199,6 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
         let n = dataset.num_labels().with_context(|| format!("--conditional: '{data}' has no labels"))?;
         backbone.set_num_labels(n);
     }
-    let mut train = file.train.unwrap_or_else(|| if images { TrainConfig::images() } else { TrainConfig::default() });
     train.steps = args.steps.unwrap_or(train.steps);
     train.batch_size = args.batch.unwrap_or(train.batch_size);
     train.lr = args.lr.unwrap_or(train.lr);

@@ -270,7 +270,11 @@ pub fn decode_image(bytes: &[u8], path: &Path) -> Result<image::RgbImage> {
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(256 << 20);
     reader.limits(limits);
-    Ok(reader.decode().map_err(|e| bad(&e))?.to_rgb8())
+    let img = reader.decode().map_err(|e| bad(&e))?.to_rgb8();
+    if img.width() == 0 || img.height() == 0 {
+        return Err(bad(&"an image without pixels"));
+    }
+    Ok(img)
 }
 
 /// The largest centred square of `img`, resized to `size`×`size`.
