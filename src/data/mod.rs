@@ -19,9 +19,9 @@ pub const DATA_SPECS: &str = "npy:PATH | mnist[:split=test] | fashion-mnist[:spl
 cifar10:DIR[,split=test] | folder:DIR[,size=N] (own size; size=N crops and resizes to N×N) | \
 uniform:d=D,g=WIDTH (d may be a shape like 3x32x32) | gmm2d | gmm:d=D,k=K,seed=S | checkerboard | rings";
 
-/// Most values one point of a built-in density may have (3×2048×2048 fits): the spec is
+/// Most values one point of a built-in density may have (3×1024×1024 fits): the spec is
 /// refused beyond it, before a batch of such points is allocated.
-pub const MAX_POINT_VALUES: i64 = 1 << 24;
+pub const MAX_POINT_VALUES: i64 = 1 << 22;
 
 /// The test-split spec of a training data spec (`mnist` → `mnist:split=test`), for the image
 /// sets that have one; `None` for data without a test split.
