@@ -54,6 +54,11 @@ impl Classifier {
         &self.schedule
     }
 
+    /// Data labels it is conditioned on (0: unconditional).
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
+    }
+
     pub fn base(&self) -> Option<&GaussianBase> {
         self.base.as_ref()
     }

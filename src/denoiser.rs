@@ -38,6 +38,11 @@ impl Denoiser {
         &self.schedule
     }
 
+    /// Data labels it is conditioned on (0: unconditional).
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
+    }
+
     pub fn data_shape(&self) -> &[i64] {
         &self.data_shape
     }

@@ -27,6 +27,9 @@ pub enum Error {
     /// Training produced a non-finite loss; the last good checkpoint is kept.
     #[error("non-finite loss at step {step}: {what}")]
     NonFinite { step: u64, what: String },
+    /// A sampler's state stopped being finite (a diverging model or sampler).
+    #[error("sampler state became non-finite at step {step} (level {level})")]
+    NonFiniteSample { step: usize, level: usize },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -113,6 +113,14 @@ impl Model {
         }
     }
 
+    /// Data labels it is conditioned on (0: unconditional).
+    pub fn num_labels(&self) -> usize {
+        match self {
+            Model::Cdm(m) => m.num_labels(),
+            Model::Ddm(m) => m.num_labels(),
+        }
+    }
+
     /// Shape of one data point.
     pub fn data_shape(&self) -> &[i64] {
         match self {

@@ -4,7 +4,7 @@ use tch::Tensor;
 
 use crate::classifier::Classifier;
 use crate::model::Model;
-use crate::Result;
+use crate::{Error, Result};
 
 /// A noise predictor ε̂(x_t, t) ≈ E[ε | x_t].
 pub trait NoisePredictor {
@@ -40,12 +40,19 @@ impl LabelledPredictor for Model {
 /// A model with fixed data labels, as a noise predictor.
 pub struct Conditioned<'a, M: ?Sized> {
     pub model: &'a M,
-    /// Data labels [B] for a conditional model; `None` uses the null label.
+    /// Data labels [n] for a conditional model; `None` uses the null label. A batch of k·n
+    /// states (a parallel sampler's window, laid out [k, n, ..]) gets them repeated k times.
     pub labels: Option<Tensor>,
 }
 
 impl<M: LabelledPredictor + ?Sized> NoisePredictor for Conditioned<'_, M> {
     fn eps(&self, x_t: &Tensor, t: &Tensor) -> Result<Tensor> {
-        self.model.eps_given(x_t, t, self.labels.as_ref())
+        let Some(labels) = &self.labels else { return self.model.eps_given(x_t, t, None) };
+        let (batch, n) = (x_t.size()[0], labels.size()[0]);
+        match batch {
+            b if b == n => self.model.eps_given(x_t, t, Some(labels)),
+            b if n > 0 && b % n == 0 => self.model.eps_given(x_t, t, Some(&labels.repeat([b / n]))),
+            b => Err(Error::Shape(format!("a batch of {b} states for {n} labels: expected a multiple of {n}"))),
+        }
     }
 }

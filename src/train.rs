@@ -12,9 +12,8 @@ use crate::data::Dataset;
 use crate::loss::LossWeights;
 use crate::model::{Model, ModelConfig};
 use crate::plot::image_grid;
-use crate::predictor::Conditioned;
 use crate::rng::Rng;
-use crate::sample::{ddim, DdimOptions, Noise};
+use crate::sample::{draw, SampleOptions};
 use crate::{Error, Result};
 
 /// Floating-point precision of weights and data.
@@ -259,6 +258,13 @@ pub struct LoadedModel {
     pub step: u64,
 }
 
+impl LoadedModel {
+    /// The precision and device of its weights, where its inputs must go.
+    pub fn options(&self) -> (Kind, Device) {
+        (self.config.train.precision.kind(), self.vs.device())
+    }
+}
+
 /// Builds a fresh classifier on `device` in the run's precision.
 fn build(config: &RunConfig, device: Device) -> Result<(VarStore, Model)> {
     let mut vs = VarStore::new(device);
@@ -420,29 +426,12 @@ impl Trainer {
     /// Writes `samples/step_N.png`: 16 DDIM-50 samples from the EMA weights (a conditional
     /// model cycles through its classes), from a fixed seed so grids compare across steps.
     fn sample_grid(&self) -> Result<()> {
-        let n = 16;
         let dir = self.dir.join("samples");
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let num_labels = self.config.model.backbone.num_labels() as i64;
-        let labels = (num_labels > 0).then(|| Tensor::arange(n, (Kind::Int64, self.device)).remainder(num_labels));
-        let predictor = Conditioned { model: &self.ema_model, labels };
-        let schedule = self.ema_model.schedule();
-        let levels = schedule.sampling_levels(50.min(schedule.timesteps()))?;
-        let x_t = Noise::new(0, 0, n as usize).normal(
-            &self.config.model.data_shape,
-            self.config.train.precision.kind(),
-            self.device,
-        );
-        let x0 = ddim(
-            &predictor,
-            schedule,
-            x_t,
-            &levels,
-            &DdimOptions::default(),
-            &mut Noise::new(1, 0, n as usize),
-            &mut |_| {},
-        )?;
-        image_grid(&dir.join(format!("step_{}.png", self.step)), &x0.to_device(Device::Cpu), 4)
+        let opts = SampleOptions::ddim(50.min(self.ema_model.schedule().timesteps()));
+        let options = (self.config.train.precision.kind(), self.device);
+        let samples = draw(&self.ema_model, options, 16, &opts, 16, None, &mut |_| {})?;
+        image_grid(&dir.join(format!("step_{}.png", self.step)), &samples.x, 4)
     }
 
     /// Steps already taken.

@@ -200,7 +200,7 @@ fn conditional_sampling_checks_its_classes() {
     assert!(ok && one.join("00001.png").exists(), "{stderr}");
     assert_error(
         &["sample", "--ckpt", r, "--n", "2", "--steps", "2", "--class", "10", "--out", path_str(&grid)],
-        &["--class 10", "classes 0..9"],
+        &["class 10", "classes 0..9"],
     );
     assert_error(
         &["sample", "--ckpt", r, "--n", "2", "--steps", "2", "--out", path_str(&dir.path().join("x.txt"))],
@@ -211,7 +211,7 @@ fn conditional_sampling_checks_its_classes() {
     let sdedit = ["sample", "--ckpt", r, "--n", "5", "--init", "digits", "--steps", "2", "--out", path_str(&edited)];
     let (ok, stderr) = cdm(&[&sdedit[..], &["--from-level", "4"]].concat());
     assert!(ok && edited.exists(), "{stderr}");
-    assert_error(&[&sdedit[..], &["--from-level", "11"]].concat(), &["--from-level 11 must be in 1..=10"]);
+    assert_error(&[&sdedit[..], &["--from-level", "11"]].concat(), &["--from-level 11", "must be in 1..=10, got 11"]);
     assert_error(&[&sdedit[..], &["--from-level", "1"]].concat(), &["steps must be in 1..=1, got 2"]);
     assert_error(&[&sdedit[..5], &["--from-level", "4", "--out", "x.png"]].concat(), &["--init"]);
     assert_error(

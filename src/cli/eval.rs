@@ -24,7 +24,8 @@ use cdm::schedule::levels_like;
 use cdm::train::LoadedModel;
 use cdm::{cache, Error};
 
-use super::infer::{batched, draw_samples, CkptArgs, SampleOptions};
+use super::infer::{batched, draw_samples, CkptArgs};
+use cdm::sample::SampleOptions;
 
 /// The parts of a report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -631,7 +632,8 @@ fn fid(ctx: &Eval) -> Result<Section> {
     let inception = Inception::load(device)?;
     let reference = reference_stats(&inception, &ctx.model.config.data, args.fid_reference)?;
     let start = Instant::now();
-    let (samples, _) = draw_samples(ctx.model, args.fid_samples, &args.sampling, args.ckpt.batch, None, &mut |_| {})?;
+    let drawn = draw_samples(ctx.model, args.fid_samples, &args.sampling, args.ckpt.batch, None, &mut |_| {})?;
+    let (samples, cost) = (drawn.x, drawn.stats);
     let sampling_s = start.elapsed().as_secs_f64();
     image_grid(&args.out.join("fid_samples.png"), &first(&samples, 100), 10)?;
     let score = frechet_distance(&reference, &inception.stats(&samples, 50)?)?;
@@ -642,12 +644,21 @@ fn fid(ctx: &Eval) -> Result<Section> {
         _ => "class-conditional, classes in turn".to_string(),
     };
     let guidance = if s.guidance != 0.0 { format!(", guidance w = {}", s.guidance) } else { String::new() };
-    let sampler = format!("{} {} steps, {conditioning}{guidance}", format!("{:?}", s.sampler).to_lowercase(), s.steps);
+    let parallel = match s.parallel {
+        Some(p) => format!(
+            ", parallel {:?} (window {p}, tol {}): {} iterations, {} evaluations per batch of samples",
+            s.solver, s.tol, cost.iterations, cost.evaluations
+        )
+        .to_lowercase(),
+        None => String::new(),
+    };
+    let sampler =
+        format!("{} {} steps, {conditioning}{guidance}{parallel}", format!("{:?}", s.sampler).to_lowercase(), s.steps);
     let md = format!(
         "## FID\n\n| samples | sampler | reference | FID |\n|---|---|---|---|\n| {} | {sampler} | {} training images of `{}` | {score:.2} |\n\nSampling took {sampling_s:.0} s. The first 100 samples:\n\n![](fid_samples.png)\n",
         args.fid_samples, reference.n, ctx.model.config.data
     );
-    let json = json!({"fid": score, "samples": args.fid_samples, "sampler": sampler, "reference_images": reference.n, "reference_data": ctx.model.config.data, "sampling_seconds": sampling_s});
+    let json = json!({"fid": score, "samples": args.fid_samples, "sampler": sampler, "reference_images": reference.n, "reference_data": ctx.model.config.data, "sampling_seconds": sampling_s, "sampling_cost": cost});
     Ok(Section { key: "fid", json, markdown: md })
 }
 

@@ -11,7 +11,7 @@ use cdm::likelihood::{bits_per_dim, bits_per_dim_8bit, dequantize, log_prob, Deq
 use cdm::plot::image_grid;
 use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::rng::Rng;
-use cdm::sample::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, ClipX0, DdimOptions, Guided, Noise, SamplerKind};
+use cdm::sample::{draw, Noise, SampleOptions, Samples, Start};
 use cdm::schedule::levels_like;
 use cdm::train::{load_model, LoadedModel};
 
@@ -240,50 +240,6 @@ pub fn denoise(args: DenoiseArgs) -> Result<()> {
     Ok(())
 }
 
-/// How to draw samples; the command line's `cdm sample` flags.
-#[derive(Args, Clone)]
-pub struct SampleOptions {
-    #[arg(long, value_enum, default_value = "ddim")]
-    pub sampler: SamplerKind,
-    /// Sampling steps (levels visited, from T down to 0).
-    #[arg(long, default_value_t = 100)]
-    pub steps: usize,
-    /// DDIM η (0: deterministic).
-    #[arg(long, default_value_t = 0.0)]
-    pub eta: f64,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Conditional models: draw this class (default: every class in turn).
-    #[arg(long)]
-    pub class: Option<i64>,
-    /// Classifier-free guidance weight w: ε = (1 + w) ε(x, c) − w ε(x, ∅).
-    #[arg(long, default_value_t = 0.0)]
-    pub guidance: f64,
-    /// Clip x̂0 to [-C, C] at every step (images in [-1, 1]: 1).
-    #[arg(long)]
-    pub clip_x0: Option<f64>,
-    /// Conditional models: sample with the null label (the unconditional model that label
-    /// dropout trained alongside).
-    #[arg(long, conflicts_with_all = ["class", "guidance"])]
-    pub unconditional: bool,
-}
-
-impl SampleOptions {
-    /// DDPM with `steps` steps, unconditional, seed 1.
-    pub fn ddpm(steps: usize) -> Self {
-        SampleOptions {
-            sampler: SamplerKind::Ddpm,
-            steps,
-            eta: 0.0,
-            seed: 1,
-            class: None,
-            guidance: 0.0,
-            clip_x0: None,
-            unconditional: false,
-        }
-    }
-}
-
 #[derive(Args)]
 pub struct SampleArgs {
     #[command(flatten)]
@@ -306,23 +262,18 @@ pub struct SampleArgs {
     /// (one PNG per image).
     #[arg(long)]
     out: PathBuf,
-}
-
-/// Where a sampling run begins when not at pure noise: states `x_t` [n, ..] at `level`, and the
-/// labels of the points they came from.
-pub struct Start {
-    pub x_t: Tensor,
-    pub level: usize,
-    pub labels: Option<Vec<i64>>,
+    /// With --parallel: also draw the same samples sequentially, and report both runs' cost and
+    /// how far apart their samples are.
+    #[arg(long)]
+    compare_sequential: bool,
+    /// Print what the run cost as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The first `n` points of `spec` ([n, ..], CPU) and the SDEdit start made by noising them to
 /// `level` with the seed's starting-point streams.
 fn noised_start(loaded: &LoadedModel, spec: &str, level: usize, n: usize, seed: u64) -> Result<(Tensor, Start)> {
-    let schedule = loaded.model.schedule();
-    if level == 0 || level > schedule.timesteps() {
-        bail!("--from-level {level} must be in 1..={}", schedule.timesteps());
-    }
     let (x, labels) = match Dataset::open(spec).with_context(|| format!("--init {spec}"))? {
         Dataset::Points { x, labels } => (x, labels),
         known => (known.eval_points(n, seed), None),
@@ -331,11 +282,10 @@ fn noised_start(loaded: &LoadedModel, spec: &str, level: usize, n: usize, seed: 
         bail!("--init {spec}: has {} points, --n asks for {n}", x.size()[0]);
     }
     let x = x.narrow(0, 0, n as i64).to_kind(Kind::Double);
-    loaded.model.check_input(&x).with_context(|| format!("--init {spec}"))?;
-    let eps = Noise::new(seed, 0, n).normal(&x.size()[1..], Kind::Double, tch::Device::Cpu);
-    let x_t = schedule.add_noise(&x, &eps, &levels_like(level, &x));
-    let labels = labels.map(|l| Vec::<i64>::try_from(l.narrow(0, 0, n as i64).to_kind(Kind::Int64))).transpose()?;
-    Ok((x, Start { x_t, level, labels }))
+    let labels = labels.map(|l| l.narrow(0, 0, n as i64));
+    let start = Start::sdedit(&loaded.model, &x, labels.as_ref(), level, seed)
+        .with_context(|| format!("--init {spec} --from-level {level}"))?;
+    Ok((x, start))
 }
 
 pub fn sample(args: SampleArgs) -> Result<()> {
@@ -345,7 +295,25 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         _ => None,
     };
     let start = init.as_ref().map(|(_, start)| start);
-    let (samples, labels) = draw_samples(&loaded, args.n, &args.options, args.ckpt.batch, start, &mut |_| {})?;
+    let Samples { x: samples, labels, stats } =
+        draw_samples(&loaded, args.n, &args.options, args.ckpt.batch, start, &mut |_| {})?;
+    let mut report = json!({"n": args.n, "options": args.options, "cost": stats});
+    if args.compare_sequential {
+        if args.options.parallel.is_none() {
+            bail!("--compare-sequential compares a --parallel run with the sequential one; add --parallel P");
+        }
+        let sequential = SampleOptions { parallel: None, ..args.options.clone() };
+        let reference = draw_samples(&loaded, args.n, &sequential, args.ckpt.batch, start, &mut |_| {})?;
+        let gap = (&samples - &reference.x).to_kind(Kind::Double);
+        report["sequential_cost"] = json!(reference.stats);
+        report["max_abs_difference"] = json!(gap.abs().max().double_value(&[]));
+        report["rms_difference"] = json!(gap.square().mean(Kind::Double).sqrt().double_value(&[]));
+    }
+    if args.json {
+        println!("{report}");
+    } else {
+        print_cost(&report);
+    }
     let ext = args.out.extension().and_then(|e| e.to_str()).unwrap_or("");
     let is_image = loaded.model.data_shape().len() == 3;
     match (ext, &init) {
@@ -383,8 +351,38 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         }
         _ => bail!("--out {}: expected FILE.npy, or for image data FILE.png or a directory", args.out.display()),
     }
-    println!("{} samples written to {}", args.n, args.out.display());
+    if !args.json {
+        println!("{} samples written to {}", args.n, args.out.display());
+    }
     Ok(())
+}
+
+/// One line per run: rounds of evaluation, states per trajectory and the largest batch.
+fn print_cost(report: &serde_json::Value) {
+    let line = |what: &str, c: &serde_json::Value| {
+        println!(
+            "{what}: {} iterations, {} network evaluations per sample, largest batch {}, {:.2} s",
+            c["iterations"],
+            c["evaluations"],
+            c["largest_batch"],
+            c["seconds"].as_f64().unwrap_or(f64::NAN)
+        )
+    };
+    match report["options"]["parallel"].as_u64() {
+        Some(p) => line(
+            &format!("parallel ({}, window {p}, tol {})", report["options"]["solver"], report["options"]["tol"]),
+            &report["cost"],
+        ),
+        None => line("sequential", &report["cost"]),
+    }
+    if !report["sequential_cost"].is_null() {
+        line("sequential", &report["sequential_cost"]);
+        println!(
+            "parallel against sequential samples: max |difference| {:.3e}, rms {:.3e}",
+            report["max_abs_difference"].as_f64().unwrap_or(f64::NAN),
+            report["rms_difference"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
 }
 
 /// Images per row of an SDEdit grid (its clean, noised and sampled rows come in turn).
@@ -398,11 +396,7 @@ fn pad_row(images: &Tensor, cols: i64) -> Tensor {
     Tensor::cat(&[images.shallow_clone(), Tensor::ones(&size, (images.kind(), images.device()))], 0)
 }
 
-/// Separates the step-noise streams of a seed from its starting-point streams.
-const STEP_NOISE_SALT: u64 = 0x5eed_0f57_e900_015e;
-
-/// `n` samples from a loaded model (CPU tensor [n, ..]), and for a conditional model the class
-/// of each; from pure noise, or from `start`; `on_step` sees every step of every batch.
+/// `n` samples from a loaded model with a progress bar (see [`cdm::sample::draw`]).
 pub fn draw_samples(
     loaded: &LoadedModel,
     n: usize,
@@ -410,66 +404,14 @@ pub fn draw_samples(
     batch: usize,
     start: Option<&Start>,
     on_step: &mut dyn FnMut(&cdm::sample::Step),
-) -> Result<(Tensor, Option<Vec<i64>>)> {
-    let schedule = loaded.model.schedule();
-    let shape = loaded.model.data_shape().to_vec();
-    let kind = loaded.config.train.precision.kind();
-    let device = loaded.vs.device();
-    let num_labels = loaded.config.model.backbone.num_labels() as i64;
-    if num_labels == 0 && (opts.class.is_some() || opts.guidance != 0.0) {
-        bail!("--class and --guidance need a conditional model (trained with --conditional)");
-    }
-    if let Some(c) = opts.class.filter(|c| !(0..num_labels).contains(c)) {
-        bail!("--class {c}: the model knows classes 0..{}", num_labels - 1);
-    }
-    let levels = match start {
-        Some(s) => schedule.sampling_levels_from(s.level, opts.steps)?,
-        None => schedule.sampling_levels(opts.steps)?,
-    };
-    let labels: Option<Vec<i64>> =
-        (num_labels > 0 && !opts.unconditional).then(|| match (opts.class, start.and_then(|s| s.labels.as_ref())) {
-            (None, Some(data_labels)) => data_labels[..n].to_vec(),
-            _ => (0..n as i64).map(|i| opts.class.unwrap_or(i % num_labels)).collect(),
-        });
-    if let Some(bad) = labels.iter().flatten().find(|l| !(0..num_labels).contains(*l)) {
-        bail!("label {bad} of the starting points: the model knows classes 0..{}", num_labels - 1);
-    }
+) -> Result<Samples> {
     let bar = progress_bar((n.div_ceil(batch.max(1)) * opts.steps) as u64, "sample");
-    let mut parts = Vec::new();
-    for first in (0..n).step_by(batch.max(1)) {
-        let len = batch.max(1).min(n - first);
-        let chunk_labels = labels.as_ref().map(|l| Tensor::from_slice(&l[first..first + len]).to_device(device));
-        let conditional = Conditioned { model: &loaded.model, labels: chunk_labels };
-        let unconditional = Conditioned { model: &loaded.model, labels: None };
-        let guided = Guided { conditional: &conditional, unconditional: &unconditional, weight: opts.guidance };
-        let unclipped: &dyn NoisePredictor = if opts.guidance != 0.0 { &guided } else { &conditional };
-        let clipped = opts.clip_x0.map(|limit| ClipX0 { inner: unclipped, schedule, limit });
-        let model: &dyn NoisePredictor = match &clipped {
-            Some(c) => c,
-            None => unclipped,
-        };
-        // One stream per sample for x_T, and another for the noise of its steps.
-        let x_t = match start {
-            Some(s) => s.x_t.narrow(0, first as i64, len as i64).to_kind(kind).to_device(device),
-            None => Noise::new(opts.seed, first as u64, len).normal(&shape, kind, device),
-        };
-        let mut noise = Noise::new(opts.seed ^ STEP_NOISE_SALT, first as u64, len);
-        let mut tick = |step: &cdm::sample::Step| {
-            bar.inc(1);
-            on_step(step)
-        };
-        let x0 = match opts.sampler {
-            SamplerKind::Ddpm => ddpm(model, schedule, x_t, &levels, &mut noise, &mut tick)?,
-            SamplerKind::Ddim => {
-                ddim(model, schedule, x_t, &levels, &DdimOptions { eta: opts.eta }, &mut noise, &mut tick)?
-            }
-            SamplerKind::Dpm2 => dpm_solver_2m(model, schedule, x_t, &levels, &mut tick)?,
-            SamplerKind::Dpmpp2m => dpm_solver_pp_2m(model, schedule, x_t, &levels, &mut tick)?,
-        };
-        parts.push(x0.to_device(tch::Device::Cpu));
-    }
+    let samples = draw(&loaded.model, loaded.options(), n, opts, batch, start, &mut |step| {
+        bar.inc(1);
+        on_step(step)
+    })?;
     bar.finish_and_clear();
-    Ok((Tensor::cat(&parts, 0), labels))
+    Ok(samples)
 }
 
 #[derive(Args)]

@@ -13,8 +13,9 @@ use cdm::sample::Noise;
 use cdm::schedule::levels_like;
 use cdm::train::load_model;
 
-use super::infer::{draw_samples, SampleOptions};
+use super::infer::draw_samples;
 use super::DeviceArg;
+use cdm::sample::SampleOptions;
 
 #[derive(Args)]
 pub struct PlotArgs {
@@ -100,7 +101,7 @@ pub fn run(args: PlotArgs) -> Result<()> {
                 Ok(v.chunks(grid).map(|c| c.to_vec()).collect())
             };
             let steps = 200.min(loaded.model.schedule().timesteps());
-            let (drawn, _) = draw_samples(&loaded, samples, &SampleOptions::ddpm(steps), 1024, None, &mut |_| {})?;
+            let drawn = draw_samples(&loaded, samples, &SampleOptions::ddpm(steps), 1024, None, &mut |_| {})?.x;
             let pairs = Vec::<f64>::try_from(drawn.to_kind(Kind::Double).flatten(0, -1))?;
             let dots: Vec<(f64, f64)> = pairs.chunks(2).map(|p| (p[0], p[1])).collect();
             let vmax = exact.max().double_value(&[]).max(learned.max().double_value(&[]));

@@ -1,21 +1,25 @@
-//! Samplers: functions from x_T ~ N(0, I) to x_0 through a [`NoisePredictor`], over a
-//! decreasing grid of levels (see `Schedule::sampling_levels`). They never know whether ε̂
-//! comes from a denoiser or from a classifier's input gradient.
+//! Samplers: functions from x_T ~ N(0, I) to x_0 through a [`crate::predictor::NoisePredictor`],
+//! over a decreasing grid of levels (see `Schedule::sampling_levels`). They never know whether
+//! ε̂ comes from a denoiser or from a classifier's input gradient. Every sampler's update is
+//! written once ([`steps`]); the sequential loop ([`sequential`]) and parallel fixed-point
+//! iteration ([`parallel`]) both take it, and [`draw`] is the one entry point for a model.
 use tch::{Device, Kind, Tensor};
 
 use crate::rng::Rng;
 
 pub mod clip;
-pub mod ddim;
-pub mod ddpm;
-pub mod dpm_solver;
+pub mod draw;
 pub mod guidance;
+pub mod parallel;
+pub mod sequential;
+pub mod steps;
 
 pub use clip::ClipX0;
-pub use ddim::{ddim, DdimOptions};
-pub use ddpm::ddpm;
-pub use dpm_solver::{dpm_solver_2m, dpm_solver_pp_2m};
+pub use draw::{draw, SampleOptions, Samples, SamplingStats, Start};
 pub use guidance::Guided;
+pub use parallel::{parallel, ParallelOptions, ParallelSolver, ParallelStats};
+pub use sequential::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, sequential, DdimOptions};
+pub use steps::StepTable;
 
 /// Which sampler the command line runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]

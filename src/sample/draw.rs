@@ -1,0 +1,237 @@
+//! Sampling a model, the one entry point that the command line, the training grids and the
+//! evaluation all call: labels, classifier-free guidance and x̂0 clipping stacked into one
+//! predictor, per-sample seeding (a sample does not depend on the batch it was drawn in),
+//! batching, and the choice between a sequential and a parallel run.
+use std::time::Instant;
+
+use tch::{Device, Kind, Tensor};
+
+use super::{
+    parallel, sequential, ClipX0, Guided, Noise, ParallelOptions, ParallelSolver, SamplerKind, Step, StepTable,
+};
+use crate::model::Model;
+use crate::predictor::{Conditioned, NoisePredictor};
+use crate::schedule::levels_like;
+use crate::{Error, Result};
+
+/// How to draw samples (the `cdm sample` flags, shared by `cdm eval`).
+#[derive(clap::Args, Clone, Debug, serde::Serialize)]
+pub struct SampleOptions {
+    #[arg(long, value_enum, default_value = "ddim")]
+    pub sampler: SamplerKind,
+    /// Sampling steps (levels visited, from T down to 0).
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// DDIM η (0: deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Conditional models: draw this class (default: every class in turn).
+    #[arg(long)]
+    pub class: Option<i64>,
+    /// Classifier-free guidance weight w: ε = (1 + w) ε(x, c) − w ε(x, ∅).
+    #[arg(long, default_value_t = 0.0)]
+    pub guidance: f64,
+    /// Clip x̂0 to [-C, C] at every step (images in [-1, 1]: 1).
+    #[arg(long)]
+    pub clip_x0: Option<f64>,
+    /// Conditional models: sample with the null label (the unconditional model that label
+    /// dropout trained alongside).
+    #[arg(long, conflicts_with_all = ["class", "guidance"])]
+    pub unconditional: bool,
+    /// Parallel sampling: refine a window of P steps at once by fixed-point iteration
+    /// (ParaDiGMS); each iteration evaluates P·batch states in one pass.
+    #[arg(long, value_name = "P")]
+    pub parallel: Option<usize>,
+    /// Parallel sampling: tolerance τ, in units of each step's noise standard deviation.
+    #[arg(long, default_value_t = 0.1)]
+    pub tol: f64,
+    /// Parallel sampling: plain Picard iteration, or with triangular Anderson acceleration.
+    #[arg(long, value_enum, default_value = "picard")]
+    pub solver: ParallelSolver,
+    /// Parallel sampling with `--solver anderson`: iterates remembered.
+    #[arg(long, default_value_t = 3)]
+    pub history: usize,
+}
+
+impl SampleOptions {
+    /// Sequential DDPM with `steps` steps, unconditional, seed 1.
+    pub fn ddpm(steps: usize) -> Self {
+        SampleOptions { sampler: SamplerKind::Ddpm, steps, seed: 1, ..SampleOptions::ddim(steps) }
+    }
+
+    /// Sequential deterministic DDIM with `steps` steps, seed 0.
+    pub fn ddim(steps: usize) -> Self {
+        SampleOptions {
+            sampler: SamplerKind::Ddim,
+            steps,
+            eta: 0.0,
+            seed: 0,
+            class: None,
+            guidance: 0.0,
+            clip_x0: None,
+            unconditional: false,
+            parallel: None,
+            tol: 0.1,
+            solver: ParallelSolver::Picard,
+            history: 3,
+        }
+    }
+}
+
+/// Where a sampling run begins when not at pure noise: states `x_t` [n, ..] at `level`, and the
+/// labels of the points they came from.
+pub struct Start {
+    pub x_t: Tensor,
+    pub level: usize,
+    pub labels: Option<Vec<i64>>,
+}
+
+impl Start {
+    /// SDEdit (Meng et al., arXiv:2108.01073): data points `x0` [n, ..] noised to `level`
+    /// (1..=T) with the starting-point streams of `seed`, and their labels.
+    pub fn sdedit(model: &Model, x0: &Tensor, labels: Option<&Tensor>, level: usize, seed: u64) -> Result<Self> {
+        let schedule = model.schedule();
+        if level == 0 || level > schedule.timesteps() {
+            return Err(Error::Config(format!(
+                "the starting level must be in 1..={}, got {level}",
+                schedule.timesteps()
+            )));
+        }
+        model.check_input(x0)?;
+        let x0 = x0.to_kind(Kind::Double).to_device(Device::Cpu);
+        let eps = Noise::new(seed, 0, x0.size()[0] as usize).normal(&x0.size()[1..], Kind::Double, Device::Cpu);
+        let x_t = schedule.add_noise(&x0, &eps, &levels_like(level, &x0));
+        let labels = labels.map(|l| Vec::<i64>::try_from(l.to_kind(Kind::Int64).to_device(Device::Cpu))).transpose()?;
+        Ok(Start { x_t, level, labels })
+    }
+}
+
+/// What a sampling run cost, summed over its batches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SamplingStats {
+    /// Sampler steps per trajectory.
+    pub steps: usize,
+    /// Batches the samples were drawn in.
+    pub batches: usize,
+    /// Rounds of network evaluation (a sequential run: one per step per batch).
+    pub iterations: usize,
+    /// States evaluated per trajectory (a sequential run: one per step), summed over batches.
+    pub evaluations: usize,
+    /// The most states given to the network in one call.
+    pub largest_batch: usize,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// Samples and what they cost.
+pub struct Samples {
+    /// [n, ..] on the CPU.
+    pub x: Tensor,
+    /// For a conditional model (not drawn with the null label), the class of each sample.
+    pub labels: Option<Vec<i64>>,
+    pub stats: SamplingStats,
+}
+
+/// Separates the step-noise streams of a seed from its starting-point streams.
+const STEP_NOISE_SALT: u64 = 0x5eed_0f57_e900_015e;
+
+/// Draws `n` samples from `model` (its weights in `options` = (precision, device)), `batch` at a
+/// time; from pure noise at level T, or from `start`. Sample i uses streams i of `opts.seed`,
+/// so it does not depend on `batch`. `on_step` sees every step of every batch.
+pub fn draw(
+    model: &Model,
+    options: (Kind, Device),
+    n: usize,
+    opts: &SampleOptions,
+    batch: usize,
+    start: Option<&Start>,
+    on_step: &mut dyn FnMut(&Step),
+) -> Result<Samples> {
+    let (kind, device) = options;
+    let schedule = model.schedule();
+    if n == 0 {
+        return Err(Error::Config("the number of samples must be at least 1".into()));
+    }
+    let num_labels = model.num_labels() as i64;
+    if num_labels == 0 && (opts.class.is_some() || opts.guidance != 0.0) {
+        return Err(Error::Config("a class and guidance need a conditional model (trained with --conditional)".into()));
+    }
+    if let Some(c) = opts.class.filter(|c| !(0..num_labels).contains(c)) {
+        return Err(Error::Config(format!("class {c}: the model knows classes 0..{}", num_labels - 1)));
+    }
+    if !opts.guidance.is_finite() || opts.clip_x0.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+        return Err(Error::Config("guidance must be finite and the x̂0 clip positive".into()));
+    }
+    if let Some(s) = start.filter(|s| (s.x_t.size()[0] as usize) < n) {
+        return Err(Error::Config(format!("the start holds {} points, {n} samples were asked for", s.x_t.size()[0])));
+    }
+    let levels = match start {
+        Some(s) => schedule.sampling_levels_from(s.level, opts.steps)?,
+        None => schedule.sampling_levels(opts.steps)?,
+    };
+    let table = StepTable::new(opts.sampler, opts.eta, schedule, &levels)?;
+    let labels: Option<Vec<i64>> =
+        (num_labels > 0 && !opts.unconditional).then(|| match (opts.class, start.and_then(|s| s.labels.as_ref())) {
+            (None, Some(data_labels)) => data_labels.iter().copied().take(n).collect(),
+            _ => (0..n as i64).map(|i| opts.class.unwrap_or(i % num_labels)).collect(),
+        });
+    if let Some(bad) = labels.iter().flatten().find(|l| !(0..num_labels).contains(*l)) {
+        return Err(Error::Config(format!(
+            "label {bad} of the starting points: the model knows classes 0..{}",
+            num_labels - 1
+        )));
+    }
+    if labels.as_ref().is_some_and(|l| l.len() < n) {
+        return Err(Error::Config(format!("the start has fewer labels than the {n} samples asked for")));
+    }
+    let parallel_opts = opts.parallel.map(|window| ParallelOptions {
+        window,
+        tol: opts.tol,
+        solver: opts.solver,
+        history: opts.history,
+    });
+    let clock = Instant::now();
+    let mut stats = SamplingStats { steps: table.num_steps(), ..SamplingStats::default() };
+    let batch = batch.max(1);
+    let mut parts = Vec::new();
+    for first in (0..n).step_by(batch) {
+        let len = batch.min(n - first);
+        let chunk_labels = labels.as_ref().map(|l| Tensor::from_slice(&l[first..first + len]).to_device(device));
+        let conditional = Conditioned { model, labels: chunk_labels };
+        let unconditional = Conditioned { model, labels: None };
+        let guided = Guided { conditional: &conditional, unconditional: &unconditional, weight: opts.guidance };
+        let unclipped: &dyn NoisePredictor = if opts.guidance != 0.0 { &guided } else { &conditional };
+        let clipped = opts.clip_x0.map(|limit| ClipX0 { inner: unclipped, schedule, limit });
+        let predictor: &dyn NoisePredictor = match &clipped {
+            Some(c) => c,
+            None => unclipped,
+        };
+        // One stream per sample for x_T, and another for the noise of its steps.
+        let x_t = match start {
+            Some(s) => s.x_t.narrow(0, first as i64, len as i64).to_kind(kind).to_device(device),
+            None => Noise::new(opts.seed, first as u64, len).normal(model.data_shape(), kind, device),
+        };
+        let mut noise = Noise::new(opts.seed ^ STEP_NOISE_SALT, first as u64, len);
+        let x0 = match &parallel_opts {
+            Some(p) => {
+                let (x0, cost) = parallel(predictor, schedule, &table, x_t, &mut noise, p, on_step)?;
+                stats.iterations += cost.iterations;
+                stats.evaluations += cost.evaluations;
+                stats.largest_batch = stats.largest_batch.max(cost.largest_batch);
+                x0
+            }
+            None => {
+                stats.iterations += table.num_steps();
+                stats.evaluations += table.num_steps();
+                stats.largest_batch = stats.largest_batch.max(len);
+                sequential(predictor, schedule, &table, x_t, &mut noise, on_step)?
+            }
+        };
+        stats.batches += 1;
+        parts.push(x0.to_device(Device::Cpu));
+    }
+    stats.seconds = clock.elapsed().as_secs_f64();
+    Ok(Samples { x: Tensor::cat(&parts, 0), labels, stats })
+}

@@ -1,0 +1,253 @@
+//! Parallel sampling (Picard iteration, ParaDiGMS, and its Anderson acceleration) against the
+//! sequential samplers: with the same pre-drawn noise, a window of one is the sequential
+//! sampler, any window converges to it, and on Gaussian data the converged DDIM is the exact
+//! linear map. Predictors: the optimal classifier of Gaussian data (ε̂ by input gradient),
+//! closed-form mixture denoisers, and small untrained conditional CDMs and DDMs.
+mod common;
+
+use cdm::classifier::Classifier;
+use cdm::model::{Model, ModelConfig, ModelKind};
+use cdm::nets::{BackboneConfig, MlpConfig};
+use cdm::predictor::{Conditioned, NoisePredictor};
+use cdm::sample::{
+    draw, parallel, sequential, Noise, ParallelOptions, ParallelSolver, SampleOptions, SamplerKind, StepTable,
+};
+use cdm::schedule::{Schedule, ScheduleConfig, ScheduleKind};
+use common::{gaussian_backbone, max_abs_diff};
+use tch::{nn, Device, Kind, Tensor};
+
+const S: f64 = 0.5;
+
+fn schedule(t: usize) -> Schedule {
+    Schedule::new(ScheduleConfig::new(ScheduleKind::Linear, t)).unwrap()
+}
+
+/// The exact ε̂ of data ½N(−μ, s²) + ½N(μ, s²) per coordinate (a nonlinear denoiser).
+fn mixture_eps(schedule: &Schedule, mu: f64, s: f64) -> impl Fn(&Tensor, &Tensor) -> cdm::Result<Tensor> + '_ {
+    move |x: &Tensor, t: &Tensor| {
+        let (a, sigma) = schedule.coefficients(t, x);
+        let var = &a * &a * (s * s) + &sigma * &sigma;
+        // Posterior weight of the +μ component, then E[ε | x] = (x − a·E[x0 | x]) / σ.
+        let logit = &a * (2.0 * mu) * x / &var;
+        let w = logit.sigmoid() * 2.0 - 1.0;
+        let mean_component = &w * (&a * mu);
+        let x0 = (&w * mu) + (x - &mean_component) * (&a * (s * s)) / &var;
+        Ok((x - &a * x0) / sigma)
+    }
+}
+
+fn run_sequential(
+    model: &dyn NoisePredictor,
+    schedule: &Schedule,
+    table: &StepTable,
+    x_t: &Tensor,
+    seed: u64,
+) -> Tensor {
+    let n = x_t.size()[0] as usize;
+    sequential(model, schedule, table, x_t.shallow_clone(), &mut Noise::new(seed, 0, n), &mut |_| {}).unwrap()
+}
+
+fn run_parallel(
+    model: &dyn NoisePredictor,
+    schedule: &Schedule,
+    table: &StepTable,
+    x_t: &Tensor,
+    seed: u64,
+    opts: ParallelOptions,
+) -> (Tensor, cdm::sample::ParallelStats) {
+    let n = x_t.size()[0] as usize;
+    parallel(model, schedule, table, x_t.shallow_clone(), &mut Noise::new(seed, 0, n), &opts, &mut |_| {}).unwrap()
+}
+
+fn picard(window: usize, tol: f64) -> ParallelOptions {
+    ParallelOptions { window, tol, ..ParallelOptions::default() }
+}
+
+#[test]
+fn a_window_of_one_is_the_sequential_sampler() {
+    let schedule = schedule(200);
+    let gaussian =
+        Classifier::from_backbone(Box::new(gaussian_backbone(schedule.alpha_bars(), S, 2)), schedule.clone(), vec![2]);
+    let cdm = Conditioned { model: &gaussian, labels: None };
+    let ddm = mixture_eps(&schedule, 1.0, 0.3);
+    let x_t = Noise::new(1, 0, 16).normal(&[2], Kind::Double, Device::Cpu);
+    let levels = schedule.sampling_levels(50).unwrap();
+    let models: [(&str, &dyn NoisePredictor); 2] = [("cdm", &cdm), ("ddm", &ddm)];
+    for (name, model) in models {
+        for sampler in [SamplerKind::Ddpm, SamplerKind::Ddim, SamplerKind::Dpm2, SamplerKind::Dpmpp2m] {
+            let table = StepTable::new(sampler, 0.0, &schedule, &levels).unwrap();
+            let expected = run_sequential(model, &schedule, &table, &x_t, 7);
+            let (got, stats) = run_parallel(model, &schedule, &table, &x_t, 7, picard(1, 0.1));
+            let gap = max_abs_diff(&got, &expected);
+            assert!(gap < 1e-12, "{name} {sampler:?}: window 1 is {gap} off the sequential sampler");
+            assert_eq!((stats.iterations, stats.evaluations), (50, 50), "{name} {sampler:?}");
+        }
+    }
+}
+
+#[test]
+fn any_window_converges_to_the_sequential_trajectory_at_zero_tolerance() {
+    let schedule = schedule(100);
+    let model = mixture_eps(&schedule, 1.0, 0.3);
+    let x_t = Noise::new(2, 0, 8).normal(&[3], Kind::Double, Device::Cpu);
+    let levels = schedule.sampling_levels(40).unwrap();
+    for sampler in [SamplerKind::Ddpm, SamplerKind::Ddim, SamplerKind::Dpmpp2m] {
+        let table = StepTable::new(sampler, 0.0, &schedule, &levels).unwrap();
+        let expected = run_sequential(&model, &schedule, &table, &x_t, 3);
+        for window in [4, 16, 40, 64] {
+            for solver in [ParallelSolver::Picard, ParallelSolver::Anderson] {
+                let opts = ParallelOptions { solver, ..picard(window, 0.0) };
+                let (got, stats) = run_parallel(&model, &schedule, &table, &x_t, 3, opts);
+                let gap = max_abs_diff(&got, &expected);
+                assert!(gap < 1e-9, "{sampler:?} window {window} {solver:?}: {gap} off the sequential trajectory");
+                assert!(
+                    stats.iterations <= 40,
+                    "{sampler:?} window {window} {solver:?}: {} iterations",
+                    stats.iterations
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn converged_parallel_ddim_is_the_exact_linear_map_on_gaussian_data() {
+    let schedule = schedule(1000);
+    let gaussian =
+        Classifier::from_backbone(Box::new(gaussian_backbone(schedule.alpha_bars(), S, 2)), schedule.clone(), vec![2]);
+    let model = Conditioned { model: &gaussian, labels: None };
+    let levels = schedule.sampling_levels(100).unwrap();
+    let table = StepTable::new(SamplerKind::Ddim, 0.0, &schedule, &levels).unwrap();
+    let x_t = Noise::new(4, 0, 64).normal(&[2], Kind::Double, Device::Cpu);
+    let (x0, stats) = run_parallel(&model, &schedule, &table, &x_t, 0, picard(32, 1e-8));
+    // Every DDIM step is linear for Gaussian data (tests/samplers.rs derives the gain).
+    let ab = |t: usize| schedule.alpha_bar(t);
+    let gain: f64 = levels
+        .windows(2)
+        .map(|w| {
+            let (a_t, a_s) = (ab(w[0]), ab(w[1]));
+            ((a_s * a_t).sqrt() * S * S + ((1.0 - a_s) * (1.0 - a_t)).sqrt()) / (a_t * S * S + 1.0 - a_t)
+        })
+        .product();
+    let gap = max_abs_diff(&x0, &(&x_t * gain));
+    assert!(gap < 1e-7, "off the exact DDIM map by {gap}");
+    assert!(stats.iterations < 100, "{} iterations for 100 steps", stats.iterations);
+}
+
+#[test]
+fn anderson_reaches_picards_fixed_point_in_fewer_iterations() {
+    // A pinned case: DDPM-200 on a two-mode mixture, window 50, τ = 1e-3.
+    let schedule = schedule(1000);
+    let model = mixture_eps(&schedule, 1.0, 0.2);
+    let x_t = Noise::new(5, 0, 32).normal(&[2], Kind::Double, Device::Cpu);
+    let levels = schedule.sampling_levels(200).unwrap();
+    let table = StepTable::new(SamplerKind::Ddpm, 0.0, &schedule, &levels).unwrap();
+    let expected = run_sequential(&model, &schedule, &table, &x_t, 9);
+    let (plain, plain_stats) = run_parallel(&model, &schedule, &table, &x_t, 9, picard(50, 1e-3));
+    let opts = ParallelOptions { solver: ParallelSolver::Anderson, ..picard(50, 1e-3) };
+    let (fast, fast_stats) = run_parallel(&model, &schedule, &table, &x_t, 9, opts);
+    for (name, x) in [("picard", &plain), ("anderson", &fast)] {
+        let gap = max_abs_diff(x, &expected);
+        assert!(gap < 1e-3, "{name}: {gap} off the sequential samples");
+    }
+    assert!(
+        fast_stats.iterations < plain_stats.iterations,
+        "anderson {} iterations, picard {}",
+        fast_stats.iterations,
+        plain_stats.iterations
+    );
+}
+
+/// A small untrained conditional model with 3 classes, in f64.
+fn conditional_model(kind: ModelKind) -> (nn::VarStore, Model) {
+    tch::manual_seed(0);
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let cfg = ModelConfig {
+        kind,
+        schedule: ScheduleConfig::new(ScheduleKind::Linear, 50),
+        backbone: BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 1, num_labels: 3 }),
+        data_shape: vec![2],
+        gaussian_base: false,
+        base_per_class: false,
+    };
+    let model = Model::new(&vs.root(), &cfg).unwrap();
+    vs.set_kind(Kind::Double);
+    (vs, model)
+}
+
+#[test]
+fn labels_guidance_and_clipping_inside_a_window_match_the_sequential_samples() {
+    for kind in [ModelKind::Cdm, ModelKind::Ddm] {
+        let (_vs, model) = conditional_model(kind);
+        for sampler in [SamplerKind::Ddpm, SamplerKind::Ddim] {
+            let sequential = SampleOptions { sampler, guidance: 1.5, clip_x0: Some(1.0), ..SampleOptions::ddim(20) };
+            let windowed = SampleOptions { parallel: Some(8), tol: 0.0, ..sequential.clone() };
+            let options = (Kind::Double, Device::Cpu);
+            let a = draw(&model, options, 6, &sequential, 6, None, &mut |_| {}).unwrap();
+            let b = draw(&model, options, 6, &windowed, 6, None, &mut |_| {}).unwrap();
+            assert_eq!(a.labels, Some(vec![0, 1, 2, 0, 1, 2]));
+            let gap = max_abs_diff(&a.x, &b.x);
+            assert!(gap < 1e-9, "{kind:?} {sampler:?}: parallel samples {gap} off the sequential ones");
+            assert!(b.stats.largest_batch == 8 * 6 && b.stats.iterations <= 20, "{:?}", b.stats);
+        }
+    }
+}
+
+#[test]
+fn labels_repeat_over_a_window_and_a_wrong_batch_is_an_error() {
+    let (_vs, model) = conditional_model(ModelKind::Ddm);
+    let labels = Tensor::from_slice(&[0i64, 2]);
+    let predictor = Conditioned { model: &model, labels: Some(labels) };
+    let x = Noise::new(0, 0, 6).normal(&[2], Kind::Double, Device::Cpu);
+    let t = Tensor::full([6], 10, (Kind::Int64, Device::Cpu));
+    let window = predictor.eps(&x, &t).unwrap();
+    let each = Tensor::cat(
+        &(0..3)
+            .map(|k| {
+                let rows = x.narrow(0, 2 * k, 2);
+                predictor.eps(&rows, &t.narrow(0, 0, 2)).unwrap()
+            })
+            .collect::<Vec<_>>(),
+        0,
+    );
+    assert!(max_abs_diff(&window, &each) < 1e-12);
+    let err = predictor.eps(&x.narrow(0, 0, 5), &t.narrow(0, 0, 5)).unwrap_err();
+    assert!(err.to_string().contains("multiple of 2"), "{err}");
+}
+
+#[test]
+fn a_state_that_turns_non_finite_stops_the_sampler_with_its_step() {
+    let schedule = schedule(100);
+    let blows_up = |x: &Tensor, t: &Tensor| -> cdm::Result<Tensor> {
+        // log 1 = 0 above level 50, log 0 = −∞ from level 50 down.
+        Ok(x + t.gt(50).to_kind(Kind::Double).log().unsqueeze(1))
+    };
+    let levels = schedule.sampling_levels(10).unwrap();
+    let table = StepTable::new(SamplerKind::Ddim, 0.0, &schedule, &levels).unwrap();
+    let x_t = Noise::new(0, 0, 2).normal(&[2], Kind::Double, Device::Cpu);
+    let err = sequential(&blows_up, &schedule, &table, x_t.shallow_clone(), &mut Noise::new(0, 0, 2), &mut |_| {})
+        .unwrap_err();
+    assert_eq!(err.to_string(), "sampler state became non-finite at step 5 (level 50)");
+    let err = parallel(&blows_up, &schedule, &table, x_t, &mut Noise::new(0, 0, 2), &picard(4, 0.1), &mut |_| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("non-finite at step 5"), "{err}");
+}
+
+#[test]
+fn bad_parallel_options_are_named_errors() {
+    let schedule = schedule(10);
+    let zero = |x: &Tensor, _t: &Tensor| -> cdm::Result<Tensor> { Ok(x.zeros_like()) };
+    let table = StepTable::new(SamplerKind::Ddim, 0.0, &schedule, &schedule.sampling_levels(5).unwrap()).unwrap();
+    let x_t = Tensor::zeros([1, 2], (Kind::Double, Device::Cpu));
+    for (opts, what) in [
+        (picard(0, 0.1), "window"),
+        (picard(2, -1.0), "tolerance"),
+        (ParallelOptions { solver: ParallelSolver::Anderson, history: 0, ..picard(2, 0.1) }, "history"),
+    ] {
+        let err = parallel(&zero, &schedule, &table, x_t.shallow_clone(), &mut Noise::new(0, 0, 1), &opts, &mut |_| {})
+            .unwrap_err();
+        assert!(err.to_string().contains(what), "{err}");
+    }
+    assert!(StepTable::new(SamplerKind::Ddim, 0.0, &schedule, &[5, 5, 0]).is_err());
+    assert!(StepTable::new(SamplerKind::Ddim, -1.0, &schedule, &[5, 0]).is_err());
+}
