@@ -1,7 +1,7 @@
 # Each target installs libtorch 2.11.0 first (once per user, cached; see scripts/setup-libtorch.sh).
 CARGO ?= cargo
 
-.PHONY: setup demo mnist test lint bench
+.PHONY: setup demo mnist test lint bench fuzz
 setup:
 	@bash scripts/setup-libtorch.sh
 
@@ -30,6 +30,14 @@ mnist: setup
 
 test: setup
 	$(CARGO) test
+
+# Every parser of outside bytes (.npy, IDX plain and gzip, CIFAR-10 batches, PNG/JPEG, safetensors,
+# config.json, TOML/JSON configs, data specs) on N mutated inputs each (tests/fuzz.rs); `make test`
+# runs 5000 each. SEED picks another stream of mutations. Figures: docs/results.md §6.
+N ?= 1000000
+SEED ?= 0
+fuzz: setup
+	CDM_FUZZ_INPUTS=$(N) CDM_FUZZ_SEED=$(SEED) $(CARGO) test --test fuzz -- --nocapture --test-threads 1
 
 lint: setup
 	$(CARGO) fmt --check

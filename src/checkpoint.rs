@@ -103,11 +103,17 @@ impl TensorFile {
         write_atomic(path, &bytes)
     }
 
+    /// Reads a safetensors file written by [`TensorFile::save`].
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes)
+        Self::parse(&bytes, path)
+    }
+
+    /// [`TensorFile::load`] on the bytes of a file already read; `path` names it in errors.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
+        let (_, header) = SafeTensors::read_metadata(bytes)
             .map_err(|e| Error::checkpoint(path, format!("corrupt or truncated safetensors file: {e:?}")))?;
-        let file = SafeTensors::deserialize(&bytes)
+        let file = SafeTensors::deserialize(bytes)
             .map_err(|e| Error::checkpoint(path, format!("corrupt or truncated safetensors file: {e:?}")))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in file.tensors() {

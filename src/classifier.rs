@@ -5,7 +5,7 @@
 use tch::{nn, Kind, Tensor};
 
 use crate::base::GaussianBase;
-use crate::model::{check_shape, ModelConfig};
+use crate::model::{check_labels, check_levels, check_shape, ModelConfig};
 use crate::nets::{Backbone, Head};
 use crate::schedule::Schedule;
 use crate::Result;
@@ -15,7 +15,7 @@ pub struct Classifier {
     backbone: Box<dyn Backbone>,
     schedule: Schedule,
     data_shape: Vec<i64>,
-    /// Data labels it is conditioned on (0: unconditional).
+    /// Data labels the backbone is conditioned on (0: none; labels are then ignored).
     num_labels: usize,
     /// Level log-densities of a Gaussian fit (or one per class), added to the logits.
     base: Option<GaussianBase>,
@@ -73,13 +73,16 @@ impl Classifier {
         check_shape(&self.data_shape, x)
     }
 
-    /// Logits l(x) = cumsum(h(x)), plus the base's level log-densities: [B, T+2].
-    pub fn logits(&self, x: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
+    /// Logits l(x) = cumsum(h(x)), plus the base's level log-densities: [B, T+2]. Labels:
+    /// [B] (Int64, 0..=L, L the null label).
+    pub fn logits(&self, x: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        self.check_input(x)?;
+        check_labels(labels, x.size()[0], self.num_labels)?;
         let logits = self.backbone.forward(x, None, labels, train).cumsum(1, None::<Kind>);
-        match &self.base {
+        Ok(match &self.base {
             Some(base) => logits + base.log_densities(x, labels, &self.schedule),
             None => logits,
-        }
+        })
     }
 
     /// One pass with the input gradient: logits and the denoiser ε̂ at per-sample levels `t`
@@ -88,9 +91,10 @@ impl Classifier {
     /// `no_grad`.
     pub fn forward(&self, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<ClassifierOutput> {
         self.check_input(x_t)?;
+        check_levels(t, x_t.size()[0], &self.schedule)?;
         tch::with_grad(|| {
             let x = x_t.detach().set_requires_grad(true);
-            let logits = self.logits(&x, labels, train);
+            let logits = self.logits(&x, labels, train)?;
             let f = f_value(&logits, t);
             let grad = Tensor::f_run_backward(&[f.sum(f.kind())], &[&x], train, train)?.remove(0);
             let (_, sigma) = self.schedule.coefficients(t, &x);

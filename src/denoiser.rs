@@ -5,7 +5,7 @@ use tch::{nn, Tensor};
 
 use crate::base::GaussianBase;
 use crate::likelihood::GaussianReference;
-use crate::model::{check_shape, ModelConfig};
+use crate::model::{check_labels, check_levels, check_shape, ModelConfig};
 use crate::nets::{Backbone, Head};
 use crate::schedule::Schedule;
 use crate::Result;
@@ -15,7 +15,7 @@ pub struct Denoiser {
     backbone: Box<dyn Backbone>,
     schedule: Schedule,
     data_shape: Vec<i64>,
-    /// Data labels it is conditioned on (0: unconditional).
+    /// Data labels the backbone is conditioned on (0: none; labels are then ignored).
     num_labels: usize,
     /// Noise prediction of a Gaussian fit, added to the network's.
     base: Option<GaussianBase>,
@@ -61,10 +61,13 @@ impl Denoiser {
         }
     }
 
-    /// ε̂(x_t, t): [B, ..] for x_t: [B, ..] and levels t: [B] (Int64, or fractional: a float
-    /// tensor, exact through [`Schedule::coefficients`]).
+    /// ε̂(x_t, t): [B, ..] for x_t: [B, ..], levels t: [B] in 0..=T+1 (Int64, or fractional:
+    /// a float tensor, exact through [`Schedule::coefficients`]) and labels: [B] (Int64,
+    /// 0..=L, L the null label).
     pub fn eps(&self, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<Tensor> {
         check_shape(&self.data_shape, x_t)?;
+        check_levels(t, x_t.size()[0], &self.schedule)?;
+        check_labels(labels, x_t.size()[0], self.num_labels)?;
         let eps = self.backbone.forward(x_t, Some(t), labels, train);
         Ok(match &self.base {
             Some(base) => eps + base.eps(x_t, t, labels, &self.schedule),

@@ -20,12 +20,13 @@
 //! `schedule` (ᾱ_t), `base` (a Gaussian fit's exact outputs, added to a network's), `nets` (MLP, ConvNet encoder, UNet), `classifier` (cumsum head, F, ε̂ by
 //! input gradient), `denoiser` (the DDM baseline), `model` (either kind behind one type),
 //! `predictor` (the one trait samplers use), `loss`, `likelihood`, `sample` (DDPM, DDIM,
-//! DPM-Solver, guidance), `train`, `checkpoint`, `data` (files, images, known densities), `metrics`
+//! DPM-Solver, guidance), `train`, `config_file` (`cdm train --config`), `checkpoint`, `data` (files, images, known densities), `metrics`
 //! (AUROC, confusion matrix, FID), `cache` (downloads kept per user), `plot`.
 pub mod base;
 pub mod cache;
 pub mod checkpoint;
 pub mod classifier;
+pub mod config_file;
 pub mod data;
 pub mod denoiser;
 pub mod error;

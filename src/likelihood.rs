@@ -28,7 +28,7 @@ pub fn log_prob_at_levels(model: &Classifier, x: &Tensor, levels: &[usize], labe
     for &t in levels {
         model.schedule().check_level(t)?;
     }
-    let logits = tch::no_grad(|| model.logits(x, labels, false));
+    let logits = tch::no_grad(|| model.logits(x, labels, false))?;
     let index = Tensor::from_slice(&levels.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(x.device());
     let last = logits.size()[1] - 1;
     let f = logits.narrow(1, last, 1) - logits.index_select(1, &index);

@@ -2,10 +2,11 @@
 //! denoising diffusion model (DDM) it is compared against. Training, sampling and the command
 //! line go through [`Model`]; only likelihood needs the CDM itself.
 use serde::{Deserialize, Serialize};
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use crate::base::GaussianBase;
 use crate::classifier::Classifier;
+use crate::data::MAX_POINT_VALUES;
 use crate::denoiser::Denoiser;
 use crate::loss::{cdm_loss, ddm_loss, Loss, LossWeights};
 use crate::nets::BackboneConfig;
@@ -48,6 +49,28 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// Checks the whole config before a model is built from it (data shape, schedule,
+    /// backbone, base), naming the first bad field; nothing large is allocated.
+    pub fn validate(&self) -> Result<()> {
+        let shape = &self.data_shape;
+        let values = shape.iter().try_fold(1i64, |acc, &d| if d > 0 { acc.checked_mul(d) } else { None });
+        if !(1..=4).contains(&shape.len()) || values.is_none_or(|n| n > MAX_POINT_VALUES) {
+            return Err(Error::Config(format!(
+                "model.data_shape is {shape:?}; expected 1 to 4 positive sizes of at most {MAX_POINT_VALUES} values in all"
+            )));
+        }
+        Schedule::new(self.schedule)?;
+        self.backbone.validate()?;
+        // The base holds a D × D basis per component.
+        let dim = values.unwrap_or(0);
+        if self.base_components()?.is_some() && dim > MAX_BASE_DIM {
+            return Err(Error::Config(format!(
+                "model.gaussian_base needs a D × D covariance; D = {dim} is more than {MAX_BASE_DIM}"
+            )));
+        }
+        Ok(())
+    }
+
     /// How many Gaussians the base has: none without one, one per class with
     /// `base_per_class`, else one.
     pub fn base_components(&self) -> Result<Option<usize>> {
@@ -64,6 +87,9 @@ impl ModelConfig {
     }
 }
 
+/// Largest data dimension D a Gaussian base may have (64×64 RGB is 12288).
+pub const MAX_BASE_DIM: i64 = 16384;
+
 /// A CDM or a DDM.
 pub enum Model {
     Cdm(Classifier),
@@ -73,9 +99,7 @@ pub enum Model {
 impl Model {
     /// Builds the model under `vs` as `cfg` says.
     pub fn new(vs: &nn::Path, cfg: &ModelConfig) -> Result<Self> {
-        if cfg.data_shape.is_empty() || cfg.data_shape.iter().any(|&d| d <= 0) {
-            return Err(Error::Config(format!("data_shape must be positive sizes, got {:?}", cfg.data_shape)));
-        }
+        cfg.validate()?;
         Ok(match cfg.kind {
             ModelKind::Cdm => Model::Cdm(Classifier::new(vs, cfg)?),
             ModelKind::Ddm => Model::Ddm(Denoiser::new(vs, cfg)?),
@@ -157,6 +181,42 @@ pub(crate) fn check_shape(data_shape: &[i64], x: &Tensor) -> Result<()> {
             "input has shape {size:?}, the model expects [B, {}]",
             data_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
         )));
+    }
+    Ok(())
+}
+
+/// Checks per-sample levels `t` before they index the schedule's tables or the logits: [B],
+/// every one finite and in 0..=T+1 (a DDM may be asked at fractional levels).
+pub(crate) fn check_levels(t: &Tensor, batch: i64, schedule: &Schedule) -> Result<()> {
+    if t.size() != [batch] {
+        return Err(Error::Shape(format!("levels t have shape {:?}, expected [{batch}]", t.size())));
+    }
+    let last = schedule.num_classes() as f64 - 1.0;
+    let t = t.to_kind(Kind::Double);
+    let outside = t.isfinite().logical_not().logical_or(&t.lt(0.0)).logical_or(&t.gt(last));
+    if batch > 0 && outside.any().int64_value(&[]) != 0 {
+        let bad = t.masked_select(&outside).double_value(&[0]);
+        return Err(Error::Config(format!("level {bad} is outside 0..={last}")));
+    }
+    Ok(())
+}
+
+/// Checks data labels before they reach a label embedding: [B], Int64, each in
+/// 0..=`num_labels` (`num_labels` being the null label). An unconditional model
+/// (`num_labels` = 0) ignores labels.
+pub(crate) fn check_labels(labels: Option<&Tensor>, batch: i64, num_labels: usize) -> Result<()> {
+    let Some(labels) = labels.filter(|_| num_labels > 0) else { return Ok(()) };
+    if labels.size() != [batch] || labels.kind() != Kind::Int64 {
+        return Err(Error::Shape(format!(
+            "labels are {:?} of shape {:?}, expected Int64 of shape [{batch}]",
+            labels.kind(),
+            labels.size()
+        )));
+    }
+    let outside = labels.lt(0).logical_or(&labels.gt(num_labels as i64));
+    if batch > 0 && outside.any().int64_value(&[]) != 0 {
+        let bad = labels.masked_select(&outside).int64_value(&[0]);
+        return Err(Error::Config(format!("label {bad} is outside 0..={num_labels} ({num_labels}: the null label)")));
     }
     Ok(())
 }

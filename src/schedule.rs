@@ -164,6 +164,9 @@ impl Default for ScheduleConfig {
     }
 }
 
+/// Most levels a schedule may have (the paper uses 1000); its tables hold T+2 values.
+pub const MAX_TIMESTEPS: usize = 100_000;
+
 /// ᾱ_t tabulated for t = 0..=T+1.
 #[derive(Clone, Debug)]
 pub struct Schedule {
@@ -174,8 +177,8 @@ pub struct Schedule {
 impl Schedule {
     pub fn new(config: ScheduleConfig) -> Result<Self> {
         let t_max = config.timesteps;
-        if t_max == 0 {
-            return Err(Error::Config("schedule.timesteps must be at least 1".into()));
+        if !(1..=MAX_TIMESTEPS).contains(&t_max) {
+            return Err(Error::Config(format!("schedule.timesteps is {t_max}; expected 1..={MAX_TIMESTEPS}")));
         }
         let mut alpha_bar = Vec::with_capacity(t_max + 2);
         alpha_bar.push(1.0);

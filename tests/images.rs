@@ -135,15 +135,26 @@ fn image_folders_are_resized_and_centre_cropped() {
     img.save(dir.path().join("a.png")).unwrap();
     image::RgbImage::from_pixel(10, 10, image::Rgb([0, 255, 0])).save(dir.path().join("b.jpg")).unwrap();
     std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
-    let set = read_folder(dir.path(), 16).unwrap();
+    let set = read_folder(dir.path(), Some(16)).unwrap();
     assert_eq!(set.x.size(), [2, 3, 16, 16]);
     let px = |i: i64, c: i64, y: i64, x: i64| set.x.double_value(&[i, c, y, x]);
     assert_eq!((px(0, 0, 8, 0), px(0, 2, 8, 0)), (1.0, -1.0), "left edge is red");
     assert_eq!((px(0, 0, 8, 15), px(0, 2, 8, 15)), (-1.0, 1.0), "right edge is blue");
     assert!(px(1, 1, 8, 8) > 0.95, "the JPEG is green");
     std::fs::write(dir.path().join("c.png"), b"not a png").unwrap();
-    let err = read_folder(dir.path(), 16).err().unwrap().to_string();
+    let err = read_folder(dir.path(), Some(16)).err().unwrap().to_string();
     assert!(err.contains("c.png"), "{err}");
     let empty = tempfile::tempdir().unwrap();
-    assert!(read_folder(empty.path(), 16).err().unwrap().to_string().contains("no .png"));
+    assert!(read_folder(empty.path(), None).err().unwrap().to_string().contains("no .png"));
+}
+
+#[test]
+fn eight_bit_images_are_told_from_other_data() {
+    use cdm::data::is_8bit;
+    let k = tch::Tensor::from_slice(&[0.0, 1.0, 128.0, 255.0]).reshape([1, 1, 2, 2]);
+    assert!(is_8bit(&(&k / 127.5 - 1.0)));
+    // The 8×8 digits have 17 grey levels, v/8 − 1: not on the 8-bit grid.
+    assert!(!is_8bit(&(tch::Tensor::from_slice(&[0.0, 3.0, 9.0, 16.0]).reshape([1, 1, 2, 2]) / 8.0 - 1.0)));
+    assert!(!is_8bit(&(&k / 127.5 - 1.0).reshape([1, 4])), "points, not images");
+    assert!(!is_8bit(&(&k / 127.5 - 1.0 + 0.002)), "off the grid");
 }

@@ -65,9 +65,9 @@ fn saved_model_reloads_to_identical_logits() {
     let mut trainer = Trainer::open(dir.path(), config(4), Device::Cpu).unwrap();
     trainer.run(&mut |_| {}).unwrap();
     let x = cdm::rng::Rng::new(0).normal(&[6, 2], Kind::Double);
-    let before = trainer.model().classifier().unwrap().logits(&x, None, false);
+    let before = trainer.model().classifier().unwrap().logits(&x, None, false).unwrap();
     let loaded = load_model(dir.path(), Device::Cpu, false).unwrap();
-    let after = loaded.model.classifier().unwrap().logits(&x, None, false);
+    let after = loaded.model.classifier().unwrap().logits(&x, None, false).unwrap();
     assert_eq!((before - after).abs().max().double_value(&[]), 0.0);
 }
 

@@ -45,10 +45,10 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "mlp2d")]
     size: BenchSize,
     /// Timed steps per round (after 3 untimed ones).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     steps: u64,
     /// Rounds, each timing Rust then PyTorch.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = super::positive)]
     rounds: usize,
     /// Python interpreter that imports torch 2.11 (see `make bench`).
     #[arg(long, default_value = "python3")]

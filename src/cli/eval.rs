@@ -59,22 +59,22 @@ pub struct EvalArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Metric>,
     /// Images (or held-out points) for likelihood, denoising, diagnostics and OOD.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = super::positive)]
     n: usize,
     /// A second run trained on the same data, e.g. the DDM to compare a CDM with.
     #[arg(long)]
     compare: Option<PathBuf>,
     /// Network evaluations per image for the DDM's I-MMSE likelihood (the largest is its NLL).
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4, 8, 16, 32, 64, 128])]
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4, 8, 16, 32, 64, 128], value_parser = super::positive)]
     evaluations: Vec<usize>,
     /// Images for the likelihood-against-evaluations curve.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = super::positive)]
     nfe_images: usize,
     /// Samples for FID (0: no FID).
     #[arg(long, default_value_t = 1000)]
     fid_samples: usize,
     /// Training images for the FID reference statistics (computed once, then cached).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = super::positive)]
     fid_reference: usize,
     /// How FID samples are drawn; --seed also seeds every random draw of the evaluation.
     #[command(flatten)]
@@ -427,7 +427,7 @@ fn denoising(ctx: &Eval) -> Result<Section> {
 /// Logits [N, T+2] (CPU Double) of a CDM for points already at their levels.
 fn logits_of(ctx: &Eval, model: &LoadedModel, x: &Tensor) -> Result<Tensor> {
     let classifier = model.model.classifier()?;
-    Ok(batched(model, x, ctx.args.ckpt.batch, |chunk, _| Ok(tch::no_grad(|| classifier.logits(chunk, None, false))))?
+    Ok(batched(model, x, ctx.args.ckpt.batch, |chunk, _| Ok(tch::no_grad(|| classifier.logits(chunk, None, false))?))?
         .to_kind(Kind::Double))
 }
 

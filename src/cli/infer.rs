@@ -6,7 +6,7 @@ use clap::Args;
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-use cdm::data::{npy, Dataset, DATA_SPECS};
+use cdm::data::{is_8bit, npy, Dataset, DATA_SPECS};
 use cdm::likelihood::{bits_per_dim, bits_per_dim_8bit, dequantize, log_prob, Dequantization};
 use cdm::plot::image_grid;
 use cdm::predictor::{Conditioned, NoisePredictor};
@@ -27,7 +27,7 @@ pub struct CkptArgs {
     #[arg(long)]
     pub raw_weights: bool,
     /// Points per forward pass.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = super::positive)]
     pub batch: usize,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
@@ -54,6 +54,9 @@ pub fn batched(
 ) -> Result<Tensor> {
     let kind = loaded.config.train.precision.kind();
     let n = x.size()[0];
+    if n == 0 {
+        bail!("no points to evaluate");
+    }
     let bar = progress_bar(n as u64, "eval");
     let mut parts = Vec::new();
     let mut start = 0;
@@ -79,7 +82,7 @@ pub struct NllArgs {
     #[arg(long, default_value_t = 0)]
     level: usize,
     /// Points to draw from a built-in density (files are scored whole).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = super::positive)]
     n: usize,
     /// Seed of the held-out points drawn from a built-in density.
     #[arg(long, default_value_t = 12345)]
@@ -90,10 +93,14 @@ pub struct NllArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-    /// 8-bit images (x = k/127.5 − 1): also report bits/dim of the discrete data, with uniform
-    /// dequantization (a true bound) or the paper's convention (no dequantization; not a bound).
+    /// 8-bit images (x = k/127.5 − 1) are reported in bits/dim of the discrete data: with
+    /// uniform dequantization (a true bound; the default for 8-bit data at level 0) or the
+    /// paper's convention (no dequantization; not a bound).
     #[arg(long, value_enum)]
     dequantize: Option<Dequantization>,
+    /// Score 8-bit images as they are, as continuous points on the [−1, 1] scale (no 8-bit figure).
+    #[arg(long, conflicts_with = "dequantize")]
+    continuous: bool,
 }
 
 pub fn nll(args: NllArgs) -> Result<()> {
@@ -114,8 +121,14 @@ pub fn nll(args: NllArgs) -> Result<()> {
         }
         _ => clean,
     };
-    let x = match args.dequantize {
+    // 8-bit images get the 8-bit figure unless told otherwise.
+    let how = match args.dequantize {
         Some(_) if x.dim() != 4 || args.level != 0 => bail!("--dequantize applies to 8-bit image data at level 0"),
+        Some(how) => Some(how),
+        None if !args.continuous && args.level == 0 && is_8bit(&x) => Some(Dequantization::Uniform),
+        None => None,
+    };
+    let x = match how {
         Some(how) => dequantize(&x, how, &mut Rng::new(args.seed)),
         None => x,
     };
@@ -129,7 +142,11 @@ pub fn nll(args: NllArgs) -> Result<()> {
         "ckpt": args.ckpt.ckpt, "data": args.data, "level": args.level, "n": x.size()[0], "dim": dim,
         "log_likelihood_nats_per_dim": nats_per_dim, "nll_bits_per_dim": bits_per_dim(nats_per_dim),
     });
-    if let Some(how) = args.dequantize {
+    if let Some(how) = how {
+        report["continuous_points"] = json!(match how {
+            Dequantization::Uniform => "the dequantized points on the [−1, 1] scale",
+            Dequantization::Paper => "the 8-bit grid points on the [−1, 1] scale",
+        });
         report["bits_per_dim_8bit"] = json!(bits_per_dim_8bit(nats_per_dim));
         report["bits_per_dim_8bit_convention"] = json!(match how {
             Dequantization::Uniform => "uniform dequantization (upper bound on the discrete NLL)",
@@ -151,12 +168,16 @@ pub fn nll(args: NllArgs) -> Result<()> {
         println!("{report}");
     } else {
         println!("{} points, D = {dim}, level {}", x.size()[0], args.level);
-        println!("log-likelihood: {nats_per_dim:.5} nats/dim ({:.5} bits/dim NLL)", bits_per_dim(nats_per_dim));
         if let (Some(bpd), Some(how)) =
             (report["bits_per_dim_8bit"].as_f64(), report["bits_per_dim_8bit_convention"].as_str())
         {
             println!("8-bit images:   {bpd:.4} bits/dim, {how}");
         }
+        let scale = match report["continuous_points"].as_str() {
+            Some(points) => format!(", continuous density of {points}"),
+            None => String::new(),
+        };
+        println!("log-likelihood: {nats_per_dim:.5} nats/dim ({:.5} bits/dim NLL){scale}", bits_per_dim(nats_per_dim));
         if let Some(exact) = report["exact_nats_per_dim"].as_f64() {
             println!(
                 "exact:          {exact:.5} nats/dim; mean |error| per point {:.5} nats",
@@ -401,7 +422,7 @@ pub struct MmseArgs {
     #[arg(long, value_delimiter = ',')]
     levels: Vec<usize>,
     /// Held-out points per level.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = super::positive)]
     n: usize,
     #[arg(long, default_value_t = 12345)]
     seed: u64,

@@ -34,13 +34,13 @@ enum PlotCommand {
         #[arg(long)]
         out: PathBuf,
         /// Grid cells per side.
-        #[arg(long, default_value_t = 120)]
+        #[arg(long, default_value_t = 120, value_parser = super::positive)]
         grid: usize,
         /// Half-width of the square shown.
         #[arg(long, default_value_t = 3.0)]
         extent: f64,
         /// Samples to overlay (DDPM, 200 steps).
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = super::positive)]
         samples: usize,
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceArg,
@@ -57,7 +57,7 @@ enum PlotCommand {
         #[arg(long)]
         out: PathBuf,
         /// Rows (images).
-        #[arg(long, default_value_t = 6)]
+        #[arg(long, default_value_t = 6, value_parser = super::positive)]
         n: usize,
         /// Levels (default: 10%, 30%, 50%, 70%, 90% and 100% of T).
         #[arg(long, value_delimiter = ',')]

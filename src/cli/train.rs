@@ -3,16 +3,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde::Deserialize;
 
+use cdm::config_file::ConfigFile;
 use cdm::data::{Dataset, DATA_SPECS};
 use cdm::loss::ZetaPrior;
 use cdm::model::{ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, ConvNetConfig, MlpConfig, UnetConfig};
-use cdm::schedule::{Levels, ScheduleConfig, ScheduleKind};
+use cdm::schedule::{Levels, ScheduleKind};
 use cdm::train::{Precision, RunConfig, TrainConfig, Trainer};
 
-use super::{progress_bar, DeviceArg};
+use super::{progress_bar, spinner, DeviceArg};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -25,13 +25,13 @@ pub struct TrainArgs {
     /// it. Without it, a run already in `--out` gives every setting, so resuming repeats no flag.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Total optimiser steps (raise it to extend a finished run).
+    /// Total optimiser steps (raise it to extend a finished run) [default: 2000 for images, 5000 otherwise].
     #[arg(long)]
     steps: Option<u64>,
-    /// Samples per step.
+    /// Samples per step [default: 32 for images, 1024 otherwise].
     #[arg(long)]
     batch: Option<usize>,
-    /// Peak learning rate.
+    /// Peak learning rate [default: 4e-4 for images, 1e-3 otherwise].
     #[arg(long)]
     lr: Option<f64>,
     /// Noise schedule.
@@ -49,7 +49,8 @@ pub struct TrainArgs {
     /// Weight of the denoising (MSE) term.
     #[arg(long)]
     mse_weight: Option<f64>,
-    /// Weigh the MSE at each level by min(SNR, GAMMA)/SNR (Min-SNR-γ; 5 in its paper).
+    /// Weigh the MSE at each level by min(SNR, GAMMA)/SNR (Min-SNR-γ; 5 in its paper)
+    /// [default: 5 for images, none otherwise].
     #[arg(long, value_name = "GAMMA")]
     min_snr: Option<f64>,
     /// A classification diffusion model, or the denoising baseline.
@@ -90,10 +91,10 @@ pub struct TrainArgs {
     /// Flip images left-right at random.
     #[arg(long)]
     hflip: bool,
-    /// Steps between sample grids written to OUT/samples (image data).
+    /// Steps between sample grids written to OUT/samples (image data) [default: 500 for images].
     #[arg(long)]
     sample_every: Option<u64>,
-    /// Steps between checkpoints.
+    /// Steps between checkpoints [default: 500 for images, 1000 otherwise].
     #[arg(long)]
     checkpoint_every: Option<u64>,
     /// A DDM's training levels: the integers 1..=T, or a continuous log SNR from a truncated
@@ -156,39 +157,17 @@ impl UnetPreset {
     }
 }
 
-/// The optional parts of a run config that a `--config` file may give.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    data: Option<String>,
-    model: Option<ModelKind>,
-    gaussian_base: Option<bool>,
-    base_per_class: Option<bool>,
-    schedule: Option<ScheduleConfig>,
-    backbone: Option<BackboneConfig>,
-    train: Option<TrainConfig>,
-}
-
-fn read_config_file(path: &PathBuf) -> Result<ConfigFile> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
-    let parsed = if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text).map_err(anyhow::Error::from)
-    } else {
-        toml::from_str(&text).map_err(anyhow::Error::from)
-    };
-    parsed.with_context(|| format!("config file {}", path.display()))
-}
-
 /// The settings of the run already in `dir`, if there is one, as a config file would give them.
 fn saved_run(dir: &Path) -> Result<Option<ConfigFile>> {
-    Ok(cdm::train::saved_run(dir)?.map(|saved| ConfigFile {
+    let Some(saved) = cdm::train::saved_run(dir)? else { return Ok(None) };
+    Ok(Some(ConfigFile {
         data: Some(saved.data),
         model: Some(saved.model.kind),
         gaussian_base: Some(saved.model.gaussian_base),
         base_per_class: Some(saved.model.base_per_class),
         schedule: Some(saved.model.schedule),
         backbone: Some(saved.model.backbone),
-        train: Some(saved.train),
+        train: Some(serde_json::to_value(saved.train)?),
     }))
 }
 
@@ -196,17 +175,30 @@ fn saved_run(dir: &Path) -> Result<Option<ConfigFile>> {
 /// data, which set the shape.
 fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
     let file = match (&args.config, saved_run(&args.out)?, &args.init_from) {
-        (Some(path), _, _) => read_config_file(path)?,
+        (Some(path), _, _) => ConfigFile::read(path)?,
         (None, Some(saved), _) => saved,
         (None, None, Some(init)) => {
             saved_run(init)?.with_context(|| format!("--init-from {}: no trained run there", init.display()))?
         }
         (None, None, None) => ConfigFile::default(),
     };
-    let data =
-        args.data.clone().or(file.data).context("no training data: pass --data SPEC or set `data` in --config")?;
-    let dataset = Dataset::open(&data).with_context(|| format!("--data {data}"))?;
+    let data = args
+        .data
+        .clone()
+        .or(file.data.clone())
+        .context("no training data: pass --data SPEC or set `data` in --config")?;
+    let preparing = spinner(format!("preparing --data {data} (the first use of a dataset downloads it)"));
+    let dataset = Dataset::open(&data).with_context(|| format!("--data {data}"));
+    preparing.finish_and_clear();
+    let dataset = dataset?;
+    tracing::info!("data {data}: {}", dataset.describe(&data));
     let shape = dataset.shape();
+    let images = shape.len() == 3;
+    let defaults = if images { TrainConfig::images() } else { TrainConfig::default() };
+    let mut train = file.train_over(defaults).with_context(|| match &args.config {
+        Some(path) => format!("--config {}", path.display()),
+        None => format!("the run in {}", args.out.display()),
+    })?;
     let mut schedule = file.schedule.unwrap_or_default();
     schedule.kind = args.schedule.unwrap_or(schedule.kind);
     schedule.timesteps = args.timesteps.unwrap_or(schedule.timesteps);
@@ -214,7 +206,7 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
         None => schedule.levels,
         Some(LevelsArg::Discrete) => Levels::Discrete,
         Some(LevelsArg::Continuous) => {
-            let seed = args.seed.or(file.train.as_ref().map(|t| t.seed)).unwrap_or_default();
+            let seed = args.seed.or(file.train.as_ref().and_then(|t| t["seed"].as_u64())).unwrap_or_default();
             Levels::Continuous(cdm::train::data_logsnr_proposal(&dataset, seed)?)
         }
     };
@@ -224,7 +216,7 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
         (Some(BackboneArg::Convnet), _) => BackboneConfig::ConvNet(ConvNetConfig::default()),
         (Some(BackboneArg::Unet), _) => unet(),
         (None, Some(b)) => b,
-        (None, None) if shape.len() == 3 => unet(),
+        (None, None) if images => unet(),
         (None, None) => BackboneConfig::Mlp(MlpConfig::default()),
     };
     if args.preset.is_some() && !matches!(backbone, BackboneConfig::Unet(_)) {
@@ -249,7 +241,6 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
         let n = dataset.num_labels().with_context(|| format!("--conditional: '{data}' has no labels"))?;
         backbone.set_num_labels(n);
     }
-    let mut train = file.train.unwrap_or_default();
     train.steps = args.steps.unwrap_or(train.steps);
     train.batch_size = args.batch.unwrap_or(train.batch_size);
     train.lr = args.lr.unwrap_or(train.lr);
@@ -285,7 +276,19 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let (config, data) = run_config(&args)?;
-    let mut trainer = Trainer::open_with_data(&args.out, config, data, args.device.device()?)?;
+    let building = spinner(format!("building the model in {}", args.out.display()));
+    let trainer = Trainer::open_with_data(&args.out, config, data, args.device.device()?);
+    building.finish_and_clear();
+    let mut trainer = trainer?;
+    let train = &trainer.config.train;
+    tracing::info!(
+        "training to step {}: batch {}, lr {}, checkpoints every {} steps in {}",
+        train.steps,
+        train.batch_size,
+        train.lr,
+        train.checkpoint_every,
+        args.out.display()
+    );
     let total = trainer.config.train.steps;
     let bar = progress_bar(total, "train");
     bar.set_position(trainer.step());

@@ -78,35 +78,57 @@ pub fn idx_pair(images: &Path, labels: &Path) -> Result<Images> {
 /// returns its shape and bytes. Names the file and what is wrong on bad input.
 pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| Error::Data(format!("{}: bad gzip data: {e}", path.display())))?;
-        out
-    } else {
-        raw
-    };
+    parse_idx(&raw, path)
+}
+
+/// [`read_idx`] on the bytes of a file already read; `path` names it in errors. A gzipped
+/// file is inflated only as far as its header's sizes go, so neither a header claiming more
+/// than the data nor a gzip bomb allocates beyond the bytes the header allows.
+pub fn parse_idx(raw: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
     let bad = |msg: String| Error::Data(format!("{}: {msg}", path.display()));
-    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
-        return Err(bad(format!("not an unsigned-byte IDX file (magic {:02x?})", &bytes[..bytes.len().min(4)])));
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let read = |e: std::io::Error| bad(format!("bad gzip data: {e}"));
+        idx_from(flate2::read::GzDecoder::new(raw), read, bad)
+    } else {
+        idx_from(raw, |e| bad(format!("cannot read: {e}")), bad)
     }
-    let dims = bytes[3] as usize;
-    let header = 4 + 4 * dims;
-    if dims == 0 || bytes.len() < header {
+}
+
+/// Parses IDX from a reader: the header, then exactly the bytes its shape asks for.
+fn idx_from(
+    mut reader: impl Read,
+    read_error: impl Fn(std::io::Error) -> Error,
+    bad: impl Fn(String) -> Error,
+) -> Result<(Vec<usize>, Vec<u8>)> {
+    let mut magic = Vec::new();
+    (&mut reader).take(4).read_to_end(&mut magic).map_err(&read_error)?;
+    if magic.len() < 4 || magic[0] != 0 || magic[1] != 0 || magic[2] != 0x08 {
+        return Err(bad(format!("not an unsigned-byte IDX file (magic {magic:02x?})")));
+    }
+    let dims = magic[3] as usize;
+    let mut header = Vec::new();
+    (&mut reader).take(4 * dims as u64).read_to_end(&mut header).map_err(&read_error)?;
+    if dims == 0 || header.len() < 4 * dims {
         return Err(bad(format!("IDX header of {dims} dimensions is truncated")));
     }
-    let shape: Vec<usize> = (0..dims)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap_or([0; 4])) as usize)
-        .collect();
-    let expected = shape.iter().product::<usize>();
-    if bytes.len() - header != expected {
-        return Err(bad(format!(
-            "header says {shape:?} ({expected} bytes), the file holds {} bytes of data",
-            bytes.len() - header
-        )));
+    let shape: Vec<usize> =
+        header.chunks_exact(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).collect();
+    if shape.contains(&0) {
+        return Err(bad(format!("IDX header says {shape:?}: an empty dimension, no data")));
     }
-    Ok((shape, bytes[header..].to_vec()))
+    let expected = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n < isize::MAX as usize)
+        .ok_or_else(|| bad(format!("IDX header says {shape:?}, more bytes than can exist")))?;
+    // One byte past what the header asks for tells a longer file from an exact one.
+    let mut data = Vec::new();
+    reader.take(expected as u64 + 1).read_to_end(&mut data).map_err(&read_error)?;
+    if data.len() != expected {
+        let held = if data.len() > expected { "more than that".to_string() } else { data.len().to_string() };
+        return Err(bad(format!("header says {shape:?} ({expected} bytes), the file holds {held} bytes of data")));
+    }
+    Ok((shape, data))
 }
 
 /// Reads scikit-learn's `digits.csv.gz`: rows of 64 pixels (0..=16) and a label.
@@ -128,6 +150,9 @@ pub fn read_digits(path: &Path) -> Result<Images> {
         }
         pixels.extend_from_slice(&values[..64]);
         labels.push(values[64] as i64);
+    }
+    if labels.is_empty() {
+        return Err(Error::Data(format!("{}: no rows", path.display())));
     }
     let n = labels.len() as i64;
     Ok(Images { x: Tensor::from_slice(&pixels).reshape([n, 1, 8, 8]) / 8.0 - 1.0, labels: Tensor::from_slice(&labels) })
@@ -176,10 +201,12 @@ fn move_files(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Bytes of one CIFAR-10 record: a label byte and 3×32×32 pixel bytes (R, G, B planes).
+const CIFAR_RECORD: usize = 1 + 3 * 32 * 32;
+
 /// Reads CIFAR-10 binary batches from `dir` (`data_batch_1.bin` … `data_batch_5.bin`, or
 /// `test_batch.bin`): records of one label byte and 3×32×32 pixel bytes (R, G, B planes).
 pub fn read_cifar10(dir: &Path, split: Split) -> Result<Images> {
-    const RECORD: usize = 1 + 3 * 32 * 32;
     let names: Vec<String> = match split {
         Split::Train => (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
         Split::Test => vec!["test_batch.bin".into()],
@@ -188,33 +215,83 @@ pub fn read_cifar10(dir: &Path, split: Split) -> Result<Images> {
     for name in names {
         let path = dir.join(&name);
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        if bytes.is_empty() || bytes.len() % RECORD != 0 {
-            return Err(Error::Data(format!(
-                "{}: {} bytes is not a whole number of {RECORD}-byte CIFAR-10 records (truncated?)",
-                path.display(),
-                bytes.len()
-            )));
-        }
-        for (i, record) in bytes.chunks(RECORD).enumerate() {
-            if record[0] > 9 {
-                return Err(Error::Data(format!(
-                    "{}: record {i} has label {}, expected 0..=9",
-                    path.display(),
-                    record[0]
-                )));
-            }
-            labels.push(record[0] as i64);
-            pixels.extend_from_slice(&record[1..]);
-        }
+        cifar10_records(&bytes, &path, &mut pixels, &mut labels)?;
     }
-    let n = labels.len() as i64;
-    let x = Tensor::from_slice(&pixels).to_kind(Kind::Double).reshape([n, 3, 32, 32]) / 127.5 - 1.0;
-    Ok(Images { x, labels: Tensor::from_slice(&labels) })
+    Ok(cifar10_images(&pixels, labels))
 }
 
-/// Reads every PNG and JPEG in `dir` (sorted by name) as RGB, resized so the short side is
-/// `size` and centre-cropped to `size`×`size`. Labels are all zero.
-pub fn read_folder(dir: &Path, size: u32) -> Result<Images> {
+/// One CIFAR-10 batch file's bytes as [`Images`]; `path` names it in errors.
+pub fn parse_cifar10(bytes: &[u8], path: &Path) -> Result<Images> {
+    let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+    cifar10_records(bytes, path, &mut pixels, &mut labels)?;
+    Ok(cifar10_images(&pixels, labels))
+}
+
+/// Appends the records of one batch to `pixels` and `labels`, checking the batch is a whole,
+/// non-zero number of records with labels 0..=9.
+fn cifar10_records(bytes: &[u8], path: &Path, pixels: &mut Vec<u8>, labels: &mut Vec<i64>) -> Result<()> {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(CIFAR_RECORD) {
+        return Err(Error::Data(format!(
+            "{}: {} bytes is not a whole number of {CIFAR_RECORD}-byte CIFAR-10 records (truncated?)",
+            path.display(),
+            bytes.len()
+        )));
+    }
+    for (i, record) in bytes.chunks_exact(CIFAR_RECORD).enumerate() {
+        if record[0] > 9 {
+            return Err(Error::Data(format!("{}: record {i} has label {}, expected 0..=9", path.display(), record[0])));
+        }
+        labels.push(record[0] as i64);
+        pixels.extend_from_slice(&record[1..]);
+    }
+    Ok(())
+}
+
+fn cifar10_images(pixels: &[u8], labels: Vec<i64>) -> Images {
+    let n = labels.len() as i64;
+    let x = Tensor::from_slice(pixels).to_kind(Kind::Double).reshape([n, 3, 32, 32]) / 127.5 - 1.0;
+    Images { x, labels: Tensor::from_slice(&labels) }
+}
+
+/// Largest width or height of an image in a folder: decoding allocates before it reads the
+/// pixels, so a header claiming 10^5 × 10^5 pixels must be refused before decoding.
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+
+/// Largest `size=` of a folder spec.
+pub const MAX_FOLDER_SIZE: u32 = 4096;
+
+/// Decodes one PNG or JPEG file's bytes as RGB, refusing sides over [`MAX_IMAGE_SIDE`] and
+/// decoder allocations over 256 MiB; `path` names it in errors.
+pub fn decode_image(bytes: &[u8], path: &Path) -> Result<image::RgbImage> {
+    let bad = |e: &dyn std::fmt::Display| Error::Data(format!("{}: {e}", path.display()));
+    let mut reader = image::io::Reader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(&e))?;
+    let mut limits = image::io::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(256 << 20);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| bad(&e))?.to_rgb8();
+    if img.width() == 0 || img.height() == 0 {
+        return Err(bad(&"an image without pixels"));
+    }
+    Ok(img)
+}
+
+/// The largest centred square of `img`, resized to `size`×`size`.
+pub fn square_crop(img: &image::RgbImage, size: u32) -> image::RgbImage {
+    let (w, h) = img.dimensions();
+    let side = w.min(h);
+    let crop = image::imageops::crop_imm(img, (w - side) / 2, (h - side) / 2, side, side).to_image();
+    image::imageops::resize(&crop, size, size, image::imageops::FilterType::Triangle)
+}
+
+/// Reads every PNG and JPEG in `dir` (sorted by name) as RGB. With `size`, each is
+/// centre-cropped to a square and resized to `size`×`size`; without, the images keep their
+/// own size, which must then be the same for all. Labels are all zero.
+pub fn read_folder(dir: &Path, size: Option<u32>) -> Result<Images> {
+    if let Some(s) = size.filter(|s| !(1..=MAX_FOLDER_SIZE).contains(s)) {
+        return Err(Error::Data(format!("{}: size={s}; expected 1..={MAX_FOLDER_SIZE}", dir.display())));
+    }
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -228,20 +305,36 @@ pub fn read_folder(dir: &Path, size: u32) -> Result<Images> {
     if paths.is_empty() {
         return Err(Error::Data(format!("{}: no .png, .jpg or .jpeg files", dir.display())));
     }
-    let mut pixels = Vec::with_capacity(paths.len() * (3 * size * size) as usize);
+    let mut pixels = Vec::new();
+    let mut first: Option<(u32, u32, &Path)> = None;
     for path in &paths {
-        let img = image::open(path).map_err(|e| Error::Data(format!("{}: {e}", path.display())))?.to_rgb8();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let img = decode_image(&bytes, path)?;
+        let img = match size {
+            Some(s) => square_crop(&img, s),
+            None => img,
+        };
         let (w, h) = img.dimensions();
-        let scale = size as f64 / w.min(h) as f64;
-        let (rw, rh) = (((w as f64 * scale).round() as u32).max(size), ((h as f64 * scale).round() as u32).max(size));
-        let resized = image::imageops::resize(&img, rw, rh, image::imageops::FilterType::Triangle);
-        let crop = image::imageops::crop_imm(&resized, (rw - size) / 2, (rh - size) / 2, size, size).to_image();
+        match first {
+            None => first = Some((w, h, path)),
+            Some((w0, h0, p0)) if (w0, h0) != (w, h) => {
+                return Err(Error::Data(format!(
+                    "{}: images differ in size ({}: {w0}×{h0}, {}: {w}×{h}); add size=N to the spec to \
+                     centre-crop and resize them all to N×N",
+                    dir.display(),
+                    p0.display(),
+                    path.display()
+                )))
+            }
+            Some(_) => {}
+        }
         // HWC bytes to CHW.
         for c in 0..3 {
-            pixels.extend(crop.pixels().map(|p| p[c]));
+            pixels.extend(img.pixels().map(|p| p[c]));
         }
     }
-    let (n, s) = (paths.len() as i64, size as i64);
-    let x = Tensor::from_slice(&pixels).to_kind(Kind::Double).reshape([n, 3, s, s]) / 127.5 - 1.0;
+    let (w, h) = first.map_or((0, 0), |(w, h, _)| (w as i64, h as i64));
+    let n = paths.len() as i64;
+    let x = Tensor::from_slice(&pixels).to_kind(Kind::Double).reshape([n, 3, h, w]) / 127.5 - 1.0;
     Ok(Images { x, labels: Tensor::zeros([n], (Kind::Int64, tch::Device::Cpu)) })
 }

@@ -16,9 +16,13 @@ pub use known::{Checkerboard, Circle, GaussianMixture, KnownDensity, Moons, Ring
 
 /// Specs accepted by [`Dataset::open`], for help texts and error messages.
 pub const DATA_SPECS: &str = "npy:PATH | mnist[:split=test] | fashion-mnist[:split=test] | digits | \
-cifar10:DIR[,split=test] | folder:DIR[,size=64] | \
+cifar10:DIR[,split=test] | folder:DIR[,size=N] (own size; size=N crops and resizes to N×N) | \
 uniform:d=D,g=WIDTH (d may be a shape like 3x32x32) | gmm2d | gmm:d=D,k=K,seed=S | checkerboard | rings | \
 moons | two-spirals | eight-gaussians | circle";
+
+/// Most values one point of a built-in density may have (3×1024×1024 fits): the spec is
+/// refused beyond it, before a batch of such points is allocated.
+pub const MAX_POINT_VALUES: i64 = 1 << 22;
 
 /// The test-split spec of a training data spec (`mnist` → `mnist:split=test`), for the image
 /// sets that have one; `None` for data without a test split.
@@ -60,9 +64,12 @@ impl Dataset {
                 options.check_all_used()?;
                 images::read_cifar10(&dir, split)?
             } else {
-                let size = options.int_or("size", 64)?;
+                let size = match options.raw("size") {
+                    None => None,
+                    Some(_) => Some(options.int("size")?.min(u32::MAX as u64) as u32),
+                };
                 options.check_all_used()?;
-                images::read_folder(&dir, size.clamp(1, 4096) as u32)?
+                images::read_folder(&dir, size)?
             };
             return Ok(Dataset::Points { x: images.x, labels: (name == "cifar10").then_some(images.labels) });
         }
@@ -89,11 +96,17 @@ impl Dataset {
                 Box::new(UniformCube { shape, width })
             }
             "gmm2d" => Box::new(GaussianMixture::circle_2d()),
-            "gmm" => Box::new(GaussianMixture::random(
-                args.shape("d")?.iter().product::<i64>() as usize,
-                args.int("k")? as usize,
-                args.int_or("seed", 0)?,
-            )),
+            "gmm" => {
+                let dim = args.shape("d")?.iter().product::<i64>() as usize;
+                let k = args.int("k")?;
+                // The means are k × d values, allocated here.
+                if k.saturating_mul(dim as u64) > MAX_POINT_VALUES as u64 {
+                    return Err(Error::Data(format!(
+                        "{spec}: k × d = {k} × {dim} means is more than {MAX_POINT_VALUES} values"
+                    )));
+                }
+                Box::new(GaussianMixture::random(dim, k as usize, args.int_or("seed", 0)?))
+            }
             "checkerboard" => Box::new(Checkerboard),
             "rings" => Box::new(Rings),
             "moons" => Box::new(Moons),
@@ -104,6 +117,29 @@ impl Dataset {
         };
         args.check_all_used()?;
         Ok(Dataset::Known(density))
+    }
+
+    /// One line on what [`Dataset::open`] made of `spec`, for a command to show, e.g.
+    /// "64 images of 3×8×8 at their own size".
+    pub fn describe(&self, spec: &str) -> String {
+        let shape = self.shape().iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×");
+        match self {
+            Dataset::Known(_) => format!("fresh samples of {shape} from a density known exactly"),
+            Dataset::Points { x, labels } => {
+                let n = x.size()[0];
+                let labelled = labels.as_ref().map_or(String::new(), |_| {
+                    format!(", labels 0..={}", self.num_labels().unwrap_or(1).saturating_sub(1))
+                });
+                let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
+                let how = match name {
+                    "folder" if args.contains(",size=") => ", centre-cropped to a square and resized as size= asks",
+                    "folder" => " at their own size",
+                    _ => "",
+                };
+                let what = if x.dim() == 4 { "images" } else { "points" };
+                format!("{n} {what} of {shape}{how}{labelled}")
+            }
+        }
     }
 
     /// Shape of one data point.
@@ -158,6 +194,18 @@ impl Dataset {
             Dataset::Known(d) => Some(d.as_ref()),
         }
     }
+}
+
+/// Whether `x` ([N, C, H, W]) holds 8-bit images as this crate stores them, every value
+/// k/127.5 − 1 for an integer k in 0..=255: the data whose likelihood is reported in bits/dim
+/// of the discrete pixels.
+pub fn is_8bit(x: &Tensor) -> bool {
+    if x.dim() != 4 || x.numel() == 0 {
+        return false;
+    }
+    let k = (x.to_kind(tch::Kind::Double) + 1.0) * 127.5;
+    let on_grid = (&k - k.round()).abs().le(1e-6).all().int64_value(&[]) != 0;
+    on_grid && k.min().double_value(&[]) > -0.5 && k.max().double_value(&[]) < 255.5
 }
 
 /// The `split=train|test` option (train when absent).
@@ -215,15 +263,24 @@ impl<'a> SpecArgs<'a> {
         }
     }
 
-    /// A size like `3072` or a shape like `3x32x32`.
+    /// A size like `3072` or a shape like `3x32x32`, of at most [`MAX_POINT_VALUES`] values.
     fn shape(&self, key: &'a str) -> Result<Vec<i64>> {
         let v = self.required(key)?;
-        v.split('x')
+        let shape = v
+            .split('x')
             .map(|d| match d.parse::<i64>() {
                 Ok(n) if n > 0 => Ok(n),
                 _ => Err(Error::Data(format!("{}: {key}={v} is not a size or a shape like 3x32x32", self.spec))),
             })
-            .collect()
+            .collect::<Result<Vec<i64>>>()?;
+        let values = shape.iter().try_fold(1i64, |acc, &d| acc.checked_mul(d));
+        if shape.len() > 4 || values.is_none_or(|n| n > MAX_POINT_VALUES) {
+            return Err(Error::Data(format!(
+                "{}: {key}={v} is too large; a point has at most 4 axes and {MAX_POINT_VALUES} values",
+                self.spec
+            )));
+        }
+        Ok(shape)
     }
 
     fn check_all_used(&self) -> Result<()> {

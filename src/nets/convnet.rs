@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Tensor};
 
 use super::blocks::{conv3, ResBlock};
-use super::{labels_or_null, Backbone};
+use super::{check_range, check_stages, labels_or_null, Backbone, MAX_BLOCKS, MAX_LABELS};
 use crate::{Error, Result};
 
 /// Settings of [`ConvNet`].
@@ -37,6 +37,13 @@ impl ConvNetConfig {
     pub fn cube() -> Self {
         ConvNetConfig { channels: 16, channel_mult: vec![1], blocks: 1, groups: 4, num_labels: 0 }
     }
+
+    /// Checks the sizes before anything is built, naming the first bad field.
+    pub fn validate(&self) -> Result<()> {
+        check_stages(self.channels, &self.channel_mult, self.groups)?;
+        check_range("backbone.blocks", self.blocks, 1, MAX_BLOCKS)?;
+        check_range("backbone.num_labels", self.num_labels, 0, MAX_LABELS)
+    }
 }
 
 /// Input conv → stages of residual blocks (strided conv between stages) → SiLU → conv(C → 2C)
@@ -56,15 +63,8 @@ impl ConvNet {
         let [c_in, _, _] = data_shape else {
             return Err(Error::Config(format!("convnet needs data of shape [C, H, W], got {data_shape:?}")));
         };
-        if cfg.channels == 0 || cfg.channel_mult.is_empty() || cfg.groups == 0 {
-            return Err(Error::Config(
-                "convnet: channels, channel_mult and groups must be non-empty and positive".into(),
-            ));
-        }
+        cfg.validate()?;
         let widths: Vec<i64> = cfg.channel_mult.iter().map(|m| (m * cfg.channels) as i64).collect();
-        if let Some(w) = widths.iter().find(|&&w| w % cfg.groups as i64 != 0) {
-            return Err(Error::Config(format!("convnet: width {w} is not divisible by groups = {}", cfg.groups)));
-        }
         let label_dim = (cfg.num_labels > 0).then_some(4 * cfg.channels as i64);
         let mut c = widths[0];
         let mut stages = Vec::new();

@@ -2,8 +2,8 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Tensor};
 
-use super::{labels_or_null, timestep_embedding, Backbone, Head};
-use crate::{Error, Result};
+use super::{check_range, labels_or_null, timestep_embedding, Backbone, Head, MAX_BLOCKS, MAX_LABELS, MAX_WIDTH};
+use crate::Result;
 
 /// Settings of [`Mlp`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -24,6 +24,15 @@ impl Default for MlpConfig {
     }
 }
 
+impl MlpConfig {
+    /// Checks the sizes before anything is built, naming the first bad field.
+    pub fn validate(&self) -> Result<()> {
+        check_range("backbone.hidden", self.hidden, 1, MAX_WIDTH)?;
+        check_range("backbone.blocks", self.blocks, 0, MAX_BLOCKS)?;
+        check_range("backbone.num_labels", self.num_labels, 0, MAX_LABELS)
+    }
+}
+
 /// x → SiLU(W x + embeddings) → `blocks` × (h + SiLU(W h)) → head, with the head initialised
 /// at zero so an untrained model says p_t = N(0, I) at every level (CDM) or ε̂ = 0 (DDM).
 /// Label and (for a DDM) time embeddings are added to the first hidden layer.
@@ -39,9 +48,7 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(vs: &nn::Path, cfg: &MlpConfig, data_shape: &[i64], head: Head, timesteps: usize) -> Result<Self> {
-        if cfg.hidden == 0 {
-            return Err(Error::Config("mlp.hidden must be positive".into()));
-        }
+        cfg.validate()?;
         let hidden = cfg.hidden as i64;
         let in_dim: i64 = data_shape.iter().product();
         let zero = nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true };

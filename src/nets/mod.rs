@@ -64,6 +64,16 @@ impl BackboneConfig {
         }
     }
 
+    /// Checks every field for sizes a network can be built from (positive widths, groups
+    /// that divide them, bounded sizes), naming the first bad field; nothing is allocated.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            BackboneConfig::Mlp(cfg) => cfg.validate(),
+            BackboneConfig::ConvNet(cfg) => cfg.validate(),
+            BackboneConfig::Unet(cfg) => cfg.validate(),
+        }
+    }
+
     /// Number of data labels the backbone is conditioned on (0: unconditional).
     pub fn num_labels(&self) -> usize {
         match self {
@@ -81,6 +91,50 @@ impl BackboneConfig {
             BackboneConfig::Unet(cfg) => cfg.num_labels = n,
         }
     }
+}
+
+/// Widest layer a config may ask for (channels × multiplier, or the MLP's width).
+pub const MAX_WIDTH: usize = 8192;
+/// Most residual blocks per stage (or in an MLP).
+pub const MAX_BLOCKS: usize = 64;
+/// Most resolutions (stages) of a convolutional backbone.
+pub const MAX_STAGES: usize = 8;
+/// Most data labels a backbone may be conditioned on.
+pub const MAX_LABELS: usize = 100_000;
+
+pub(crate) fn check_range(field: &str, value: usize, low: usize, high: usize) -> Result<()> {
+    if (low..=high).contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::Config(format!("{field} is {value}; expected {low}..={high}")))
+    }
+}
+
+/// The stages of a convolutional backbone: `channels` × each multiplier is a width in
+/// 1..=[`MAX_WIDTH`] that `groups` divides.
+pub(crate) fn check_stages(channels: usize, channel_mult: &[usize], groups: usize) -> Result<()> {
+    check_range("backbone.channels", channels, 1, MAX_WIDTH)?;
+    check_range("backbone.groups", groups, 1, MAX_WIDTH)?;
+    if channel_mult.is_empty() || channel_mult.len() > MAX_STAGES {
+        return Err(Error::Config(format!(
+            "backbone.channel_mult has {} entries; expected 1..={MAX_STAGES}",
+            channel_mult.len()
+        )));
+    }
+    for &m in channel_mult {
+        let width = channels.saturating_mul(m);
+        if m == 0 || width > MAX_WIDTH {
+            return Err(Error::Config(format!(
+                "backbone.channel_mult holds {m}: a width of {channels} × {m}; expected multipliers ≥ 1 and widths ≤ {MAX_WIDTH}"
+            )));
+        }
+        if !width.is_multiple_of(groups) {
+            return Err(Error::Config(format!(
+                "backbone.channel_mult holds {m}: the width {width} is not divisible by backbone.groups = {groups}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Sinusoidal embedding of levels t ([B], Int64) scaled to [0, 1000) whatever T is, as in the

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Tensor};
 
 use super::blocks::{conv3, Attention, ResBlock};
-use super::{labels_or_null, timestep_embedding, Backbone, Head};
+use super::{
+    check_range, check_stages, labels_or_null, timestep_embedding, Backbone, Head, MAX_BLOCKS, MAX_LABELS, MAX_WIDTH,
+};
 use crate::{Error, Result};
 
 /// Settings of [`Unet`].
@@ -77,6 +79,32 @@ impl UnetConfig {
     }
 }
 
+impl UnetConfig {
+    /// Checks the sizes before anything is built, naming the first bad field.
+    pub fn validate(&self) -> Result<()> {
+        check_stages(self.channels, &self.channel_mult, self.groups)?;
+        if !self.channels.is_multiple_of(self.groups) {
+            return Err(Error::Config(format!(
+                "backbone.channels = {} is not divisible by backbone.groups = {}",
+                self.channels, self.groups
+            )));
+        }
+        check_range("backbone.res_blocks", self.res_blocks, 1, MAX_BLOCKS)?;
+        check_range("backbone.num_labels", self.num_labels, 0, MAX_LABELS)?;
+        check_range("backbone.head_channels", self.head_channels, 0, MAX_WIDTH)?;
+        if let Some(r) = self.attention_resolutions.iter().find(|&&r| r <= 0) {
+            return Err(Error::Config(format!("backbone.attention_resolutions holds {r}; expected image sides > 0")));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::Config(format!(
+                "backbone.dropout is {}; expected a probability in [0, 1)",
+                self.dropout
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// One resolution of the encoder or decoder: residual blocks, each optionally followed by attention.
 type Level = Vec<(ResBlock, Option<Attention>)>;
 
@@ -100,19 +128,14 @@ impl Unet {
         let [c_in, height, width] = data_shape[..] else {
             return Err(Error::Config(format!("unet needs data of shape [C, H, W], got {data_shape:?}")));
         };
+        cfg.validate()?;
         let stages = cfg.channel_mult.len();
-        if cfg.channels == 0 || stages == 0 || cfg.groups == 0 {
-            return Err(Error::Config("unet: channels, channel_mult and groups must be non-empty and positive".into()));
-        }
         let scale = 1i64 << (stages - 1);
         if height % scale != 0 || width % scale != 0 {
             return Err(Error::Config(format!("unet: {height}×{width} images cannot be halved {} times", stages - 1)));
         }
         let widths: Vec<i64> = cfg.channel_mult.iter().map(|m| (m * cfg.channels) as i64).collect();
         let groups = cfg.groups as i64;
-        if let Some(w) = widths.iter().chain([&(cfg.channels as i64)]).find(|&&w| w % groups != 0) {
-            return Err(Error::Config(format!("unet: width {w} is not divisible by groups = {groups}")));
-        }
         let ch = cfg.channels as i64;
         let embed_dim = 4 * ch;
         let timed = head == Head::Noise;
