@@ -13,15 +13,17 @@ trap 'rm -rf "$out"' EXIT
 for config in $configs; do
   sampler=${config%%:*} steps=${config##*:}
   p=$((window < steps ? window : steps))
-  for solver in picard anderson; do
+  for solver in picard anderson newton; do
     "$cdm" sample --ckpt "$run" --n "$n" --batch "$batch" --sampler "$sampler" --steps "$steps" --seed 1 \
       --parallel "$p" --tol "$tol" --solver "$solver" --compare-sequential --json --out "$out/x.npy" |
       python3 -c '
 import json, sys
 r = json.load(sys.stdin)
 o, c, s = r["options"], r["cost"], r["sequential_cost"]
-print(f"| {o[\"sampler\"]}-{o[\"steps\"]} | {o[\"parallel\"]} | {o[\"solver\"]} | {c[\"iterations\"]} | "
-      f"{c[\"evaluations\"]} ({c[\"evaluations\"] / s[\"evaluations\"]:.2f}x) | {c[\"seconds\"]:.2f} s | {s[\"seconds\"]:.2f} s | "
-      f"{s[\"seconds\"] / c[\"seconds\"]:.2f}x | {r[\"max_abs_difference\"]:.1e} |")'
+cells = [f"{o['"'"'sampler'"'"']}-{o['"'"'steps'"'"']}", o["parallel"], o["solver"], c["iterations"],
+         f"{c['"'"'evaluations'"'"']} ({c['"'"'evaluations'"'"'] / s['"'"'evaluations'"'"']:.2f}x)",
+         f"{c['"'"'seconds'"'"']:.2f} s", f"{s['"'"'seconds'"'"']:.2f} s",
+         f"{s['"'"'seconds'"'"'] / c['"'"'seconds'"'"']:.2f}x", f"{r['"'"'max_abs_difference'"'"']:.1e}"]
+print("| " + " | ".join(str(x) for x in cells) + " |")'
   done
 done

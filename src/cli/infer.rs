@@ -295,6 +295,11 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         _ => None,
     };
     let start = init.as_ref().map(|(_, start)| start);
+    if args.compare_sequential {
+        // One step for one sample first, so neither timed run pays libtorch's warm-up.
+        let warm_up = SampleOptions { steps: 1, parallel: None, ..args.options.clone() };
+        draw(&loaded.model, loaded.options(), 1, &warm_up, 1, None, &mut |_| {})?;
+    }
     let Samples { x: samples, labels, stats } =
         draw_samples(&loaded, args.n, &args.options, args.ckpt.batch, start, &mut |_| {})?;
     let mut report = json!({"n": args.n, "options": args.options, "cost": stats});
