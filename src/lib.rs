@@ -19,13 +19,15 @@
 //! input gradient), `denoiser` (the DDM baseline), `model` (either kind behind one type),
 //! `predictor` (the one trait samplers use), `loss`, `likelihood`, `sample` (DDPM, DDIM,
 //! DPM-Solver, guidance), `train`, `checkpoint`, `data` (files, images, known densities), `metrics`
-//! (AUROC, confusion matrix, FID), `cache` (downloads kept per user), `plot`.
+//! (AUROC, confusion matrix, FID), `cache` (downloads kept per user), `plot`, `device` (CPU or a
+//! GPU, loading libtorch's CUDA backend at run time).
 pub mod base;
 pub mod cache;
 pub mod checkpoint;
 pub mod classifier;
 pub mod data;
 pub mod denoiser;
+pub mod device;
 pub mod error;
 pub mod likelihood;
 pub mod loss;
