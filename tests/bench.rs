@@ -18,13 +18,11 @@ fn bench(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn reports_device_batch_and_network_size() {
-    let report = bench(&["--size", "unet-ddm"]);
+    let report = bench(&["--size", "cifar10-ddm", "--batch", "1"]);
     assert_eq!(report["device"], "cpu", "{report}");
-    assert_eq!(report["batch"], 32, "{report}");
+    assert_eq!(report["batch"], 1, "{report}");
     assert!(report["rust_ms_per_step"].as_f64().is_some_and(|ms| ms > 0.0), "{report}");
     // The DDPM CIFAR-10 network: 35.7 M parameters (Ho et al. 2020, appendix B; tests/unet.rs).
-    let report = bench(&["--size", "cifar10-ddm", "--batch", "1"]);
-    assert_eq!(report["batch"], 1, "{report}");
     let params = report["params"].as_u64().unwrap_or(0);
     assert!((35_650_000..35_800_000).contains(&params), "{report}");
 }
