@@ -6,6 +6,10 @@
 #   gpu-tests.xz  tests/gpu.rs, built as a test binary (its tests are #[ignore]d: run with --ignored)
 #   mnist.tar.xz  MNIST as cached under ~/.cache/cdm/data (fetched first if missing)
 #   run.tar.xz    with RUN=DIR, a training run to resume there (config, checkpoint, log)
+#   syslib.tar.xz this host's copies of the system libraries the binary needs beyond glibc,
+#                 libstdc++ and libtorch (the font stack of the plots), for a host that lacks
+#                 them (gpu-check.sh then adds them to LD_LIBRARY_PATH)
+#   requires      the newest glibc and libstdc++ symbol versions the binaries use
 # and fails if the whole would not fit.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,6 +46,18 @@ if [ -n "${RUN:-}" ]; then
   tar -C "$RUN" -cf - config.json checkpoint.safetensors log.jsonl | xz -9 -T2 > "$out/run.tar.xz"
 fi
 git describe --always --dirty --abbrev=40 > "$out/commit"
+libtorch=$(readlink -f .libtorch)
+mkdir -p "$out/syslib"
+ldd target/release/cdm | awk '$2 == "=>" && $3 ~ /^\// {print $1, $3}' | while read -r name path; do
+  case "$name" in libc.so.* | libm.so.* | libpthread.so.* | libdl.so.* | librt.so.* | libutil.so.* | libstdc++.so.* | libgcc_s.so.*) continue ;; esac
+  [[ $(readlink -f "$path") == "$libtorch"/* ]] && continue
+  cp -L "$path" "$out/syslib/$name"
+done
+tar -C "$out" -cf - syslib | xz -9 -T2 > "$out/syslib.tar.xz"
+rm -rf "$out/syslib"
+for f in target/release/cdm "$tests"; do
+  objdump -T "$f" | grep -oE '(GLIBC|GLIBCXX)_[0-9.]+' | sort -u -V | awk -F_ '{last[$1] = $0} END {print last["GLIBC"], last["GLIBCXX"]}'
+done | sort -u -V | tail -1 > "$out/requires"
 
 bundle=$(du -cb "$out"/* | tail -1 | cut -f1)
 tracked=$(git ls-files -z | xargs -0 du -cb | awk '/\ttotal$/ {s += $1} END {print s}')

@@ -17,6 +17,7 @@
 # in the GPU tests: a dry run on a host without a GPU. So does a host where CUDA cannot be used,
 # saying so.
 set -uo pipefail
+export NO_COLOR=1 # plain log lines in OUT
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 out=${1:-${OUT:-$root/gpu-check-out}}
@@ -24,6 +25,7 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 bundle=${GPU_BUNDLE:-$root/gpu-bundle}
 budget=${GPU_CHECK_SECONDS:-420}
+scale=1 # stage limits are for the GPU; a CPU dry run gets several times as long
 device=${GPU_CHECK_DEVICE:-cuda}
 train_steps=${GPU_CHECK_TRAIN_STEPS:-2000}
 start=$(date +%s)
@@ -35,7 +37,7 @@ left() { echo $((start + budget - $(date +%s))); }
 # stage NAME LIMIT RESERVE CMD...: runs CMD with stdout to OUT/NAME.out and stderr to
 # OUT/NAME.err, for at most LIMIT seconds and never into the last RESERVE seconds of the budget.
 stage() {
-  local name=$1 limit=$2 reserve=$3
+  local name=$1 limit=$(($2 * scale)) reserve=$(($3 * scale))
   shift 3
   local cap=$(($(left) - reserve))
   [ "$cap" -lt "$limit" ] && limit=$cap
@@ -85,9 +87,22 @@ unpack "$bundle/mnist.tar.xz" "$work/mnist.tar" && tar -C "$work/cache/cdm/data"
 export XDG_CACHE_HOME=$work/cache
 cdm=$work/cdm
 log "bundle of commit $(cat "$bundle/commit" 2>/dev/null || echo unknown)"
+# Only for what the host lacks (LD_LIBRARY_PATH would put them before its own).
+if [ -f "$bundle/syslib.tar.xz" ] && ldd "$cdm" | grep -q "not found"; then
+  log "the host lacks $(ldd "$cdm" | awk '/not found/ {printf "%s ", $1}'): using the bundle's copies"
+  unpack "$bundle/syslib.tar.xz" "$work/syslib.tar" && tar -C "$work" -xf "$work/syslib.tar"
+  export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$work/syslib
+fi
+if ! "$cdm" --version > /dev/null 2> "$out/start.err"; then
+  log "the binary does not start here: $(cat "$out/start.err"); it needs $(cat "$bundle/requires" 2>/dev/null) and the host has $(ldd --version | head -1)"
+  exit 1
+fi
 
 {
   uname -a
+  ldd --version | head -1
+  echo "the binaries need: $(cat "$bundle/requires" 2>/dev/null)"
+  ldd "$cdm"
   python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())' 2>&1
   echo "bundle commit: $(cat "$bundle/commit" 2>/dev/null)"
 } > "$out/host.txt"
@@ -99,22 +114,26 @@ if [ "$device" = cuda ] && ! grep -q '"device":"cuda:0"' "$out/device.json"; the
   log "no usable GPU ($(cat "$out/device.err")); running the CPU parts only"
   device=cpu
 fi
+if [ "$device" = cpu ]; then
+  scale=4
+  budget=${GPU_CHECK_SECONDS:-$((budget * scale))}
+fi
 
 if [ "$device" = cuda ]; then
   stage gpu-tests 120 240 "$work/gpu-tests" --ignored --test-threads 1 --nocapture
   cat "$out/gpu-tests.err" "$out/gpu-tests.out" > "$out/gpu-tests.txt"
-  steps=10 rounds=2 cifar_batch=128
+  steps=10 rounds=2 unet_batch=32 cifar_batch=128
 else
   log "gpu-tests: no GPU, so the CPU stands in for it (a check of the tests themselves)"
   CDM_GPU_TEST_DEVICE=cpu stage gpu-tests 120 240 "$work/gpu-tests" --ignored --test-threads 1 --nocapture
   cat "$out/gpu-tests.err" "$out/gpu-tests.out" > "$out/gpu-tests.txt"
-  steps=2 rounds=1 cifar_batch=4
+  steps=1 rounds=1 unet_batch=4 cifar_batch=2
 fi
 
 bench_flags=(--device "$device" --rounds "$rounds")
 [ "$reference" = no ] && bench_flags+=(--no-reference)
-stage bench-unet-cdm 60 200 "$cdm" bench --size unet-cdm --steps "$steps" "${bench_flags[@]}"
-stage bench-unet-ddm 45 180 "$cdm" bench --size unet-ddm --steps "$steps" "${bench_flags[@]}"
+stage bench-unet-cdm 60 200 "$cdm" bench --size unet-cdm --batch "$unet_batch" --steps "$steps" "${bench_flags[@]}"
+stage bench-unet-ddm 45 180 "$cdm" bench --size unet-ddm --batch "$unet_batch" --steps "$steps" "${bench_flags[@]}"
 stage bench-cifar10-cdm 75 150 "$cdm" bench --size cifar10-cdm --batch "$cifar_batch" --steps "$steps" "${bench_flags[@]}"
 stage bench-cifar10-ddm 60 120 "$cdm" bench --size cifar10-ddm --batch "$cifar_batch" --steps "$steps" "${bench_flags[@]}"
 for size in unet-cdm unet-ddm cifar10-cdm cifar10-ddm; do
@@ -130,10 +149,10 @@ if [ -f "$bundle/run.tar.xz" ] && [ ! -f "$run/checkpoint.safetensors" ]; then
 fi
 done_steps=$(python3 -c 'import json, sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["step"])' "$run/log.jsonl" 2>/dev/null || echo 0)
 [ "$done_steps" -gt 0 ] && log "resuming the MNIST run at step $done_steps"
-train_limit=$(($(left) - 75))
+train_limit=$((($(left) - 75 * scale) / scale))
 if [ "$device" = cpu ]; then # a few steps: enough to go through every stage
-  train_steps=${GPU_CHECK_TRAIN_STEPS:-$((done_steps + 20))}
-  [ "$train_limit" -gt 90 ] && train_limit=90
+  train_steps=${GPU_CHECK_TRAIN_STEPS:-$((done_steps + 10))}
+  [ "$train_limit" -gt 150 ] && train_limit=150
 fi
 stage train "$train_limit" 75 "$cdm" train --data mnist --conditional --model cdm --base-per-class --min-snr 5 \
   --preset tiny --batch 32 --lr 4e-4 --steps "$train_steps" --sample-every 500 --checkpoint-every 250 \

@@ -124,7 +124,7 @@ fn reference_config(size: BenchSize, steps: u64, batch: usize, device: Device) -
     let device = if device.is_cuda() { "cuda" } else { "cpu" };
     let common =
         json!({"timesteps": 1000, "ce_weight": 1.0, "warmup": 3, "steps": steps, "batch": batch, "device": device});
-    let specific = match size {
+    let mut specific = match size {
         BenchSize::Mlp2d => {
             json!({"backbone": "mlp", "shape": [2], "hidden": 256, "blocks": 3, "width": 1.0})
         }
@@ -140,13 +140,9 @@ fn reference_config(size: BenchSize, steps: u64, batch: usize, device: Device) -
             "attention": [16], "dropout": 0.1, "width": 2.0
         }),
     };
-    let specific = match (specific, size.is_ddm()) {
-        (mut unet, true) => {
-            unet["model"] = json!("ddm");
-            unet
-        }
-        (other, false) => other,
-    };
+    if size.is_ddm() {
+        specific["model"] = json!("ddm");
+    }
     let mut merged = common;
     if let (Some(m), Some(s)) = (merged.as_object_mut(), specific.as_object()) {
         m.extend(s.clone());
