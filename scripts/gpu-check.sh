@@ -146,6 +146,7 @@ run=$out/mnist
 if [ -f "$bundle/run.tar.xz" ] && [ ! -f "$run/checkpoint.safetensors" ]; then
   mkdir -p "$run"
   unpack "$bundle/run.tar.xz" "$work/run.tar" && tar -C "$run" -xf "$work/run.tar"
+  python3 scripts/checkpoint-dedup.py restore "$run/checkpoint.safetensors" "$run/checkpoint.safetensors"
 fi
 done_steps=$(python3 -c 'import json, sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["step"])' "$run/log.jsonl" 2>/dev/null || echo 0)
 [ "$done_steps" -gt 0 ] && log "resuming the MNIST run at step $done_steps"

@@ -73,7 +73,8 @@ pub fn load_cuda() -> std::result::Result<&'static Path, &'static str> {
 pub fn gpu() -> Result<Gpu> {
     let library = load_cuda().map_err(|reason| {
         Error::CudaUnavailable(format!(
-            "{reason} (libtorch's CUDA backend needs the CUDA libraries: `make setup CUDA=1` installs them)"
+            "{reason} (the CUDA backend needs the CUDA libraries: `make setup CUDA=1` installs them, \
+             or point LD_LIBRARY_PATH at a PyTorch's torch/lib and nvidia/*/lib)"
         ))
     })?;
     let count = tch::Cuda::device_count();
