@@ -13,7 +13,8 @@
 #                             gpu-bundle/run.tar.xz: `make gpu-bundle RUN=OUT/mnist`); its log and
 #                             grids; nll.json (bits/dim, uniform dequantization), *.png samples
 #   stages.txt, check.log     each stage's exit code and seconds; summary.md, the figures
-# GPU_CHECK_DEVICE=cpu runs everything on the CPU, briefly, with the CPU standing in for the GPU
+# GPU_CHECK_SKIP="gpu-tests bench" leaves out the stages whose names start so (a rerun of the
+# training alone, say). GPU_CHECK_DEVICE=cpu runs everything on the CPU, briefly, with the CPU standing in for the GPU
 # in the GPU tests: a dry run on a host without a GPU. So does a host where CUDA cannot be used,
 # saying so.
 set -uo pipefail
@@ -39,6 +40,14 @@ left() { echo $((start + budget - $(date +%s))); }
 stage() {
   local name=$1 limit=$(($2 * scale)) reserve=$(($3 * scale))
   shift 3
+  local skip
+  for skip in ${GPU_CHECK_SKIP:-}; do
+    if [[ $name == "$skip"* ]]; then
+      log "$name: skipped (GPU_CHECK_SKIP)"
+      echo "$name skipped 0" >> "$out/stages.txt"
+      return 1
+    fi
+  done
   local cap=$(($(left) - reserve))
   [ "$cap" -lt "$limit" ] && limit=$cap
   if [ "$limit" -lt 5 ]; then
@@ -109,7 +118,7 @@ fi
 if command -v nvidia-smi >/dev/null; then nvidia-smi > "$out/nvidia-smi.txt" 2>&1; fi
 
 stage device 60 300 "$cdm" device --device auto
-cp "$out/device.out" "$out/device.json"
+cp "$out/device.out" "$out/device.json" 2>/dev/null
 if [ "$device" = cuda ] && ! grep -q '"device":"cuda:0"' "$out/device.json"; then
   log "no usable GPU ($(cat "$out/device.err")); running the CPU parts only"
   device=cpu
@@ -121,12 +130,12 @@ fi
 
 if [ "$device" = cuda ]; then
   stage gpu-tests 120 240 "$work/gpu-tests" --ignored --test-threads 1 --nocapture
-  cat "$out/gpu-tests.err" "$out/gpu-tests.out" > "$out/gpu-tests.txt"
+  cat "$out/gpu-tests.err" "$out/gpu-tests.out" > "$out/gpu-tests.txt" 2>/dev/null
   steps=10 rounds=2 unet_batch=32 cifar_batch=128
 else
   log "gpu-tests: no GPU, so the CPU stands in for it (a check of the tests themselves)"
   CDM_GPU_TEST_DEVICE=cpu stage gpu-tests 120 240 "$work/gpu-tests" --ignored --test-threads 1 --nocapture
-  cat "$out/gpu-tests.err" "$out/gpu-tests.out" > "$out/gpu-tests.txt"
+  cat "$out/gpu-tests.err" "$out/gpu-tests.out" > "$out/gpu-tests.txt" 2>/dev/null
   steps=1 rounds=1 unet_batch=4 cifar_batch=2
 fi
 
@@ -163,7 +172,7 @@ if [ -f "$run/checkpoint.safetensors" ]; then
   nll_n=10000
   [ "$device" = cpu ] && nll_n=200
   stage nll 40 35 "$cdm" nll --ckpt "$run" --data mnist:split=test --n "$nll_n" --dequantize uniform --json --device "$device"
-  cp "$out/nll.out" "$out/nll.json"
+  cp "$out/nll.out" "$out/nll.json" 2>/dev/null
   sample=("$cdm" sample --ckpt "$run" --n 100 --sampler ddim --steps 50 --clip-x0 1 --device "$device")
   [ "$device" = cpu ] && sample=("$cdm" sample --ckpt "$run" --n 10 --sampler ddim --steps 5 --clip-x0 1 --device cpu)
   stage sample-conditional 30 5 "${sample[@]}" --out "$out/conditional.png"
