@@ -1,9 +1,13 @@
 # Each target installs libtorch 2.11.0 first (once per user, cached; see scripts/setup-libtorch.sh).
+# CUDA=1 (automatic where nvidia-smi lists a GPU) adds the CUDA libraries the torch wheel pins;
+# DRY_RUN=1 lists them instead.
 CARGO ?= cargo
+CUDA ?=
+DRY_RUN ?=
 
-.PHONY: setup demo mnist test lint bench fuzz
+.PHONY: setup demo mnist test lint bench fuzz gpu-bundle
 setup:
-	@bash scripts/setup-libtorch.sh
+	@CUDA=$(CUDA) DRY_RUN=$(DRY_RUN) bash scripts/setup-libtorch.sh
 
 # Main job on built-in data: train a CDM on a 2-D Gaussian mixture, score held-out points
 # against the exact log-density, draw the learned and exact densities side by side. Ten levels:
@@ -43,9 +47,21 @@ lint: setup
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# Training and sampling steps against the same steps in PyTorch (bench/reference.py), every size.
+# Training and sampling steps against the same steps in PyTorch (bench/reference.py), every size,
+# on DEVICE (auto: the GPU if there is one). The paper's CIFAR-10 UNet at batch 8 on a CPU.
+DEVICE ?= auto
+BENCH = PYTHONPATH=$$(bash scripts/setup-pytorch.sh) $(CARGO) run --release -- bench --device $(DEVICE)
 bench: setup
-	PYTHONPATH=$$(bash scripts/setup-pytorch.sh) $(CARGO) run --release -- bench --size mlp2d
-	PYTHONPATH=$$(bash scripts/setup-pytorch.sh) $(CARGO) run --release -- bench --size cube
-	PYTHONPATH=$$(bash scripts/setup-pytorch.sh) $(CARGO) run --release -- bench --size unet-cdm
-	PYTHONPATH=$$(bash scripts/setup-pytorch.sh) $(CARGO) run --release -- bench --size unet-ddm
+	$(BENCH) --size mlp2d
+	$(BENCH) --size cube
+	$(BENCH) --size unet-cdm
+	$(BENCH) --size unet-ddm
+	$(BENCH) --size cifar10-cdm $$([ $(DEVICE) = cuda ] || echo --batch 8 --steps 5)
+	$(BENCH) --size cifar10-ddm $$([ $(DEVICE) = cuda ] || echo --batch 8 --steps 5)
+
+# What scripts/gpu-check.sh needs on a GPU host (no Rust, no network, at most 64 MiB): the
+# release binary, the GPU test binary, MNIST and a run to resume (RUN=DIR, e.g. the last check's
+# $$OUT/mnist), compressed into gpu-bundle/.
+RUN ?=
+gpu-bundle: setup
+	RUN=$(RUN) bash scripts/gpu-bundle.sh

@@ -4,7 +4,8 @@ CDM training step = draw a batch, stratified levels and noise; logits = cumsum(h
 F = l_{T+1} - l_t; eps_hat = sqrt(1 - abar_t) (grad_x F + x_t) with create_graph;
 loss = ce_weight * CE + summed MSE on levels 1..T; backward; global-norm clip; Adam; EMA.
 DDM training step = the same with eps_hat = net(x_t, t) and the MSE alone. Sampling step = one
-eps_hat for the batch (CDM: forward and input gradient; DDM: forward). Prints one JSON line
+eps_hat for the batch (CDM: forward and input gradient; DDM: forward), without dropout. Runs on
+"device" ("cpu" or "cuda"), waiting for the GPU at the end of each step. Prints one JSON line
 with median milliseconds. Usage: python3 reference.py '{"backbone": "mlp", ...}'
 """
 import json
@@ -72,8 +73,9 @@ def timestep_embedding(t, T, dim):
 class UResBlock(nn.Module):
     """src/nets/blocks.rs ResBlock: GN-SiLU-conv, + embedding, GN-SiLU-dropout-conv, skip."""
 
-    def __init__(self, c_in, c_out, groups, emb_dim):
+    def __init__(self, c_in, c_out, groups, emb_dim, dropout=0.0):
         super().__init__()
+        self.dropout = dropout
         self.norm1, self.conv1 = nn.GroupNorm(groups, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
         self.embed = nn.Linear(emb_dim, c_out) if emb_dim else None
         self.norm2, self.conv2 = nn.GroupNorm(groups, c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
@@ -83,7 +85,7 @@ class UResBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(x)))
         if self.embed is not None and emb is not None:
             h = h + self.embed(emb)[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.conv2(F.dropout(F.silu(self.norm2(h)), self.dropout, self.training))
         return (self.skip(x) if self.skip is not None else x) + h
 
 
@@ -102,36 +104,47 @@ class Attention(nn.Module):
 
 
 class Unet(nn.Module):
-    """src/nets/unet.rs, tiny preset (attention in the middle only): encoder, middle, decoder with skips."""
+    """src/nets/unet.rs: encoder, middle, decoder with skips; attention after each block at the
+    resolutions in `attention` and always in the middle."""
 
-    def __init__(self, c_in, ch, mult, res_blocks, groups, head_classes):
+    def __init__(self, c_in, size, ch, mult, res_blocks, groups, head_classes, attention=(), dropout=0.0):
         super().__init__()
         self.timed = head_classes is None
         emb = 4 * ch if self.timed else None
         self.t1, self.t2 = (nn.Linear(ch, 4 * ch), nn.Linear(4 * ch, 4 * ch)) if self.timed else (None, None)
         self.ch = ch
         self.input = nn.Conv2d(c_in, ch, 3, padding=1)
-        skips, c = [ch], ch
+        skips, c, res = [ch], ch, size
+
+        def attn(c):
+            return Attention(c, groups) if res in attention else nn.Identity()
+
         self.down = nn.ModuleList()
         for i, m in enumerate(mult):
-            blocks = nn.ModuleList()
+            blocks, attns = nn.ModuleList(), nn.ModuleList()
             for _ in range(res_blocks):
-                blocks.append(UResBlock(c, m * ch, groups, emb))
+                blocks.append(UResBlock(c, m * ch, groups, emb, dropout))
                 c = m * ch
+                attns.append(attn(c))
                 skips.append(c)
             sample = nn.Conv2d(c, c, 3, stride=2, padding=1) if i + 1 < len(mult) else None
             if sample is not None:
                 skips.append(c)
-            self.down.append(nn.ModuleList([blocks, sample]) if sample is not None else nn.ModuleList([blocks]))
-        self.mid1, self.mid_attn, self.mid2 = UResBlock(c, c, groups, emb), Attention(c, groups), UResBlock(c, c, groups, emb)
+                res //= 2
+            self.down.append(nn.ModuleList([blocks, attns] + ([sample] if sample is not None else [])))
+        self.mid1, self.mid_attn = UResBlock(c, c, groups, emb, dropout), Attention(c, groups)
+        self.mid2 = UResBlock(c, c, groups, emb, dropout)
         self.up = nn.ModuleList()
         for i, m in reversed(list(enumerate(mult))):
-            blocks = nn.ModuleList()
+            blocks, attns = nn.ModuleList(), nn.ModuleList()
             for _ in range(res_blocks + 1):
-                blocks.append(UResBlock(c + skips.pop(), m * ch, groups, emb))
+                blocks.append(UResBlock(c + skips.pop(), m * ch, groups, emb, dropout))
                 c = m * ch
+                attns.append(attn(c))
             sample = nn.Conv2d(c, c, 3, padding=1) if i > 0 else None
-            self.up.append(nn.ModuleList([blocks, sample]) if sample is not None else nn.ModuleList([blocks]))
+            if sample is not None:
+                res *= 2
+            self.up.append(nn.ModuleList([blocks, attns] + ([sample] if sample is not None else [])))
         self.out_norm = nn.GroupNorm(groups, c)
         if self.timed:
             self.out_conv = nn.Conv2d(c, c_in, 3, padding=1)
@@ -145,18 +158,18 @@ class Unet(nn.Module):
         h = self.input(x)
         hs = [h]
         for level in self.down:
-            for block in level[0]:
-                h = block(h, emb)
+            for block, attn in zip(level[0], level[1]):
+                h = attn(block(h, emb))
                 hs.append(h)
-            if len(level) > 1:
-                h = level[1](h)
+            if len(level) > 2:
+                h = level[2](h)
                 hs.append(h)
         h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
         for level in self.up:
-            for block in level[0]:
-                h = block(torch.cat([h, hs.pop()], 1), emb)
-            if len(level) > 1:
-                h = level[1](F.interpolate(h, scale_factor=2, mode="nearest"))
+            for block, attn in zip(level[0], level[1]):
+                h = attn(block(torch.cat([h, hs.pop()], 1), emb))
+            if len(level) > 2:
+                h = level[2](F.interpolate(h, scale_factor=2, mode="nearest"))
         h = self.out_conv(F.silu(self.out_norm(h)))
         return h if self.timed else self.head(h.mean((2, 3)))
 
@@ -169,19 +182,22 @@ def linear_alpha_bar(T):
 def main():
     cfg = json.loads(sys.argv[1])
     torch.manual_seed(0)
+    device = torch.device(cfg.get("device", "cpu"))
     T, batch, shape = cfg["timesteps"], cfg["batch"], cfg["shape"]
     classes = T + 2
     ddm = cfg.get("model", "cdm") == "ddm"
     if cfg["backbone"] == "mlp":
         net = Mlp(math.prod(shape), cfg["hidden"], cfg["blocks"], classes)
     elif cfg["backbone"] == "unet":
-        net = Unet(shape[0], cfg["channels"], cfg["mult"], cfg["blocks"], cfg["groups"], None if ddm else classes)
+        net = Unet(shape[0], shape[1], cfg["channels"], cfg["mult"], cfg["blocks"], cfg["groups"],
+                   None if ddm else classes, cfg.get("attention", []), cfg.get("dropout", 0.0))
         net.T = T
     else:
         net = ConvNet(shape[0], cfg["channels"], cfg["blocks"], cfg["groups"], classes)
+    net.to(device)
     ema = [p.detach().clone() for p in net.parameters()]
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    abar = linear_alpha_bar(T).float()
+    abar = linear_alpha_bar(T).float().to(device)
 
     def eps_hat(x_t, t, train):
         """The model's noise prediction, and the logits for a CDM."""
@@ -194,13 +210,18 @@ def main():
         a = abar[t].view(-1, *[1] * len(shape))
         return (1 - a).sqrt() * (grad + x_t), logits
 
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     train_times, sample_times = [], []
     for step in range(cfg["warmup"] + cfg["steps"]):
         start = time.perf_counter()
-        x0 = (torch.rand(batch, *shape) - 0.5) * cfg["width"]
+        net.train()
+        x0 = (torch.rand(batch, *shape, device=device) - 0.5) * cfg["width"]
         u = torch.rand(()).item()
         first, count = (1, T) if ddm else (0, classes)
-        t = first + ((torch.arange(batch) + u) / batch * count).long().clamp(max=count - 1)
+        t = first + ((torch.arange(batch, device=device) + u) / batch * count).long().clamp(max=count - 1)
         eps = torch.randn_like(x0)
         a = abar[t].view(-1, *[1] * len(shape))
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
@@ -219,21 +240,26 @@ def main():
             for e, p in zip(ema, net.parameters()):
                 e.mul_(0.999).add_(p, alpha=0.001)
         loss.item()
+        synchronize()
         if step >= cfg["warmup"]:
             train_times.append(time.perf_counter() - start)
+        net.eval()
         start = time.perf_counter()
         with torch.no_grad():
-            level = torch.full((batch,), T // 2)
+            level = torch.full((batch,), T // 2, device=device)
             with torch.enable_grad():
                 out, _ = eps_hat(x_t, level, False)
             out.sum().item()
+        synchronize()
         if step >= cfg["warmup"]:
             sample_times.append(time.perf_counter() - start)
     print(json.dumps({
         "median_ms": 1000 * statistics.median(train_times),
         "sample_ms": 1000 * statistics.median(sample_times),
         "threads": torch.get_num_threads(),
+        "params": sum(p.numel() for p in net.parameters()),
         "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }))
 
 

@@ -24,6 +24,9 @@ pub enum Error {
     /// A checkpoint is missing, corrupt or does not match its config.
     #[error("checkpoint {path}: {msg}")]
     Checkpoint { path: PathBuf, msg: String },
+    /// CUDA was asked for but cannot be used; says why (the missing library, or no device).
+    #[error("CUDA is not available: {0}")]
+    CudaUnavailable(String),
     /// Training produced a non-finite loss; the last good checkpoint is kept.
     #[error("non-finite loss at step {step}: {what}")]
     NonFinite { step: u64, what: String },

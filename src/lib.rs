@@ -20,8 +20,9 @@
 //! `schedule` (ᾱ_t), `base` (a Gaussian fit's exact outputs, added to a network's), `nets` (MLP, ConvNet encoder, UNet), `classifier` (cumsum head, F, ε̂ by
 //! input gradient), `denoiser` (the DDM baseline), `model` (either kind behind one type),
 //! `predictor` (the one trait samplers use), `loss`, `likelihood`, `sample` (DDPM, DDIM,
-//! DPM-Solver, guidance), `train`, `config_file` (`cdm train --config`), `checkpoint`, `data` (files, images, known densities), `metrics`
-//! (AUROC, confusion matrix, FID), `cache` (downloads kept per user), `plot`.
+//! DPM-Solver, guidance, parallel sampling), `train`, `config_file` (`cdm train --config`), `checkpoint`, `data` (files, images, known densities), `metrics`
+//! (AUROC, confusion matrix, FID, MMD), `cache` (downloads kept per user), `plot`, `device` (CPU or a
+//! GPU, loading libtorch's CUDA backend at run time).
 pub mod base;
 pub mod cache;
 pub mod checkpoint;
@@ -29,6 +30,7 @@ pub mod classifier;
 pub mod config_file;
 pub mod data;
 pub mod denoiser;
+pub mod device;
 pub mod error;
 pub mod likelihood;
 pub mod loss;

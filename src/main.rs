@@ -39,6 +39,8 @@ enum Command {
     Plot(cli::plot::PlotArgs),
     /// Time one training step against the same step in PyTorch.
     Bench(cli::bench::BenchArgs),
+    /// The device --device picks on this host, and why not CUDA when it cannot.
+    Device(cli::device::DeviceArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,7 +48,10 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let result = match Cli::parse().command {
+    let command = Cli::parse().command;
+    // Before anything touches libtorch: it looks up its CUDA backend only once (cdm::device).
+    let _ = cdm::device::load_cuda();
+    let result = match command {
         Command::Train(args) => cli::train::run(args),
         Command::Nll(args) => cli::infer::nll(args),
         Command::Denoise(args) => cli::infer::denoise(args),
@@ -55,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => cli::eval::run(args),
         Command::Plot(args) => cli::plot::run(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Device(args) => cli::device::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

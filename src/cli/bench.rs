@@ -1,6 +1,6 @@
 //! `cdm bench`: one training step and one sampling step (one ε̂ for the batch) in Rust against
-//! the same steps in PyTorch (`bench/reference.py`), alternated in rounds so both see the same
-//! machine load.
+//! the same steps in PyTorch (`bench/reference.py`) on the same device, alternated in rounds so
+//! both see the same machine load.
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -10,7 +10,9 @@ use clap::Args;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use cdm::model::{ModelConfig, ModelKind};
+use super::DeviceArg;
+
+use cdm::model::{Model, ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, ConvNetConfig, MlpConfig, UnetConfig};
 use cdm::rng::Rng;
 use cdm::schedule::ScheduleConfig;
@@ -27,6 +29,11 @@ pub enum BenchSize {
     UnetCdm,
     /// The same UNet as a DDM.
     UnetDdm,
+    /// 3×32×32, the paper's CIFAR-10 UNet (`--preset cifar10`) as a CDM,
+    /// batch 128 as in the paper (on a CPU, try `--batch 8`), T = 1000.
+    Cifar10Cdm,
+    /// The same UNet as a DDM.
+    Cifar10Ddm,
 }
 
 impl BenchSize {
@@ -36,7 +43,13 @@ impl BenchSize {
             BenchSize::Cube => "cube",
             BenchSize::UnetCdm => "unet-cdm",
             BenchSize::UnetDdm => "unet-ddm",
+            BenchSize::Cifar10Cdm => "cifar10-cdm",
+            BenchSize::Cifar10Ddm => "cifar10-ddm",
         }
+    }
+
+    fn is_ddm(self) -> bool {
+        matches!(self, BenchSize::UnetDdm | BenchSize::Cifar10Ddm)
     }
 }
 
@@ -44,6 +57,12 @@ impl BenchSize {
 pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "mlp2d")]
     size: BenchSize,
+    /// Where both sides run; PyTorch gets the same device.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Batch size instead of the size's own.
+    #[arg(long)]
+    batch: Option<usize>,
     /// Timed steps per round (after 3 untimed ones).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     steps: u64,
@@ -61,7 +80,7 @@ pub struct BenchArgs {
     no_reference: bool,
 }
 
-fn run_config(size: BenchSize) -> RunConfig {
+fn run_config(size: BenchSize, batch: Option<usize>) -> RunConfig {
     let (data, backbone, data_shape, batch_size) = match size {
         BenchSize::Mlp2d => {
             ("gmm2d", BackboneConfig::Mlp(MlpConfig { hidden: 256, blocks: 3, num_labels: 0 }), vec![2], 1024)
@@ -72,8 +91,12 @@ fn run_config(size: BenchSize) -> RunConfig {
         BenchSize::UnetCdm | BenchSize::UnetDdm => {
             ("uniform:d=1x28x28,g=2", BackboneConfig::Unet(UnetConfig::tiny()), vec![1, 28, 28], 32)
         }
+        BenchSize::Cifar10Cdm | BenchSize::Cifar10Ddm => {
+            ("uniform:d=3x32x32,g=2", BackboneConfig::Unet(UnetConfig::cifar10()), vec![3, 32, 32], 128)
+        }
     };
-    let kind = if matches!(size, BenchSize::UnetDdm) { ModelKind::Ddm } else { ModelKind::Cdm };
+    let batch_size = batch.unwrap_or(batch_size);
+    let kind = if size.is_ddm() { ModelKind::Ddm } else { ModelKind::Cdm };
     RunConfig {
         data: data.into(),
         model: ModelConfig {
@@ -96,21 +119,30 @@ fn run_config(size: BenchSize) -> RunConfig {
     }
 }
 
-/// The PyTorch script's settings for the same size.
-fn reference_config(size: BenchSize, steps: u64) -> serde_json::Value {
-    let common = json!({"timesteps": 1000, "ce_weight": 1.0, "warmup": 3, "steps": steps});
-    let specific = match size {
+/// The PyTorch script's settings for the same size, batch and device.
+fn reference_config(size: BenchSize, steps: u64, batch: usize, device: Device) -> serde_json::Value {
+    let device = if device.is_cuda() { "cuda" } else { "cpu" };
+    let common =
+        json!({"timesteps": 1000, "ce_weight": 1.0, "warmup": 3, "steps": steps, "batch": batch, "device": device});
+    let mut specific = match size {
         BenchSize::Mlp2d => {
-            json!({"backbone": "mlp", "shape": [2], "hidden": 256, "blocks": 3, "batch": 1024, "width": 1.0})
+            json!({"backbone": "mlp", "shape": [2], "hidden": 256, "blocks": 3, "width": 1.0})
         }
         BenchSize::Cube => {
-            json!({"backbone": "convnet", "shape": [3, 32, 32], "channels": 16, "blocks": 1, "groups": 4, "batch": 64, "width": 0.5})
+            json!({"backbone": "convnet", "shape": [3, 32, 32], "channels": 16, "blocks": 1, "groups": 4, "width": 0.5})
         }
         BenchSize::UnetCdm | BenchSize::UnetDdm => json!({
-            "backbone": "unet", "model": if matches!(size, BenchSize::UnetDdm) { "ddm" } else { "cdm" },
-            "shape": [1, 28, 28], "channels": 32, "mult": [1, 2, 2], "blocks": 1, "groups": 8, "batch": 32, "width": 2.0
+            "backbone": "unet", "shape": [1, 28, 28], "channels": 32, "mult": [1, 2, 2], "blocks": 1, "groups": 8,
+            "attention": [], "dropout": 0.0, "width": 2.0
+        }),
+        BenchSize::Cifar10Cdm | BenchSize::Cifar10Ddm => json!({
+            "backbone": "unet", "shape": [3, 32, 32], "channels": 128, "mult": [1, 2, 2, 2], "blocks": 2, "groups": 32,
+            "attention": [16], "dropout": 0.1, "width": 2.0
         }),
     };
+    if size.is_ddm() {
+        specific["model"] = json!("ddm");
+    }
     let mut merged = common;
     if let (Some(m), Some(s)) = (merged.as_object_mut(), specific.as_object()) {
         m.extend(s.clone());
@@ -126,21 +158,31 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Median milliseconds of one step: (training, sampling).
 type Timing = (f64, f64);
 
-fn time_rust(size: BenchSize, steps: u64) -> Result<Timing> {
-    let config = run_config(size);
+/// Waits for the GPU's queued work, so that a step's time is its own.
+fn synchronize(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+fn time_rust(args: &BenchArgs, device: Device) -> Result<Timing> {
+    let (size, steps) = (args.size, args.steps);
+    let config = run_config(size, args.batch);
     let dir = std::env::temp_dir().join(format!("cdm-bench-{}", std::process::id()));
-    let mut trainer = Trainer::open(&dir, config.clone(), Device::Cpu)?;
+    let mut trainer = Trainer::open(&dir, config.clone(), device)?;
     trainer.run_until(3, &mut |_| {})?;
+    synchronize(device);
     let mut last = Instant::now();
     let mut train = Vec::new();
     trainer.run_until(3 + steps, &mut |_| {
+        synchronize(device);
         train.push(last.elapsed().as_secs_f64() * 1e3);
         last = Instant::now();
     })?;
     let _ = std::fs::remove_dir_all(&dir);
     let shape = [&[config.train.batch_size as i64][..], &config.model.data_shape].concat();
-    let x = Rng::new(0).normal(&shape, Kind::Float);
-    let level = Tensor::full([shape[0]], 500, (Kind::Int64, Device::Cpu));
+    let x = Rng::new(0).normal(&shape, Kind::Float).to_device(device);
+    let level = Tensor::full([shape[0]], 500, (Kind::Int64, device));
     let mut sample = Vec::new();
     for _ in 0..steps {
         let start = Instant::now();
@@ -151,10 +193,12 @@ fn time_rust(size: BenchSize, steps: u64) -> Result<Timing> {
     Ok((median(train), median(sample)))
 }
 
-fn time_reference(args: &BenchArgs) -> Result<(Timing, String)> {
+/// Median step times, the PyTorch version, and its parameter count (to check it is the same network).
+fn time_reference(args: &BenchArgs, device: Device) -> Result<(Timing, String, serde_json::Value)> {
+    let batch = args.batch.unwrap_or(run_config(args.size, None).train.batch_size);
     let out = Command::new(&args.python)
         .arg(&args.script)
-        .arg(reference_config(args.size, args.steps).to_string())
+        .arg(reference_config(args.size, args.steps, batch, device).to_string())
         .output()
         .with_context(|| format!("running {} {}", args.python, args.script.display()))?;
     if !out.status.success() {
@@ -166,17 +210,23 @@ fn time_reference(args: &BenchArgs) -> Result<(Timing, String)> {
     }
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).context("reference output is not JSON")?;
     let field = |name: &str| report[name].as_f64().with_context(|| format!("reference output lacks {name}"));
-    Ok(((field("median_ms")?, field("sample_ms")?), report["torch"].as_str().unwrap_or("?").to_string()))
+    Ok((
+        (field("median_ms")?, field("sample_ms")?),
+        report["torch"].as_str().unwrap_or("?").to_string(),
+        report["params"].clone(),
+    ))
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let (mut rust, mut torch, mut version) = (Vec::new(), Vec::new(), String::new());
+    let device = args.device.device()?;
+    let (mut rust, mut torch, mut version, mut reference_params) = (Vec::new(), Vec::new(), String::new(), json!(null));
     for round in 0..args.rounds.max(1) {
-        rust.push(time_rust(args.size, args.steps)?);
+        rust.push(time_rust(&args, device)?);
         if !args.no_reference {
-            let (timing, v) = time_reference(&args)?;
+            let (timing, v, p) = time_reference(&args, device)?;
             torch.push(timing);
             version = v;
+            reference_params = p;
         }
         let show = |(train, sample): Timing| format!("train {train:.1} ms, sample {sample:.1} ms");
         eprintln!(
@@ -187,8 +237,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let medians = |v: &[Timing]| (median(v.iter().map(|t| t.0).collect()), median(v.iter().map(|t| t.1).collect()));
     let (rust_train, rust_sample) = medians(&rust);
+    let params = {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        Model::new(&vs.root(), &run_config(args.size, None).model)?;
+        vs.trainable_variables().iter().map(|v| v.numel()).sum::<usize>()
+    };
     let mut report = json!({
-        "size": args.size.name(), "threads": tch::get_num_threads(),
+        "size": args.size.name(), "device": if device.is_cuda() { "cuda" } else { "cpu" },
+        "batch": run_config(args.size, args.batch).train.batch_size, "threads": tch::get_num_threads(), "params": params,
         "rust_ms_per_step": rust_train, "rust_ms_per_sample_step": rust_sample,
     });
     if !torch.is_empty() {
@@ -196,6 +252,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         report["pytorch_ms_per_step"] = json!(torch_train);
         report["pytorch_ms_per_sample_step"] = json!(torch_sample);
         report["pytorch_version"] = json!(version);
+        report["pytorch_params"] = reference_params;
         report["rust_over_pytorch"] = json!(rust_train / torch_train);
         report["rust_over_pytorch_sampling"] = json!(rust_sample / torch_sample);
     }

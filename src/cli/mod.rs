@@ -1,8 +1,10 @@
 //! One file per command group; shared flags live here.
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
+use cdm::device::{choose, Request};
 use tch::Device;
 
 pub mod bench;
+pub mod device;
 pub mod eval;
 pub mod infer;
 pub mod plot;
@@ -11,20 +13,27 @@ pub mod train;
 /// Where tensors live.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum DeviceArg {
-    /// CUDA when available, else CPU.
+    /// CUDA when available, else CPU (stderr says which, and why not CUDA).
     Auto,
     Cpu,
+    /// CUDA, or an error saying why it cannot be used.
     Cuda,
 }
 
 impl DeviceArg {
+    /// The device to use; says on stderr which one and why.
     pub fn device(self) -> Result<Device> {
-        Ok(match self {
-            DeviceArg::Auto => Device::cuda_if_available(),
-            DeviceArg::Cpu => Device::Cpu,
-            DeviceArg::Cuda if tch::Cuda::is_available() => Device::Cuda(0),
-            DeviceArg::Cuda => bail!("--device cuda: no CUDA device is visible to libtorch"),
-        })
+        let choice = choose(self.request()).context("--device cuda")?;
+        tracing::info!("{}", choice.reason);
+        Ok(choice.device)
+    }
+
+    fn request(self) -> Request {
+        match self {
+            DeviceArg::Auto => Request::Auto,
+            DeviceArg::Cpu => Request::Cpu,
+            DeviceArg::Cuda => Request::Cuda,
+        }
     }
 }
 
