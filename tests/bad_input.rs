@@ -1,8 +1,11 @@
 //! Bad input gets a clear error naming the problem, through the real binary: never a panic.
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
 use cdm::data::npy::write_npy;
+use common::idx;
 use tch::{Kind, Tensor};
 
 /// Runs `cdm ARGS` and returns (success, stderr).
@@ -304,15 +307,6 @@ fn fake_mnist(cache: &Path, images: &[u8], labels: &[u8]) {
     std::fs::write(dir.join("train-images-idx3-ubyte"), images).unwrap();
     std::fs::write(dir.join("train-labels-idx1-ubyte"), labels).unwrap();
     std::fs::write(dir.join(".complete"), b"").unwrap();
-}
-
-fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut bytes = vec![0, 0, 0x08, dims.len() as u8];
-    for d in dims {
-        bytes.extend(d.to_be_bytes());
-    }
-    bytes.extend(data);
-    bytes
 }
 
 #[test]

@@ -10,6 +10,8 @@
 //! `CDM_FUZZ_TRACE=1` prints each input before it runs (to find one that aborts). Panicking
 //! inputs are written to `target/fuzz-findings/`; the files in `tests/fuzz_inputs/PARSER/`
 //! are earlier findings, run every time as regression tests.
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -26,6 +28,7 @@ use cdm::nets::{BackboneConfig, MlpConfig};
 use cdm::rng::Rng;
 use cdm::schedule::ScheduleConfig;
 use cdm::train::{RunConfig, TrainConfig};
+use common::{gzip, idx};
 use rand::{rngs::StdRng, Rng as _, SeedableRng};
 use tch::{nn::VarStore, Kind, Tensor};
 
@@ -295,22 +298,6 @@ fn npy_files() {
         npy_f32(&[1, 1, 2, 2], 3, false, true),
     ];
     fuzz("npy", &seeds, inputs_per_parser(), Some("x.npy"), |bytes| outcome(parse_npy(bytes, &file("x.npy"))));
-}
-
-fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut bytes = vec![0, 0, 0x08, dims.len() as u8];
-    for d in dims {
-        bytes.extend(d.to_be_bytes());
-    }
-    bytes.extend(data);
-    bytes
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
 }
 
 fn idx_seeds() -> Vec<Vec<u8>> {

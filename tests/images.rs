@@ -1,26 +1,13 @@
 //! Image readers on small files the test writes (well-formed and malformed), and the real
 //! datasets fetched from the registries, pinned by their published label counts.
-use std::io::Write;
+mod common;
+
 use std::path::Path;
 
 use cdm::data::images::{idx_pair, load, read_digits, read_idx};
 use cdm::data::{ImageSet, Split};
+use common::{gzip, idx};
 use tch::Kind;
-
-fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut bytes = vec![0, 0, 0x08, dims.len() as u8];
-    for d in dims {
-        bytes.extend(d.to_be_bytes());
-    }
-    bytes.extend(data);
-    bytes
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
-}
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     let path = dir.join(name);

@@ -13,7 +13,7 @@ use cdm::sample::{
     draw, parallel, sequential, Noise, ParallelOptions, ParallelSolver, SampleOptions, SamplerKind, StepTable,
 };
 use cdm::schedule::{Schedule, ScheduleConfig, ScheduleKind};
-use common::{gaussian_backbone, max_abs_diff};
+use common::{gaussian_backbone, gaussian_ddim_gain, max_abs_diff};
 use tch::{nn, Device, Kind, Tensor};
 
 const S: f64 = 0.5;
@@ -121,14 +121,7 @@ fn converged_parallel_ddim_is_the_exact_linear_map_on_gaussian_data() {
     let x_t = Noise::new(4, 0, 64).normal(&[2], Kind::Double, Device::Cpu);
     let (x0, stats) = run_parallel(&model, &schedule, &table, &x_t, 0, picard(32, 1e-8));
     // Every DDIM step is linear for Gaussian data (tests/samplers.rs derives the gain).
-    let ab = |t: usize| schedule.alpha_bar(t);
-    let gain: f64 = levels
-        .windows(2)
-        .map(|w| {
-            let (a_t, a_s) = (ab(w[0]), ab(w[1]));
-            ((a_s * a_t).sqrt() * S * S + ((1.0 - a_s) * (1.0 - a_t)).sqrt()) / (a_t * S * S + 1.0 - a_t)
-        })
-        .product();
+    let gain = gaussian_ddim_gain(|t| schedule.alpha_bar(t), &levels, S);
     let gap = max_abs_diff(&x0, &(&x_t * gain));
     assert!(gap < 1e-7, "off the exact DDIM map by {gap}");
     assert!(stats.iterations < 100, "{} iterations for 100 steps", stats.iterations);

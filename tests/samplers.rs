@@ -8,7 +8,7 @@ use cdm::classifier::Classifier;
 use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::sample::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, ClipX0, DdimOptions, Guided, Noise};
 use cdm::schedule::{Schedule, ScheduleConfig, ScheduleKind};
-use common::{assert_close, gaussian_backbone, max_abs_diff};
+use common::{assert_close, gaussian_backbone, gaussian_ddim_gain, max_abs_diff};
 use tch::{Device, Kind, Tensor};
 
 const S: f64 = 0.5;
@@ -45,14 +45,7 @@ fn ddim_maps_standard_normal_onto_the_data() {
         )
         .unwrap();
         // For Gaussian data every DDIM step is linear: x_s = (√ᾱ_s√ᾱ_t s² + √(1-ᾱ_s)√(1-ᾱ_t))/v_t · x_t.
-        let ab = |t: usize| model.schedule().alpha_bar(t);
-        let gain: f64 = levels
-            .windows(2)
-            .map(|w| {
-                let (a_t, a_s) = (ab(w[0]), ab(w[1]));
-                ((a_s * a_t).sqrt() * S * S + ((1.0 - a_s) * (1.0 - a_t)).sqrt()) / (a_t * S * S + 1.0 - a_t)
-            })
-            .product();
+        let gain = gaussian_ddim_gain(|t| model.schedule().alpha_bar(t), &levels, S);
         assert!(
             max_abs_diff(&x0, &(&x_t * gain)) < 1e-9,
             "{kind:?}: off the exact DDIM map by {}",
@@ -60,7 +53,8 @@ fn ddim_maps_standard_normal_onto_the_data() {
         );
         // ... and the map takes N(0, I) to N(0, s² I): the gain is s/√v_T up to discretisation,
         // which for 100 steps is 3% on the linear schedule (its first strided steps are coarse).
-        let v_t = ab(1000) * S * S + 1.0 - ab(1000);
+        let abar_t = model.schedule().alpha_bar(1000);
+        let v_t = abar_t * S * S + 1.0 - abar_t;
         assert_close(gain, S / v_t.sqrt(), 0.04 * S, &format!("{kind:?} DDIM gain"));
         // 4000 coordinates add about 1.1% of sampling error to the standard deviation.
         assert_close(std(&x0), S, 0.03, &format!("{kind:?} sample std"));

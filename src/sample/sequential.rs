@@ -90,8 +90,7 @@ pub fn dpm_solver_2m(
     levels: &[usize],
     on_step: &mut dyn FnMut(&Step),
 ) -> Result<Tensor> {
-    let table = StepTable::new(SamplerKind::Dpm2, 0.0, schedule, levels)?;
-    sequential(model, schedule, &table, x_t, &mut Noise::new(0, 0, 0), on_step)
+    deterministic(SamplerKind::Dpm2, model, schedule, x_t, levels, on_step)
 }
 
 /// DPM-Solver++(2M) (data form) down the decreasing grid `levels`; deterministic.
@@ -102,6 +101,18 @@ pub fn dpm_solver_pp_2m(
     levels: &[usize],
     on_step: &mut dyn FnMut(&Step),
 ) -> Result<Tensor> {
-    let table = StepTable::new(SamplerKind::Dpmpp2m, 0.0, schedule, levels)?;
+    deterministic(SamplerKind::Dpmpp2m, model, schedule, x_t, levels, on_step)
+}
+
+/// A sampler that draws no noise, run sequentially.
+fn deterministic(
+    sampler: SamplerKind,
+    model: &dyn NoisePredictor,
+    schedule: &Schedule,
+    x_t: Tensor,
+    levels: &[usize],
+    on_step: &mut dyn FnMut(&Step),
+) -> Result<Tensor> {
+    let table = StepTable::new(sampler, 0.0, schedule, levels)?;
     sequential(model, schedule, &table, x_t, &mut Noise::new(0, 0, 0), on_step)
 }
