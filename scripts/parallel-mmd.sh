@@ -27,7 +27,7 @@ for run in "$@"; do
   for solver in picard anderson newton; do
     row "$run" "$solver, τ = 0.1" --parallel "$window" --solver "$solver" --tol 0.1
   done
-  for tol in ${TOLS:-1 0.3}; do
+  for tol in ${TOLS-1 0.3}; do
     row "$run" "picard, τ = $tol" --parallel "$window" --solver picard --tol "$tol"
   done
 done
