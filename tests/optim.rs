@@ -62,6 +62,8 @@ fn adam_over_the_flat_buffer_is_adam_per_tensor() {
     // The VarStore's variables are views of the buffer.
     assert_eq!(params.names(), ["a", "b"]);
     assert_eq!(max_abs_diff(&params.slice(params.values(), 1), &vs.variables()["b"]), 0.0);
+    // Each slice starts on a 64-byte boundary, as a tensor of its own would.
+    assert_eq!(params.slice(params.values(), 1).data_ptr() as usize % 64, 0);
 }
 
 #[test]
