@@ -109,7 +109,8 @@ impl FlatVars {
         tch::no_grad(|| {
             for (i, var) in self.vars.iter().enumerate() {
                 let (mut grad, slice) = (var.grad(), self.slice(grads, i));
-                if grad.data_ptr() != slice.data_ptr() {
+                // Undefined only if something outside reset it: its slice, zeroed, stands for it.
+                if grad.defined() && grad.data_ptr() != slice.data_ptr() {
                     slice.shallow_clone().copy_(&grad);
                     grad.set_data(&slice);
                 }
