@@ -9,6 +9,8 @@
 //! never vary (an MNIST border), which it can only learn by telling the level from the image.
 //! One Gaussian per class gives a conditional model its class's blurred shape at high noise,
 //! and the null label their mixture, whose posterior mean already weighs the classes.
+use std::cell::RefCell;
+
 use tch::{nn, Kind, Tensor};
 
 use crate::likelihood::GaussianReference;
@@ -26,6 +28,33 @@ struct Component {
     mean: Tensor,
     basis: Tensor,
     var: Tensor,
+    /// What every forward pass derives from the three, kept until one of them changes.
+    cache: RefCell<Option<Derived>>,
+}
+
+/// A component's statistics in f64, in the principal coordinates, and the terms of its level
+/// log-densities: made after a fit or a load, not on every forward pass (the basis alone is a
+/// D×D cast, the level terms 2·(T+2)·D values).
+struct Derived {
+    /// Which values of (mean, basis, var) it was made from: each one's storage and version
+    /// counter, which every in-place write (a fit, a checkpoint load, an EMA copy) bumps.
+    source: [(usize, i64); 3],
+    /// U: [D, D].
+    basis: Tensor,
+    /// Uᵀμ: [1, D].
+    mean: Tensor,
+    /// λ: [1, D].
+    var: Tensor,
+    /// The level terms, for the schedule whose ᾱ table is kept beside them.
+    levels: Option<(Vec<f64>, LevelTerms)>,
+}
+
+/// With m_t = √ᾱ_t·Uᵀμ and v_t = ᾱ_t·λ + 1 − ᾱ_t for every level t = 0..=T+1: 1/v_t and m_t/v_t
+/// as [D, T+2] (transposed for the matrix products), and Σ_d (m_t²/v_t + ln 2πv_t) as [1, T+2].
+struct LevelTerms {
+    precision: Tensor,
+    mean_precision: Tensor,
+    constant: Tensor,
 }
 
 impl Component {
@@ -35,7 +64,56 @@ impl Component {
         let basis = path.var_copy("basis", &Tensor::eye(d, (Kind::Float, path.device())));
         let _ = basis.set_requires_grad(false);
         let var = path.ones_no_train("var", &[d]);
-        Component { mean, basis, var }
+        Component { mean, basis, var, cache: RefCell::new(None) }
+    }
+
+    fn source(&self) -> [(usize, i64); 3] {
+        [&self.mean, &self.basis, &self.var].map(|t| (t.data_ptr() as usize, t.internal_version()))
+    }
+
+    /// U, Uᵀμ and λ in f64, remade only when the variables have changed since.
+    fn derived(&self) -> (Tensor, Tensor, Tensor) {
+        let source = self.source();
+        let mut cache = self.cache.borrow_mut();
+        if cache.as_ref().is_none_or(|d| d.source != source) {
+            *cache = Some(tch::no_grad(|| {
+                let basis = self.basis.to_kind(Kind::Double);
+                let mean = self.mean.to_kind(Kind::Double).unsqueeze(0).matmul(&basis);
+                let var = self.var.to_kind(Kind::Double).unsqueeze(0);
+                Derived { source, basis, mean, var, levels: None }
+            }));
+        }
+        let d = cache.as_ref().expect("just made");
+        (d.basis.shallow_clone(), d.mean.shallow_clone(), d.var.shallow_clone())
+    }
+
+    /// The level terms for `schedule`, remade only when the variables or the schedule change.
+    fn level_terms(&self, schedule: &Schedule) -> LevelTerms {
+        let (_, mean, var) = self.derived();
+        let mut cache = self.cache.borrow_mut();
+        let derived = cache.as_mut().expect("made by derived()");
+        if derived.levels.as_ref().is_none_or(|(abar, _)| abar.as_slice() != schedule.alpha_bars()) {
+            let terms = tch::no_grad(|| {
+                let abar = Tensor::from_slice(schedule.alpha_bars()).to_device(mean.device()).unsqueeze(1);
+                let (m, v) = (abar.sqrt() * mean, &abar * var - &abar + 1.0);
+                let precision = v.reciprocal();
+                let constant = (m.square() * &precision + (v * (2.0 * std::f64::consts::PI)).log())
+                    .sum_dim_intlist(1, false, Kind::Double)
+                    .unsqueeze(0);
+                LevelTerms {
+                    mean_precision: (m * &precision).tr().contiguous(),
+                    precision: precision.tr().contiguous(),
+                    constant,
+                }
+            });
+            derived.levels = Some((schedule.alpha_bars().to_vec(), terms));
+        }
+        let (_, t) = derived.levels.as_ref().expect("just made");
+        LevelTerms {
+            precision: t.precision.shallow_clone(),
+            mean_precision: t.mean_precision.shallow_clone(),
+            constant: t.constant.shallow_clone(),
+        }
     }
 
     /// Sets the mean and covariance from points `x` ([N, D], f64).
@@ -51,33 +129,17 @@ impl Component {
 
     /// x ([B, ..]) in the principal coordinates, f64: [B, D].
     fn project(&self, x: &Tensor) -> Tensor {
-        x.to_kind(Kind::Double).flatten(1, -1).matmul(&self.basis.to_kind(Kind::Double))
-    }
-
-    /// Per level t = 0..=T+1, the mean and variances of x_t in the principal coordinates:
-    /// √ᾱ_t·Uᵀμ and ᾱ_t·λ + 1 − ᾱ_t, each [T+2, D] in f64.
-    fn level_moments(&self, schedule: &Schedule) -> (Tensor, Tensor) {
-        let device = self.mean.device();
-        let abar = Tensor::from_slice(schedule.alpha_bars()).to_device(device).unsqueeze(1);
-        let mean = self.project(&self.mean.unsqueeze(0));
-        let var = self.var.to_kind(Kind::Double).unsqueeze(0);
-        (abar.sqrt() * mean, &abar * var - &abar + 1.0)
+        x.to_kind(Kind::Double).flatten(1, -1).matmul(&self.derived().0)
     }
 
     /// log N(x; √ᾱ_t·μ, ᾱ_t·Σ + (1 − ᾱ_t)·I) for every level: [B, T+2] in f64 (at t = 0 the
     /// terms of a never-varying direction reach 1e5 and cancel), by expanding the square into
     /// two matrix products.
     fn log_densities(&self, x: &Tensor, schedule: &Schedule) -> Tensor {
-        let (m, v) = self.level_moments(schedule);
-        let precision = v.reciprocal();
+        let terms = self.level_terms(schedule);
         let z = self.project(x);
-        let constant = (m.square() * &precision + (v * (2.0 * std::f64::consts::PI)).log()).sum_dim_intlist(
-            1,
-            false,
-            Kind::Double,
-        );
-        let quadratic = z.square().matmul(&precision.tr()) - 2.0 * z.matmul(&(m * precision).tr());
-        (quadratic + constant.unsqueeze(0)) * -0.5
+        let quadratic = z.square().matmul(&terms.precision) - 2.0 * z.matmul(&terms.mean_precision);
+        (quadratic + terms.constant) * -0.5
     }
 
     /// At per-sample levels t ([B], integer or fractional: [`Schedule::alpha_bar_pair`]), f64:
@@ -86,14 +148,15 @@ impl Component {
     fn eps_and_log_density(&self, x_t: &Tensor, t: &Tensor, schedule: &Schedule) -> (Tensor, Tensor) {
         let (abar, one_minus) = schedule.alpha_bar_pair(&t.to_device(x_t.device()));
         let (abar, one_minus) = (abar.unsqueeze(1), one_minus.unsqueeze(1));
-        let m = abar.sqrt() * self.project(&self.mean.unsqueeze(0));
-        let v = &abar * self.var.to_kind(Kind::Double).unsqueeze(0) + &one_minus;
-        let centred = self.project(x_t) - m;
+        let (basis, mean, var) = self.derived();
+        let m = abar.sqrt() * mean;
+        let v = &abar * var + &one_minus;
+        let centred = x_t.to_kind(Kind::Double).flatten(1, -1).matmul(&basis) - m;
         let log_density =
             (centred.square() / &v + (&v * (2.0 * std::f64::consts::PI)).log()).sum_dim_intlist(1, false, Kind::Double)
                 * -0.5;
         let whitened = centred / v;
-        (one_minus.sqrt() * whitened.matmul(&self.basis.to_kind(Kind::Double).tr()), log_density)
+        (one_minus.sqrt() * whitened.matmul(&basis.tr()), log_density)
     }
 }
 

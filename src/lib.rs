@@ -20,7 +20,7 @@
 //! `schedule` (ᾱ_t), `base` (a Gaussian fit's exact outputs, added to a network's), `nets` (MLP, ConvNet encoder, UNet), `classifier` (cumsum head, F, ε̂ by
 //! input gradient), `denoiser` (the DDM baseline), `model` (either kind behind one type),
 //! `predictor` (the one trait samplers use), `loss`, `likelihood`, `sample` (DDPM, DDIM,
-//! DPM-Solver, guidance, parallel sampling), `train`, `config_file` (`cdm train --config`), `checkpoint`, `data` (files, images, known densities), `metrics`
+//! DPM-Solver, guidance, parallel sampling), `train`, `optim` (flat Adam and EMA), `config_file` (`cdm train --config`), `checkpoint`, `data` (files, images, known densities), `metrics`
 //! (AUROC, confusion matrix, FID, MMD), `cache` (downloads kept per user), `plot`, `device` (CPU or a
 //! GPU, loading libtorch's CUDA backend at run time).
 pub mod base;
@@ -37,6 +37,7 @@ pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod nets;
+pub mod optim;
 pub mod plot;
 pub mod predictor;
 pub mod rng;

@@ -32,6 +32,13 @@ pub struct LossWeights {
     pub level_strides: Vec<usize>,
 }
 
+impl Default for LossWeights {
+    /// Both CDM terms at weight 1, uniform levels, nothing else.
+    fn default() -> Self {
+        LossWeights { ce: 1.0, mse: 1.0, min_snr: None, cdl: None, low_levels: 0.0, level_strides: Vec::new() }
+    }
+}
+
 /// The prior π over a CDM's T+2 training levels: (1 − f)·uniform + f·π_low with π_low(t) ∝
 /// 1/(t + 1), which gives every octave of t the same share. With uniform levels, at T = 1000
 /// the clean data is one sample in a thousand, yet the log-ratios of the lowest levels carry
@@ -235,7 +242,7 @@ pub fn cdm_loss(
     model: &Classifier,
     x0: &Tensor,
     labels: Option<&Tensor>,
-    weights: LossWeights,
+    weights: &LossWeights,
     rng: &mut Rng,
 ) -> Result<Loss> {
     let batch = x0.size()[0] as usize;
@@ -289,7 +296,7 @@ pub fn ddm_loss(
     model: &Denoiser,
     x0: &Tensor,
     labels: Option<&Tensor>,
-    weights: LossWeights,
+    weights: &LossWeights,
     rng: &mut Rng,
 ) -> Result<Loss> {
     if weights.low_levels != 0.0 {

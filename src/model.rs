@@ -162,7 +162,7 @@ impl Model {
     /// The training loss of one batch `x0` ([B, ..]): the CDM loss (with the CE term weighted
     /// as `weights` say) or the DDM's simple MSE, with the contrastive diffusion loss if
     /// `weights.cdl` asks for it (a DDM only).
-    pub fn loss(&self, x0: &Tensor, labels: Option<&Tensor>, weights: LossWeights, rng: &mut Rng) -> Result<Loss> {
+    pub fn loss(&self, x0: &Tensor, labels: Option<&Tensor>, weights: &LossWeights, rng: &mut Rng) -> Result<Loss> {
         match self {
             Model::Cdm(_) if weights.cdl.is_some() => {
                 Err(Error::Config("the contrastive diffusion loss is for a DDM (--model ddm)".into()))

@@ -21,9 +21,15 @@ impl Rng {
 
     /// Standard normal samples of the given shape.
     pub fn normal(&mut self, shape: &[i64], kind: Kind) -> Tensor {
-        let n: i64 = shape.iter().product();
-        let v: Vec<f64> = (0..n).map(|_| self.0.sample(StandardNormal)).collect();
+        let mut v = Vec::new();
+        self.extend_normal(&mut v, shape.iter().product::<i64>() as usize);
         Tensor::from_slice(&v).reshape(shape).to_kind(kind)
+    }
+
+    /// Appends `n` standard normal draws to `out`: the values [`Rng::normal`] would give, so
+    /// several streams can fill one buffer and make one tensor.
+    pub fn extend_normal(&mut self, out: &mut Vec<f64>, n: usize) {
+        out.extend((0..n).map(|_| self.0.sample::<f64, _>(StandardNormal)));
     }
 
     /// Uniform samples on [0, 1).

@@ -172,6 +172,41 @@ pub const MAX_TIMESTEPS: usize = 100_000;
 pub struct Schedule {
     config: ScheduleConfig,
     alpha_bar: Vec<f64>,
+    /// `alpha_bar` as a tensor on each device it was asked on.
+    alpha_bar_tensors: TensorCache,
+    /// −γ_1 < … < −γ_T, the table [`Schedule::levels_at_logsnr`] searches, likewise.
+    neg_logsnr_tensors: TensorCache,
+}
+
+/// A table made once per device and kept, so that the per-batch calls of [`Schedule`] neither
+/// rebuild it nor copy it to the device again (on a GPU, a host-to-device copy and a wait
+/// each time). A clone starts empty.
+#[derive(Default)]
+struct TensorCache(std::sync::Mutex<Vec<(Device, Tensor)>>);
+
+impl TensorCache {
+    /// The table on `device`, made by `make` (on the CPU) the first time.
+    fn get(&self, device: Device, make: impl FnOnce() -> Tensor) -> Tensor {
+        let mut tables = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, table)) = tables.iter().find(|(d, _)| *d == device) {
+            return table.shallow_clone();
+        }
+        let table = make().to_device(device);
+        tables.push((device, table.shallow_clone()));
+        table
+    }
+}
+
+impl Clone for TensorCache {
+    fn clone(&self) -> Self {
+        TensorCache::default()
+    }
+}
+
+impl std::fmt::Debug for TensorCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("TensorCache")
+    }
 }
 
 impl Schedule {
@@ -222,7 +257,12 @@ impl Schedule {
             }
         }
         alpha_bar.push(0.0);
-        let schedule = Schedule { config, alpha_bar };
+        let schedule = Schedule {
+            config,
+            alpha_bar,
+            alpha_bar_tensors: TensorCache::default(),
+            neg_logsnr_tensors: TensorCache::default(),
+        };
         if let Levels::Continuous(proposal) = config.levels {
             let (lo, hi) = proposal.range();
             let (min, max) = (schedule.logsnr(t_max), schedule.logsnr(1));
@@ -302,8 +342,7 @@ impl Schedule {
     /// at `level_at_logsnr(γ)` sees data noised at exactly γ. On the two end intervals [0, 1]
     /// and [T, T+1], where γ is infinite at the integer end, ᾱ itself is interpolated linearly.
     pub fn alpha_bar_pair(&self, t: &Tensor) -> (Tensor, Tensor) {
-        let device = t.device();
-        let table = Tensor::from_slice(&self.alpha_bar).to_device(device);
+        let table = self.alpha_bar_tensors.get(t.device(), || Tensor::from_slice(&self.alpha_bar));
         if !t.is_floating_point() {
             let abar = table.index_select(0, &t.to_kind(Kind::Int64));
             return (abar.shallow_clone(), abar.ones_like() - abar);
@@ -365,8 +404,9 @@ impl Schedule {
             return gamma.ones_like();
         }
         // −γ_1 < −γ_2 < … < −γ_T: an increasing table to search.
-        let table: Vec<f64> = (1..=self.timesteps()).map(|t| -self.logsnr(t)).collect();
-        let table = Tensor::from_slice(&table).to_device(gamma.device());
+        let table = self.neg_logsnr_tensors.get(gamma.device(), || {
+            Tensor::from_slice(&(1..=self.timesteps()).map(|t| -self.logsnr(t)).collect::<Vec<_>>())
+        });
         let target = -&gamma;
         // Index j (0-based into levels 1..=T) of the first −γ at or above the target, so the
         // level lies in [j, j + 1] (1-based): between table entries j − 1 and j.

@@ -188,3 +188,33 @@ fn a_per_class_base_needs_a_conditional_model_and_labels() {
     let err = model.base().unwrap().fit(&x, Some(&Tensor::from_slice(&[0i64, 0, 0, 0]))).unwrap_err().to_string();
     assert!(err.contains("no points with label 1"), "{err}");
 }
+
+#[test]
+fn cached_base_terms_follow_a_refit_and_a_load() {
+    // The base keeps what it derives from its statistics between forward passes; a refit or
+    // a copy into its variables (as a checkpoint load does) must replace it.
+    let x = det_points(6, 3);
+    let level = Tensor::from_slice(&[0i64, 1, 10, 25, 50, 51]);
+    for kind in [ModelKind::Cdm, ModelKind::Ddm] {
+        let (mut vs, model) = model(kind);
+        let outputs = |m: &Model| match m {
+            Model::Cdm(c) => c.logits(&x, None, false).unwrap(),
+            Model::Ddm(_) => m.eps(&x, &level, None).unwrap(),
+        };
+        let before = outputs(&model);
+        // Fitted anew to other points: the same as a model fitted to them from the start.
+        let other = det_points(40, 3) * 0.5 + 0.25;
+        model.base().unwrap().fit(&other, None).unwrap();
+        let (mut fresh_vs, fresh) = self::model(kind);
+        fresh.base().unwrap().fit(&other, None).unwrap();
+        let refit = outputs(&model);
+        assert!(max_abs_diff(&refit, &before) > 1e-3, "{kind:?}: the refit must change the outputs");
+        assert!(max_abs_diff(&refit, &outputs(&fresh)) < 1e-12, "{kind:?}: stale after a refit");
+        // Loaded back: the first model's statistics copied in.
+        let (first_vs, _) = self::model(kind);
+        fresh_vs.copy(&first_vs).unwrap();
+        assert!(max_abs_diff(&outputs(&fresh), &before) < 1e-12, "{kind:?}: stale after a load");
+        vs.copy(&fresh_vs).unwrap();
+        assert!(max_abs_diff(&outputs(&model), &before) < 1e-12, "{kind:?}: stale after a copy");
+    }
+}

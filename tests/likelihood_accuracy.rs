@@ -40,7 +40,7 @@ fn fitted_log_p0_error(low_levels: f64, level_strides: Vec<usize>) -> f64 {
             0.002
         });
         let x0 = rng.normal(&[4096, 1], Kind::Float) * S;
-        let loss = cdm_loss(&model, &x0, None, weights.clone(), &mut rng).unwrap();
+        let loss = cdm_loss(&model, &x0, None, &weights, &mut rng).unwrap();
         opt.backward_step(&loss.total);
     }
     let x = Rng::new(2).normal(&[4096, 1], Kind::Float) * S;
@@ -87,10 +87,9 @@ fn strides_out_of_range_are_named_errors() {
     let backbone = |x: &Tensor| (x * 0.0).expand([x.size()[0], T as i64 + 2], false);
     let model = Classifier::from_backbone(Box::new(backbone), schedule, vec![1]);
     for strides in [vec![0], vec![1, T + 2]] {
-        let weights =
-            LossWeights { ce: 1.0, mse: 1.0, min_snr: None, cdl: None, low_levels: 0.0, level_strides: strides };
+        let weights = LossWeights { level_strides: strides, ..LossWeights::default() };
         let x0 = Tensor::zeros([8, 1], (Kind::Float, Device::Cpu));
-        let err = cdm_loss(&model, &x0, None, weights, &mut Rng::new(0)).err().expect("a bad stride is refused");
+        let err = cdm_loss(&model, &x0, None, &weights, &mut Rng::new(0)).err().expect("a bad stride is refused");
         assert!(err.to_string().contains("stride"), "{err}");
     }
 }

@@ -5,8 +5,11 @@
 mod common;
 
 use cdm::classifier::Classifier;
+use cdm::model::{Model, ModelConfig, ModelKind};
+use cdm::nets::{BackboneConfig, MlpConfig};
 use cdm::predictor::{Conditioned, NoisePredictor};
-use cdm::sample::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, ClipX0, DdimOptions, Guided, Noise};
+use cdm::rng::Rng;
+use cdm::sample::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, ClipX0, DdimOptions, Guided, GuidedPair, Noise};
 use cdm::schedule::{Schedule, ScheduleConfig, ScheduleKind};
 use common::{assert_close, gaussian_backbone, gaussian_ddim_gain, max_abs_diff};
 use tch::{Device, Kind, Tensor};
@@ -105,6 +108,59 @@ fn samples_do_not_depend_on_the_batch() {
     let whole = run(0, 8);
     let halves = Tensor::cat(&[run(0, 3), run(3, 5)], 0);
     assert_eq!(max_abs_diff(&whole, &halves), 0.0);
+}
+
+#[test]
+fn bulk_noise_is_each_samples_own_stream_for_any_split() {
+    // Sample i's draw is stream i of the seed, whatever batch it is drawn in, in any precision.
+    for kind in [Kind::Double, Kind::Float] {
+        let whole = Noise::new(11, 0, 7).normal(&[3, 2], kind, Device::Cpu);
+        assert_eq!(whole.size(), [7, 3, 2]);
+        let split = Tensor::cat(
+            &[
+                Noise::new(11, 0, 2).normal(&[3, 2], kind, Device::Cpu),
+                Noise::new(11, 2, 5).normal(&[3, 2], kind, Device::Cpu),
+            ],
+            0,
+        );
+        assert_eq!(max_abs_diff(&whole, &split), 0.0, "{kind:?}");
+        let one_by_one: Vec<Tensor> = (0..7).map(|i| Rng::stream(11, i).normal(&[3, 2], kind)).collect();
+        assert_eq!(max_abs_diff(&whole, &Tensor::stack(&one_by_one, 0)), 0.0, "{kind:?}");
+    }
+}
+
+#[test]
+fn guidance_in_one_double_pass_is_guidance_in_two() {
+    for kind in [ModelKind::Cdm, ModelKind::Ddm] {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let cfg = ModelConfig {
+            kind,
+            schedule: ScheduleConfig::new(ScheduleKind::Linear, 20),
+            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 1, num_labels: 3, ..MlpConfig::default() }),
+            data_shape: vec![2],
+            gaussian_base: false,
+            base_per_class: false,
+        };
+        let model = Model::new(&vs.root(), &cfg).unwrap();
+        // The output layers start at zero: give every weight a value so ε̂ depends on the label.
+        tch::no_grad(|| {
+            for (i, (_, mut var)) in vs.variables().into_iter().enumerate() {
+                var.copy_(&(Rng::new(i as u64).normal(&var.size(), Kind::Float) * 0.3));
+            }
+        });
+        let labels = Tensor::from_slice(&[0i64, 2, 1]);
+        // A window of two blocks of three states, as a parallel sampler lays them out.
+        let x = Noise::new(5, 0, 6).normal(&[2], Kind::Float, Device::Cpu);
+        let t = Tensor::from_slice(&[3i64, 7, 11, 15, 19, 20]);
+        let conditional = Conditioned { model: &model, labels: Some(labels.shallow_clone()) };
+        let unconditional = Conditioned { model: &model, labels: None };
+        let two =
+            Guided { conditional: &conditional, unconditional: &unconditional, weight: 1.25 }.eps(&x, &t).unwrap();
+        let one = GuidedPair { model: &model, labels, null_label: 3, weight: 1.25 }.eps(&x, &t).unwrap();
+        let label_effect = max_abs_diff(&conditional.eps(&x, &t).unwrap(), &unconditional.eps(&x, &t).unwrap());
+        assert!(label_effect > 1e-3, "{kind:?}: the labels must matter for the test to mean anything");
+        assert!(max_abs_diff(&one, &two) < 1e-5, "{kind:?}: {one:?} against {two:?}");
+    }
 }
 
 #[test]

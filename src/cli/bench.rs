@@ -12,6 +12,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::DeviceArg;
 
+use cdm::loss::LossWeights;
 use cdm::model::{Model, ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, ConvNetConfig, MlpConfig, UnetConfig};
 use cdm::rng::Rng;
@@ -78,6 +79,10 @@ pub struct BenchArgs {
     /// Time Rust only.
     #[arg(long)]
     no_reference: bool,
+    /// Also split Rust's training step into phases (forward; the CDM's input gradient with its
+    /// graph; loss and backward to the weights; the rest: optimiser, EMA, batch).
+    #[arg(long)]
+    profile: bool,
 }
 
 fn run_config(size: BenchSize, batch: Option<usize>) -> RunConfig {
@@ -156,6 +161,21 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Median milliseconds of one step: (training, sampling).
 type Timing = (f64, f64);
 
+/// Median milliseconds of the nested parts of a training step, each timed on its own with the
+/// same batch: the part of the step it names is its difference from the one before.
+#[derive(Clone, Copy)]
+struct Phases {
+    /// The network's forward pass (with the graph for the weights' gradients).
+    forward: f64,
+    /// A CDM's forward and its input gradient with `create_graph` (the first backward); the
+    /// forward again for a DDM.
+    input_gradient: f64,
+    /// The whole loss and its backward pass to the weights (a CDM's second backward).
+    loss_backward: f64,
+    /// A whole training step (the loss, the backward pass, the optimiser, the EMA, the batch).
+    step: f64,
+}
+
 /// Waits for the GPU's queued work, so that a step's time is its own.
 fn synchronize(device: Device) {
     if let Device::Cuda(i) = device {
@@ -163,7 +183,60 @@ fn synchronize(device: Device) {
     }
 }
 
-fn time_rust(args: &BenchArgs, device: Device) -> Result<Timing> {
+/// Milliseconds of one call of `f`, the device's queue drained before and after.
+fn time_once(device: Device, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    synchronize(device);
+    let start = Instant::now();
+    f()?;
+    synchronize(device);
+    Ok(start.elapsed().as_secs_f64() * 1e3)
+}
+
+/// Times the phases of `trainer`'s training step on one batch of Gaussian points, each phase
+/// and a whole step in turn in every repetition, so that all see the same machine load.
+fn time_phases(trainer: &mut Trainer, config: &RunConfig, steps: u64, device: Device) -> Result<Phases> {
+    let train = &config.train;
+    let shape = [&[train.batch_size as i64][..], &config.model.data_shape].concat();
+    let x = Rng::new(1).normal(&shape, train.precision.kind()).to_device(device);
+    // Levels 1..=T, where both kinds are trained.
+    let t = (Rng::new(2).integers(train.batch_size, trainer.model().schedule().timesteps()) + 1).to_device(device);
+    let weights = LossWeights {
+        ce: train.ce_weight,
+        mse: train.mse_weight,
+        min_snr: train.min_snr,
+        cdl: None,
+        low_levels: train.low_levels,
+        level_strides: train.level_strides.clone(),
+    };
+    let mut times: [Vec<f64>; 4] = Default::default();
+    for _ in 0..steps {
+        let model = trainer.model();
+        let (forward, input_gradient) = match model {
+            Model::Cdm(classifier) => (
+                time_once(device, &mut || classifier.logits(&x, None, true).map(drop).map_err(Into::into))?,
+                time_once(device, &mut || classifier.forward(&x, &t, None, true).map(drop).map_err(Into::into))?,
+            ),
+            Model::Ddm(denoiser) => {
+                let forward =
+                    time_once(device, &mut || denoiser.eps(&x, &t, None, true).map(drop).map_err(Into::into))?;
+                (forward, forward)
+            }
+        };
+        let loss_backward = time_once(device, &mut || {
+            model.loss(&x, None, &weights, &mut Rng::new(3))?.total.backward();
+            Ok(())
+        })?;
+        let next = trainer.step() + 1;
+        let step = time_once(device, &mut || trainer.run_until(next, &mut |_| {}).map_err(Into::into))?;
+        for (all, one) in times.iter_mut().zip([forward, input_gradient, loss_backward, step]) {
+            all.push(one);
+        }
+    }
+    let [forward, input_gradient, loss_backward, step] = times.map(median);
+    Ok(Phases { forward, input_gradient, loss_backward, step })
+}
+
+fn time_rust(args: &BenchArgs, device: Device) -> Result<(Timing, Option<Phases>)> {
     let (size, steps) = (args.size, args.steps);
     let config = run_config(size, args.batch);
     let dir = std::env::temp_dir().join(format!("cdm-bench-{}", std::process::id()));
@@ -177,7 +250,6 @@ fn time_rust(args: &BenchArgs, device: Device) -> Result<Timing> {
         train.push(last.elapsed().as_secs_f64() * 1e3);
         last = Instant::now();
     })?;
-    let _ = std::fs::remove_dir_all(&dir);
     let shape = [&[config.train.batch_size as i64][..], &config.model.data_shape].concat();
     let x = Rng::new(0).normal(&shape, Kind::Float).to_device(device);
     let level = Tensor::full([shape[0]], 500, (Kind::Int64, device));
@@ -188,7 +260,9 @@ fn time_rust(args: &BenchArgs, device: Device) -> Result<Timing> {
         eps.sum(Kind::Double).double_value(&[]);
         sample.push(start.elapsed().as_secs_f64() * 1e3);
     }
-    Ok((median(train), median(sample)))
+    let phases = args.profile.then(|| time_phases(&mut trainer, &config, steps, device)).transpose();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(((median(train), median(sample)), phases?))
 }
 
 /// Median step times, the PyTorch version, and its parameter count (to check it is the same network).
@@ -218,8 +292,11 @@ fn time_reference(args: &BenchArgs, device: Device) -> Result<(Timing, String, s
 pub fn run(args: BenchArgs) -> Result<()> {
     let device = args.device.device()?;
     let (mut rust, mut torch, mut version, mut reference_params) = (Vec::new(), Vec::new(), String::new(), json!(null));
+    let mut phases = Vec::new();
     for round in 0..args.rounds.max(1) {
-        rust.push(time_rust(&args, device)?);
+        let (timing, round_phases) = time_rust(&args, device)?;
+        rust.push(timing);
+        phases.extend(round_phases);
         if !args.no_reference {
             let (timing, v, p) = time_reference(&args, device)?;
             torch.push(timing);
@@ -245,6 +322,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "batch": run_config(args.size, args.batch).train.batch_size, "threads": tch::get_num_threads(), "params": params,
         "rust_ms_per_step": rust_train, "rust_ms_per_sample_step": rust_sample,
     });
+    if !phases.is_empty() {
+        let part = |f: fn(&Phases) -> f64| median(phases.iter().map(f).collect());
+        let (forward, input_gradient, loss_backward, step) =
+            (part(|p| p.forward), part(|p| p.input_gradient), part(|p| p.loss_backward), part(|p| p.step));
+        report["rust_phases_ms"] = json!({
+            "forward": forward,
+            "input_gradient": input_gradient - forward,
+            "loss_and_backward": loss_backward - input_gradient,
+            "optimizer_and_rest": step - loss_backward,
+            "step": step,
+        });
+    }
     if !torch.is_empty() {
         let (torch_train, torch_sample) = medians(&torch);
         report["pytorch_ms_per_step"] = json!(torch_train);

@@ -7,7 +7,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use super::{
-    parallel, sequential, ClipX0, Guided, Noise, ParallelOptions, ParallelSolver, SamplerKind, Step, StepTable,
+    parallel, sequential, ClipX0, GuidedPair, Noise, ParallelOptions, ParallelSolver, SamplerKind, Step, StepTable,
 };
 use crate::model::Model;
 use crate::predictor::{Conditioned, NoisePredictor};
@@ -199,10 +199,17 @@ pub fn draw(
     for first in (0..n).step_by(batch) {
         let len = batch.min(n - first);
         let chunk_labels = labels.as_ref().map(|l| Tensor::from_slice(&l[first..first + len]).to_device(device));
+        let guided = chunk_labels.as_ref().map(|labels| GuidedPair {
+            model,
+            labels: labels.shallow_clone(),
+            null_label: num_labels,
+            weight: opts.guidance,
+        });
         let conditional = Conditioned { model, labels: chunk_labels };
-        let unconditional = Conditioned { model, labels: None };
-        let guided = Guided { conditional: &conditional, unconditional: &unconditional, weight: opts.guidance };
-        let unclipped: &dyn NoisePredictor = if opts.guidance != 0.0 { &guided } else { &conditional };
+        let unclipped: &dyn NoisePredictor = match &guided {
+            Some(guided) if opts.guidance != 0.0 => guided,
+            _ => &conditional,
+        };
         let clipped = opts.clip_x0.map(|limit| ClipX0 { inner: unclipped, schedule, limit });
         let predictor: &dyn NoisePredictor = match &clipped {
             Some(c) => c,

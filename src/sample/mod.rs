@@ -16,7 +16,7 @@ pub mod steps;
 
 pub use clip::ClipX0;
 pub use draw::{draw, SampleOptions, Samples, SamplingStats, Start};
-pub use guidance::Guided;
+pub use guidance::{Guided, GuidedPair};
 pub use parallel::{parallel, ParallelOptions, ParallelSolver, ParallelStats};
 pub use sequential::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, sequential, DdimOptions};
 pub use steps::StepTable;
@@ -47,10 +47,16 @@ impl Noise {
         Noise { streams: (0..n as u64).map(|i| Rng::stream(seed, first + i)).collect() }
     }
 
-    /// One N(0, I) draw per sample: [n, ..shape].
+    /// One N(0, I) draw per sample: [n, ..shape]. Each sample's stream fills its own rows of
+    /// one buffer, uploaded as one tensor (not one small tensor per sample, stacked).
     pub fn normal(&mut self, shape: &[i64], kind: Kind, device: Device) -> Tensor {
-        let draws: Vec<Tensor> = self.streams.iter_mut().map(|r| r.normal(shape, kind)).collect();
-        Tensor::stack(&draws, 0).to_device(device)
+        let per_sample = shape.iter().product::<i64>() as usize;
+        let mut values = Vec::with_capacity(per_sample * self.streams.len());
+        for stream in &mut self.streams {
+            stream.extend_normal(&mut values, per_sample);
+        }
+        let full_shape = [&[self.streams.len() as i64][..], shape].concat();
+        Tensor::from_slice(&values).reshape(full_shape).to_kind(kind).to_device(device)
     }
 }
 

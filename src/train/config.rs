@@ -1,0 +1,210 @@
+//! The settings of a training run: the optimiser's, and the whole run's (data, model,
+//! training) as saved in `config.json`.
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tch::Kind;
+
+use crate::loss::CdlConfig;
+use crate::model::ModelConfig;
+use crate::{Error, Result};
+
+/// Floating-point precision of weights and data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    F64,
+}
+
+impl Precision {
+    pub fn kind(self) -> Kind {
+        match self {
+            Precision::F32 => Kind::Float,
+            Precision::F64 => Kind::Double,
+        }
+    }
+}
+
+/// How the learning rate falls after warm-up.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum LrDecay {
+    Constant,
+    /// Multiply by `factor` every `every` steps (the official CDM code: 0.1 every 200k).
+    Step {
+        every: u64,
+        factor: f64,
+    },
+    /// Cosine from the peak to zero at the last step.
+    Cosine,
+}
+
+/// Optimisation settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Total optimiser steps.
+    pub steps: u64,
+    /// Samples per step.
+    pub batch_size: usize,
+    /// Peak Adam learning rate.
+    pub lr: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: u64,
+    /// Decay after warm-up.
+    pub lr_decay: LrDecay,
+    /// EMA decay of the evaluation weights (ramped up as min(decay, (1+k)/(10+k))).
+    pub ema_decay: f64,
+    /// Clip the global gradient norm to this value.
+    pub grad_clip: Option<f64>,
+    /// Weight of the cross-entropy term (the MSE term, summed over dimensions, has weight 1).
+    pub ce_weight: f64,
+    /// Weight of the MSE term (0 with a positive `ce_weight`: the paper's "CE only" ablation).
+    pub mse_weight: f64,
+    /// Min-SNR-γ weighting of the MSE over levels (see [`LossWeights`]); none when absent.
+    pub min_snr: Option<f64>,
+    /// Share of a CDM's batch drawn at low levels (see [`crate::loss::level_prior`]); 0:
+    /// uniform levels.
+    pub low_levels: f64,
+    /// Strides of the level subsets of a CDM's cross-entropy (see [`crate::loss::cdm_loss`]);
+    /// empty: every level in every softmax.
+    pub level_strides: Vec<usize>,
+    /// Seed of every random draw in training.
+    pub seed: u64,
+    /// Steps between checkpoints (the last step is always saved).
+    pub checkpoint_every: u64,
+    /// Steps between lines of `log.jsonl`.
+    pub log_every: u64,
+    /// Precision of weights and data.
+    pub precision: Precision,
+    /// Steps between sample grids (`samples/step_N.png`, EMA weights, DDIM 50 steps) for image
+    /// data; 0: none.
+    pub sample_every: u64,
+    /// For conditional models: the probability of training a sample with the null label, so
+    /// the same network is also the unconditional model that classifier-free guidance needs.
+    pub label_dropout: f64,
+    /// Flip each image left-right with probability 1/2 (for [C, H, W] data).
+    pub hflip: bool,
+    /// Add the contrastive diffusion loss (a DDM only; Wu et al. 2024, arXiv:2407.08946);
+    /// none when absent.
+    pub cdl: Option<CdlConfig>,
+    /// A run directory whose EMA weights a fresh run starts from, with a fresh optimiser
+    /// (fine-tuning, as the CDL paper does to a trained DDPM); none when absent.
+    pub init_from: Option<PathBuf>,
+}
+
+impl Default for TrainConfig {
+    /// Settings that train the MLP presets on known densities; the paper's image settings are
+    /// lr 2e-4, batch 128, 5k warm-up, EMA 0.9999 and a CE weight of 1e-3 against a per-dim MSE
+    /// (≈ 3 against our summed MSE at D = 3072).
+    fn default() -> Self {
+        TrainConfig {
+            steps: 5000,
+            batch_size: 1024,
+            lr: 1e-3,
+            warmup_steps: 100,
+            lr_decay: LrDecay::Cosine,
+            ema_decay: 0.999,
+            grad_clip: Some(1.0),
+            ce_weight: 1.0,
+            mse_weight: 1.0,
+            min_snr: None,
+            low_levels: 0.0,
+            level_strides: Vec::new(),
+            seed: 0,
+            checkpoint_every: 1000,
+            log_every: 50,
+            precision: Precision::F32,
+            sample_every: 0,
+            label_dropout: 0.1,
+            hflip: false,
+            cdl: None,
+            init_from: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Image data ([C, H, W]) on the tiny UNet: the recipe of `make mnist` (docs/results.md
+    /// §4.3), batch 32, lr 4e-4, Min-SNR-5, 2000 steps, a checkpoint and a sample grid every
+    /// 500 steps. The known-density defaults (batch 1024) need 8 GB and minutes per step on MNIST.
+    pub fn images() -> Self {
+        TrainConfig {
+            steps: 2000,
+            batch_size: 32,
+            lr: 4e-4,
+            min_snr: Some(5.0),
+            checkpoint_every: 500,
+            sample_every: 500,
+            ..TrainConfig::default()
+        }
+    }
+
+    /// Learning rate at step `k` (0-based).
+    pub fn lr_at(&self, k: u64) -> f64 {
+        if k < self.warmup_steps {
+            return self.lr * (k + 1) as f64 / self.warmup_steps as f64;
+        }
+        match self.lr_decay {
+            LrDecay::Constant => self.lr,
+            LrDecay::Step { every, factor } => self.lr * factor.powi((k / every.max(1)) as i32),
+            LrDecay::Cosine => {
+                let span = self.steps.saturating_sub(self.warmup_steps).max(1) as f64;
+                let progress = ((k - self.warmup_steps) as f64 / span).min(1.0);
+                0.5 * self.lr * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+        }
+    }
+
+    /// Checks every field, naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, why: &str| Err(Error::Config(format!("train.{field} {why}")));
+        if !(1..=1 << 20).contains(&self.batch_size) {
+            return bad("batch_size", "must be in 1..=1048576");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", "must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return bad("ema_decay", "must be in [0, 1)");
+        }
+        if self.ce_weight < 0.0 || !self.ce_weight.is_finite() {
+            return bad("ce_weight", "must be a non-negative number");
+        }
+        if self.mse_weight < 0.0 || !self.mse_weight.is_finite() || self.ce_weight + self.mse_weight == 0.0 {
+            return bad("mse_weight", "must be a non-negative number, and not zero together with ce_weight");
+        }
+        if self.min_snr.is_some_and(|g| !(g > 0.0 && g.is_finite())) {
+            return bad("min_snr", "must be a positive number");
+        }
+        if !(0.0..=1.0).contains(&self.low_levels) {
+            return bad("low_levels", "must be a share in [0, 1]");
+        }
+        if self.level_strides.contains(&0) {
+            return bad("level_strides", "must be positive");
+        }
+        if let LrDecay::Step { factor, .. } = self.lr_decay {
+            if !(factor > 0.0 && factor.is_finite()) {
+                return bad("lr_decay.factor", "must be a positive number");
+            }
+        }
+        if self.grad_clip.is_some_and(|c| c <= 0.0) {
+            return bad("grad_clip", "must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.label_dropout) {
+            return bad("label_dropout", "must be a probability");
+        }
+        self.cdl.as_ref().map_or(Ok(()), CdlConfig::validate)
+    }
+}
+
+/// Everything a run needs; saved as `config.json` in the run directory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Data spec (see `data::Dataset::open`).
+    pub data: String,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+}

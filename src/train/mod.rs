@@ -1,0 +1,315 @@
+//! Training a classification diffusion model (Yadin et al. 2024, arXiv:2402.10095,
+//! Algorithm 1), or its DDM baseline: Adam with warm-up and decay, EMA weights, optional
+//! gradient clipping, atomic checkpoints and exact resume (each step's randomness is derived
+//! from the seed and the step number, and the optimiser state is saved). The settings are in
+//! [`config`], loading trained models in [`loading`], the log in [`log`], and the optimiser in
+//! [`crate::optim`].
+use std::path::{Path, PathBuf};
+
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+use crate::checkpoint::{self, TensorFile};
+use crate::data::Dataset;
+use crate::loss::LossWeights;
+use crate::model::{Model, ModelKind};
+use crate::optim::{ema_update, grad_norm, Adam, FlatVars};
+use crate::plot::image_grid;
+use crate::rng::Rng;
+use crate::sample::{draw, SampleOptions};
+use crate::{Error, Result};
+
+pub mod config;
+pub mod loading;
+pub mod log;
+
+pub use config::{LrDecay, Precision, RunConfig, TrainConfig};
+pub use loading::{data_logsnr_proposal, load_model, saved_run, LoadedModel};
+pub use log::StepReport;
+
+use loading::{build, checkpoint_step, init_weights, BASE_FIT_POINTS};
+use log::LogFile;
+
+/// Trained variables of `vs` (not a Gaussian base's statistics) sorted by name, so every
+/// traversal has one fixed order.
+fn trained_vars(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<_> = vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// A training run in a directory: created fresh, or resumed from the checkpoint there.
+pub struct Trainer {
+    pub config: RunConfig,
+    dir: PathBuf,
+    data: Dataset,
+    device: Device,
+    vs: VarStore,
+    model: Model,
+    ema_vs: VarStore,
+    /// The model with the EMA weights, for the periodic sample grids.
+    ema_model: Model,
+    /// The trained variables of `vs`, in one buffer with their gradients.
+    params: FlatVars,
+    /// The same variables of `ema_vs`, laid out alike.
+    ema: FlatVars,
+    adam: Adam,
+    step: u64,
+}
+
+impl Trainer {
+    /// Starts a run in `dir`, or resumes the one there. A run is resumed only with the same
+    /// settings; only `train.steps` (to extend a finished run) and the intervals of
+    /// checkpoints, log lines and sample grids may change.
+    pub fn open(dir: &Path, config: RunConfig, device: Device) -> Result<Self> {
+        let data = Dataset::open(&config.data)?;
+        Self::open_with_data(dir, config, data, device)
+    }
+
+    /// [`Trainer::open`] with the data already opened from `config.data`.
+    pub fn open_with_data(dir: &Path, config: RunConfig, data: Dataset, device: Device) -> Result<Self> {
+        config.train.validate()?;
+        if data.shape() != config.model.data_shape {
+            return Err(Error::Config(format!(
+                "model.data_shape {:?} does not match the data's shape {:?}",
+                config.model.data_shape,
+                data.shape()
+            )));
+        }
+        let num_labels = config.model.backbone.num_labels();
+        match data.num_labels() {
+            _ if num_labels == 0 => {}
+            None => {
+                return Err(Error::Config(format!(
+                    "a conditional model needs labelled data; '{}' has none",
+                    config.data
+                )))
+            }
+            Some(n) if n > num_labels => {
+                return Err(Error::Config(format!("the data has {n} labels, the model was built for {num_labels}")))
+            }
+            Some(_) => {}
+        }
+        if config.train.hflip && config.model.data_shape.len() != 3 {
+            return Err(Error::Config("train.hflip needs image data [C, H, W]".into()));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let (config_path, weights_path) = checkpoint::paths(dir);
+        // tch's initialisers draw from libtorch's global generator: seed it (under a lock, as
+        // other threads may build models too), so a run is reproducible from its config alone.
+        let (mut vs, model, (mut ema_vs, ema_model)) = {
+            static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+            tch::manual_seed(config.train.seed as i64);
+            let (vs, model) = build(&config, device)?;
+            (vs, model, build(&config, device)?)
+        };
+        let saved = saved_run(dir)?;
+        match (&saved, &config.train.init_from) {
+            // A resumed run restores its weights and base from the checkpoint below.
+            (Some(_), _) => {}
+            (None, Some(init)) => init_weights(&mut vs, &config, init)?,
+            (None, None) => {
+                if let Some(base) = model.base() {
+                    base.fit(&data.eval_points(BASE_FIT_POINTS, config.train.seed), data.labels())?;
+                }
+            }
+        }
+        if config.train.cdl.is_some() && config.model.kind != ModelKind::Ddm {
+            return Err(Error::Config("the contrastive diffusion loss is for a DDM (--model ddm)".into()));
+        }
+        ema_vs.copy(&vs)?;
+        let params = FlatVars::new(trained_vars(&vs))?.track_grads();
+        let ema = FlatVars::new(trained_vars(&ema_vs))?;
+        // The EMA weights are only ever evaluated: without requires_grad, the sample grids'
+        // forward passes record nothing for weight gradients.
+        for (_, var) in trained_vars(&ema_vs) {
+            let _ = var.set_requires_grad(false);
+        }
+        let adam = Adam::new(&params);
+        let mut trainer = Trainer {
+            config,
+            dir: dir.to_path_buf(),
+            data,
+            device,
+            vs,
+            model,
+            ema_vs,
+            ema_model,
+            params,
+            ema,
+            adam,
+            step: 0,
+        };
+        if let Some(saved) = saved {
+            // What a run computes must match; its length and bookkeeping may change.
+            let comparable = |c: &RunConfig| RunConfig {
+                train: TrainConfig { steps: 0, checkpoint_every: 0, log_every: 0, sample_every: 0, ..c.train.clone() },
+                ..c.clone()
+            };
+            if comparable(&saved) != comparable(&trainer.config) {
+                return Err(Error::Config(format!(
+                    "{} holds a run with other settings; resume it with the same settings or choose another --out",
+                    dir.display()
+                )));
+            }
+            trainer.restore(&weights_path)?;
+        }
+        checkpoint::write_json(&config_path, &trainer.config)?;
+        Ok(trainer)
+    }
+
+    fn restore(&mut self, path: &Path) -> Result<()> {
+        let file = TensorFile::load(path)?;
+        file.load_vars("model", &mut self.vs, path)?;
+        file.load_vars("ema", &mut self.ema_vs, path)?;
+        tch::no_grad(|| -> Result<()> {
+            for (i, name) in self.params.names().iter().enumerate() {
+                self.params.slice(&self.adam.m, i).f_copy_(file.get(&format!("adam_m/{name}"), path)?)?;
+                self.params.slice(&self.adam.v, i).f_copy_(file.get(&format!("adam_v/{name}"), path)?)?;
+            }
+            Ok(())
+        })?;
+        self.step = checkpoint_step(&file, path)?;
+        Ok(())
+    }
+
+    /// A training batch on the device: augmented images, and labels (some of them dropped to
+    /// the null label) for a conditional model.
+    fn batch(&self, rng: &mut Rng) -> (Tensor, Option<Tensor>) {
+        let cfg = &self.config.train;
+        let (mut x0, labels) = self.data.batch(cfg.batch_size, rng);
+        let n = x0.size()[0];
+        if cfg.hflip {
+            let flip = rng.uniform(&[n], Kind::Double).lt(0.5).reshape([n, 1, 1, 1]);
+            x0 = x0.flip([3]).where_self(&flip, &x0);
+        }
+        let num_labels = self.config.model.backbone.num_labels() as i64;
+        let labels = labels.filter(|_| num_labels > 0).map(|l| {
+            let drop = rng.uniform(&[n], Kind::Double).lt(cfg.label_dropout);
+            l.where_self(&drop.logical_not(), &Tensor::from(num_labels)).to_device(self.device)
+        });
+        (x0.to_kind(cfg.precision.kind()).to_device(self.device), labels)
+    }
+
+    /// Writes `samples/step_N.png`: 16 DDIM-50 samples from the EMA weights (a conditional
+    /// model cycles through its classes), from a fixed seed so grids compare across steps.
+    fn sample_grid(&self) -> Result<()> {
+        let dir = self.dir.join("samples");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let opts = SampleOptions::ddim(50.min(self.ema_model.schedule().timesteps()));
+        let options = (self.config.train.precision.kind(), self.device);
+        let samples = draw(&self.ema_model, options, 16, &opts, 16, None, &mut |_| {})?;
+        image_grid(&dir.join(format!("step_{}.png", self.step)), &samples.x, 4)
+    }
+
+    /// Steps already taken.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The model with its raw (non-EMA) weights.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Writes the checkpoint for the current step.
+    pub fn save(&self) -> Result<()> {
+        let mut file = TensorFile::default();
+        file.insert_vars("model", &self.vs);
+        file.insert_vars("ema", &self.ema_vs);
+        for (i, name) in self.params.names().iter().enumerate() {
+            file.tensors.insert(format!("adam_m/{name}"), self.params.slice(&self.adam.m, i).to_device(Device::Cpu));
+            file.tensors.insert(format!("adam_v/{name}"), self.params.slice(&self.adam.v, i).to_device(Device::Cpu));
+        }
+        file.metadata.insert("step".into(), self.step.to_string());
+        file.save(&checkpoint::paths(&self.dir).1)
+    }
+
+    /// Trains up to `train.steps`, calling `on_step` after every step. A non-finite loss or
+    /// gradient stops training with an error and leaves the last checkpoint in place.
+    pub fn run(&mut self, on_step: &mut dyn FnMut(&StepReport)) -> Result<()> {
+        self.run_until(self.config.train.steps, on_step)
+    }
+
+    /// Trains up to step `stop` (at most `train.steps`) and stops as an interrupted run would:
+    /// only the periodic checkpoints are written before the last step.
+    pub fn run_until(&mut self, stop: u64, on_step: &mut dyn FnMut(&StepReport)) -> Result<()> {
+        let cfg = self.config.train.clone();
+        let stop = stop.min(cfg.steps);
+        let log_path = self.dir.join("log.jsonl");
+        let mut log = LogFile::open(&log_path, self.step)?;
+        while self.step < stop {
+            let k = self.step;
+            let mut rng = Rng::stream(cfg.seed, k);
+            let (x0, labels) = self.batch(&mut rng);
+            let loss = self.model.loss(
+                &x0,
+                labels.as_ref(),
+                &LossWeights {
+                    ce: cfg.ce_weight,
+                    mse: cfg.mse_weight,
+                    min_snr: cfg.min_snr,
+                    cdl: cfg.cdl,
+                    low_levels: cfg.low_levels,
+                    level_strides: cfg.level_strides.clone(),
+                },
+                &mut rng,
+            )?;
+            self.params.zero_grads();
+            loss.total.backward();
+            // Every number the step reports or checks, read in one host sync rather than one
+            // each; a non-finite loss is caught here, before the update, as before.
+            let scalar = |t: &Tensor| t.detach().to_kind(Kind::Double).reshape([1]);
+            let mut read = vec![scalar(&loss.total), grad_norm(&self.params)?.reshape([1]), scalar(&loss.mse)];
+            read.extend(loss.ce.iter().map(scalar));
+            read.extend(loss.cdl.iter().map(|c| scalar(&c.loss)));
+            let values = Vec::<f64>::try_from(Tensor::cat(&read, 0))?;
+            let (total, grad_norm, mse) = (values[0], values[1], values[2]);
+            let mut rest = values[3..].iter().copied();
+            let ce = loss.ce.as_ref().and_then(|_| rest.next());
+            let cdl = loss.cdl.as_ref().and_then(|_| rest.next());
+            if !total.is_finite() {
+                return Err(Error::NonFinite { step: k, what: format!("loss = {total}") });
+            }
+            if !grad_norm.is_finite() {
+                return Err(Error::NonFinite { step: k, what: format!("gradient norm = {grad_norm}") });
+            }
+            let scale = cfg.grad_clip.map_or(1.0, |c| (c / grad_norm).min(1.0));
+            let lr = cfg.lr_at(k);
+            self.adam.update(&self.params, lr, k + 1, scale)?;
+            ema_update(&self.ema, &self.params, cfg.ema_decay.min((1.0 + k as f64) / (10.0 + k as f64)));
+            self.step += 1;
+            let report = StepReport {
+                step: self.step,
+                loss: total,
+                ce,
+                mse,
+                lr,
+                grad_norm,
+                cdl,
+                cdl_accuracy: loss.cdl.as_ref().map(|c| c.accuracy),
+            };
+            if self.step.is_multiple_of(cfg.log_every.max(1)) || self.step == cfg.steps {
+                log.append(&report)?;
+            }
+            if self.step.is_multiple_of(cfg.checkpoint_every.max(1)) || self.step == cfg.steps {
+                if let Some(name) = self.params.first_non_finite() {
+                    return Err(Error::NonFinite {
+                        step: self.step,
+                        what: format!("weight '{name}' after the update"),
+                    });
+                }
+                self.save()?;
+                log.sync()?;
+            }
+            if cfg.sample_every > 0
+                && self.step.is_multiple_of(cfg.sample_every)
+                && self.config.model.data_shape.len() == 3
+            {
+                self.sample_grid()?;
+            }
+            on_step(&report);
+        }
+        Ok(())
+    }
+}
