@@ -197,6 +197,10 @@ fn conditional_sampling_checks_its_classes() {
     let (ok, stderr) =
         cdm(&["sample", "--ckpt", r, "--n", "20", "--steps", "2", "--guidance", "1.25", "--out", path_str(&grid)]);
     assert!(ok && grid.exists(), "{stderr}");
+    // Not a multiple of the ten classes: the grid pads the short rows.
+    let ragged = dir.path().join("ragged.png");
+    let (ok, stderr) = cdm(&["sample", "--ckpt", r, "--n", "16", "--steps", "2", "--out", path_str(&ragged)]);
+    assert!(ok && ragged.exists() && !stderr.contains("panicked"), "{stderr}");
     let one = dir.path().join("threes");
     let (ok, stderr) =
         cdm(&["sample", "--ckpt", r, "--n", "2", "--steps", "2", "--class", "3", "--out", path_str(&one)]);

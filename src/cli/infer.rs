@@ -336,17 +336,27 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         }
         ("png", None) if is_image => {
             // Every class in turn: lay the grid out with one row per class.
-            let rows =
-                labels.filter(|_| args.options.class.is_none()).map_or(0, |l| l.iter().max().map_or(0, |m| m + 1));
-            let cols = if rows > 0 { args.n.div_ceil(rows as usize) } else { (args.n as f64).sqrt().ceil() as usize };
-            let order = match rows {
-                0 => Tensor::arange(args.n as i64, (Kind::Int64, tch::Device::Cpu)),
-                r => Tensor::arange(args.n as i64, (Kind::Int64, tch::Device::Cpu))
-                    .reshape([-1, r])
-                    .transpose(0, 1)
-                    .flatten(0, -1),
+            let rows = labels
+                .as_ref()
+                .filter(|_| args.options.class.is_none())
+                .map_or(0, |l| l.iter().max().map_or(0, |m| m + 1));
+            let grid = match (rows, &labels) {
+                (r, Some(labels)) if r > 0 => {
+                    // A row per class, padded where n is not a multiple of the classes.
+                    let cols = args.n.div_ceil(r as usize) as i64;
+                    let rows: Vec<Tensor> = (0..r)
+                        .map(|c| {
+                            let index: Vec<i64> =
+                                (0..labels.len() as i64).filter(|&i| labels[i as usize] == c).collect();
+                            let index = Tensor::from_slice(&index).to_device(samples.device());
+                            pad_row(&samples.index_select(0, &index).to_kind(Kind::Double), cols)
+                        })
+                        .collect();
+                    (Tensor::cat(&rows, 0), cols as usize)
+                }
+                _ => (samples.shallow_clone(), (args.n as f64).sqrt().ceil() as usize),
             };
-            image_grid(&args.out, &samples.index_select(0, &order), cols)?;
+            image_grid(&args.out, &grid.0, grid.1)?;
         }
         ("", _) if is_image => {
             std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
