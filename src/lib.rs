@@ -19,7 +19,7 @@
 //! ## Layout
 //! `schedule` (ᾱ_t), `base` (a Gaussian fit's exact outputs, added to a network's), `nets` (MLP, ConvNet encoder, UNet), `classifier` (cumsum head, F, ε̂ by
 //! input gradient), `denoiser` (the DDM baseline), `model` (either kind behind one type),
-//! `predictor` (the one trait samplers use), `loss`, `likelihood`, `sample` (DDPM, DDIM,
+//! `predictor` (the one trait samplers use), `loss`, `likelihood`, `eval` (what `cdm eval` reports), `sample` (DDPM, DDIM,
 //! DPM-Solver, guidance, parallel sampling), `train`, `config_file` (`cdm train --config`), `checkpoint`, `data` (files, images, known densities), `metrics`
 //! (AUROC, confusion matrix, FID, MMD), `cache` (downloads kept per user), `plot`, `device` (CPU or a
 //! GPU, loading libtorch's CUDA backend at run time).
@@ -32,6 +32,7 @@ pub mod data;
 pub mod denoiser;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod likelihood;
 pub mod loss;
 pub mod metrics;

@@ -7,6 +7,7 @@ use serde_json::json;
 use tch::{Kind, Tensor};
 
 use cdm::data::{is_8bit, npy, Dataset, DATA_SPECS};
+use cdm::eval::Batches;
 use cdm::likelihood::{bits_per_dim, bits_per_dim_8bit, dequantize, log_prob, Dequantization};
 use cdm::plot::image_grid;
 use cdm::predictor::{Conditioned, NoisePredictor};
@@ -45,30 +46,32 @@ impl CkptArgs {
     }
 }
 
-/// Runs `f` over chunks of `x` (on the model's device, in its precision) and concatenates the results on the CPU.
+/// Runs `f` with the chunking of `loaded` (`batch` points a pass, on its device, in its
+/// precision), a progress bar on stderr following the chunks.
+pub fn with_progress<T>(
+    loaded: &LoadedModel,
+    batch: usize,
+    f: impl FnOnce(&Batches) -> cdm::Result<T>,
+) -> cdm::Result<T> {
+    let bar = progress_bar(0, "eval");
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let out = f(&Batches { progress: Some(&progress), ..Batches::new(batch, loaded.options()) });
+    bar.finish_and_clear();
+    out
+}
+
+/// Runs `f` over chunks of `x` (on the model's device, in its precision) and concatenates the
+/// results on the CPU.
 pub fn batched(
     loaded: &LoadedModel,
     x: &Tensor,
     batch: usize,
-    mut f: impl FnMut(&Tensor, i64) -> Result<Tensor>,
+    f: impl FnMut(&Tensor, i64) -> cdm::Result<Tensor>,
 ) -> Result<Tensor> {
-    let kind = loaded.config.train.precision.kind();
-    let n = x.size()[0];
-    if n == 0 {
-        bail!("no points to evaluate");
-    }
-    let bar = progress_bar(n as u64, "eval");
-    let mut parts = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let len = (batch.max(1) as i64).min(n - start);
-        let chunk = x.narrow(0, start, len).to_kind(kind).to_device(loaded.vs.device());
-        parts.push(f(&chunk, start)?.to_device(tch::Device::Cpu));
-        start += len;
-        bar.set_position(start as u64);
-    }
-    bar.finish_and_clear();
-    Ok(Tensor::cat(&parts, 0))
+    Ok(with_progress(loaded, batch, |b| b.map(x, f))?)
 }
 
 #[derive(Args)]
@@ -133,7 +136,7 @@ pub fn nll(args: NllArgs) -> Result<()> {
         None => x,
     };
     let log_p = batched(&loaded, &x, args.ckpt.batch, |chunk, _| {
-        Ok(log_prob(loaded.model.classifier()?, chunk, args.level, None)?)
+        log_prob(loaded.model.classifier()?, chunk, args.level, None)
     })?
     .to_kind(Kind::Double);
     let dim = x.size()[1..].iter().product::<i64>() as f64;
