@@ -27,6 +27,7 @@ use cdm::rng::Rng;
 use cdm::sample::{Noise, SampleOptions};
 use cdm::train::LoadedModel;
 
+use super::check_count;
 use super::infer::{draw_samples, with_progress, CkptArgs};
 
 /// The parts of a report.
@@ -121,6 +122,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
             bail!("--compare {name}: its data shape differs from --ckpt's");
         }
     }
+    let shape = model.model.data_shape();
+    check_count("--n", args.n, shape)?;
+    check_count("--fid-samples", args.fid_samples, shape)?;
+    check_count("--fid-reference", args.fid_reference, shape)?;
     let data = args.data.clone().or_else(|| test_split(&model.config.data)).unwrap_or(model.config.data.clone());
     let dataset = Dataset::open(&data).with_context(|| format!("--data {data}"))?;
     let x = first(&dataset.eval_points(args.n, args.sampling.seed), args.n);

@@ -16,7 +16,7 @@ use cdm::sample::{draw, Noise, SampleOptions, Samples, Start};
 use cdm::schedule::levels_like;
 use cdm::train::{load_model, LoadedModel};
 
-use super::{progress_bar, DeviceArg};
+use super::{check_count, progress_bar, DeviceArg};
 
 /// Flags every command that reads a checkpoint shares.
 #[derive(Args)]
@@ -109,6 +109,7 @@ pub struct NllArgs {
 pub fn nll(args: NllArgs) -> Result<()> {
     let loaded = args.ckpt.load()?;
     let data = Dataset::open(&args.data).with_context(|| format!("--data {}", args.data))?;
+    check_count("--n", args.n, loaded.model.data_shape())?;
     let clean = data.eval_points(args.n, args.seed);
     let schedule = loaded.model.schedule();
     schedule.check_level(args.level)?;
@@ -293,6 +294,7 @@ fn noised_start(loaded: &LoadedModel, spec: &str, level: usize, n: usize, seed: 
 
 pub fn sample(args: SampleArgs) -> Result<()> {
     let loaded = args.ckpt.load()?;
+    check_count("--n", args.n, loaded.model.data_shape())?;
     let init = match (&args.init, args.from_level) {
         (Some(spec), Some(level)) => Some(noised_start(&loaded, spec, level, args.n, args.options.seed)?),
         _ => None,
@@ -459,6 +461,7 @@ pub fn mmse(args: MmseArgs) -> Result<()> {
         args.levels.clone()
     };
     let denoiser = Conditioned { model: &loaded.model, labels: None };
+    check_count("--n", args.n, loaded.model.data_shape())?;
     let x0 = data.eval_points(args.n, args.seed);
     let eps = Noise::new(args.seed, 0, args.n).normal(&x0.size()[1..], Kind::Double, tch::Device::Cpu);
     let mut rows = Vec::new();
