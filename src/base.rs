@@ -11,7 +11,7 @@
 //! and the null label their mixture, whose posterior mean already weighs the classes.
 use tch::{nn, Kind, Tensor};
 
-use crate::likelihood::GaussianReference;
+use crate::likelihood::reference::GaussianReference;
 use crate::schedule::Schedule;
 use crate::{Error, Result};
 

@@ -4,7 +4,7 @@
 use tch::{nn, Tensor};
 
 use crate::base::GaussianBase;
-use crate::likelihood::GaussianReference;
+use crate::likelihood::reference::GaussianReference;
 use crate::model::{check_labels, check_levels, check_shape, ModelConfig};
 use crate::nets::{Backbone, Head};
 use crate::schedule::Schedule;
