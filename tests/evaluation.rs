@@ -14,12 +14,11 @@ use cdm::eval::{
 use cdm::likelihood::Dequantization;
 use cdm::metrics::fid::cached_stats;
 use cdm::metrics::{GaussianStats, Typicality};
-use cdm::model::{Model, ModelConfig, ModelKind};
+use cdm::model::{Model, ModelKind};
 use cdm::nets::{BackboneConfig, MlpConfig};
 use cdm::rng::Rng;
 use cdm::sample::SampleOptions;
-use cdm::schedule::{ScheduleConfig, ScheduleKind};
-use common::{assert_close, gaussian_ddim_gain, max_abs_diff};
+use common::{assert_close, base_model, gaussian_ddim_gain, max_abs_diff};
 use tch::{nn, Device, Kind, Tensor};
 
 /// The data's variance before the base's floor.
@@ -31,21 +30,10 @@ const LAMBDA: f64 = S2 + FLOOR;
 const T: usize = 50;
 
 fn model(kind: ModelKind) -> (nn::VarStore, Model) {
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    let cfg = ModelConfig {
-        kind,
-        schedule: ScheduleConfig::new(ScheduleKind::Linear, T),
-        backbone: BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 1, num_labels: 0 }),
-        data_shape: vec![2],
-        gaussian_base: true,
-        base_per_class: false,
-    };
-    let model = Model::new(&vs.root(), &cfg).unwrap();
-    vs.double();
     // ±√2·s·e_i: mean 0 and covariance exactly s²I.
     let columns = Tensor::eye(2, (Kind::Double, Device::Cpu)) * (2.0 * S2).sqrt();
-    model.base().unwrap().fit(&Tensor::cat(&[&columns, &(-&columns)], 0), None).unwrap();
-    (vs, model)
+    let backbone = BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 1, num_labels: 0 });
+    base_model(kind, T, backbone, &Tensor::cat(&[&columns, &(-&columns)], 0))
 }
 
 fn batches() -> Batches<'static> {
