@@ -89,6 +89,10 @@ fn bits_per_dim_of_the_exact_cdm_is_the_gaussian_density() {
     assert!(max_abs_diff(&paper, &(exact + 7.0)) < 1e-9);
     // The estimator must fit the model.
     assert!(log_likelihood(&model, &x, Estimator::Immse(4), &batches(), 0).is_err());
+    // log p_1 in one pass, whatever the budgets: the density N(0, ᾱ₁λ + 1 − ᾱ₁).
+    let [(1, at_one)] = Estimator::of_log_p1(&model, &[4, 8])[..] else { panic!("one estimator for a CDM") };
+    let log_p1 = log_likelihood(&model, &x, at_one, &batches(), 0).unwrap();
+    assert!(max_abs_diff(&log_p1, &log_normal(&x, level_vars(&model)[1])) < 1e-9);
 }
 
 #[test]
@@ -96,6 +100,7 @@ fn the_ddm_immse_estimate_is_unbiased_for_log_p1() {
     let (_vs, model) = model(ModelKind::Ddm);
     let how = Estimator::for_nll(&model, 32);
     assert_eq!(how, Estimator::Immse(32));
+    assert_eq!(Estimator::of_log_p1(&model, &[1, 32]), [(1, Estimator::Immse(1)), (32, Estimator::Immse(32))]);
     assert_eq!(how.describe(&model), "I-MMSE, 32 evaluations, log p_1 (density at level 1)");
     let x = gaussian(1000, LAMBDA, 2);
     let estimate = log_likelihood(&model, &x, how, &batches(), 7).unwrap();

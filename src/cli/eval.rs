@@ -287,13 +287,8 @@ fn likelihood_nfe(ctx: &Eval) -> Result<Section> {
         if ctx.eight_bit { " (8-bit images, uniformly dequantized; +7 as for bits/dim of 8-bit data)" } else { "" }
     );
     for (name, model) in models(ctx) {
-        let budgets: Vec<usize> = match model.model {
-            Model::Cdm(_) => vec![1],
-            Model::Ddm(_) => ctx.args.evaluations.clone(),
-        };
         let (mut nfe_points, mut time_points) = (Vec::new(), Vec::new());
-        for k in budgets {
-            let how = if matches!(model.model, Model::Cdm(_)) { Estimator::OnePass(1) } else { Estimator::Immse(k) };
+        for (k, how) in Estimator::of_log_p1(&model.model, &ctx.args.evaluations) {
             let start = Instant::now();
             let seed = ctx.args.sampling.seed;
             let bpd = mean(&batches_of(ctx, model, |b| nll_bits_per_dim(&model.model, &x, how, convention, b, seed))?);

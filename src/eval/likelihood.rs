@@ -29,6 +29,16 @@ impl Estimator {
         }
     }
 
+    /// The estimators of log p_1, the density at the smallest noise level, that a model offers
+    /// with `budgets` network evaluations per point, as (evaluations, estimator): a CDM's one
+    /// pass (one evaluation, whatever the budgets), a DDM's I-MMSE at each budget.
+    pub fn of_log_p1(model: &Model, budgets: &[usize]) -> Vec<(usize, Self)> {
+        match model {
+            Model::Cdm(_) => vec![(1, Estimator::OnePass(1))],
+            Model::Ddm(_) => budgets.iter().map(|&k| (k, Estimator::Immse(k))).collect(),
+        }
+    }
+
     /// What it estimates, for a report: which density, by what, over which levels.
     pub fn describe(&self, model: &Model) -> String {
         match *self {
