@@ -299,6 +299,7 @@ fn counts_too_large_to_hold_are_refused() {
         vec!["mmse", "--ckpt", r, "--n", huge],
         vec!["plot", "density", "--ckpt", f, "--out", &out("p.png"), "--grid", huge],
         vec!["plot", "density", "--ckpt", f, "--out", &out("p.png"), "--samples", huge],
+        vec!["bench", "--batch", huge, "--steps", "1"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_cdm")).args(&args).env("OMP_NUM_THREADS", "1").output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

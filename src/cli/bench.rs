@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use super::DeviceArg;
+use super::{check_count, DeviceArg};
 
 use cdm::model::{Model, ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, ConvNetConfig, MlpConfig, UnetConfig};
@@ -168,6 +168,7 @@ fn synchronize(device: Device) {
 fn time_rust(args: &BenchArgs, device: Device) -> Result<Timing> {
     let (size, steps) = (args.size, args.steps);
     let config = run_config(size, args.batch);
+    check_count("--batch", config.train.batch_size, &config.model.data_shape)?;
     let dir = std::env::temp_dir().join(format!("cdm-bench-{}", std::process::id()));
     let mut trainer = Trainer::open(&dir, config.clone(), device)?;
     trainer.run_until(3, &mut |_| {})?;
