@@ -9,7 +9,7 @@ mod common;
 use cdm::eval::classifier::{level_metrics, spread_levels};
 use cdm::eval::{
     denoising_levels, denoising_mse, level_classifier, level_log_densities, log_likelihood, logit_profile,
-    nll_bits_per_dim, ood_levels, sampler_drift, Batches, Estimator, OodScores,
+    nll_bits_per_dim, ood_levels, sampler_drift, samples_mmd, Batches, Estimator, OodScores,
 };
 use cdm::likelihood::Dequantization;
 use cdm::metrics::fid::cached_stats;
@@ -211,6 +211,24 @@ fn sampler_drift_reads_the_levels_of_exact_ddim_states() {
         assert_close(row.sampler_states, mean_argmax(g * g), 1.0, &format!("states at level {}", row.level));
         assert_close(row.real_points, mean_argmax(vars[row.level]), 1.0, &format!("real at level {}", row.level));
     }
+}
+
+#[test]
+fn the_mmd_of_exact_ddim_samples_is_the_closed_form() {
+    // Exact DDIM maps x_T ~ N(0, I) to N(0, g²I); against points of N(0, 4λI) in D = 2 with the
+    // kernel exp(−|a − b|²/(2h²)), E k(X, Y) = h²/(h² + a + b) for X ~ N(0, aI), Y ~ N(0, bI), so
+    // MMD² = h²/(h² + 2a) + h²/(h² + 2b) − 2h²/(h² + a + b).
+    let (_vs, model) = model(ModelKind::Cdm);
+    let opts = SampleOptions::ddim(10);
+    let levels = model.schedule().sampling_levels(10).unwrap();
+    let g = gaussian_ddim_gain(|t| model.schedule().alpha_bar(t), &levels, LAMBDA.sqrt());
+    let (a, b, h2) = (g * g, 4.0 * LAMBDA, 0.04);
+    let expected = h2 / (h2 + 2.0 * a) + h2 / (h2 + 2.0 * b) - 2.0 * h2 / (h2 + a + b);
+    let (mmd2, cost) = samples_mmd(&model, &gaussian(2000, b, 14), &opts, h2.sqrt(), &batches()).unwrap();
+    // Kernel values vary by about 0.3: four standard errors of 2000 points each.
+    assert_close(mmd2, expected, 0.01, "MMD²");
+    assert!(expected > 0.2, "a difference the check can see: {expected}");
+    assert_eq!(cost.steps, 10);
 }
 
 #[test]
