@@ -16,7 +16,7 @@ use crate::schedule::{Levels, LogSnrProposal, Schedule, LOGSNR_CLIP};
 use crate::{Error, Result};
 
 /// Weights of the two CDM loss terms; the paper's ablation (its Table 3) sets one to zero.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LossWeights {
     pub ce: f64,
     pub mse: f64,
@@ -25,6 +25,21 @@ pub struct LossWeights {
     pub min_snr: Option<f64>,
     /// The contrastive diffusion loss, added to a DDM's (none when absent).
     pub cdl: Option<CdlConfig>,
+    /// Share of a CDM's batch drawn at low levels (see [`level_prior`]); 0: uniform levels.
+    pub low_levels: f64,
+    /// Strides of the level subsets a CDM's cross-entropy runs over (see [`cdm_loss`]); empty
+    /// or `[1]`: every level.
+    pub level_strides: Vec<usize>,
+}
+
+/// The prior π over a CDM's T+2 training levels: (1 − f)·uniform + f·π_low with π_low(t) ∝
+/// 1/(t + 1), which gives every octave of t the same share. With uniform levels, at T = 1000
+/// the clean data is one sample in a thousand, yet the log-ratios of the lowest levels carry
+/// most of the likelihood's error (docs/results.md §1); f = 1/2 puts 7% of the batch at t = 0
+/// and bounds the squared error's importance weights by 2.
+pub fn level_prior(classes: usize, low: f64) -> Vec<f64> {
+    let harmonic: f64 = (1..=classes).map(|k| 1.0 / k as f64).sum();
+    (0..classes).map(|t| (1.0 - low) / classes as f64 + low / ((t + 1) as f64 * harmonic)).collect()
 }
 
 /// Where the extra noise ζ of the contrastive diffusion loss is drawn, on log SNR [6, 15]
@@ -165,6 +180,45 @@ fn stratified_levels(batch: usize, first: usize, count: usize, rng: &mut Rng) ->
     Tensor::from_slice(&t).clamp(0, count as i64 - 1) + first as i64
 }
 
+/// Levels 0..π.len() drawn from the prior `prior` the same stratified way: the inverse CDF of
+/// π at (i + u)/B.
+fn stratified_levels_from(batch: usize, prior: &[f64], rng: &mut Rng) -> Tensor {
+    let u = rng.unit();
+    let cdf: Vec<f64> = prior.iter().scan(0.0, |acc, p| Some(*acc + p).inspect(|c| *acc = *c)).collect();
+    let total = cdf.last().copied().unwrap_or(1.0);
+    let t: Vec<i64> = (0..batch)
+        .map(|i| {
+            let v = (i as f64 + u) / batch as f64 * total;
+            cdf.partition_point(|&c| c <= v).min(prior.len() - 1) as i64
+        })
+        .collect();
+    Tensor::from_slice(&t)
+}
+
+/// The classes each sample's cross-entropy leaves out, [B, T+2] (true: left out), or `None` for
+/// none: sample i, at level t_i with stride k_i (the strides taken in turn from a random
+/// start), competes only with the levels s ≡ t_i (mod k_i). The softmax over any subset of
+/// levels has the same Bayes logits log p_s(x) + c(x), so the model stays exact; what changes
+/// is how log p_0 − log p_{T+1} gets pinned. With every level in every softmax, only adjacent
+/// levels compete, and the T + 1 learned ratios between them add their errors (at T = 200 a
+/// 2-D mixture is off by 0.09 nats, at T = 10 by 0.03: docs/results.md §1); a stride k makes
+/// a chain of (T + 2)/k ratios, each pinned by a contest between levels far enough apart to be
+/// told apart.
+fn level_subsets(t: &Tensor, classes: usize, strides: &[usize], rng: &mut Rng) -> Result<Option<Tensor>> {
+    if let Some(&bad) = strides.iter().find(|&&k| k == 0 || k >= classes) {
+        return Err(Error::Config(format!("level stride {bad} is outside 1..={}", classes - 1)));
+    }
+    if strides.iter().all(|&k| k == 1) {
+        return Ok(None);
+    }
+    let start = (rng.unit() * strides.len() as f64) as usize;
+    let batch = t.size()[0] as usize;
+    let k: Vec<i64> = (0..batch).map(|i| strides[(i + start) % strides.len()] as i64).collect();
+    let k = Tensor::from_slice(&k).to_device(t.device()).unsqueeze(1);
+    let levels = Tensor::arange(classes as i64, (Kind::Int64, t.device())).unsqueeze(0);
+    Ok(Some((levels - t.unsqueeze(1)).remainder_tensor(&k).ne(0)))
+}
+
 /// Mean over samples of ‖a - b‖², summed over dimensions: [B, ..] → [B].
 fn squared_error(a: &Tensor, b: &Tensor) -> Tensor {
     (a - b).square().flatten(1, -1).sum_dim_intlist(1, false, a.kind())
@@ -186,13 +240,39 @@ pub fn cdm_loss(
 ) -> Result<Loss> {
     let batch = x0.size()[0] as usize;
     let classes = model.schedule().num_classes();
-    let t = stratified_levels(batch, 0, classes, rng).to_device(x0.device());
+    if !(0.0..=1.0).contains(&weights.low_levels) {
+        return Err(Error::Config(format!("low_levels is {}; expected a share in [0, 1]", weights.low_levels)));
+    }
+    // Under a prior π the Bayes classifier's logits are log π_t + log p_t(x) + c(x): adding
+    // log π to the logits in the cross-entropy (logit adjustment) leaves the network's own
+    // logits the prior-free log p_t + c that the likelihood and ε̂ read. The squared error is
+    // weighted by 1/π_t (normalised), so its average over levels stays uniform.
+    let prior = (weights.low_levels > 0.0).then(|| level_prior(classes, weights.low_levels));
+    let t = match &prior {
+        Some(p) => stratified_levels_from(batch, p, rng),
+        None => stratified_levels(batch, 0, classes, rng),
+    }
+    .to_device(x0.device());
     let eps = rng.normal(&x0.size(), x0.kind()).to_device(x0.device());
     let x_t = model.schedule().add_noise(x0, &eps, &t);
     let out = model.forward(&x_t, &t, labels, true)?;
-    let ce = out.logits.log_softmax(1, Kind::Double).to_kind(x0.kind()).nll_loss(&t);
-    let inside = t.gt(0).logical_and(&t.lt(classes as i64 - 1)).to_kind(x0.kind());
-    let count = inside.sum(x0.kind()).clamp_min(1.0);
+    let (logits, importance) = match &prior {
+        Some(p) => {
+            let log_prior = Tensor::from_slice(p).log().to_device(x0.device());
+            let importance = (Tensor::from_slice(p).to_device(x0.device()).index_select(0, &t) * classes as f64)
+                .reciprocal()
+                .to_kind(x0.kind());
+            (out.logits.to_kind(Kind::Double) + log_prior.unsqueeze(0), importance)
+        }
+        None => (out.logits.to_kind(Kind::Double), t.ones_like().to_kind(x0.kind())),
+    };
+    let logits = match level_subsets(&t, classes, &weights.level_strides, rng)? {
+        Some(outside) => logits.masked_fill(&outside, f64::NEG_INFINITY),
+        None => logits,
+    };
+    let ce = logits.log_softmax(1, Kind::Double).to_kind(x0.kind()).nll_loss(&t);
+    let inside = t.gt(0).logical_and(&t.lt(classes as i64 - 1)).to_kind(x0.kind()) * importance;
+    let count = inside.sum(x0.kind()).clamp_min(1e-12);
     let error = squared_error(&out.eps, &eps) * &inside;
     let mse = error.sum(x0.kind()) / &count;
     let weighted = (error * level_weights(model.schedule(), &t, weights.min_snr, x0)).sum(x0.kind()) / count;
@@ -212,6 +292,9 @@ pub fn ddm_loss(
     weights: LossWeights,
     rng: &mut Rng,
 ) -> Result<Loss> {
+    if weights.low_levels != 0.0 {
+        return Err(Error::Config("low_levels weighs a CDM's cross-entropy; a DDM has none".into()));
+    }
     let batch = x0.size()[0] as usize;
     let schedule = model.schedule();
     let (t, importance) = match schedule.levels() {

@@ -74,6 +74,12 @@ pub struct TrainConfig {
     pub mse_weight: f64,
     /// Min-SNR-γ weighting of the MSE over levels (see [`LossWeights`]); none when absent.
     pub min_snr: Option<f64>,
+    /// Share of a CDM's batch drawn at low levels (see [`crate::loss::level_prior`]); 0:
+    /// uniform levels.
+    pub low_levels: f64,
+    /// Strides of the level subsets of a CDM's cross-entropy (see [`crate::loss::cdm_loss`]);
+    /// empty: every level in every softmax.
+    pub level_strides: Vec<usize>,
     /// Seed of every random draw in training.
     pub seed: u64,
     /// Steps between checkpoints (the last step is always saved).
@@ -114,6 +120,8 @@ impl Default for TrainConfig {
             ce_weight: 1.0,
             mse_weight: 1.0,
             min_snr: None,
+            low_levels: 0.0,
+            level_strides: Vec::new(),
             seed: 0,
             checkpoint_every: 1000,
             log_every: 50,
@@ -179,6 +187,12 @@ impl TrainConfig {
         }
         if self.min_snr.is_some_and(|g| !(g > 0.0 && g.is_finite())) {
             return bad("min_snr", "must be a positive number");
+        }
+        if !(0.0..=1.0).contains(&self.low_levels) {
+            return bad("low_levels", "must be a share in [0, 1]");
+        }
+        if self.level_strides.contains(&0) {
+            return bad("level_strides", "must be positive");
         }
         if let LrDecay::Step { factor, .. } = self.lr_decay {
             if !(factor > 0.0 && factor.is_finite()) {
@@ -533,7 +547,14 @@ impl Trainer {
             let loss = self.model.loss(
                 &x0,
                 labels.as_ref(),
-                LossWeights { ce: cfg.ce_weight, mse: cfg.mse_weight, min_snr: cfg.min_snr, cdl: cfg.cdl },
+                LossWeights {
+                    ce: cfg.ce_weight,
+                    mse: cfg.mse_weight,
+                    min_snr: cfg.min_snr,
+                    cdl: cfg.cdl,
+                    low_levels: cfg.low_levels,
+                    level_strides: cfg.level_strides.clone(),
+                },
                 &mut rng,
             )?;
             let total = loss.total.double_value(&[]);

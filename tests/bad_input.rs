@@ -445,7 +445,7 @@ fn out_of_range_levels_and_labels_through_the_library() {
         let cfg = ModelConfig {
             kind,
             schedule: ScheduleConfig { timesteps: 4, ..Default::default() },
-            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 8, blocks: 1, num_labels: 3 }),
+            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 8, blocks: 1, num_labels: 3, ..MlpConfig::default() }),
             data_shape: vec![2],
             gaussian_base: false,
             base_per_class: false,
@@ -468,7 +468,7 @@ fn out_of_range_levels_and_labels_through_the_library() {
         let loss = model.loss(
             &x,
             Some(&labels(&[0, 7])),
-            LossWeights { ce: 1.0, mse: 1.0, min_snr: None, cdl: None },
+            LossWeights { ce: 1.0, mse: 1.0, min_snr: None, cdl: None, low_levels: 0.0, level_strides: vec![] },
             &mut cdm::rng::Rng::new(0),
         );
         assert!(loss.err().map(|e| e.to_string()).unwrap_or_default().contains("label 7 is outside"));

@@ -218,7 +218,7 @@ fn small_ddm(hidden: usize) -> ModelConfig {
             levels: Levels::Continuous(LogSnrProposal { loc: 1.0, scale: 3.0 }),
             ..ScheduleConfig::new(ScheduleKind::LogSnr, 200)
         },
-        backbone: BackboneConfig::Mlp(MlpConfig { hidden, blocks: 1, num_labels: 0 }),
+        backbone: BackboneConfig::Mlp(MlpConfig { hidden, blocks: 1, ..MlpConfig::default() }),
         data_shape: vec![2],
         gaussian_base: false,
         base_per_class: false,
@@ -360,7 +360,7 @@ fn init_from_starts_from_a_runs_weights_with_a_fresh_optimiser() {
     assert!(max_abs_diff(&eps(trainer.model()), &eps(&trained.model)) < 1e-12, "the run's EMA weights");
     // Another model is refused.
     let mut other = tuned;
-    other.model.backbone = BackboneConfig::Mlp(MlpConfig { hidden: 32, blocks: 1, num_labels: 0 });
+    other.model.backbone = BackboneConfig::Mlp(MlpConfig { hidden: 32, blocks: 1, ..MlpConfig::default() });
     let third = tempfile::tempdir().unwrap();
     assert!(Trainer::open(third.path(), other, Device::Cpu).is_err());
 }

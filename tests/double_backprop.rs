@@ -12,7 +12,7 @@ fn model() -> (VarStore, Classifier) {
     let mut vs = VarStore::new(Device::Cpu);
     let cfg = NetworkConfig {
         schedule: ScheduleConfig { timesteps: 20, ..Default::default() },
-        backbone: BackboneConfig::Mlp(MlpConfig { hidden: 8, blocks: 1, num_labels: 0 }),
+        backbone: BackboneConfig::Mlp(MlpConfig { hidden: 8, blocks: 1, ..MlpConfig::default() }),
         data_shape: vec![3],
         base_components: None,
     };
@@ -30,9 +30,15 @@ fn model() -> (VarStore, Classifier) {
 
 /// The loss for a fixed draw of levels and noise.
 fn loss(model: &Classifier, x0: &Tensor, ce_weight: f64) -> Tensor {
-    cdm_loss(model, x0, None, LossWeights { ce: ce_weight, mse: 1.0, min_snr: None, cdl: None }, &mut Rng::new(3))
-        .unwrap()
-        .total
+    cdm_loss(
+        model,
+        x0,
+        None,
+        LossWeights { ce: ce_weight, mse: 1.0, min_snr: None, cdl: None, low_levels: 0.0, level_strides: vec![] },
+        &mut Rng::new(3),
+    )
+    .unwrap()
+    .total
 }
 
 fn check_gradients(ce_weight: f64) {
@@ -82,8 +88,14 @@ fn min_snr_weighting_spans_the_plain_loss_and_nothing() {
     let (_vs, model) = model();
     let x0 = Tensor::from_slice(&[0.3, -0.2, 0.5, -0.7, 0.1, 0.4]).reshape([2, 3]);
     let with = |min_snr| {
-        let loss = cdm_loss(&model, &x0, None, LossWeights { ce: 0.0, mse: 1.0, min_snr, cdl: None }, &mut Rng::new(3))
-            .unwrap();
+        let loss = cdm_loss(
+            &model,
+            &x0,
+            None,
+            LossWeights { ce: 0.0, mse: 1.0, min_snr, cdl: None, low_levels: 0.0, level_strides: vec![] },
+            &mut Rng::new(3),
+        )
+        .unwrap();
         (loss.total.double_value(&[]), loss.mse.double_value(&[]))
     };
     let (plain, plain_mse) = with(None);

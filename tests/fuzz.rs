@@ -360,7 +360,7 @@ fn tiny_config() -> RunConfig {
         model: ModelConfig {
             kind: ModelKind::Cdm,
             schedule: ScheduleConfig { timesteps: 4, ..Default::default() },
-            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 4, blocks: 1, num_labels: 0 }),
+            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 4, blocks: 1, ..MlpConfig::default() }),
             data_shape: vec![3],
             gaussian_base: false,
             base_per_class: false,

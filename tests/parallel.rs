@@ -158,7 +158,7 @@ fn conditional_model(kind: ModelKind) -> (nn::VarStore, Model) {
     let cfg = ModelConfig {
         kind,
         schedule: ScheduleConfig::new(ScheduleKind::Linear, 50),
-        backbone: BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 1, num_labels: 3 }),
+        backbone: BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 1, num_labels: 3, ..MlpConfig::default() }),
         data_shape: vec![2],
         gaussian_base: false,
         base_per_class: false,

@@ -12,7 +12,7 @@ fn config(steps: u64) -> RunConfig {
         model: ModelConfig {
             kind: ModelKind::Cdm,
             schedule: ScheduleConfig { timesteps: 20, ..Default::default() },
-            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 2, num_labels: 0 }),
+            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 2, ..MlpConfig::default() }),
             data_shape: vec![2],
             gaussian_base: false,
             base_per_class: false,

@@ -25,7 +25,7 @@ fn train_and_score(spec: &str, dim: i64, timesteps: usize) -> (f64, f64, f64) {
         model: ModelConfig {
             kind: ModelKind::Cdm,
             schedule: ScheduleConfig { timesteps, ..Default::default() },
-            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 128, blocks: 3, num_labels: 0 }),
+            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 128, blocks: 3, ..MlpConfig::default() }),
             data_shape: vec![dim],
             gaussian_base: false,
             base_per_class: false,
@@ -67,7 +67,7 @@ fn ddm_baseline_learns_the_posterior_mean() {
         model: ModelConfig {
             kind: ModelKind::Ddm,
             schedule: ScheduleConfig { timesteps: 100, ..Default::default() },
-            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 128, blocks: 3, num_labels: 0 }),
+            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 128, blocks: 3, ..MlpConfig::default() }),
             data_shape: vec![2],
             gaussian_base: false,
             base_per_class: false,

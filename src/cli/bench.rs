@@ -82,9 +82,7 @@ pub struct BenchArgs {
 
 fn run_config(size: BenchSize, batch: Option<usize>) -> RunConfig {
     let (data, backbone, data_shape, batch_size) = match size {
-        BenchSize::Mlp2d => {
-            ("gmm2d", BackboneConfig::Mlp(MlpConfig { hidden: 256, blocks: 3, num_labels: 0 }), vec![2], 1024)
-        }
+        BenchSize::Mlp2d => ("gmm2d", BackboneConfig::Mlp(MlpConfig::default()), vec![2], 1024),
         BenchSize::Cube => {
             ("uniform:d=3x32x32,g=0.5", BackboneConfig::ConvNet(ConvNetConfig::cube()), vec![3, 32, 32], 64)
         }

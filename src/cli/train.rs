@@ -53,6 +53,20 @@ pub struct TrainArgs {
     /// [default: 5 for images, none otherwise].
     #[arg(long, value_name = "GAMMA")]
     min_snr: Option<f64>,
+    /// Share of a CDM's batch drawn at low levels, with π(t) ∝ 1/(t+1) (the rest uniform); the
+    /// cross-entropy is corrected for it, so the model stays exact [default: 0]
+    #[arg(long, value_name = "SHARE")]
+    low_levels: Option<f64>,
+    /// Strides of the level subsets a CDM's cross-entropy runs over, taken in turn per sample
+    /// (e.g. 1,8,64): stride k makes a level compete with the levels k apart, so log p_0 is
+    /// pinned by a short chain of ratios instead of T+1 adjacent ones [default: 1]
+    #[arg(long, value_delimiter = ',', value_name = "K,..")]
+    level_strides: Option<Vec<usize>>,
+    /// Fourier features sin(π 2^k x), cos(π 2^k x) of the MLP's or ConvNet's input for each
+    /// exponent k listed (e.g. 0,1,2,3,4,5): sharp log-density ratios near the data's edges
+    /// become cheap to learn
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, value_name = "K,..")]
+    fourier: Option<Vec<i32>>,
     /// A classification diffusion model, or the denoising baseline.
     #[arg(long, value_enum)]
     model: Option<ModelKind>,
@@ -226,11 +240,14 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
         BackboneConfig::Mlp(mlp) => {
             mlp.hidden = args.hidden.unwrap_or(mlp.hidden);
             mlp.blocks = args.blocks.unwrap_or(mlp.blocks);
+            mlp.fourier = args.fourier.clone().unwrap_or(std::mem::take(&mut mlp.fourier));
         }
         BackboneConfig::ConvNet(conv) => {
             conv.channels = args.channels.unwrap_or(conv.channels);
             conv.blocks = args.blocks.unwrap_or(conv.blocks);
+            conv.fourier = args.fourier.clone().unwrap_or(std::mem::take(&mut conv.fourier));
         }
+        BackboneConfig::Unet(_) if args.fourier.is_some() => bail!("--fourier applies to the MLP and the ConvNet"),
         BackboneConfig::Unet(unet) => {
             unet.channels = args.channels.unwrap_or(unet.channels);
             unet.res_blocks = args.blocks.unwrap_or(unet.res_blocks);
@@ -248,6 +265,8 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
     train.ce_weight = args.ce_weight.unwrap_or(train.ce_weight);
     train.mse_weight = args.mse_weight.unwrap_or(train.mse_weight);
     train.min_snr = args.min_snr.or(train.min_snr);
+    train.low_levels = args.low_levels.unwrap_or(train.low_levels);
+    train.level_strides = args.level_strides.clone().unwrap_or(train.level_strides);
     train.precision = args.precision.unwrap_or(train.precision);
     train.hflip |= args.hflip;
     train.sample_every = args.sample_every.unwrap_or(train.sample_every);

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Tensor};
 
 use super::blocks::{conv3, ResBlock};
-use super::{check_range, check_stages, labels_or_null, Backbone, MAX_BLOCKS, MAX_LABELS};
+use super::{
+    check_fourier, check_range, check_stages, fourier_features, labels_or_null, Backbone, MAX_BLOCKS, MAX_LABELS,
+};
 use crate::{Error, Result};
 
 /// Settings of [`ConvNet`].
@@ -23,11 +25,20 @@ pub struct ConvNetConfig {
     pub groups: usize,
     /// Data labels to condition on (0: unconditional); label `num_labels` is the null label.
     pub num_labels: usize,
+    /// Exponents of per-pixel Fourier features of the input (see [`fourier_features`]).
+    pub fourier: Vec<i32>,
 }
 
 impl Default for ConvNetConfig {
     fn default() -> Self {
-        ConvNetConfig { channels: 32, channel_mult: vec![1, 2], blocks: 1, groups: 8, num_labels: 0 }
+        ConvNetConfig {
+            channels: 32,
+            channel_mult: vec![1, 2],
+            blocks: 1,
+            groups: 8,
+            num_labels: 0,
+            fourier: Vec::new(),
+        }
     }
 }
 
@@ -35,14 +46,15 @@ impl ConvNetConfig {
     /// For the i.i.d. pixels of the uniform cubes (the paper's Fig. 3 at 3×32×32): one stage of
     /// 16 channels, small enough for two CPU cores.
     pub fn cube() -> Self {
-        ConvNetConfig { channels: 16, channel_mult: vec![1], blocks: 1, groups: 4, num_labels: 0 }
+        ConvNetConfig { channels: 16, channel_mult: vec![1], blocks: 1, groups: 4, num_labels: 0, fourier: Vec::new() }
     }
 
     /// Checks the sizes before anything is built, naming the first bad field.
     pub fn validate(&self) -> Result<()> {
         check_stages(self.channels, &self.channel_mult, self.groups)?;
         check_range("backbone.blocks", self.blocks, 1, MAX_BLOCKS)?;
-        check_range("backbone.num_labels", self.num_labels, 0, MAX_LABELS)
+        check_range("backbone.num_labels", self.num_labels, 0, MAX_LABELS)?;
+        check_fourier(&self.fourier)
     }
 }
 
@@ -56,6 +68,7 @@ pub struct ConvNet {
     stages: Vec<(Vec<ResBlock>, Option<nn::Conv2D>)>,
     head_conv: nn::Conv2D,
     head: nn::Linear,
+    fourier: Vec<i32>,
 }
 
 impl ConvNet {
@@ -82,13 +95,14 @@ impl ConvNet {
         }
         let zero = nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true };
         Ok(ConvNet {
-            input: conv3(vs / "input", *c_in, widths[0], 1),
+            input: conv3(vs / "input", c_in * (1 + 2 * cfg.fourier.len() as i64), widths[0], 1),
             label_embed: label_dim
                 .map(|d| nn::embedding(vs / "label_embed", cfg.num_labels as i64 + 1, d, Default::default())),
             null_label: cfg.num_labels as i64,
             stages,
             head_conv: conv3(vs / "head_conv", c, 2 * c, 1),
             head: nn::linear(vs / "head", 2 * c, num_outputs, zero),
+            fourier: cfg.fourier.clone(),
         })
     }
 }
@@ -99,7 +113,7 @@ impl Backbone for ConvNet {
             .label_embed
             .as_ref()
             .map(|embed| embed.forward(&labels_or_null(labels, self.null_label, x.size()[0], x.device())).silu());
-        let mut h = self.input.forward(x);
+        let mut h = self.input.forward(&fourier_features(x, &self.fourier));
         for (blocks, down) in &self.stages {
             for block in blocks {
                 h = block.forward(&h, label.as_ref(), train);

@@ -2,7 +2,10 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, Tensor};
 
-use super::{check_range, labels_or_null, timestep_embedding, Backbone, Head, MAX_BLOCKS, MAX_LABELS, MAX_WIDTH};
+use super::{
+    check_fourier, check_range, fourier_features, labels_or_null, timestep_embedding, Backbone, Head, MAX_BLOCKS,
+    MAX_LABELS, MAX_WIDTH,
+};
 use crate::Result;
 
 /// Settings of [`Mlp`].
@@ -15,12 +18,15 @@ pub struct MlpConfig {
     pub blocks: usize,
     /// Data labels to condition on (0: unconditional); label `num_labels` is the null label.
     pub num_labels: usize,
+    /// Exponents k of the Fourier features sin(π 2^k x), cos(π 2^k x) appended to the input
+    /// (see [`fourier_features`]); none when empty.
+    pub fourier: Vec<i32>,
 }
 
 impl Default for MlpConfig {
     /// The network of the 2-D density runs in docs/results.md.
     fn default() -> Self {
-        MlpConfig { hidden: 256, blocks: 3, num_labels: 0 }
+        MlpConfig { hidden: 256, blocks: 3, num_labels: 0, fourier: Vec::new() }
     }
 }
 
@@ -29,7 +35,8 @@ impl MlpConfig {
     pub fn validate(&self) -> Result<()> {
         check_range("backbone.hidden", self.hidden, 1, MAX_WIDTH)?;
         check_range("backbone.blocks", self.blocks, 0, MAX_BLOCKS)?;
-        check_range("backbone.num_labels", self.num_labels, 0, MAX_LABELS)
+        check_range("backbone.num_labels", self.num_labels, 0, MAX_LABELS)?;
+        check_fourier(&self.fourier)
     }
 }
 
@@ -44,6 +51,7 @@ pub struct Mlp {
     blocks: Vec<nn::Linear>,
     head: nn::Linear,
     out_shape: Option<Vec<i64>>,
+    fourier: Vec<i32>,
 }
 
 impl Mlp {
@@ -51,6 +59,7 @@ impl Mlp {
         cfg.validate()?;
         let hidden = cfg.hidden as i64;
         let in_dim: i64 = data_shape.iter().product();
+        let features = in_dim * (1 + 2 * cfg.fourier.len() as i64);
         let zero = nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true };
         let (num_outputs, time_embed, out_shape) = match head {
             Head::Levels(n) => (n, None, None),
@@ -61,7 +70,7 @@ impl Mlp {
             ),
         };
         Ok(Mlp {
-            input: nn::linear(vs / "input", in_dim, hidden, Default::default()),
+            input: nn::linear(vs / "input", features, hidden, Default::default()),
             label_embed: (cfg.num_labels > 0)
                 .then(|| nn::embedding(vs / "label_embed", cfg.num_labels as i64 + 1, hidden, Default::default())),
             num_labels: cfg.num_labels as i64,
@@ -71,6 +80,7 @@ impl Mlp {
                 .collect(),
             head: nn::linear(vs / "head", hidden, num_outputs, zero),
             out_shape,
+            fourier: cfg.fourier.clone(),
         })
     }
 }
@@ -78,7 +88,7 @@ impl Mlp {
 impl Backbone for Mlp {
     fn forward(&self, x: &Tensor, t: Option<&Tensor>, labels: Option<&Tensor>, _train: bool) -> Tensor {
         let batch = x.size()[0];
-        let mut h = self.input.forward(&x.flatten(1, -1));
+        let mut h = self.input.forward(&fourier_features(&x.flatten(1, -1), &self.fourier));
         if let Some(embed) = &self.label_embed {
             h += embed.forward(&labels_or_null(labels, self.num_labels, batch, x.device()));
         }

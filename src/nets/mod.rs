@@ -147,6 +147,38 @@ pub fn timestep_embedding(t: &Tensor, timesteps: usize, dim: i64, kind: Kind) ->
     Tensor::cat(&[args.sin(), args.cos()], 1).to_kind(kind)
 }
 
+/// Fourier features of a network's input (Kingma et al. 2021, "Variational Diffusion Models",
+/// appendix C): `x` ([B, C, ..]) with sin(π 2^k x) and cos(π 2^k x) for every exponent k in
+/// `exponents` appended along axis 1, giving [B, C·(1 + 2K), ..]. A log-density ratio between
+/// the lowest noise levels changes over a distance of σ_1 near every sharp edge of the data (a
+/// cube's faces, a quantisation bin's bounds); a smooth network on raw x learns such functions
+/// slowly, one built on these features can express them with a few weights.
+pub fn fourier_features(x: &Tensor, exponents: &[i32]) -> Tensor {
+    if exponents.is_empty() {
+        return x.shallow_clone();
+    }
+    let mut parts = vec![x.shallow_clone()];
+    for &k in exponents {
+        let scaled = x * (std::f64::consts::PI * 2f64.powi(k));
+        parts.push(scaled.sin());
+        parts.push(scaled.cos());
+    }
+    Tensor::cat(&parts, 1)
+}
+
+/// Most Fourier feature exponents a backbone may take, and their range.
+pub const MAX_FOURIER: usize = 16;
+
+/// Checks a list of Fourier exponents: at most [`MAX_FOURIER`], each in −16..=16.
+pub(crate) fn check_fourier(exponents: &[i32]) -> Result<()> {
+    if exponents.len() > MAX_FOURIER || exponents.iter().any(|k| k.abs() > 16) {
+        return Err(Error::Config(format!(
+            "backbone.fourier is {exponents:?}; expected at most {MAX_FOURIER} exponents in -16..=16"
+        )));
+    }
+    Ok(())
+}
+
 /// The label embedding input of a conditional backbone: `labels`, or the null label
 /// `num_labels` for every sample when there are none.
 pub(crate) fn labels_or_null(labels: Option<&Tensor>, num_labels: i64, batch: i64, device: tch::Device) -> Tensor {
