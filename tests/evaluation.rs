@@ -32,7 +32,7 @@ const T: usize = 50;
 fn model(kind: ModelKind) -> (nn::VarStore, Model) {
     // ±√2·s·e_i: mean 0 and covariance exactly s²I.
     let columns = Tensor::eye(2, (Kind::Double, Device::Cpu)) * (2.0 * S2).sqrt();
-    let backbone = BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 1, num_labels: 0 });
+    let backbone = BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 1, ..MlpConfig::default() });
     base_model(kind, T, backbone, &Tensor::cat(&[&columns, &(-&columns)], 0))
 }
 
