@@ -13,7 +13,7 @@ use std::cell::RefCell;
 
 use tch::{nn, Kind, Tensor};
 
-use crate::likelihood::GaussianReference;
+use crate::likelihood::reference::GaussianReference;
 use crate::schedule::Schedule;
 use crate::{Error, Result};
 
@@ -246,7 +246,9 @@ impl GaussianBase {
         tch::no_grad(|| {
             let weights = self.log_weights.to_kind(Kind::Double).exp();
             let weights = &weights / weights.sum(Kind::Double);
-            let (mut mean, mut second) = (Tensor::from(0.0), Tensor::from(0.0));
+            // [D] from the start: adding into a 0-dim tensor in place cannot broadcast.
+            let zeros = || self.components[0].mean.zeros_like().to_kind(Kind::Double);
+            let (mut mean, mut second) = (zeros(), zeros());
             for (c, component) in self.components.iter().enumerate() {
                 let basis = component.basis.to_kind(Kind::Double);
                 // diag(U diag(λ) Uᵀ)_i = Σ_k U_ik² λ_k

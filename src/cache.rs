@@ -15,6 +15,11 @@ pub fn root() -> Result<PathBuf> {
         .join("cdm"))
 }
 
+/// A data spec as part of a file name: anything but letters, digits and '-' becomes '_'.
+pub fn file_stem(spec: &str) -> String {
+    spec.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
 /// The cache folder `name` (relative to [`root`]), filled on first use by `fill(work, out)`,
 /// which downloads into the scratch folder `work` and leaves the files to keep in `out`. The
 /// folder appears whole or not at all (a rename), so an interrupted fetch is simply redone.

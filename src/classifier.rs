@@ -5,8 +5,9 @@
 use tch::{nn, Kind, Tensor};
 
 use crate::base::GaussianBase;
-use crate::model::{check_labels, check_levels, check_shape, ModelConfig};
+use crate::input::{check_labels, check_levels, check_shape};
 use crate::nets::{Backbone, Head};
+use crate::network::NetworkConfig;
 use crate::schedule::Schedule;
 use crate::Result;
 
@@ -31,11 +32,11 @@ pub struct ClassifierOutput {
 
 impl Classifier {
     /// Builds the backbone under `vs` as `cfg` says.
-    pub fn new(vs: &nn::Path, cfg: &ModelConfig) -> Result<Self> {
+    pub fn new(vs: &nn::Path, cfg: &NetworkConfig) -> Result<Self> {
         let schedule = Schedule::new(cfg.schedule)?;
         let head = Head::Levels(schedule.num_classes() as i64);
         let backbone = cfg.backbone.build(vs, &cfg.data_shape, head, schedule.timesteps())?;
-        let base = cfg.base_components()?.map(|k| GaussianBase::new(vs, &cfg.data_shape, k));
+        let base = cfg.base_components.map(|k| GaussianBase::new(vs, &cfg.data_shape, k));
         Ok(Classifier {
             backbone,
             schedule,

@@ -4,9 +4,10 @@
 use tch::{nn, Tensor};
 
 use crate::base::GaussianBase;
-use crate::likelihood::GaussianReference;
-use crate::model::{check_labels, check_levels, check_shape, ModelConfig};
+use crate::input::{check_labels, check_levels, check_shape};
+use crate::likelihood::reference::GaussianReference;
 use crate::nets::{Backbone, Head};
+use crate::network::NetworkConfig;
 use crate::schedule::Schedule;
 use crate::Result;
 
@@ -22,10 +23,10 @@ pub struct Denoiser {
 }
 
 impl Denoiser {
-    pub fn new(vs: &nn::Path, cfg: &ModelConfig) -> Result<Self> {
+    pub fn new(vs: &nn::Path, cfg: &NetworkConfig) -> Result<Self> {
         let schedule = Schedule::new(cfg.schedule)?;
         let backbone = cfg.backbone.build(vs, &cfg.data_shape, Head::Noise, schedule.timesteps())?;
-        let base = cfg.base_components()?.map(|k| GaussianBase::new(vs, &cfg.data_shape, k));
+        let base = cfg.base_components.map(|k| GaussianBase::new(vs, &cfg.data_shape, k));
         Ok(Denoiser {
             backbone,
             schedule,

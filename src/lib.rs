@@ -17,9 +17,10 @@
 //! | `zeta` | ζ, the log SNR of the extra noise of the contrastive diffusion loss (Wu et al. 2024, arXiv:2407.08946) |
 //!
 //! ## Layout
-//! `schedule` (ᾱ_t), `base` (a Gaussian fit's exact outputs, added to a network's), `nets` (MLP, ConvNet encoder, UNet), `classifier` (cumsum head, F, ε̂ by
-//! input gradient), `denoiser` (the DDM baseline), `model` (either kind behind one type),
-//! `predictor` (the one trait samplers use), `loss`, `likelihood`, `sample` (DDPM, DDIM,
+//! `schedule` (ᾱ_t), `base` (a Gaussian fit's exact outputs, added to a network's), `nets` (MLP, ConvNet encoder, UNet), `network` (what a
+//! classifier or denoiser is built from), `input` (checks of a model's inputs), `classifier` (cumsum head, F, ε̂ by
+//! input gradient), `denoiser` (the DDM baseline), `model` (either kind behind one type; it alone depends on both),
+//! `predictor` (the one trait samplers use), `loss`, `likelihood`, `eval` (what `cdm eval` reports), `sample` (DDPM, DDIM,
 //! DPM-Solver, guidance, parallel sampling), `train`, `optim` (flat Adam and EMA), `config_file` (`cdm train --config`), `checkpoint`, `data` (files, images, known densities), `metrics`
 //! (AUROC, confusion matrix, FID, MMD), `cache` (downloads kept per user), `plot`, `device` (CPU or a
 //! GPU, loading libtorch's CUDA backend at run time).
@@ -32,11 +33,14 @@ pub mod data;
 pub mod denoiser;
 pub mod device;
 pub mod error;
+pub mod eval;
+pub mod input;
 pub mod likelihood;
 pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod nets;
+pub mod network;
 pub mod optim;
 pub mod plot;
 pub mod predictor;

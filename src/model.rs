@@ -2,14 +2,16 @@
 //! denoising diffusion model (DDM) it is compared against. Training, sampling and the command
 //! line go through [`Model`]; only likelihood needs the CDM itself.
 use serde::{Deserialize, Serialize};
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Tensor};
 
 use crate::base::GaussianBase;
 use crate::classifier::Classifier;
 use crate::data::MAX_POINT_VALUES;
 use crate::denoiser::Denoiser;
+use crate::input::check_shape;
 use crate::loss::{cdm_loss, ddm_loss, Loss, LossWeights};
 use crate::nets::BackboneConfig;
+use crate::network::NetworkConfig;
 use crate::rng::Rng;
 use crate::schedule::{Schedule, ScheduleConfig};
 use crate::{Error, Result};
@@ -71,6 +73,16 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// What the classifier or denoiser of this config is built from.
+    pub fn network(&self) -> Result<NetworkConfig> {
+        Ok(NetworkConfig {
+            schedule: self.schedule,
+            backbone: self.backbone.clone(),
+            data_shape: self.data_shape.clone(),
+            base_components: self.base_components()?,
+        })
+    }
+
     /// How many Gaussians the base has: none without one, one per class with
     /// `base_per_class`, else one.
     pub fn base_components(&self) -> Result<Option<usize>> {
@@ -101,8 +113,8 @@ impl Model {
     pub fn new(vs: &nn::Path, cfg: &ModelConfig) -> Result<Self> {
         cfg.validate()?;
         Ok(match cfg.kind {
-            ModelKind::Cdm => Model::Cdm(Classifier::new(vs, cfg)?),
-            ModelKind::Ddm => Model::Ddm(Denoiser::new(vs, cfg)?),
+            ModelKind::Cdm => Model::Cdm(Classifier::new(vs, &cfg.network()?)?),
+            ModelKind::Ddm => Model::Ddm(Denoiser::new(vs, &cfg.network()?)?),
         })
     }
 
@@ -171,52 +183,4 @@ impl Model {
             Model::Ddm(m) => ddm_loss(m, x0, labels, weights, rng),
         }
     }
-}
-
-/// Checks that `x` is [B, ..data_shape].
-pub(crate) fn check_shape(data_shape: &[i64], x: &Tensor) -> Result<()> {
-    let size = x.size();
-    if size.len() != data_shape.len() + 1 || size[1..] != data_shape[..] {
-        return Err(Error::Shape(format!(
-            "input has shape {size:?}, the model expects [B, {}]",
-            data_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-        )));
-    }
-    Ok(())
-}
-
-/// Checks per-sample levels `t` before they index the schedule's tables or the logits: [B],
-/// every one finite and in 0..=T+1 (a DDM may be asked at fractional levels).
-pub(crate) fn check_levels(t: &Tensor, batch: i64, schedule: &Schedule) -> Result<()> {
-    if t.size() != [batch] {
-        return Err(Error::Shape(format!("levels t have shape {:?}, expected [{batch}]", t.size())));
-    }
-    let last = schedule.num_classes() as f64 - 1.0;
-    let t = t.to_kind(Kind::Double);
-    let outside = t.isfinite().logical_not().logical_or(&t.lt(0.0)).logical_or(&t.gt(last));
-    if batch > 0 && outside.any().int64_value(&[]) != 0 {
-        let bad = t.masked_select(&outside).double_value(&[0]);
-        return Err(Error::Config(format!("level {bad} is outside 0..={last}")));
-    }
-    Ok(())
-}
-
-/// Checks data labels before they reach a label embedding: [B], Int64, each in
-/// 0..=`num_labels` (`num_labels` being the null label). An unconditional model
-/// (`num_labels` = 0) ignores labels.
-pub(crate) fn check_labels(labels: Option<&Tensor>, batch: i64, num_labels: usize) -> Result<()> {
-    let Some(labels) = labels.filter(|_| num_labels > 0) else { return Ok(()) };
-    if labels.size() != [batch] || labels.kind() != Kind::Int64 {
-        return Err(Error::Shape(format!(
-            "labels are {:?} of shape {:?}, expected Int64 of shape [{batch}]",
-            labels.kind(),
-            labels.size()
-        )));
-    }
-    let outside = labels.lt(0).logical_or(&labels.gt(num_labels as i64));
-    if batch > 0 && outside.any().int64_value(&[]) != 0 {
-        let bad = labels.masked_select(&outside).int64_value(&[0]);
-        return Err(Error::Config(format!("label {bad} is outside 0..={num_labels} ({num_labels}: the null label)")));
-    }
-    Ok(())
 }

@@ -282,6 +282,50 @@ fn zero_counts_are_refused() {
     );
 }
 
+/// A count too large to hold (10^11 points) is a usage error, exit code 2, before anything is
+/// allocated: never an allocation failure.
+#[test]
+fn counts_too_large_to_hold_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, flat) = (dir.path().join("run"), dir.path().join("flat"));
+    tiny_run(&run);
+    let (ok, stderr) =
+        cdm(&["train", "--data", "gmm2d", "--out", path_str(&flat), "--steps", "2", "--hidden", "8", "--batch", "8"]);
+    assert!(ok, "{stderr}");
+    let (r, f) = (path_str(&run), path_str(&flat));
+    let out = |name: &str| path_str(&dir.path().join(name)).to_string();
+    let huge = "100000000000";
+    for args in [
+        vec!["nll", "--ckpt", r, "--data", "gmm:d=3,k=2", "--n", huge],
+        vec!["sample", "--ckpt", r, "--n", huge, "--steps", "2", "--out", &out("x.npy")],
+        vec!["eval", "--ckpt", r, "--out", &out("report"), "--n", huge],
+        vec!["eval", "--ckpt", r, "--out", &out("report"), "--n", "10", "--fid-samples", huge],
+        vec!["mmse", "--ckpt", r, "--n", huge],
+        vec!["plot", "density", "--ckpt", f, "--out", &out("p.png"), "--grid", huge],
+        vec!["plot", "density", "--ckpt", f, "--out", &out("p.png"), "--samples", huge],
+        vec!["bench", "--batch", huge, "--steps", "1"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_cdm")).args(&args).env("OMP_NUM_THREADS", "1").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}:\n{stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("memory allocation"), "{args:?}:\n{stderr}");
+        assert!(stderr.contains(huge) && stderr.contains("8 GiB"), "{args:?}:\n{stderr}");
+    }
+    // A batch larger than the points is just one batch.
+    let (ok, stderr) = cdm(&["nll", "--ckpt", r, "--data", "gmm:d=3,k=2", "--n", "20", "--batch", huge]);
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn the_memory_bound_is_exact() {
+    use cdm::data::{check_held, MAX_HELD_VALUES};
+    let half = (MAX_HELD_VALUES / 2) as usize;
+    assert!(check_held("--n", half, &[2]).is_ok());
+    assert!(check_held("--n", half + 1, &[2]).is_err());
+    // Products that overflow u64 are refused, not wrapped.
+    assert!(check_held("--n", usize::MAX, &[i64::MAX, 2]).is_err());
+}
+
 #[test]
 fn npy_headers_are_checked_against_the_file() {
     let dir = tempfile::tempdir().unwrap();

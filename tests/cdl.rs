@@ -228,7 +228,7 @@ fn small_ddm(hidden: usize) -> ModelConfig {
 #[test]
 fn cdl_gradient_matches_finite_differences() {
     let mut vs = VarStore::new(Device::Cpu);
-    let model = Denoiser::new(&vs.root(), &small_ddm(8)).unwrap();
+    let model = Denoiser::new(&vs.root(), &small_ddm(8).network().unwrap()).unwrap();
     vs.double();
     let mut rng = Rng::new(7);
     tch::no_grad(|| {

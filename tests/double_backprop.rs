@@ -2,21 +2,19 @@
 //! gradients, from the real MLP and loss code in f64, must match central finite differences.
 use cdm::classifier::Classifier;
 use cdm::loss::{cdm_loss, LossWeights};
-use cdm::model::{ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, MlpConfig};
+use cdm::network::NetworkConfig;
 use cdm::rng::Rng;
 use cdm::schedule::ScheduleConfig;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 fn model() -> (VarStore, Classifier) {
     let mut vs = VarStore::new(Device::Cpu);
-    let cfg = ModelConfig {
-        kind: ModelKind::Cdm,
+    let cfg = NetworkConfig {
         schedule: ScheduleConfig { timesteps: 20, ..Default::default() },
         backbone: BackboneConfig::Mlp(MlpConfig { hidden: 8, blocks: 1, ..MlpConfig::default() }),
         data_shape: vec![3],
-        gaussian_base: false,
-        base_per_class: false,
+        base_components: None,
     };
     let model = Classifier::new(&vs.root(), &cfg).unwrap();
     vs.double();

@@ -1,11 +1,20 @@
 //! `cdm eval` end to end through the binary: a CDM compared with a DDM on 8-bit images gives
-//! every section of the report, with numbers in range and the pictures on disk.
+//! every section of the report, the pictures on disk, and numbers that are what the library
+//! computes for the same checkpoints, points and seeds (the library's functions are checked
+//! against known answers in tests/evaluation.rs), or what the per-point files written beside
+//! the report give by direct counting.
 use std::path::Path;
 use std::process::Command;
 
-use cdm::data::npy::write_npy;
+use cdm::cache::file_stem;
+use cdm::data::npy::{read_npy, write_npy};
+use cdm::data::Dataset;
+use cdm::eval::{denoising_mse, first, level_classifier, Batches};
+use cdm::rng::Rng;
+use cdm::sample::Noise;
+use cdm::train::load_model;
 use serde_json::Value;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 fn cdm(args: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_cdm")).args(args).env("OMP_NUM_THREADS", "1").output().unwrap();
@@ -78,30 +87,52 @@ fn eval_writes_every_section_of_the_report() {
         serde_json::from_str(&std::fs::read_to_string(report_dir.join("report.json")).unwrap()).unwrap();
     let number = |v: &Value| v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"));
 
-    // Bits/dim: both 8-bit conventions for each model, finite.
+    let cdm_run = load_model(&dir.path().join("cdm"), Device::Cpu, true).unwrap();
+    let ddm_run = load_model(&dir.path().join("ddm"), Device::Cpu, true).unwrap();
+    // The evaluation points: the first 40 of the training file (no test split), seed 0.
+    let x = first(&Dataset::open(&data).unwrap().eval_points(40, 0), 40);
+    // Per-point values are [N]: tch's own reader (the crate's wants data points).
+    let mean_of = |file: &str| Tensor::read_npy(report_dir.join(file)).unwrap().mean(Kind::Double).double_value(&[]);
+
+    // Bits/dim: both 8-bit conventions for each model, each the mean of its per-point file;
+    // the DDM on --nfe-images points with the largest budget.
     let nll = report["nll"].as_array().unwrap();
     assert_eq!(nll.len(), 4, "{nll:?}");
-    assert!(nll.iter().all(|r| number(&r["bits_per_dim"]).is_finite()));
-    assert!(nll.iter().any(|r| r["convention"].as_str().unwrap().starts_with("uniform dequantization")));
-    assert!(nll.iter().any(|r| r["estimator"].as_str().unwrap().starts_with("I-MMSE, 3 evaluations")));
+    for row in nll {
+        let file = row["per_point"].as_str().unwrap();
+        assert_eq!(number(&row["bits_per_dim"]), mean_of(file), "{row}");
+    }
+    let by_file = |file: &str| nll.iter().find(|r| r["per_point"] == file).unwrap_or_else(|| panic!("{file}: {nll:?}"));
+    assert_eq!(by_file("nll_bpd_cdm_uniform.npy")["n"], 40);
+    assert_eq!(by_file("nll_bpd_ddm_paper.npy")["n"], 10);
+    assert!(by_file("nll_bpd_cdm_uniform.npy")["convention"].as_str().unwrap().starts_with("uniform dequantization"));
+    assert!(by_file("nll_bpd_ddm_uniform.npy")["estimator"].as_str().unwrap().starts_with("I-MMSE, 3 evaluations"));
     // The CDM's single pass and the DDM at each budget.
     let curve = report["likelihood_vs_evaluations"].as_array().unwrap();
     assert_eq!(curve.iter().map(|r| r["evaluations"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 1, 3]);
-    // Denoising: one row per level with both models.
+    // Denoising: each model's MSE at each level is the library's, with the noise of seed 0.
     let denoising = report["denoising_mse"].as_array().unwrap();
-    assert!(denoising.len() >= 5);
-    assert!(denoising.iter().all(|r| number(&r["cdm"]) >= 0.0 && number(&r["ddm"]) >= 0.0));
-    // Classifier: the confusion matrix counts every point once.
+    assert_eq!(
+        denoising.iter().map(|r| r["level"].as_u64().unwrap()).collect::<Vec<_>>(),
+        [1, 3, 5, 10, 15, 25, 35, 45, 50]
+    );
+    let eps = Noise::new(0, 0, 40).normal(&x.size()[1..], Kind::Double, Device::Cpu);
+    for row in denoising {
+        let t = row["level"].as_u64().unwrap() as usize;
+        for (name, run) in [("cdm", &cdm_run), ("ddm", &ddm_run)] {
+            let batches = Batches::new(1024, run.options());
+            let mse = denoising_mse(&run.model, &x, t, &eps, &batches).unwrap();
+            // float32 weights: the binary runs on one thread, this test on several.
+            assert!((number(&row[name]) - mse).abs() <= 1e-9 * mse, "{name} at level {t}: {row} against {mse}");
+        }
+    }
+    // Classifier: the library's metrics for the same points and the seed's stream.
     let classifier = &report["classifier"];
-    assert!((0.0..=1.0).contains(&number(&classifier["accuracy"])));
-    let total: u64 = classifier["confusion"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r.as_array().unwrap())
-        .map(|c| c.as_u64().unwrap())
-        .sum();
-    assert_eq!(total, 40);
+    let batches = Batches::new(1024, cdm_run.options());
+    let metrics = level_classifier(cdm_run.model.classifier().unwrap(), &x, &mut Rng::new(0xd1a6), &batches).unwrap();
+    assert_eq!(number(&classifier["accuracy"]), metrics.accuracy);
+    assert!((number(&classifier["cross_entropy"]) - metrics.cross_entropy).abs() < 1e-9, "{classifier}");
+    assert_eq!(classifier["confusion"], serde_json::to_value(&metrics.confusion).unwrap());
     // Sampler drift: one row per sampler step, down to the clean level, read levels in 0..=T+1.
     let drift = classifier["sampler_drift"].as_array().unwrap();
     assert_eq!(drift.len(), 10);
@@ -109,10 +140,34 @@ fn eval_writes_every_section_of_the_report() {
     for key in ["sampler_states", "real_points"] {
         assert!(drift.iter().all(|r| (0.0..=51.0).contains(&number(&r[key]))), "{key}: {drift:?}");
     }
-    // OOD: AUROCs are probabilities.
+    // OOD: each AUROC is P(s_in > s_out) + ½ P(s_in = s_out) over all pairs of the per-point
+    // profiles written beside the report, counted here pair by pair.
+    let stem = file_stem(&format!("npy:{}", other_npy.display()));
+    let inside = read_npy(&report_dir.join("ood_profile_data.npy")).unwrap();
+    let outside = read_npy(&report_dir.join(format!("ood_profile_{stem}.npy"))).unwrap();
+    let share_above = |j: i64| {
+        let (a, b) =
+            (Vec::<f64>::try_from(inside.select(1, j)).unwrap(), Vec::<f64>::try_from(outside.select(1, j)).unwrap());
+        let pairs = a.iter().flat_map(|p| b.iter().map(move |q| (p, q)));
+        pairs
+            .map(|(p, q)| {
+                if p > q {
+                    1.0
+                } else if p == q {
+                    0.5
+                } else {
+                    0.0
+                }
+            })
+            .sum::<f64>()
+            / (a.len() * b.len()) as f64
+    };
     let ood = &report["ood"][0];
-    for key in ["auroc_likelihood", "auroc_typicality_sum_squares", "auroc_typicality_max_abs"] {
-        assert!((0.0..=1.0).contains(&number(&ood[key])), "{key}: {}", ood[key]);
+    assert_eq!(number(&ood["auroc_likelihood"]), share_above(0));
+    let by_level = ood["auroc_log_p_t_by_level"].as_array().unwrap();
+    assert_eq!(by_level.len(), 21);
+    for (j, pair) in by_level.iter().enumerate() {
+        assert_eq!(number(&pair[1]), share_above(j as i64), "level {}", pair[0]);
     }
     for file in [
         "report.md",

@@ -8,7 +8,7 @@ use cdm::likelihood::log_prob;
 use cdm::model::{Model, ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, MlpConfig};
 use cdm::schedule::{ScheduleConfig, ScheduleKind};
-use common::{det_points, max_abs_diff};
+use common::{base_model, det_points, max_abs_diff};
 use tch::{nn, Kind, Tensor};
 
 const MEAN: [f64; 3] = [0.5, -1.0, 0.0];
@@ -29,23 +29,11 @@ fn level_cov(abar: f64) -> Tensor {
 }
 
 fn model(kind: ModelKind) -> (nn::VarStore, Model) {
-    let mut vs = nn::VarStore::new(tch::Device::Cpu);
-    let cfg = ModelConfig {
-        kind,
-        schedule: ScheduleConfig::new(ScheduleKind::Linear, 50),
-        backbone: BackboneConfig::Mlp(MlpConfig::default()),
-        data_shape: vec![3],
-        gaussian_base: true,
-        base_per_class: false,
-    };
-    let model = Model::new(&vs.root(), &cfg).unwrap();
-    vs.double();
     // Points with exactly the mean μ and covariance Σ: μ ± √3·(columns of A).
     let a = Tensor::from_slice(&A).reshape([3, 3]);
     let columns = a.tr() * 3f64.sqrt();
     let x = Tensor::cat(&[&columns, &(-&columns)], 0) + mean();
-    model.base().unwrap().fit(&x, None).unwrap();
-    (vs, model)
+    base_model(kind, 50, BackboneConfig::Mlp(MlpConfig::default()), &x)
 }
 
 /// E[ε | x_t] for N(μ, Σ) data: σ_t (ᾱ_t Σ + σ_t² I)⁻¹ (x_t − √ᾱ_t μ).

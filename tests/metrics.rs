@@ -40,6 +40,20 @@ fn auroc_matches_hand_counts() {
 }
 
 #[test]
+fn auroc_of_gaussian_scores_is_the_closed_form() {
+    // Scores N(μ₊, σ₊²) against N(μ₋, σ₋²): P(s₊ > s₋) = Φ((μ₊ − μ₋)/√(σ₊² + σ₋²)) = Φ(0.2236).
+    let (mean_pos, sd_pos, mean_neg, sd_neg) = (0.5, 1.0, 0.0, 2.0);
+    let mut rng = Rng::new(3);
+    let pos = Vec::<f64>::try_from(rng.normal(&[20_000], Kind::Double) * sd_pos + mean_pos).unwrap();
+    let neg = Vec::<f64>::try_from(rng.normal(&[20_000], Kind::Double) * sd_neg + mean_neg).unwrap();
+    let z = (mean_pos - mean_neg) / (sd_pos * sd_pos + sd_neg * sd_neg).sqrt();
+    let phi = 0.5 * (1.0 + Tensor::from(z / std::f64::consts::SQRT_2).erf().double_value(&[]));
+    // The standard error is below √((1/n₊ + 1/n₋)/12) = 0.003: four of them.
+    assert_close(auroc(&pos, &neg).unwrap(), phi, 0.012, "AUROC of Gaussian scores");
+    assert!((phi - 0.5885).abs() < 1e-4, "Φ(0.2236) = {phi}");
+}
+
+#[test]
 fn confusion_matrix_counts_truth_by_prediction() {
     let counts = confusion_matrix(&[0, 0, 1, 2, 2, 2], &[0, 1, 1, 2, 0, 2], 3).unwrap();
     assert_eq!(counts, vec![vec![1, 1, 0], vec![0, 1, 0], vec![1, 0, 2]]);

@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use super::DeviceArg;
+use super::{check_count, DeviceArg};
 
 use cdm::loss::LossWeights;
 use cdm::model::{Model, ModelConfig, ModelKind};
@@ -239,6 +239,7 @@ fn time_phases(trainer: &mut Trainer, config: &RunConfig, steps: u64, device: De
 fn time_rust(args: &BenchArgs, device: Device) -> Result<(Timing, Option<Phases>)> {
     let (size, steps) = (args.size, args.steps);
     let config = run_config(size, args.batch);
+    check_count("--batch", config.train.batch_size, &config.model.data_shape)?;
     let dir = std::env::temp_dir().join(format!("cdm-bench-{}", std::process::id()));
     let mut trainer = Trainer::open(&dir, config.clone(), device)?;
     trainer.run_until(3, &mut |_| {})?;

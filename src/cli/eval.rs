@@ -10,22 +10,25 @@ use clap::Args;
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
-use cdm::checkpoint::{write_atomic, TensorFile};
-use cdm::data::{npy, test_split, Dataset, DATA_SPECS};
-use cdm::likelihood::{ddm_log_prob, dequantize, log_prob_at_levels, Dequantization};
-use cdm::metrics::fid::Inception;
-use cdm::metrics::{auroc, confusion_matrix, frechet_distance, GaussianStats, Typicality};
+use cdm::cache::file_stem;
+use cdm::checkpoint::write_atomic;
+use cdm::data::{is_8bit, npy, test_split, Dataset, DATA_SPECS};
+use cdm::eval::classifier::level_classifier;
+use cdm::eval::{
+    denoising_levels, denoising_mse, first, level_log_densities, logit_profile, nll_bits_per_dim, ood_levels,
+    sampler_drift, samples_mmd, Batches, Estimator, OodScores,
+};
+use cdm::likelihood::Dequantization;
+use cdm::metrics::fid::{reference_stats, Inception};
+use cdm::metrics::{frechet_distance, Typicality};
 use cdm::model::Model;
 use cdm::plot::{image_grid, line_chart, matrix_heatmap, Axes, Series};
-use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::rng::Rng;
-use cdm::sample::Noise;
-use cdm::schedule::{levels_like, Levels};
+use cdm::sample::{Noise, SampleOptions};
 use cdm::train::LoadedModel;
-use cdm::{cache, Error};
 
-use super::infer::{batched, draw_samples, CkptArgs};
-use cdm::sample::SampleOptions;
+use super::check_count;
+use super::infer::{draw_samples, with_progress, CkptArgs};
 
 /// The parts of a report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -119,12 +122,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
             bail!("--compare {name}: its data shape differs from --ckpt's");
         }
     }
+    let shape = model.model.data_shape();
+    check_count("--n", args.n, shape)?;
+    check_count("--fid-samples", args.fid_samples, shape)?;
+    check_count("--fid-reference", args.fid_reference, shape)?;
     let data = args.data.clone().or_else(|| test_split(&model.config.data)).unwrap_or(model.config.data.clone());
     let dataset = Dataset::open(&data).with_context(|| format!("--data {data}"))?;
     let x = first(&dataset.eval_points(args.n, args.sampling.seed), args.n);
     model.model.check_input(&x).with_context(|| format!("--data {data}"))?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
-    let eight_bit = is_eight_bit(&x);
+    let eight_bit = is_8bit(&x);
     let ctx = Eval { args: &args, model: &model, name: run_name(&args.ckpt.ckpt), compare, data, x, eight_bit };
 
     let is_cdm = matches!(model.model, Model::Cdm(_));
@@ -202,24 +209,8 @@ fn run_name(dir: &Path) -> String {
     dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
-/// A data spec as part of a file name: anything but letters, digits and '-' becomes '_'.
-fn file_stem(spec: &str) -> String {
-    spec.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
-}
-
-/// The first `n` rows of `x`.
-fn first(x: &Tensor, n: usize) -> Tensor {
-    x.narrow(0, 0, (n as i64).min(x.size()[0]))
-}
-
 fn x_is_image(x: &Tensor) -> bool {
     x.dim() == 4
-}
-
-/// Images whose values are all k/127.5 − 1 for integers k: 8-bit data.
-fn is_eight_bit(x: &Tensor) -> bool {
-    let k = (x + 1.0) * 127.5;
-    x_is_image(x) && (&k - k.round()).abs().max().double_value(&[]) < 1e-6
 }
 
 /// The models of the report in order: --ckpt, then --compare.
@@ -229,42 +220,14 @@ fn models<'a>(ctx: &'a Eval) -> Vec<(&'a str, &'a LoadedModel)> {
     all
 }
 
-/// How a log-likelihood is computed.
-#[derive(Clone, Copy)]
-enum Estimator {
-    /// A CDM's logits, one forward pass (Theorem 3.2): log p_t at this level.
-    OnePass(usize),
-    /// A DDM's I-MMSE estimate of log p_1 with this many evaluations per point.
-    Immse(usize),
+/// Runs `f` with the chunking of `model` and a progress bar.
+fn batches_of<T>(ctx: &Eval, model: &LoadedModel, f: impl FnOnce(&Batches) -> cdm::Result<T>) -> Result<T> {
+    Ok(with_progress(model, ctx.args.ckpt.batch, f)?)
 }
 
-/// log p(x) in nats per point ([N], CPU Double).
-fn log_likelihood(ctx: &Eval, model: &LoadedModel, x: &Tensor, how: Estimator) -> Result<Tensor> {
-    let seed = ctx.args.sampling.seed;
-    let out = batched(model, x, ctx.args.ckpt.batch, |chunk, start| {
-        Ok(match (how, &model.model) {
-            (Estimator::OnePass(t), Model::Cdm(c)) => cdm::likelihood::log_prob(c, chunk, t, None)?,
-            (Estimator::Immse(k), Model::Ddm(d)) => {
-                ddm_log_prob(d, chunk, None, k, &mut Rng::stream(seed, 0x1_0000 + start as u64))?
-            }
-            _ => bail!("internal: estimator does not match the model kind"),
-        })
-    })?;
-    Ok(out.to_kind(Kind::Double))
-}
-
-/// Per-point NLL in bits/dim: for 8-bit data the dequantized convention's +7, else continuous.
-fn bits_per_dim_per_point(ctx: &Eval, log_p: &Tensor, dim: f64) -> Tensor {
-    let bpd = log_p / (-dim * std::f64::consts::LN_2);
-    if ctx.eight_bit {
-        bpd + 7.0
-    } else {
-        bpd
-    }
-}
-
-fn dim_of(x: &Tensor) -> f64 {
-    x.size()[1..].iter().product::<i64>() as f64
+/// The 8-bit convention of the figures where the points are 8-bit images.
+fn eight_bit_convention(ctx: &Eval, convention: Dequantization) -> Option<Dequantization> {
+    ctx.eight_bit.then_some(convention)
 }
 
 fn mean(t: &Tensor) -> f64 {
@@ -272,7 +235,6 @@ fn mean(t: &Tensor) -> f64 {
 }
 
 fn nll(ctx: &Eval) -> Result<Section> {
-    let dim = dim_of(&ctx.x);
     let seed = ctx.args.sampling.seed;
     let conventions: Vec<Option<Dequantization>> =
         if ctx.eight_bit { vec![Some(Dequantization::Uniform), Some(Dequantization::Paper)] } else { vec![None] };
@@ -281,19 +243,13 @@ fn nll(ctx: &Eval) -> Result<Section> {
         "## Negative log-likelihood\n\n| model | estimator | convention | points | bits/dim |\n|---|---|---|---|---|\n",
     );
     for (name, model) in models(ctx) {
-        let (how, x) = match model.model {
-            Model::Cdm(_) => (Estimator::OnePass(0), ctx.x.shallow_clone()),
-            Model::Ddm(_) => {
-                let k = ctx.args.evaluations.iter().copied().max().unwrap_or(128);
-                (Estimator::Immse(k), first(&ctx.x, ctx.args.nfe_images))
-            }
+        let how = Estimator::for_nll(&model.model, ctx.args.evaluations.iter().copied().max().unwrap_or(128));
+        let x = match how {
+            Estimator::OnePass(_) => ctx.x.shallow_clone(),
+            Estimator::Immse(_) => first(&ctx.x, ctx.args.nfe_images),
         };
         for &convention in &conventions {
-            let points = match convention {
-                Some(c) => dequantize(&x, c, &mut Rng::new(seed)),
-                None => x.shallow_clone(),
-            };
-            let bpd = bits_per_dim_per_point(ctx, &log_likelihood(ctx, model, &points, how)?, dim);
+            let bpd = batches_of(ctx, model, |b| nll_bits_per_dim(&model.model, &x, how, convention, b, seed))?;
             let label = match convention {
                 Some(Dequantization::Uniform) => "uniform dequantization, +7 (a bound)",
                 Some(Dequantization::Paper) => "paper: no dequantization, +7 (not a bound)",
@@ -308,16 +264,7 @@ fn nll(ctx: &Eval) -> Result<Section> {
                 }
             );
             npy::write_npy(&ctx.args.out.join(&file), &bpd)?;
-            let estimator = match how {
-                Estimator::OnePass(_) => "one forward pass, log p_0".to_string(),
-                Estimator::Immse(k) => match model.model.schedule().levels() {
-                    Levels::Discrete => format!("I-MMSE, {k} evaluations, log p_1 (density at level 1)"),
-                    Levels::Continuous(p) => {
-                        let (lo, hi) = p.range();
-                        format!("I-MMSE, {k} evaluations, log p_0 over log SNR [{lo:.1}, {hi:.1}]")
-                    }
-                },
-            };
+            let estimator = how.describe(&model.model);
             let value = mean(&bpd);
             writeln!(md, "| {name} | {estimator} | {label} | {} | {value:.4} |", x.size()[0])?;
             rows.push(json!({"model": name, "estimator": estimator, "convention": label, "n": x.size()[0], "bits_per_dim": value, "per_point": file}));
@@ -329,12 +276,7 @@ fn nll(ctx: &Eval) -> Result<Section> {
 
 fn likelihood_nfe(ctx: &Eval) -> Result<Section> {
     let x = first(&ctx.x, ctx.args.nfe_images);
-    let points = if ctx.eight_bit {
-        dequantize(&x, Dequantization::Uniform, &mut Rng::new(ctx.args.sampling.seed))
-    } else {
-        x.shallow_clone()
-    };
-    let dim = dim_of(&x);
+    let convention = eight_bit_convention(ctx, Dequantization::Uniform);
     let n = x.size()[0] as f64;
     let (mut by_nfe, mut by_time, mut rows) = (Vec::new(), Vec::new(), Vec::new());
     let abar = ctx.model.model.schedule().alpha_bar(1);
@@ -345,15 +287,11 @@ fn likelihood_nfe(ctx: &Eval) -> Result<Section> {
         if ctx.eight_bit { " (8-bit images, uniformly dequantized; +7 as for bits/dim of 8-bit data)" } else { "" }
     );
     for (name, model) in models(ctx) {
-        let budgets: Vec<usize> = match model.model {
-            Model::Cdm(_) => vec![1],
-            Model::Ddm(_) => ctx.args.evaluations.clone(),
-        };
         let (mut nfe_points, mut time_points) = (Vec::new(), Vec::new());
-        for k in budgets {
-            let how = if matches!(model.model, Model::Cdm(_)) { Estimator::OnePass(1) } else { Estimator::Immse(k) };
+        for (k, how) in Estimator::of_log_p1(&model.model, &ctx.args.evaluations) {
             let start = Instant::now();
-            let bpd = mean(&bits_per_dim_per_point(ctx, &log_likelihood(ctx, model, &points, how)?, dim));
+            let seed = ctx.args.sampling.seed;
+            let bpd = mean(&batches_of(ctx, model, |b| nll_bits_per_dim(&model.model, &x, how, convention, b, seed))?);
             let ms = start.elapsed().as_secs_f64() * 1000.0 / n;
             writeln!(md, "| {name} | {k} | {bpd:.4} | {ms:.2} |")?;
             rows.push(json!({"model": name, "evaluations": k, "bits_per_dim": bpd, "ms_per_point": ms}));
@@ -377,16 +315,14 @@ fn likelihood_nfe(ctx: &Eval) -> Result<Section> {
 
 fn denoising(ctx: &Eval) -> Result<Section> {
     let schedule = ctx.model.model.schedule();
-    let t_max = schedule.timesteps();
-    let mut levels: Vec<usize> = [0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0]
-        .iter()
-        .map(|f| ((f * t_max as f64).round() as usize).clamp(1, t_max))
-        .collect();
-    levels.dedup();
+    let levels = denoising_levels(schedule.timesteps());
     let x = &ctx.x;
     let eps =
         Noise::new(ctx.args.sampling.seed, 0, x.size()[0] as usize).normal(&x.size()[1..], Kind::Double, Device::Cpu);
     let all = models(ctx);
+    if all.iter().any(|(_, m)| m.model.schedule().alpha_bars() != schedule.alpha_bars()) {
+        bail!("--compare: the two models use different noise schedules");
+    }
     let mut md = format!(
         "## Denoising MSE against noise level\n\nMean squared error per dimension of x̂0 = E[x0 | x_t] on {} points, the same noise for every model.\n\n| level t | ᾱ_t |{}\n|---|---|{}\n",
         x.size()[0],
@@ -400,17 +336,7 @@ fn denoising(ctx: &Eval) -> Result<Section> {
         let mut row = json!({"level": t, "alpha_bar": schedule.alpha_bar(t)});
         write!(md, "| {t} | {:.4} |", schedule.alpha_bar(t))?;
         for ((name, model), curve) in all.iter().zip(&mut curves) {
-            if model.model.schedule().alpha_bars() != schedule.alpha_bars() {
-                bail!("--compare: the two models use different noise schedules");
-            }
-            let predictor = Conditioned { model: &model.model, labels: None };
-            let x0_hat = batched(model, x, ctx.args.ckpt.batch, |chunk, start| {
-                let level = levels_like(t, chunk);
-                let noise = eps.narrow(0, start, chunk.size()[0]).to_kind(chunk.kind()).to_device(chunk.device());
-                let x_t = schedule.add_noise(chunk, &noise, &level);
-                Ok(schedule.x0_from_eps(&x_t, &predictor.eps(&x_t, &level)?, &level))
-            })?;
-            let mse = mean(&(x0_hat.to_kind(Kind::Double) - x).square());
+            let mse = batches_of(ctx, model, |b| denoising_mse(&model.model, x, t, &eps, b))?;
             row[*name] = json!(mse);
             write!(md, " {mse:.5} |")?;
             curve.points.push((t as f64, mse));
@@ -424,68 +350,31 @@ fn denoising(ctx: &Eval) -> Result<Section> {
     Ok(Section { key: "denoising_mse", json: Value::Array(rows), markdown: md })
 }
 
-/// Logits [N, T+2] (CPU Double) of a CDM for points already at their levels.
-fn logits_of(ctx: &Eval, model: &LoadedModel, x: &Tensor) -> Result<Tensor> {
-    let classifier = model.model.classifier()?;
-    Ok(batched(model, x, ctx.args.ckpt.batch, |chunk, _| Ok(tch::no_grad(|| classifier.logits(chunk, None, false))?))?
-        .to_kind(Kind::Double))
-}
-
 fn diagnostics(ctx: &Eval) -> Result<Section> {
     let schedule = ctx.model.model.schedule();
+    let classifier = ctx.model.model.classifier()?;
     let classes = schedule.num_classes();
-    let n = ctx.x.size()[0] as usize;
     let mut rng = Rng::new(ctx.args.sampling.seed ^ 0xd1a6);
-    // Levels spread evenly over 0..=T+1 (in a random order relative to the points).
-    let u = rng.unit();
-    let truth: Vec<i64> = (0..n).map(|i| (((i as f64 + u) / n as f64) * classes as f64) as i64).collect();
-    let truth_t = Tensor::from_slice(&truth);
-    let eps = rng.normal(&ctx.x.size(), Kind::Double);
-    let x_t = schedule.add_noise(&ctx.x, &eps, &truth_t);
-    let logits = logits_of(ctx, ctx.model, &x_t)?;
-    let log_probs = logits.log_softmax(1, Kind::Double);
-    let ce = -mean(&log_probs.gather(1, &truth_t.unsqueeze(1), false));
-    let predicted = Vec::<i64>::try_from(logits.argmax(1, false))?;
-    let tolerance = (classes / 100).max(1) as i64;
-    let count = |f: &dyn Fn(i64, i64) -> bool| {
-        truth.iter().zip(&predicted).filter(|(&t, &p)| f(t, p)).count() as f64 / n as f64
-    };
-    let accuracy = count(&|t, p| t == p);
-    let near = count(&|t, p| (t - p).abs() <= tolerance);
-    let mean_abs = truth.iter().zip(&predicted).map(|(t, p)| (t - p).abs() as f64).sum::<f64>() / n as f64;
-
-    // Confusion matrix over bins of levels, each row normalised.
-    let bins = classes.min(50);
-    let bin = |t: i64| (t as usize * bins / classes) as i64;
-    let counts = confusion_matrix(
-        &truth.iter().map(|&t| bin(t)).collect::<Vec<_>>(),
-        &predicted.iter().map(|&p| bin(p)).collect::<Vec<_>>(),
-        bins,
-    )?;
-    let normalised: Vec<Vec<f64>> = counts
+    let metrics = batches_of(ctx, ctx.model, |b| level_classifier(classifier, &ctx.x, &mut rng, b))?;
+    let normalised: Vec<Vec<f64>> = metrics
+        .confusion
         .iter()
         .map(|row| {
             let total = row.iter().sum::<u64>().max(1) as f64;
             row.iter().map(|&c| c as f64 / total).collect()
         })
         .collect();
+    let bins = metrics.confusion_bins;
     let title = format!("Confusion over levels ({bins} bins of {:.0} levels)", classes as f64 / bins as f64);
     matrix_heatmap(&ctx.args.out.join("confusion.png"), &title, "true level bin", "predicted level bin", &normalised)?;
 
     // Logit profile (Fig. 6): mean log-softmax over all levels, for points at a few true levels.
     let t_max = schedule.timesteps();
-    let probe = 64.min(n as i64);
+    let probe = ctx.x.narrow(0, 0, 64.min(metrics.n as i64));
     let mut profiles = Vec::new();
     for f in [0.1, 0.3, 0.5, 0.7, 0.9] {
         let t = ((f * t_max as f64).round() as usize).max(1);
-        let x0 = ctx.x.narrow(0, 0, probe);
-        let level = levels_like(t, &x0);
-        let x_t = schedule.add_noise(&x0, &rng.normal(&x0.size(), Kind::Double), &level);
-        let profile = Vec::<f64>::try_from(logits_of(ctx, ctx.model, &x_t)?.log_softmax(1, Kind::Double).mean_dim(
-            0,
-            false,
-            Kind::Double,
-        ))?;
+        let profile = batches_of(ctx, ctx.model, |b| logit_profile(classifier, &probe, t, &mut rng, b))?;
         profiles.push(Series {
             label: format!("true level {t}"),
             points: profile.iter().enumerate().map(|(k, &v)| (k as f64, v.max(-30.0))).collect(),
@@ -495,56 +384,39 @@ fn diagnostics(ctx: &Eval) -> Result<Section> {
     let axes =
         Axes { title: "Mean log-softmax over levels", x: "level k", y: "log p(k | x_t)", log_x: false, log_y: false };
     line_chart(&ctx.args.out.join("logit_profile.png"), &axes, &profiles)?;
-    let drift = sampler_drift(ctx, &mut rng)?;
+    let drift = drift_section(ctx, &mut rng)?;
+    let m = &metrics;
     let md = format!(
-        "## Level classifier\n\n{n} points, each noised to a level spread evenly over 0..={}.\n\n| accuracy | within ±{tolerance} levels | mean abs. level error | cross-entropy (nats) | uniform guess CE |\n|---|---|---|---|---|\n| {accuracy:.4} | {near:.4} | {mean_abs:.2} | {ce:.4} | {:.4} |\n\n![](confusion.png) ![](logit_profile.png)\n",
+        "## Level classifier\n\n{} points, each noised to a level spread evenly over 0..={}.\n\n| accuracy | within ±{} levels | mean abs. level error | cross-entropy (nats) | uniform guess CE |\n|---|---|---|---|---|\n| {:.4} | {:.4} | {:.2} | {:.4} | {:.4} |\n\n![](confusion.png) ![](logit_profile.png)\n",
+        m.n,
         classes - 1,
+        m.within_levels,
+        m.accuracy,
+        m.accuracy_within,
+        m.mean_abs_level_error,
+        m.cross_entropy,
         (classes as f64).ln()
     ) + &drift.markdown;
-    let json = json!({"n": n, "accuracy": accuracy, "within_levels": tolerance, "accuracy_within": near, "mean_abs_level_error": mean_abs, "cross_entropy": ce, "confusion_bins": bins, "confusion": counts, "sampler_drift": drift.json});
+    let json = json!({"n": m.n, "accuracy": m.accuracy, "within_levels": m.within_levels, "accuracy_within": m.accuracy_within, "mean_abs_level_error": m.mean_abs_level_error, "cross_entropy": m.cross_entropy, "confusion_bins": bins, "confusion": m.confusion, "sampler_drift": drift.json});
     Ok(Section { key: "classifier", json, markdown: md })
 }
 
 /// Samples drawn for the sampler-drift diagnostic.
 const DRIFT_SAMPLES: usize = 32;
 
-/// Where the sampler takes the classifier: at every step of `--sampler` (`--steps`), the level
-/// the classifier reads off the sampler's state (mean of its argmax over samples) against the
-/// level the sampler says the state is at, and against real points noised to that level. A
-/// time-free classifier's input gradient is trained only on states like the real ones, so a
-/// gap between the two curves shows the sampler leaving what the model knows.
-fn sampler_drift(ctx: &Eval, rng: &mut Rng) -> Result<Section> {
-    let schedule = ctx.model.model.schedule();
+/// [`sampler_drift`] for `--sampler` with `--steps`, as a table and a plot.
+fn drift_section(ctx: &Eval, rng: &mut Rng) -> Result<Section> {
     let opts = &ctx.args.sampling;
-    let levels = schedule.sampling_levels(opts.steps)?;
     let n = DRIFT_SAMPLES.min(ctx.x.size()[0] as usize);
     let sampler = format!("{:?}", opts.sampler).to_lowercase();
-    let mut states: Vec<(usize, Tensor)> = Vec::new();
-    let _ = draw_samples(ctx.model, n, opts, n, None, &mut |step| {
-        states.push((levels[step.i + 1], step.x_t.to_device(Device::Cpu)))
-    })?;
-    let read_level = |x: &Tensor| -> Result<f64> {
-        let argmax = logits_of(ctx, ctx.model, x)?.argmax(1, false).to_kind(Kind::Double);
-        Ok(mean(&argmax))
-    };
-    let real = ctx.x.narrow(0, 0, n as i64);
-    let (mut on_samples, mut on_real, mut rows) = (Vec::new(), Vec::new(), Vec::new());
-    for (level, x) in &states {
-        let noised = schedule.add_noise(&real, &rng.normal(&real.size(), Kind::Double), &levels_like(*level, &real));
-        let (sampled, data) = (read_level(x)?, read_level(&noised)?);
-        on_samples.push((*level as f64, sampled));
-        on_real.push((*level as f64, data));
-        rows.push(json!({"level": level, "sampler_states": sampled, "real_points": data}));
-    }
+    let rows = batches_of(ctx, ctx.model, |b| sampler_drift(&ctx.model.model, &ctx.x, opts, n, rng, b))?;
+    let on_samples: Vec<(f64, f64)> = rows.iter().map(|r| (r.level as f64, r.sampler_states)).collect();
+    let on_real: Vec<(f64, f64)> = rows.iter().map(|r| (r.level as f64, r.real_points)).collect();
     let scheduled = on_real.iter().map(|&(t, _)| (t, t)).collect();
     let series = [
         Series { label: "the sampler's level".into(), points: scheduled, markers_only: false },
-        Series { label: format!("classifier on {sampler} states"), points: on_samples.clone(), markers_only: false },
-        Series {
-            label: "classifier on real points at that level".into(),
-            points: on_real.clone(),
-            markers_only: false,
-        },
+        Series { label: format!("classifier on {sampler} states"), points: on_samples, markers_only: false },
+        Series { label: "classifier on real points at that level".into(), points: on_real, markers_only: false },
     ];
     let axes = Axes {
         title: "Sampler drift",
@@ -559,50 +431,33 @@ fn sampler_drift(ctx: &Eval, rng: &mut Rng) -> Result<Section> {
         sampler,
         opts.steps
     );
-    let every = (states.len() / 10).max(1);
-    for (k, (&(t, s), &(_, r))) in on_samples.iter().zip(&on_real).enumerate() {
-        if k % every == 0 || k + 1 == states.len() {
-            writeln!(md, "| {t} | {s:.1} | {r:.1} |")?;
+    let every = (rows.len() / 10).max(1);
+    for (k, r) in rows.iter().enumerate() {
+        if k % every == 0 || k + 1 == rows.len() {
+            writeln!(md, "| {} | {:.1} | {:.1} |", r.level, r.sampler_states, r.real_points)?;
         }
     }
     md.push_str("\n![](sampler_drift.png)\n");
-    Ok(Section { key: "sampler_drift", json: Value::Array(rows), markdown: md })
+    Ok(Section { key: "sampler_drift", json: serde_json::to_value(&rows)?, markdown: md })
 }
 
-/// log p_t(x)/D at `levels` for every point ([N, L]), all from one forward pass per point.
-fn level_log_densities(ctx: &Eval, x: &Tensor, levels: &[usize]) -> Result<Tensor> {
-    let points = if ctx.eight_bit {
-        dequantize(x, Dequantization::Uniform, &mut Rng::new(ctx.args.sampling.seed ^ 0x00d))
-    } else {
-        x.shallow_clone()
-    };
+/// log p_t(x)/D at `levels` for every point ([N, L]), uniformly dequantized 8-bit images.
+fn profiles(ctx: &Eval, x: &Tensor, levels: &[usize]) -> Result<Tensor> {
     let classifier = ctx.model.model.classifier()?;
-    let log_p = batched(ctx.model, &points, ctx.args.ckpt.batch, |chunk, _| {
-        Ok(log_prob_at_levels(classifier, chunk, levels, None)?)
-    })?;
-    Ok(log_p.to_kind(Kind::Double) / dim_of(x))
+    let dequantize_seed = ctx.eight_bit.then_some(ctx.args.sampling.seed ^ 0x00d);
+    batches_of(ctx, ctx.model, |b| level_log_densities(classifier, x, levels, dequantize_seed, b))
 }
 
 fn ood(ctx: &Eval) -> Result<Section> {
-    let t_max = ctx.model.model.schedule().timesteps();
-    let levels: Vec<usize> = (0..=20).map(|i| i * t_max / 20).collect();
+    let levels = ood_levels(ctx.model.model.schedule().timesteps());
     let n = ctx.x.size()[0] as usize;
     // The typical profile is fitted on training points, never on the test points scored.
     let train = Dataset::open(&ctx.model.config.data)?;
     let fit_points = first(&train.eval_points(n, ctx.args.sampling.seed ^ 0xf17), n);
-    let fitted = level_log_densities(ctx, &fit_points, &levels)?;
+    let fitted = profiles(ctx, &fit_points, &levels)?;
     npy::write_npy(&ctx.args.out.join("ood_profile_train.npy"), &fitted)?;
     let typicality = Typicality::fit(&fitted)?;
-    // Scores of each point, higher = more in-distribution: likelihood, then the two typicalities.
-    let scores = |f: &Tensor| -> Result<[Vec<f64>; 3]> {
-        Ok([
-            Vec::<f64>::try_from(f.select(1, 0))?,
-            Vec::<f64>::try_from(typicality.sum_of_squares(f))?,
-            Vec::<f64>::try_from(typicality.max_abs(f))?,
-        ])
-    };
-    let inside = level_log_densities(ctx, &ctx.x, &levels)?;
-    let inside_scores = scores(&inside)?;
+    let inside = profiles(ctx, &ctx.x, &levels)?;
     npy::write_npy(&ctx.args.out.join("ood_profile_data.npy"), &inside)?;
     let mut md = format!(
         "## Out-of-distribution detection\n\nAUROC of telling `{}` ({n} points, positive) from other data by a score from one forward pass: the likelihood log p(x), and typicality of the profile log p_t(x)/D over {} levels (t = 0, T/20, .., T): its z-scores against the per-level mean and spread of {n} training points, combined as minus their sum of squares or minus the largest |z|. Uniform dequantization for 8-bit images. The profiles are in `ood_profile_*.npy` ([points, levels], nats/dim).\n\n| other data | points | AUROC likelihood | AUROC typicality Σz² | AUROC typicality max\\|z\\| |\n|---|---|---|---|---|\n",
@@ -614,20 +469,12 @@ fn ood(ctx: &Eval) -> Result<Section> {
         let other = Dataset::open(spec).with_context(|| format!("--ood {spec}"))?;
         let y = first(&other.eval_points(n, ctx.args.sampling.seed ^ 0x00d), n);
         ctx.model.model.check_input(&y).with_context(|| format!("--ood {spec}"))?;
-        let outside = level_log_densities(ctx, &y, &levels)?;
-        let outside_scores = scores(&outside)?;
+        let outside = profiles(ctx, &y, &levels)?;
         npy::write_npy(&ctx.args.out.join(format!("ood_profile_{}.npy", file_stem(spec))), &outside)?;
-        let mut aurocs = [0.0; 3];
-        for (k, value) in aurocs.iter_mut().enumerate() {
-            *value = auroc(&inside_scores[k], &outside_scores[k])?;
-        }
-        let mut per_level = Vec::new();
-        for (j, &t) in levels.iter().enumerate() {
-            let a = Vec::<f64>::try_from(inside.select(1, j as i64))?;
-            let b = Vec::<f64>::try_from(outside.select(1, j as i64))?;
-            per_level.push((t as f64, auroc(&a, &b)?));
-        }
-        let [likelihood, sum_sq, max_abs] = aurocs;
+        let scores = OodScores::of(&typicality, &inside, &outside)?;
+        let per_level: Vec<(f64, f64)> = levels.iter().map(|&t| t as f64).zip(scores.by_level).collect();
+        let (likelihood, sum_sq, max_abs) =
+            (scores.likelihood, scores.typicality_sum_squares, scores.typicality_max_abs);
         writeln!(md, "| `{spec}` | {} | {likelihood:.4} | {sum_sq:.4} | {max_abs:.4} |", y.size()[0])?;
         rows.push(json!({"other": spec, "n": y.size()[0], "auroc_likelihood": likelihood, "auroc_typicality_sum_squares": sum_sq, "auroc_typicality_max_abs": max_abs, "auroc_log_p_t_by_level": per_level}));
         by_level.push(Series { label: spec.clone(), points: per_level, markers_only: false });
@@ -643,6 +490,11 @@ fn fid(ctx: &Eval) -> Result<Section> {
     let args = ctx.args;
     let device = ctx.model.vs.device();
     let inception = Inception::load(device)?;
+    tracing::info!(
+        "FID reference statistics of {} images of {} (cached per user)",
+        args.fid_reference,
+        ctx.model.config.data
+    );
     let reference = reference_stats(&inception, &ctx.model.config.data, args.fid_reference)?;
     let start = Instant::now();
     let drawn = draw_samples(ctx.model, args.fid_samples, &args.sampling, args.ckpt.batch, None, &mut |_| {})?;
@@ -675,31 +527,6 @@ fn fid(ctx: &Eval) -> Result<Section> {
     Ok(Section { key: "fid", json, markdown: md })
 }
 
-/// Inception statistics of the first `n` points of `spec`, cached per user.
-fn reference_stats(inception: &Inception, spec: &str, n: usize) -> Result<GaussianStats> {
-    let dir = cache::root()?.join("fid-stats");
-    let path = dir.join(format!("{}-{n}.safetensors", file_stem(spec)));
-    if let Ok(file) = TensorFile::load(&path) {
-        let (mean, cov) = (file.get("mean", &path)?, file.get("cov", &path)?);
-        let count = file.metadata.get("n").and_then(|v| v.parse().ok()).unwrap_or(n as i64);
-        return Ok(GaussianStats { mean: mean.shallow_clone(), cov: cov.shallow_clone(), n: count });
-    }
-    let data = Dataset::open(spec).with_context(|| format!("FID reference data {spec}"))?;
-    let x = first(&data.eval_points(n, 0), n);
-    if x.size()[0] < 2 {
-        return Err(Error::Data(format!("{spec}: FID needs at least 2 reference images")).into());
-    }
-    tracing::info!("FID reference statistics of {} images of {spec} (cached in {})", x.size()[0], path.display());
-    let stats = inception.stats(&x, 50)?;
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut file = TensorFile::default();
-    file.tensors.insert("mean".into(), stats.mean.shallow_clone());
-    file.tensors.insert("cov".into(), stats.cov.shallow_clone());
-    file.metadata.insert("n".into(), stats.n.to_string());
-    file.save(&path)?;
-    Ok(stats)
-}
-
 /// MMD² of each model's samples (as many as held-out points, drawn as --sampler says) against
 /// the held-out points.
 fn mmd(ctx: &Eval) -> Result<Section> {
@@ -717,9 +544,7 @@ fn mmd(ctx: &Eval) -> Result<Section> {
     );
     let mut rows = Vec::new();
     for (name, model) in models(ctx) {
-        let drawn = draw_samples(model, n, &args.sampling, args.ckpt.batch, None, &mut |_| {})?;
-        let value = cdm::metrics::mmd::mmd2_unbiased(&drawn.x.to_device(Device::Cpu), &ctx.x, h)?;
-        let cost = drawn.stats;
+        let (value, cost) = batches_of(ctx, model, |b| samples_mmd(&model.model, &ctx.x, &args.sampling, h, b))?;
         writeln!(md, "| {name} | {value:.5} | {} | {} |", cost.iterations, cost.evaluations)?;
         rows.push(json!({"model": name, "mmd2": value, "sampling_cost": cost}));
     }

@@ -7,6 +7,7 @@ use serde_json::json;
 use tch::{Kind, Tensor};
 
 use cdm::data::{is_8bit, npy, Dataset, DATA_SPECS};
+use cdm::eval::Batches;
 use cdm::likelihood::{bits_per_dim, bits_per_dim_8bit, dequantize, log_prob, Dequantization};
 use cdm::plot::image_grid;
 use cdm::predictor::{Conditioned, NoisePredictor};
@@ -15,7 +16,7 @@ use cdm::sample::{draw, Noise, SampleOptions, Samples, Start};
 use cdm::schedule::levels_like;
 use cdm::train::{load_model, LoadedModel};
 
-use super::{progress_bar, DeviceArg};
+use super::{check_count, progress_bar, DeviceArg};
 
 /// Flags every command that reads a checkpoint shares.
 #[derive(Args)]
@@ -45,30 +46,32 @@ impl CkptArgs {
     }
 }
 
-/// Runs `f` over chunks of `x` (on the model's device, in its precision) and concatenates the results on the CPU.
+/// Runs `f` with the chunking of `loaded` (`batch` points a pass, on its device, in its
+/// precision), a progress bar on stderr following the chunks.
+pub fn with_progress<T>(
+    loaded: &LoadedModel,
+    batch: usize,
+    f: impl FnOnce(&Batches) -> cdm::Result<T>,
+) -> cdm::Result<T> {
+    let bar = progress_bar(0, "eval");
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let out = f(&Batches { progress: Some(&progress), ..Batches::new(batch, loaded.options()) });
+    bar.finish_and_clear();
+    out
+}
+
+/// Runs `f` over chunks of `x` (on the model's device, in its precision) and concatenates the
+/// results on the CPU.
 pub fn batched(
     loaded: &LoadedModel,
     x: &Tensor,
     batch: usize,
-    mut f: impl FnMut(&Tensor, i64) -> Result<Tensor>,
+    f: impl FnMut(&Tensor, i64) -> cdm::Result<Tensor>,
 ) -> Result<Tensor> {
-    let kind = loaded.config.train.precision.kind();
-    let n = x.size()[0];
-    if n == 0 {
-        bail!("no points to evaluate");
-    }
-    let bar = progress_bar(n as u64, "eval");
-    let mut parts = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let len = (batch.max(1) as i64).min(n - start);
-        let chunk = x.narrow(0, start, len).to_kind(kind).to_device(loaded.vs.device());
-        parts.push(f(&chunk, start)?.to_device(tch::Device::Cpu));
-        start += len;
-        bar.set_position(start as u64);
-    }
-    bar.finish_and_clear();
-    Ok(Tensor::cat(&parts, 0))
+    Ok(with_progress(loaded, batch, |b| b.map(x, f))?)
 }
 
 #[derive(Args)]
@@ -106,6 +109,7 @@ pub struct NllArgs {
 pub fn nll(args: NllArgs) -> Result<()> {
     let loaded = args.ckpt.load()?;
     let data = Dataset::open(&args.data).with_context(|| format!("--data {}", args.data))?;
+    check_count("--n", args.n, loaded.model.data_shape())?;
     let clean = data.eval_points(args.n, args.seed);
     let schedule = loaded.model.schedule();
     schedule.check_level(args.level)?;
@@ -133,7 +137,7 @@ pub fn nll(args: NllArgs) -> Result<()> {
         None => x,
     };
     let log_p = batched(&loaded, &x, args.ckpt.batch, |chunk, _| {
-        Ok(log_prob(loaded.model.classifier()?, chunk, args.level, None)?)
+        log_prob(loaded.model.classifier()?, chunk, args.level, None)
     })?
     .to_kind(Kind::Double);
     let dim = x.size()[1..].iter().product::<i64>() as f64;
@@ -290,6 +294,7 @@ fn noised_start(loaded: &LoadedModel, spec: &str, level: usize, n: usize, seed: 
 
 pub fn sample(args: SampleArgs) -> Result<()> {
     let loaded = args.ckpt.load()?;
+    check_count("--n", args.n, loaded.model.data_shape())?;
     let init = match (&args.init, args.from_level) {
         (Some(spec), Some(level)) => Some(noised_start(&loaded, spec, level, args.n, args.options.seed)?),
         _ => None,
@@ -466,6 +471,7 @@ pub fn mmse(args: MmseArgs) -> Result<()> {
         args.levels.clone()
     };
     let denoiser = Conditioned { model: &loaded.model, labels: None };
+    check_count("--n", args.n, loaded.model.data_shape())?;
     let x0 = data.eval_points(args.n, args.seed);
     let eps = Noise::new(args.seed, 0, args.n).normal(&x0.size()[1..], Kind::Double, tch::Device::Cpu);
     let mut rows = Vec::new();

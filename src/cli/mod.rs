@@ -37,6 +37,25 @@ impl DeviceArg {
     }
 }
 
+/// A mistake in the command line found only once the data's shape is known (a count too large
+/// to hold): the binary exits with code 2, as for the usage errors clap finds.
+#[derive(Debug)]
+pub struct Usage(pub cdm::Error);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Checks that the count `n` given by `flag` of points shaped `point_shape` fits in memory
+/// ([`cdm::data::check_held`]), as a [`Usage`] error.
+pub fn check_count(flag: &str, n: usize, point_shape: &[i64]) -> Result<()> {
+    cdm::data::check_held(flag, n, point_shape).map_err(|e| Usage(e).into())
+}
+
 /// Parses a count that must be at least 1 (`--n 0` would leave nothing to compute).
 pub fn positive(s: &str) -> std::result::Result<usize, String> {
     match s.parse::<usize>() {

@@ -14,7 +14,7 @@ use cdm::schedule::levels_like;
 use cdm::train::load_model;
 
 use super::infer::draw_samples;
-use super::DeviceArg;
+use super::{check_count, DeviceArg};
 use cdm::sample::SampleOptions;
 
 #[derive(Args)]
@@ -86,6 +86,9 @@ pub fn run(args: PlotArgs) -> Result<()> {
             let Some(density) = data.density().filter(|d| d.shape() == [2]) else {
                 bail!("{}: trained on '{}', not on built-in 2-D data", ckpt.display(), loaded.config.data);
             };
+            // grid × grid points of two values.
+            check_count("--grid", grid, &[grid as i64, 2])?;
+            check_count("--samples", samples, &[2])?;
             let axis =
                 Tensor::linspace(-extent, extent, grid as i64, (Kind::Double, tch::Device::Cpu)) + extent / grid as f64;
             let mesh = Tensor::meshgrid_indexing(&[&axis, &axis], "ij");
@@ -133,6 +136,7 @@ pub fn run(args: PlotArgs) -> Result<()> {
             if let Some(t) = levels.iter().find(|&&t| t == 0 || t > t_max) {
                 bail!("--levels: {t} is outside 1..={t_max}");
             }
+            check_count("--n", n, &dataset.shape())?;
             let x0 = dataset.eval_points(n, seed);
             let x0 = x0
                 .narrow(0, 0, (n as i64).min(x0.size()[0]))

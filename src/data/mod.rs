@@ -24,6 +24,22 @@ moons | two-spirals | eight-gaussians | circle";
 /// refused beyond it, before a batch of such points is allocated.
 pub const MAX_POINT_VALUES: i64 = 1 << 22;
 
+/// Most values a command holds for its points at once: 2^30, 8 GiB in f64. A count that would
+/// pass it is refused up front, with a message, instead of failing to allocate.
+pub const MAX_HELD_VALUES: u64 = 1 << 30;
+
+/// Checks that `n` points of shape `point_shape` stay within [`MAX_HELD_VALUES`]; `what` (a
+/// flag, say) names the count in the error.
+pub fn check_held(what: &str, n: usize, point_shape: &[i64]) -> Result<()> {
+    let per_point = point_shape.iter().try_fold(1u64, |acc, &d| u64::try_from(d).ok().and_then(|d| acc.checked_mul(d)));
+    match per_point.and_then(|d| d.checked_mul(n as u64)) {
+        Some(values) if values <= MAX_HELD_VALUES => Ok(()),
+        _ => Err(Error::Config(format!(
+            "{what} {n}: {n} points of shape {point_shape:?} are more than the {MAX_HELD_VALUES} values (8 GiB in f64) a command holds at once"
+        ))),
+    }
+}
+
 /// The test-split spec of a training data spec (`mnist` → `mnist:split=test`), for the image
 /// sets that have one; `None` for data without a test split.
 pub fn test_split(spec: &str) -> Option<String> {

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use tch::{CModule, Device, Kind, Tensor};
 
 use super::GaussianStats;
+use crate::checkpoint::TensorFile;
+use crate::data::Dataset;
 use crate::{cache, Error, Result};
 
 /// Input side of the network.
@@ -73,6 +75,43 @@ impl Inception {
     pub fn stats(&self, images: &Tensor, batch: usize) -> Result<GaussianStats> {
         GaussianStats::of(&self.features(images, batch)?)
     }
+}
+
+/// Inception statistics of the first `n` evaluation points of data `spec` (seed 0), the
+/// reference of FID: computed once, then read from the per-user cache.
+pub fn reference_stats(inception: &Inception, spec: &str, n: usize) -> Result<GaussianStats> {
+    let path = cache::root()?.join("fid-stats").join(format!("{}-{n}.safetensors", cache::file_stem(spec)));
+    cached_stats(&path, || {
+        let data = Dataset::open(spec).map_err(|e| Error::Data(format!("FID reference data {spec}: {e}")))?;
+        let x = data.eval_points(n, 0);
+        let x = x.narrow(0, 0, (n as i64).min(x.size()[0]));
+        if x.size()[0] < 2 {
+            return Err(Error::Data(format!("{spec}: FID needs at least 2 reference images")));
+        }
+        inception.stats(&x, 50)
+    })
+}
+
+/// Feature statistics kept in the safetensors file `path`: read from it where it holds them,
+/// else made by `compute` and written there (its folder created), so a reference set is
+/// featurised once. A file that does not say how many vectors it summarises is made anew.
+pub fn cached_stats(path: &Path, compute: impl FnOnce() -> Result<GaussianStats>) -> Result<GaussianStats> {
+    if let Ok(file) = TensorFile::load(path) {
+        if let Some(n) = file.metadata.get("n").and_then(|v| v.parse().ok()) {
+            let (mean, cov) = (file.get("mean", path)?, file.get("cov", path)?);
+            return Ok(GaussianStats { mean: mean.shallow_clone(), cov: cov.shallow_clone(), n });
+        }
+    }
+    let stats = compute()?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let mut file = TensorFile::default();
+    file.tensors.insert("mean".into(), stats.mean.shallow_clone());
+    file.tensors.insert("cov".into(), stats.cov.shallow_clone());
+    file.metadata.insert("n".into(), stats.n.to_string());
+    file.save(path)?;
+    Ok(stats)
 }
 
 /// Bilinear resize of [N, 3, H, W] to 299×299 the way TensorFlow 1's `resize_bilinear` (and so

@@ -117,6 +117,11 @@ impl Typicality {
         Ok(Typicality { mean: stats.mean, std: var.clamp_min(floor).sqrt() })
     }
 
+    /// L, the length of the profiles it was fitted on.
+    pub fn levels(&self) -> i64 {
+        self.mean.size()[0]
+    }
+
     /// z-scores [N, L] of `features`: [N, L].
     pub fn z_scores(&self, features: &Tensor) -> Tensor {
         (features.to_kind(Kind::Double) - self.mean.unsqueeze(0)) / self.std.unsqueeze(0)

@@ -1,6 +1,9 @@
 //! Fixtures shared by the integration tests.
 #![allow(dead_code)]
-use tch::{Kind, Tensor};
+use cdm::model::{Model, ModelConfig, ModelKind};
+use cdm::nets::BackboneConfig;
+use cdm::schedule::{ScheduleConfig, ScheduleKind};
+use tch::{nn, Kind, Tensor};
 
 /// Asserts |actual - expected| <= tol, printing both.
 pub fn assert_close(actual: f64, expected: f64, tol: f64, what: &str) {
@@ -60,4 +63,28 @@ pub fn gaussian_ddim_gain(alpha_bar: impl Fn(usize) -> f64, levels: &[usize], s:
             ((a_s * a_t).sqrt() * s * s + ((1.0 - a_s) * (1.0 - a_t)).sqrt()) / (a_t * s * s + 1.0 - a_t)
         })
         .product()
+}
+
+/// A model of `kind` on the linear schedule with `timesteps` levels, in f64, whose Gaussian
+/// base is fitted to `points` ([N, D]) and whose network is untrained (its output layer starts
+/// at zero): the exact model of the fitted Gaussian.
+pub fn base_model(
+    kind: ModelKind,
+    timesteps: usize,
+    backbone: BackboneConfig,
+    points: &Tensor,
+) -> (nn::VarStore, Model) {
+    let mut vs = nn::VarStore::new(tch::Device::Cpu);
+    let cfg = ModelConfig {
+        kind,
+        schedule: ScheduleConfig::new(ScheduleKind::Linear, timesteps),
+        backbone,
+        data_shape: points.size()[1..].to_vec(),
+        gaussian_base: true,
+        base_per_class: false,
+    };
+    let model = Model::new(&vs.root(), &cfg).unwrap();
+    vs.double();
+    model.base().unwrap().fit(points, None).unwrap();
+    (vs, model)
 }
