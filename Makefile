@@ -38,7 +38,7 @@ test: setup
 
 # Every parser of outside bytes (.npy, IDX plain and gzip, CIFAR-10 batches, PNG/JPEG, safetensors,
 # config.json, TOML/JSON configs, data specs) on N mutated inputs each (tests/fuzz.rs); `make test`
-# runs 5000 each. SEED picks another stream of mutations. Figures: docs/results.md §6.
+# runs 5000 each. SEED picks another stream of mutations. Figures: docs/results.md §7.
 N ?= 1000000
 SEED ?= 0
 fuzz: setup
