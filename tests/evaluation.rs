@@ -6,10 +6,12 @@
 //! dimensional integrals (r = |x|² is λ_t·χ²₂, an exponential law, at level t).
 mod common;
 
+use cdm::data::GaussianMixture;
 use cdm::eval::classifier::{level_metrics, spread_levels};
 use cdm::eval::{
-    denoising_levels, denoising_mse, level_classifier, level_log_densities, log_likelihood, logit_profile,
-    nll_bits_per_dim, ood_levels, sampler_drift, samples_mmd, Batches, Estimator, OodScores,
+    against_posterior_mean, denoising_levels, denoising_mse, level_classifier, level_log_densities, log_likelihood,
+    logit_profile, nll_bits_per_dim, ood_levels, posterior_mean_levels, sampler_drift, samples_mmd, Batches, Estimator,
+    OodScores,
 };
 use cdm::likelihood::Dequantization;
 use cdm::metrics::fid::cached_stats;
@@ -133,6 +135,37 @@ fn the_exact_denoisers_mse_is_the_closed_form() {
         }
         assert!(denoising_mse(&model, &x0, 0, &eps, &batches()).is_err());
         assert!(denoising_mse(&model, &x0, 1, &eps.narrow(0, 0, 10), &batches()).is_err());
+    }
+}
+
+#[test]
+fn the_exact_denoiser_has_no_excess_over_the_posterior_mean() {
+    assert_eq!(posterior_mean_levels(1000), [10, 50, 100, 250, 500, 750, 950]);
+    assert_eq!(posterior_mean_levels(10), [1, 3, 5, 8, 10]);
+    // N(0, λI) as a one-component mixture, whose posterior mean is exact.
+    let density = GaussianMixture {
+        weights: Tensor::from_slice(&[1.0]),
+        means: Tensor::zeros([1, 2], (Kind::Double, Device::Cpu)),
+        stds: Tensor::from_slice(&[LAMBDA.sqrt()]),
+    };
+    let x0 = gaussian(2000, LAMBDA, 5);
+    let eps = Rng::new(6).normal(&[2000, 2], Kind::Double);
+    for kind in [ModelKind::Cdm, ModelKind::Ddm] {
+        let (_vs, model) = model(kind);
+        let rows = against_posterior_mean(&model, &density, &x0, &eps, &[1, 10, 40], &batches()).unwrap();
+        for row in rows {
+            // The MMSE of N(0, λI) in two dimensions: 2·λ(1 − ᾱ)/(ᾱλ + 1 − ᾱ), to sampling error.
+            let a = row.alpha_bar;
+            let mmse = 2.0 * LAMBDA * (1.0 - a) / (a * LAMBDA + 1.0 - a);
+            assert_close(row.mmse, mmse, 0.1 * mmse, &format!("{kind:?} MMSE at t = {}", row.level));
+            assert!(
+                row.excess_percent.abs() < 1e-6,
+                "{kind:?} at t = {}: {}% over the MMSE",
+                row.level,
+                row.excess_percent
+            );
+        }
+        assert!(against_posterior_mean(&model, &density, &x0, &eps, &[0], &batches()).is_err());
     }
 }
 

@@ -7,7 +7,7 @@ use serde_json::json;
 use tch::{Kind, Tensor};
 
 use cdm::data::{is_8bit, npy, Dataset, DATA_SPECS};
-use cdm::eval::Batches;
+use cdm::eval::{against_posterior_mean, posterior_mean_levels, Batches};
 use cdm::likelihood::{bits_per_dim, bits_per_dim_8bit, dequantize, log_prob, Dequantization};
 use cdm::plot::image_grid;
 use cdm::predictor::{Conditioned, NoisePredictor};
@@ -458,43 +458,18 @@ pub fn mmse(args: MmseArgs) -> Result<()> {
     let Some(density) = data.density() else {
         bail!("{}: trained on '{}', which has no exact posterior mean", args.ckpt.ckpt.display(), loaded.config.data);
     };
-    let schedule = loaded.model.schedule();
-    let t_max = schedule.timesteps();
-    let levels = if args.levels.is_empty() {
-        let mut levels: Vec<usize> = [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.95]
-            .iter()
-            .map(|f| ((f * t_max as f64).round() as usize).max(1))
-            .collect();
-        levels.dedup(); // small T maps several fractions onto one level
-        levels
-    } else {
-        args.levels.clone()
+    let levels = match args.levels.is_empty() {
+        true => posterior_mean_levels(loaded.model.schedule().timesteps()),
+        false => args.levels.clone(),
     };
-    let denoiser = Conditioned { model: &loaded.model, labels: None };
     check_count("--n", args.n, loaded.model.data_shape())?;
     let x0 = data.eval_points(args.n, args.seed);
     let eps = Noise::new(args.seed, 0, args.n).normal(&x0.size()[1..], Kind::Double, tch::Device::Cpu);
-    let mut rows = Vec::new();
-    for &t in &levels {
-        if t == 0 || t > t_max {
-            bail!("--levels: {t} is outside 1..={t_max}");
-        }
-        let level = levels_like(t, &x0);
-        let x_t = schedule.add_noise(&x0, &eps, &level);
-        let Some(exact) = density.posterior_mean(&x_t, schedule.alpha_bar(t)) else {
-            bail!("'{}' has no exact posterior mean", loaded.config.data);
-        };
-        let learned = batched(&loaded, &x_t, args.ckpt.batch, |chunk, start| {
-            let level = level.narrow(0, start, chunk.size()[0]).to_device(chunk.device());
-            Ok(schedule.x0_from_eps(chunk, &denoiser.eps(chunk, &level)?, &level))
-        })?
-        .to_kind(Kind::Double);
-        let mse = |a: &Tensor| {
-            (a - &x0).square().sum_dim_intlist(1, false, Kind::Double).mean(Kind::Double).double_value(&[])
-        };
-        let (model_mse, mmse) = (mse(&learned), mse(&exact));
-        rows.push(json!({"level": t, "alpha_bar": schedule.alpha_bar(t), "mse": model_mse, "mmse": mmse, "excess_percent": 100.0 * (model_mse / mmse - 1.0)}));
-    }
+    let rows = with_progress(&loaded, args.ckpt.batch, |batches| {
+        against_posterior_mean(&loaded.model, density, &x0, &eps, &levels, batches)
+    })
+    .with_context(|| format!("--levels {levels:?}"))?;
+    let rows: Vec<serde_json::Value> = rows.iter().map(|r| json!(r)).collect();
     if args.json {
         println!("{}", json!({"ckpt": args.ckpt.ckpt, "data": loaded.config.data, "n": args.n, "levels": rows}));
     } else {

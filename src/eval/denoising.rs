@@ -3,6 +3,7 @@
 use tch::{Kind, Tensor};
 
 use super::{mean, Batches};
+use crate::data::KnownDensity;
 use crate::model::Model;
 use crate::predictor::{Conditioned, NoisePredictor};
 use crate::schedule::levels_like;
@@ -37,4 +38,71 @@ pub fn denoising_mse(model: &Model, x0: &Tensor, t: usize, eps: &Tensor, batches
         Ok(schedule.x0_from_eps(&x_t, &predictor.eps(&x_t, &level)?, &level))
     })?;
     Ok(mean(&(x0_hat.to_kind(Kind::Double) - x0.to_kind(Kind::Double)).square()))
+}
+
+/// The default levels of the table against the exact posterior mean: 1%, 5%, 10%, 25%, 50%,
+/// 75% and 95% of T, at least 1, without repeats.
+pub fn posterior_mean_levels(timesteps: usize) -> Vec<usize> {
+    let mut levels: Vec<usize> = [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.95]
+        .iter()
+        .map(|f| ((f * timesteps as f64).round() as usize).max(1))
+        .collect();
+    levels.dedup();
+    levels
+}
+
+/// One level of the denoiser against the exact posterior mean.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PosteriorMeanRow {
+    pub level: usize,
+    pub alpha_bar: f64,
+    /// E‖x̂0 − x0‖² of the model's x̂0 (summed over dimensions, averaged over points).
+    pub mse: f64,
+    /// The same for the exact E[x0 | x_t]: the MMSE.
+    pub mmse: f64,
+    /// 100·(mse/mmse − 1).
+    pub excess_percent: f64,
+}
+
+/// The model's x̂0 against the exact posterior mean of `density` at each of `levels`
+/// (1..=T), for `x0` ([N, ..]) noised with `eps` (like `x0`): how far the denoiser is from the
+/// best possible one on the same draws.
+pub fn against_posterior_mean(
+    model: &Model,
+    density: &dyn KnownDensity,
+    x0: &Tensor,
+    eps: &Tensor,
+    levels: &[usize],
+    batches: &Batches,
+) -> Result<Vec<PosteriorMeanRow>> {
+    let schedule = model.schedule();
+    let predictor = Conditioned { model, labels: None };
+    let squared_error = |a: &Tensor| {
+        let error = (a.to_kind(Kind::Double) - x0.to_kind(Kind::Double)).square();
+        error.flatten(1, -1).sum_dim_intlist(1, false, Kind::Double).mean(Kind::Double).double_value(&[])
+    };
+    let mut rows = Vec::new();
+    for &t in levels {
+        if t == 0 || t > schedule.timesteps() {
+            return Err(Error::Config(format!("levels must be in 1..={}, got {t}", schedule.timesteps())));
+        }
+        let level = levels_like(t, x0);
+        let x_t = schedule.add_noise(x0, eps, &level);
+        let exact = density
+            .posterior_mean(&x_t, schedule.alpha_bar(t))
+            .ok_or_else(|| Error::Config("the data has no exact posterior mean".into()))?;
+        let learned = batches.map(&x_t, |chunk, start| {
+            let level = level.narrow(0, start, chunk.size()[0]).to_device(chunk.device());
+            Ok(schedule.x0_from_eps(chunk, &predictor.eps(chunk, &level)?, &level))
+        })?;
+        let (mse, mmse) = (squared_error(&learned), squared_error(&exact));
+        rows.push(PosteriorMeanRow {
+            level: t,
+            alpha_bar: schedule.alpha_bar(t),
+            mse,
+            mmse,
+            excess_percent: 100.0 * (mse / mmse - 1.0),
+        });
+    }
+    Ok(rows)
 }
