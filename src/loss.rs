@@ -265,11 +265,9 @@ pub fn cdm_loss(
     let out = model.forward(&x_t, &t, labels, true)?;
     let (logits, importance) = match &prior {
         Some(p) => {
-            let log_prior = Tensor::from_slice(p).log().to_device(x0.device());
-            let importance = (Tensor::from_slice(p).to_device(x0.device()).index_select(0, &t) * classes as f64)
-                .reciprocal()
-                .to_kind(x0.kind());
-            (out.logits.to_kind(Kind::Double) + log_prior.unsqueeze(0), importance)
+            let prior = Tensor::from_slice(p).to_device(x0.device());
+            let importance = (prior.index_select(0, &t) * classes as f64).reciprocal().to_kind(x0.kind());
+            (out.logits.to_kind(Kind::Double) + prior.log().unsqueeze(0), importance)
         }
         None => (out.logits.to_kind(Kind::Double), t.ones_like().to_kind(x0.kind())),
     };

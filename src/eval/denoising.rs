@@ -12,10 +12,14 @@ use crate::{Error, Result};
 /// The levels of the curve: 1%, 5%, 10%, 20%, 30%, 50%, 70%, 90% and 100% of T, rounded,
 /// within 1..=T, without repeats.
 pub fn denoising_levels(timesteps: usize) -> Vec<usize> {
-    let mut levels: Vec<usize> = [0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0]
-        .iter()
-        .map(|f| ((f * timesteps as f64).round() as usize).clamp(1, timesteps))
-        .collect();
+    fractions_of(timesteps, &[0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0])
+}
+
+/// The levels at `fractions` (in (0, 1]) of T, rounded, within 1..=T, without repeats (small T
+/// maps several fractions onto one level).
+fn fractions_of(timesteps: usize, fractions: &[f64]) -> Vec<usize> {
+    let mut levels: Vec<usize> =
+        fractions.iter().map(|f| ((f * timesteps as f64).round() as usize).clamp(1, timesteps)).collect();
     levels.dedup();
     levels
 }
@@ -43,12 +47,7 @@ pub fn denoising_mse(model: &Model, x0: &Tensor, t: usize, eps: &Tensor, batches
 /// The default levels of the table against the exact posterior mean: 1%, 5%, 10%, 25%, 50%,
 /// 75% and 95% of T, at least 1, without repeats.
 pub fn posterior_mean_levels(timesteps: usize) -> Vec<usize> {
-    let mut levels: Vec<usize> = [0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.95]
-        .iter()
-        .map(|f| ((f * timesteps as f64).round() as usize).max(1))
-        .collect();
-    levels.dedup();
-    levels
+    fractions_of(timesteps, &[0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.95])
 }
 
 /// One level of the denoiser against the exact posterior mean.
