@@ -167,6 +167,12 @@ impl StepTable {
         self.a[j] + self.b[j] * (1.0 - abar).sqrt() / (abar * lambda + 1.0 - abar)
     }
 
+    /// The ε̂ that step `j`'s state `x` would have if its x̂0 were `x0`: (x − √ᾱ_j·x0)/√(1 − ᾱ_j).
+    pub fn eps_given_x0(&self, j: usize, x: &Tensor, x0: &Tensor) -> Tensor {
+        let abar = self.alpha_bar[j];
+        (x - x0 * abar.sqrt()) / (1.0 - abar).sqrt()
+    }
+
     /// What step j + 1 needs from step j (its ε̂ or x̂0), for a multistep solver.
     pub fn memory(&self, eps: &Tensor, x0: &Tensor) -> Option<Tensor> {
         match self.memory {
