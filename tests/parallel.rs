@@ -6,14 +6,13 @@
 mod common;
 
 use cdm::classifier::Classifier;
-use cdm::model::{Model, ModelConfig, ModelKind};
-use cdm::nets::{BackboneConfig, MlpConfig};
+use cdm::model::{Model, ModelKind};
 use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::sample::{
     draw, parallel, sequential, Noise, ParallelOptions, ParallelSolver, SampleOptions, SamplerKind, StepTable,
 };
 use cdm::schedule::{Schedule, ScheduleConfig, ScheduleKind};
-use common::{gaussian_backbone, gaussian_ddim_gain, max_abs_diff};
+use common::{conditional_mlp, gaussian_backbone, gaussian_ddim_gain, max_abs_diff};
 use tch::{nn, Device, Kind, Tensor};
 
 const S: f64 = 0.5;
@@ -156,16 +155,7 @@ fn anderson_reaches_picards_fixed_point_in_fewer_iterations() {
 /// A small untrained conditional model with 3 classes, in f64.
 fn conditional_model(kind: ModelKind) -> (nn::VarStore, Model) {
     tch::manual_seed(0);
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    let cfg = ModelConfig {
-        kind,
-        schedule: ScheduleConfig::new(ScheduleKind::Linear, 50),
-        backbone: BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 1, num_labels: 3, ..MlpConfig::default() }),
-        data_shape: vec![2],
-        gaussian_base: false,
-        base_per_class: false,
-    };
-    let model = Model::new(&vs.root(), &cfg).unwrap();
+    let (mut vs, model) = conditional_mlp(kind, 50);
     vs.set_kind(Kind::Double);
     (vs, model)
 }

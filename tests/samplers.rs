@@ -5,13 +5,12 @@
 mod common;
 
 use cdm::classifier::Classifier;
-use cdm::model::{Model, ModelConfig, ModelKind};
-use cdm::nets::{BackboneConfig, MlpConfig};
+use cdm::model::ModelKind;
 use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::rng::Rng;
 use cdm::sample::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, ClipX0, DdimOptions, Guided, GuidedPair, Noise};
 use cdm::schedule::{Schedule, ScheduleConfig, ScheduleKind};
-use common::{assert_close, gaussian_backbone, gaussian_ddim_gain, max_abs_diff};
+use common::{assert_close, conditional_mlp, gaussian_backbone, gaussian_ddim_gain, max_abs_diff};
 use tch::{Device, Kind, Tensor};
 
 const S: f64 = 0.5;
@@ -132,16 +131,7 @@ fn bulk_noise_is_each_samples_own_stream_for_any_split() {
 #[test]
 fn guidance_in_one_double_pass_is_guidance_in_two() {
     for kind in [ModelKind::Cdm, ModelKind::Ddm] {
-        let vs = tch::nn::VarStore::new(Device::Cpu);
-        let cfg = ModelConfig {
-            kind,
-            schedule: ScheduleConfig::new(ScheduleKind::Linear, 20),
-            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 1, num_labels: 3, ..MlpConfig::default() }),
-            data_shape: vec![2],
-            gaussian_base: false,
-            base_per_class: false,
-        };
-        let model = Model::new(&vs.root(), &cfg).unwrap();
+        let (vs, model) = conditional_mlp(kind, 20);
         // The output layers start at zero: give every weight a value so ε̂ depends on the label.
         tch::no_grad(|| {
             for (i, (_, mut var)) in vs.variables().into_iter().enumerate() {

@@ -1,7 +1,7 @@
 //! Fixtures shared by the integration tests.
 #![allow(dead_code)]
 use cdm::model::{Model, ModelConfig, ModelKind};
-use cdm::nets::BackboneConfig;
+use cdm::nets::{BackboneConfig, MlpConfig};
 use cdm::schedule::{ScheduleConfig, ScheduleKind};
 use tch::{nn, Kind, Tensor};
 
@@ -86,5 +86,21 @@ pub fn base_model(
     let model = Model::new(&vs.root(), &cfg).unwrap();
     vs.double();
     model.base().unwrap().fit(points, None).unwrap();
+    (vs, model)
+}
+
+/// A small untrained model of `kind` on 2-D points with 3 classes (label 3 is the null label),
+/// a 16-wide MLP on the linear schedule with `timesteps` levels, in f32.
+pub fn conditional_mlp(kind: ModelKind, timesteps: usize) -> (nn::VarStore, Model) {
+    let vs = nn::VarStore::new(tch::Device::Cpu);
+    let cfg = ModelConfig {
+        kind,
+        schedule: ScheduleConfig::new(ScheduleKind::Linear, timesteps),
+        backbone: BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 1, num_labels: 3, ..MlpConfig::default() }),
+        data_shape: vec![2],
+        gaussian_base: false,
+        base_per_class: false,
+    };
+    let model = Model::new(&vs.root(), &cfg).unwrap();
     (vs, model)
 }
