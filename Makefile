@@ -57,6 +57,7 @@ bench: setup
 	$(BENCH) --size cube
 	$(BENCH) --size unet-cdm
 	$(BENCH) --size unet-ddm
+	$(BENCH) --size convnet-cdm
 	$(BENCH) --size cifar10-cdm $$([ $(DEVICE) = cuda ] || echo --batch 8 --steps 5)
 	$(BENCH) --size cifar10-ddm $$([ $(DEVICE) = cuda ] || echo --batch 8 --steps 5)
 

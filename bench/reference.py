@@ -35,34 +35,6 @@ class Mlp(nn.Module):
         return self.head(h)
 
 
-class ResBlock(nn.Module):
-    def __init__(self, c, groups):
-        super().__init__()
-        self.norm1, self.conv1 = nn.GroupNorm(groups, c), nn.Conv2d(c, c, 3, padding=1)
-        self.norm2, self.conv2 = nn.GroupNorm(groups, c), nn.Conv2d(c, c, 3, padding=1)
-
-    def forward(self, x):
-        h = self.conv1(F.silu(self.norm1(x)))
-        return x + self.conv2(F.silu(self.norm2(h)))
-
-
-class ConvNet(nn.Module):
-    """src/nets/convnet.rs with one stage: conv -> res blocks -> SiLU -> conv(C->2C) -> pixel sum -> linear."""
-
-    def __init__(self, channels_in, channels, blocks, groups, classes):
-        super().__init__()
-        self.input = nn.Conv2d(channels_in, channels, 3, padding=1)
-        self.blocks = nn.ModuleList(ResBlock(channels, groups) for _ in range(blocks))
-        self.head_conv = nn.Conv2d(channels, 2 * channels, 3, padding=1)
-        self.head = nn.Linear(2 * channels, classes)
-
-    def forward(self, x):
-        h = self.input(x)
-        for block in self.blocks:
-            h = block(h)
-        return self.head(self.head_conv(F.silu(h)).sum((2, 3)))
-
-
 def timestep_embedding(t, T, dim):
     half = dim // 2
     freqs = torch.exp(torch.arange(half, dtype=torch.float64) * (-math.log(10000.0) / half))
@@ -70,7 +42,7 @@ def timestep_embedding(t, T, dim):
     return torch.cat([args.sin(), args.cos()], 1).float()
 
 
-class UResBlock(nn.Module):
+class ResBlock(nn.Module):
     """src/nets/blocks.rs ResBlock: GN-SiLU-conv, + embedding, GN-SiLU-dropout-conv, skip."""
 
     def __init__(self, c_in, c_out, groups, emb_dim, dropout=0.0):
@@ -103,6 +75,33 @@ class Attention(nn.Module):
         return x + self.proj((v @ weights.transpose(1, 2)).reshape(b, c, h, w))
 
 
+class ConvNet(nn.Module):
+    """src/nets/convnet.rs: conv -> stages of res blocks (strided conv between stages) -> SiLU ->
+    conv(C->2C) -> pixel sum -> linear."""
+
+    def __init__(self, channels_in, channels, mult, blocks, groups, classes):
+        super().__init__()
+        self.input = nn.Conv2d(channels_in, channels, 3, padding=1)
+        self.stages, c = nn.ModuleList(), channels
+        for i, m in enumerate(mult):
+            stage = nn.ModuleList()
+            for _ in range(blocks):
+                stage.append(ResBlock(c, m * channels, groups, None))
+                c = m * channels
+            if i + 1 < len(mult):
+                stage.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+            self.stages.append(stage)
+        self.head_conv = nn.Conv2d(c, 2 * c, 3, padding=1)
+        self.head = nn.Linear(2 * c, classes)
+
+    def forward(self, x):
+        h = self.input(x)
+        for stage in self.stages:
+            for layer in stage:
+                h = layer(h, None) if isinstance(layer, ResBlock) else layer(h)
+        return self.head(self.head_conv(F.silu(h)).sum((2, 3)))
+
+
 class Unet(nn.Module):
     """src/nets/unet.rs: encoder, middle, decoder with skips; attention after each block at the
     resolutions in `attention` and always in the middle."""
@@ -123,7 +122,7 @@ class Unet(nn.Module):
         for i, m in enumerate(mult):
             blocks, attns = nn.ModuleList(), nn.ModuleList()
             for _ in range(res_blocks):
-                blocks.append(UResBlock(c, m * ch, groups, emb, dropout))
+                blocks.append(ResBlock(c, m * ch, groups, emb, dropout))
                 c = m * ch
                 attns.append(attn(c))
                 skips.append(c)
@@ -132,13 +131,13 @@ class Unet(nn.Module):
                 skips.append(c)
                 res //= 2
             self.down.append(nn.ModuleList([blocks, attns] + ([sample] if sample is not None else [])))
-        self.mid1, self.mid_attn = UResBlock(c, c, groups, emb, dropout), Attention(c, groups)
-        self.mid2 = UResBlock(c, c, groups, emb, dropout)
+        self.mid1, self.mid_attn = ResBlock(c, c, groups, emb, dropout), Attention(c, groups)
+        self.mid2 = ResBlock(c, c, groups, emb, dropout)
         self.up = nn.ModuleList()
         for i, m in reversed(list(enumerate(mult))):
             blocks, attns = nn.ModuleList(), nn.ModuleList()
             for _ in range(res_blocks + 1):
-                blocks.append(UResBlock(c + skips.pop(), m * ch, groups, emb, dropout))
+                blocks.append(ResBlock(c + skips.pop(), m * ch, groups, emb, dropout))
                 c = m * ch
                 attns.append(attn(c))
             sample = nn.Conv2d(c, c, 3, padding=1) if i > 0 else None
@@ -193,7 +192,7 @@ def main():
                    None if ddm else classes, cfg.get("attention", []), cfg.get("dropout", 0.0))
         net.T = T
     else:
-        net = ConvNet(shape[0], cfg["channels"], cfg["blocks"], cfg["groups"], classes)
+        net = ConvNet(shape[0], cfg["channels"], cfg["mult"], cfg["blocks"], cfg["groups"], classes)
     net.to(device)
     ema = [p.detach().clone() for p in net.parameters()]
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)

@@ -30,6 +30,9 @@ pub enum BenchSize {
     UnetCdm,
     /// The same UNet as a DDM.
     UnetDdm,
+    /// 1×28×28, the tiny UNet's encoder alone (ConvNet 32 channels ×1,2,2, one block each) as a
+    /// CDM, batch 32, T = 1000: the encoder-only CDM.
+    ConvnetCdm,
     /// 3×32×32, the paper's CIFAR-10 UNet (`--preset cifar10`) as a CDM,
     /// batch 128 as in the paper (on a CPU, try `--batch 8`), T = 1000.
     Cifar10Cdm,
@@ -44,6 +47,7 @@ impl BenchSize {
             BenchSize::Cube => "cube",
             BenchSize::UnetCdm => "unet-cdm",
             BenchSize::UnetDdm => "unet-ddm",
+            BenchSize::ConvnetCdm => "convnet-cdm",
             BenchSize::Cifar10Cdm => "cifar10-cdm",
             BenchSize::Cifar10Ddm => "cifar10-ddm",
         }
@@ -94,6 +98,9 @@ fn run_config(size: BenchSize, batch: Option<usize>) -> RunConfig {
         BenchSize::UnetCdm | BenchSize::UnetDdm => {
             ("uniform:d=1x28x28,g=2", BackboneConfig::Unet(UnetConfig::tiny()), vec![1, 28, 28], 32)
         }
+        BenchSize::ConvnetCdm => {
+            ("uniform:d=1x28x28,g=2", BackboneConfig::ConvNet(ConvNetConfig::default()), vec![1, 28, 28], 32)
+        }
         BenchSize::Cifar10Cdm | BenchSize::Cifar10Ddm => {
             ("uniform:d=3x32x32,g=2", BackboneConfig::Unet(UnetConfig::cifar10()), vec![3, 32, 32], 128)
         }
@@ -132,8 +139,13 @@ fn reference_config(size: BenchSize, steps: u64, batch: usize, device: Device) -
             json!({"backbone": "mlp", "shape": [2], "hidden": 256, "blocks": 3, "width": 1.0})
         }
         BenchSize::Cube => {
-            json!({"backbone": "convnet", "shape": [3, 32, 32], "channels": 16, "blocks": 1, "groups": 4, "width": 0.5})
+            json!({"backbone": "convnet", "shape": [3, 32, 32], "channels": 16, "mult": [1], "blocks": 1, "groups": 4,
+                "width": 0.5})
         }
+        BenchSize::ConvnetCdm => json!({
+            "backbone": "convnet", "shape": [1, 28, 28], "channels": 32, "mult": [1, 2, 2], "blocks": 1, "groups": 8,
+            "width": 2.0
+        }),
         BenchSize::UnetCdm | BenchSize::UnetDdm => json!({
             "backbone": "unet", "shape": [1, 28, 28], "channels": 32, "mult": [1, 2, 2], "blocks": 1, "groups": 8,
             "attention": [], "dropout": 0.0, "width": 2.0

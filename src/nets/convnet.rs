@@ -30,10 +30,12 @@ pub struct ConvNetConfig {
 }
 
 impl Default for ConvNetConfig {
+    /// The tiny UNet's encoder ([`super::UnetConfig::tiny`]: 32 channels, ×1, 2, 2, one block
+    /// per stage), so an encoder-only CDM and the UNet CDM differ by the decoder alone.
     fn default() -> Self {
         ConvNetConfig {
             channels: 32,
-            channel_mult: vec![1, 2],
+            channel_mult: vec![1, 2, 2],
             blocks: 1,
             groups: 8,
             num_labels: 0,
