@@ -71,7 +71,7 @@ pub struct BenchArgs {
     /// Timed steps per round (after 3 untimed ones).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     steps: u64,
-    /// Rounds, each timing Rust then PyTorch.
+    /// Rounds, each timing Rust and PyTorch (Rust first in even rounds, PyTorch in odd ones).
     #[arg(long, default_value_t = 3, value_parser = super::positive)]
     rounds: usize,
     /// Python interpreter that imports torch 2.11 (see `make bench`).
@@ -307,14 +307,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let (mut rust, mut torch, mut version, mut reference_params) = (Vec::new(), Vec::new(), String::new(), json!(null));
     let mut phases = Vec::new();
     for round in 0..args.rounds.max(1) {
-        let (timing, round_phases) = time_rust(&args, device)?;
-        rust.push(timing);
-        phases.extend(round_phases);
-        if !args.no_reference {
-            let (timing, v, p) = time_reference(&args, device)?;
-            torch.push(timing);
-            version = v;
-            reference_params = p;
+        // Odd rounds run PyTorch first, so that whatever the first run of a round meets (a
+        // cold cache, a clock not yet boosted) falls on both sides alike.
+        let rust_first = round % 2 == 0;
+        for rust_turn in [rust_first, !rust_first] {
+            if rust_turn {
+                let (timing, round_phases) = time_rust(&args, device)?;
+                rust.push(timing);
+                phases.extend(round_phases);
+            } else if !args.no_reference {
+                let (timing, v, p) = time_reference(&args, device)?;
+                torch.push(timing);
+                version = v;
+                reference_params = p;
+            }
         }
         let show = |(train, sample): Timing| format!("train {train:.1} ms, sample {sample:.1} ms");
         eprintln!(
