@@ -82,23 +82,24 @@ class ConvNet(nn.Module):
     def __init__(self, channels_in, channels, mult, blocks, groups, classes):
         super().__init__()
         self.input = nn.Conv2d(channels_in, channels, 3, padding=1)
-        self.stages, c = nn.ModuleList(), channels
+        self.stages, self.downs, c = nn.ModuleList(), nn.ModuleList(), channels
         for i, m in enumerate(mult):
             stage = nn.ModuleList()
             for _ in range(blocks):
                 stage.append(ResBlock(c, m * channels, groups, None))
                 c = m * channels
-            if i + 1 < len(mult):
-                stage.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
             self.stages.append(stage)
+            last = i + 1 == len(mult)
+            self.downs.append(nn.Identity() if last else nn.Conv2d(c, c, 3, stride=2, padding=1))
         self.head_conv = nn.Conv2d(c, 2 * c, 3, padding=1)
         self.head = nn.Linear(2 * c, classes)
 
     def forward(self, x):
         h = self.input(x)
-        for stage in self.stages:
-            for layer in stage:
-                h = layer(h, None) if isinstance(layer, ResBlock) else layer(h)
+        for stage, down in zip(self.stages, self.downs):
+            for block in stage:
+                h = block(h, None)
+            h = down(h)
         return self.head(self.head_conv(F.silu(h)).sum((2, 3)))
 
 

@@ -139,7 +139,8 @@ pub struct Adam {
     pub v: Tensor,
     /// Working memory for the update, kept between steps: a fresh buffer of N values per
     /// intermediate is, above glibc's 32 MB mmap threshold, new pages that the kernel faults in
-    /// and zeroes on every step (a quarter of a CPU step's time at CIFAR-10's 35.7 M weights).
+    /// and zeroes on every step (a fifth of a CPU training step at CIFAR-10's 35.7 M weights:
+    /// docs/results.md §3.3).
     scratch: Tensor,
 }
 

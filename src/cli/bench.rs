@@ -129,40 +129,36 @@ fn run_config(size: BenchSize, batch: Option<usize>) -> RunConfig {
     }
 }
 
-/// The PyTorch script's settings for the same size, batch and device.
+/// The PyTorch script's settings for the same size, batch and device: the network read off
+/// [`run_config`], so the two sides cannot drift apart.
 fn reference_config(size: BenchSize, steps: u64, batch: usize, device: Device) -> serde_json::Value {
-    let device = if device.is_cuda() { "cuda" } else { "cpu" };
-    let common =
-        json!({"timesteps": 1000, "ce_weight": 1.0, "warmup": 3, "steps": steps, "batch": batch, "device": device});
-    let mut specific = match size {
-        BenchSize::Mlp2d => {
-            json!({"backbone": "mlp", "shape": [2], "hidden": 256, "blocks": 3, "width": 1.0})
-        }
-        BenchSize::Cube => {
-            json!({"backbone": "convnet", "shape": [3, 32, 32], "channels": 16, "mult": [1], "blocks": 1, "groups": 4,
-                "width": 0.5})
-        }
-        BenchSize::ConvnetCdm => json!({
-            "backbone": "convnet", "shape": [1, 28, 28], "channels": 32, "mult": [1, 2, 2], "blocks": 1, "groups": 8,
-            "width": 2.0
+    let model = run_config(size, None).model;
+    // The reference draws its points uniformly on [−width/2, width/2]^D: the uniform data's
+    // width (`mlp2d` trains on gmm2d, which spans about the unit square).
+    let width = match size {
+        BenchSize::Mlp2d => 1.0,
+        BenchSize::Cube => 0.5,
+        _ => 2.0,
+    };
+    let mut config = json!({
+        "timesteps": model.schedule.timesteps, "ce_weight": 1.0, "warmup": 3, "steps": steps, "batch": batch,
+        "device": if device.is_cuda() { "cuda" } else { "cpu" }, "shape": model.data_shape, "width": width,
+        "model": if size.is_ddm() { "ddm" } else { "cdm" },
+    });
+    let backbone = match &model.backbone {
+        BackboneConfig::Mlp(m) => json!({"backbone": "mlp", "hidden": m.hidden, "blocks": m.blocks}),
+        BackboneConfig::ConvNet(c) => json!({
+            "backbone": "convnet", "channels": c.channels, "mult": c.channel_mult, "blocks": c.blocks, "groups": c.groups
         }),
-        BenchSize::UnetCdm | BenchSize::UnetDdm => json!({
-            "backbone": "unet", "shape": [1, 28, 28], "channels": 32, "mult": [1, 2, 2], "blocks": 1, "groups": 8,
-            "attention": [], "dropout": 0.0, "width": 2.0
-        }),
-        BenchSize::Cifar10Cdm | BenchSize::Cifar10Ddm => json!({
-            "backbone": "unet", "shape": [3, 32, 32], "channels": 128, "mult": [1, 2, 2, 2], "blocks": 2, "groups": 32,
-            "attention": [16], "dropout": 0.1, "width": 2.0
+        BackboneConfig::Unet(u) => json!({
+            "backbone": "unet", "channels": u.channels, "mult": u.channel_mult, "blocks": u.res_blocks,
+            "groups": u.groups, "attention": u.attention_resolutions, "dropout": u.dropout
         }),
     };
-    if size.is_ddm() {
-        specific["model"] = json!("ddm");
+    if let (Some(merged), Some(network)) = (config.as_object_mut(), backbone.as_object()) {
+        merged.extend(network.clone());
     }
-    let mut merged = common;
-    if let (Some(m), Some(s)) = (merged.as_object_mut(), specific.as_object()) {
-        m.extend(s.clone());
-    }
-    merged
+    config
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
