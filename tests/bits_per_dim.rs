@@ -2,9 +2,13 @@
 mod common;
 
 use cdm::likelihood::{bits_per_dim, bits_per_dim_8bit, dequantize, Dequantization};
+use cdm::model::{ModelConfig, ModelKind};
+use cdm::nets::{BackboneConfig, MlpConfig};
 use cdm::rng::Rng;
+use cdm::schedule::ScheduleConfig;
+use cdm::train::{augment, RunConfig, TrainConfig, Trainer};
 use common::assert_close;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 #[test]
 fn uniform_8bit_noise_costs_8_bits() {
@@ -36,4 +40,34 @@ fn dequantization_spreads_each_level_over_its_bin() {
     let mean = dequantize(&many, Dequantization::Uniform, &mut rng).mean_dim(0, false, Kind::Double);
     let centre = (&k + 0.5) / 128.0 - 1.0;
     assert!((mean - centre.squeeze_dim(0)).abs().max().double_value(&[]) < 2e-4);
+}
+
+#[test]
+fn training_batches_are_dequantized_when_asked() {
+    let k = (Rng::new(4).uniform(&[8, 1, 4, 4], Kind::Double) * 256.0).floor();
+    let x = &k / 127.5 - 1.0;
+    let plain = TrainConfig::default();
+    assert_eq!(augment(x.shallow_clone(), &plain, &mut Rng::new(5)), x, "no augmentation asked");
+    let train = TrainConfig { dequantize: true, ..TrainConfig::default() };
+    // Each pixel lands in its own bin, (k + u)/128 − 1, at an offset u ∈ [0, 1) spread over it.
+    let u = (augment(x.shallow_clone(), &train, &mut Rng::new(5)) + 1.0) * 128.0 - &k;
+    let (lo, hi) = (u.min().double_value(&[]), u.max().double_value(&[]));
+    assert!(lo >= -1e-9 && hi < 1.0, "offsets in [{lo}, {hi}]");
+    assert_close(u.mean(Kind::Double).double_value(&[]), 0.5, 0.1, "mean offset (128 pixels)");
+    // Data that are not 8-bit images are refused, naming the setting.
+    let config = RunConfig {
+        data: "gmm2d".into(),
+        model: ModelConfig {
+            kind: ModelKind::Ddm,
+            schedule: ScheduleConfig { timesteps: 10, ..Default::default() },
+            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 8, blocks: 1, ..MlpConfig::default() }),
+            data_shape: vec![2],
+            gaussian_base: false,
+            base_per_class: false,
+        },
+        train,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let err = Trainer::open(dir.path(), config, Device::Cpu).err().expect("gmm2d is not 8-bit");
+    assert!(err.to_string().contains("dequantize"), "{err}");
 }

@@ -105,6 +105,9 @@ pub struct TrainArgs {
     /// Flip images left-right at random.
     #[arg(long)]
     hflip: bool,
+    /// Train 8-bit images uniformly dequantized, (k + u)/128 − 1, fresh u each step.
+    #[arg(long)]
+    dequantize: bool,
     /// Steps between sample grids written to OUT/samples (image data) [default: 500 for images].
     #[arg(long)]
     sample_every: Option<u64>,
@@ -269,6 +272,7 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
     train.level_strides = args.level_strides.clone().unwrap_or(train.level_strides);
     train.precision = args.precision.unwrap_or(train.precision);
     train.hflip |= args.hflip;
+    train.dequantize |= args.dequantize;
     train.sample_every = args.sample_every.unwrap_or(train.sample_every);
     train.checkpoint_every = args.checkpoint_every.unwrap_or(train.checkpoint_every);
     train.init_from = args.init_from.clone().or(train.init_from);

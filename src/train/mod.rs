@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TensorFile};
-use crate::data::Dataset;
+use crate::data::{is_8bit, Dataset};
+use crate::likelihood::{dequantize, Dequantization};
 use crate::loss::LossWeights;
 use crate::model::{Model, ModelKind};
 use crate::optim::{ema_update, grad_norm, Adam, FlatVars};
@@ -28,6 +29,20 @@ pub use log::StepReport;
 
 use loading::{build, checkpoint_step, init_weights, BASE_FIT_POINTS};
 use log::LogFile;
+
+/// The data augmentation of a training batch, drawn from `rng`: left-right flips (`hflip`)
+/// and uniform dequantization of 8-bit images (`dequantize`).
+pub fn augment(mut x0: Tensor, train: &TrainConfig, rng: &mut Rng) -> Tensor {
+    if train.hflip {
+        let n = x0.size()[0];
+        let flip = rng.uniform(&[n], Kind::Double).lt(0.5).reshape([n, 1, 1, 1]);
+        x0 = x0.flip([3]).where_self(&flip, &x0);
+    }
+    if train.dequantize {
+        x0 = dequantize(&x0, Dequantization::Uniform, rng);
+    }
+    x0
+}
 
 /// Trained variables of `vs` (not a Gaussian base's statistics) sorted by name, so every
 /// traversal has one fixed order.
@@ -91,6 +106,12 @@ impl Trainer {
         }
         if config.train.hflip && config.model.data_shape.len() != 3 {
             return Err(Error::Config("train.hflip needs image data [C, H, W]".into()));
+        }
+        if config.train.dequantize && !is_8bit(&data.eval_points(BASE_FIT_POINTS, config.train.seed)) {
+            return Err(Error::Config(format!(
+                "train.dequantize needs 8-bit images (x = k/127.5 − 1); '{}' is not",
+                config.data
+            )));
         }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let (config_path, weights_path) = checkpoint::paths(dir);
@@ -177,12 +198,9 @@ impl Trainer {
     /// the null label) for a conditional model.
     fn batch(&self, rng: &mut Rng) -> (Tensor, Option<Tensor>) {
         let cfg = &self.config.train;
-        let (mut x0, labels) = self.data.batch(cfg.batch_size, rng);
+        let (x0, labels) = self.data.batch(cfg.batch_size, rng);
         let n = x0.size()[0];
-        if cfg.hflip {
-            let flip = rng.uniform(&[n], Kind::Double).lt(0.5).reshape([n, 1, 1, 1]);
-            x0 = x0.flip([3]).where_self(&flip, &x0);
-        }
+        let x0 = augment(x0, cfg, rng);
         let num_labels = self.config.model.backbone.num_labels() as i64;
         let labels = labels.filter(|_| num_labels > 0).map(|l| {
             let drop = rng.uniform(&[n], Kind::Double).lt(cfg.label_dropout);
