@@ -118,12 +118,14 @@ pub struct CdlTerm {
 /// `cdl.images` points of `x0` ([B, ..]): each is kept (y = +1, z = x) or noised at a log SNR ζ
 /// drawn from `cdl.zeta` (y = −1) by a fair coin, and the loss is softplus(y·ℓ) with the
 /// denoiser's logit ℓ = log p_ζ(z) − log p(z) from [`noise_logits`], over the log-SNR range the
-/// model was trained on. Differentiable in the network's weights.
+/// model was trained on. Differentiable in the network's weights; `train` runs the network in
+/// training mode (dropout).
 pub fn cdl_loss(
     model: &Denoiser,
     x0: &Tensor,
     labels: Option<&Tensor>,
     cdl: &CdlConfig,
+    train: bool,
     rng: &mut Rng,
 ) -> Result<CdlTerm> {
     cdl.validate()?;
@@ -145,7 +147,7 @@ pub fn cdl_loss(
     // contiguous: the labels follow that order.
     let labels = labels.map(|l| l.narrow(0, 0, n).repeat_interleave_self_int(draws, 0, None).repeat([2]));
     let eps_hat = |z: &Tensor, gamma: &Tensor| {
-        model.eps(z, &model.schedule().levels_at_logsnr(gamma).to_kind(z.kind()), labels.as_ref(), true)
+        model.eps(z, &model.schedule().levels_at_logsnr(gamma).to_kind(z.kind()), labels.as_ref(), train)
     };
     let proposal = model.schedule().logsnr_proposal();
     let logits = noise_logits(eps_hat, &z, &zeta, &proposal, draws as usize, rng)?;
@@ -318,7 +320,7 @@ pub fn ddm_loss(
     let x_t = schedule.add_noise(x0, &eps, &t);
     let error = squared_error(&model.eps(&x_t, &t, labels, true)?, &eps);
     let denoising = (&error * level_weights(schedule, &t, weights.min_snr, x0) * importance).mean(x0.kind());
-    let cdl = weights.cdl.map(|cdl| cdl_loss(model, x0, labels, &cdl, rng)).transpose()?;
+    let cdl = weights.cdl.map(|cdl| cdl_loss(model, x0, labels, &cdl, true, rng)).transpose()?;
     let total = match (&cdl, &weights.cdl) {
         (Some(term), Some(settings)) => denoising + &term.loss * settings.weight,
         _ => denoising,

@@ -6,6 +6,7 @@ mod common;
 
 use cdm::base::GaussianBase;
 use cdm::denoiser::Denoiser;
+use cdm::eval::{noise_classifier, Batches};
 use cdm::likelihood::{immse_log_prob, noise_logits, noised_predictor, GaussianReference};
 use cdm::loss::{cdl_loss, CdlConfig, ZetaPrior};
 use cdm::model::{Model, ModelConfig, ModelKind};
@@ -239,7 +240,7 @@ fn cdl_gradient_matches_finite_differences() {
     let x0 = Rng::new(1).normal(&[6, 2], Kind::Double);
     let cdl = CdlConfig { weight: 1.0, images: 4, draws: 5, zeta: ZetaPrior::Uniform };
     // The same seed: the same coins, ζ, γ and ε at every evaluation.
-    let loss = || cdl_loss(&model, &x0, None, &cdl, &mut Rng::new(3)).unwrap().loss;
+    let loss = || cdl_loss(&model, &x0, None, &cdl, true, &mut Rng::new(3)).unwrap().loss;
     let value = loss();
     assert!(value.double_value(&[]) > 0.0);
     for (_, p) in vs.variables() {
@@ -303,13 +304,15 @@ fn training_with_cdl_beats_chance_on_held_out_points() {
         },
     };
     let mut trainer = Trainer::open(dir.path(), config, Device::Cpu).unwrap();
-    let held_out = data.eval_points(256, 77).to_kind(Kind::Float);
+    // 1024 points: a point's coin and ζ move the mean loss by ±0.02 over 256 points.
+    let held_out = data.eval_points(1024, 77).to_kind(Kind::Float);
     let score = |model: &Model| {
-        let Model::Ddm(ddm) = model else { panic!("a DDM") };
         // Many draws per point: a logit's Monte-Carlo noise raises the mean softplus.
-        let wide = CdlConfig { images: 128, draws: 256, ..cdl };
-        let term = tch::no_grad(|| cdl_loss(ddm, &held_out, None, &wide, &mut Rng::new(11))).unwrap();
-        (term.loss.double_value(&[]), term.accuracy)
+        let wide = CdlConfig { draws: 256, ..cdl };
+        let batches = Batches::new(128 * 2 * 256, (Kind::Float, Device::Cpu));
+        let score = noise_classifier(model, &held_out, &wide, &batches, 11).unwrap();
+        assert_eq!(score.n, 1024, "every held-out point, in chunks of 128");
+        (score.loss, score.accuracy)
     };
     let (untrained, _) = score(trainer.model());
     let mut last = None;

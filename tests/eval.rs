@@ -9,7 +9,8 @@ use std::process::Command;
 use cdm::cache::file_stem;
 use cdm::data::npy::{read_npy, write_npy};
 use cdm::data::Dataset;
-use cdm::eval::{denoising_mse, first, level_classifier, Batches};
+use cdm::eval::{denoising_mse, first, level_classifier, noise_classifier, Batches};
+use cdm::loss::CdlConfig;
 use cdm::rng::Rng;
 use cdm::sample::Noise;
 use cdm::train::load_model;
@@ -183,4 +184,21 @@ fn eval_writes_every_section_of_the_report() {
     ] {
         assert!(report_dir.join(file).exists(), "{file} missing");
     }
+
+    // The DDM's noise classifier (`--only cdl`, which a run without CDL gets only when asked):
+    // the library's score of the first --nfe-images points (not dequantized: the run was not
+    // trained so), the default ζ prior, --evaluations draws, chunks of the default batch (1024 inputs).
+    let cdl_dir = dir.path().join("report_cdl");
+    let ddm_dir = dir.path().join("ddm");
+    let (ddm_dir, cdl_out) = (ddm_dir.to_str().unwrap(), cdl_dir.to_str().unwrap());
+    let args = ["--n", "40", "--nfe-images", "10", "--evaluations", "3"];
+    cdm(&[&["eval", "--ckpt", ddm_dir, "--only", "cdl", "--out", cdl_out][..], &args].concat());
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(cdl_dir.join("report.json")).unwrap()).unwrap();
+    let cdl = CdlConfig { draws: 3, ..CdlConfig::default() };
+    let expected =
+        noise_classifier(&ddm_run.model, &first(&x, 10), &cdl, &Batches::new(1024, ddm_run.options()), 0).unwrap();
+    let score = &report["cdl"]["score"];
+    assert_eq!(score["n"], 10);
+    assert!((number(&score["loss"]) - expected.loss).abs() < 1e-6, "{score} against {expected:?}");
+    assert_eq!(number(&score["accuracy"]), expected.accuracy);
 }

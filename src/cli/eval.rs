@@ -15,10 +15,11 @@ use cdm::checkpoint::write_atomic;
 use cdm::data::{is_8bit, npy, test_split, Dataset, DATA_SPECS};
 use cdm::eval::classifier::level_classifier;
 use cdm::eval::{
-    denoising_levels, denoising_mse, first, level_log_densities, logit_profile, nll_bits_per_dim, ood_levels,
-    sampler_drift, samples_mmd, Batches, Estimator, OodScores,
+    denoising_levels, denoising_mse, first, level_log_densities, logit_profile, nll_bits_per_dim, noise_classifier,
+    ood_levels, sampler_drift, samples_mmd, Batches, Estimator, OodScores,
 };
-use cdm::likelihood::Dequantization;
+use cdm::likelihood::{dequantize, Dequantization};
+use cdm::loss::CdlConfig;
 use cdm::metrics::fid::{reference_stats, Inception};
 use cdm::metrics::{frechet_distance, Typicality};
 use cdm::model::Model;
@@ -47,6 +48,9 @@ pub enum Metric {
     Ood,
     /// Unbiased MMD² (Gaussian kernel) between samples and held-out points, for vector data.
     Mmd,
+    /// A DDM's noise classifier: the contrastive loss and accuracy on held-out points (by default
+    /// for runs trained with --cdl-weight).
+    Cdl,
 }
 
 #[derive(Args)]
@@ -142,11 +146,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Metric::LikelihoodNfe => has_ddm,
         Metric::Fid => args.fid_samples > 0 && x_is_image(&ctx.x),
         Metric::Mmd => ctx.x.dim() == 2,
+        Metric::Cdl => !is_cdm && (!args.only.is_empty() || model.config.train.cdl.is_some()),
         Metric::Nll | Metric::Denoising => true,
     };
     for m in &args.only {
         if !applies(*m) {
-            bail!("--only {m:?}: does not apply to this model (diagnostics and OOD need a CDM, likelihood-nfe a DDM, FID image data and --fid-samples > 0, MMD vector data)");
+            bail!("--only {m:?}: does not apply to this model (diagnostics and OOD need a CDM, likelihood-nfe and cdl a DDM, FID image data and --fid-samples > 0, MMD vector data)");
         }
     }
     if wanted(Metric::Ood) && is_cdm && args.ood.is_empty() && !args.only.is_empty() {
@@ -154,7 +159,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let mut sections = Vec::new();
     type Runner = fn(&Eval) -> Result<Section>;
-    let steps: [(Metric, Runner); 7] = [
+    let steps: [(Metric, Runner); 8] = [
         (Metric::Nll, nll),
         (Metric::LikelihoodNfe, likelihood_nfe),
         (Metric::Denoising, denoising),
@@ -162,6 +167,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         (Metric::Ood, ood),
         (Metric::Fid, fid),
         (Metric::Mmd, mmd),
+        (Metric::Cdl, cdl),
     ];
     for (metric, section) in steps {
         if wanted(metric) && applies(metric) && !(metric == Metric::Ood && args.ood.is_empty()) {
@@ -549,4 +555,27 @@ fn mmd(ctx: &Eval) -> Result<Section> {
         rows.push(json!({"model": name, "mmd2": value, "sampling_cost": cost}));
     }
     Ok(Section { key: "mmd", json: json!({"bandwidth": h, "points": n, "models": rows}), markdown: md })
+}
+
+/// The held-out points as the run was trained on them (uniformly dequantized when it was), the
+/// run's ζ prior (the default one otherwise) and `--evaluations` draws per log-density.
+fn cdl(ctx: &Eval) -> Result<Section> {
+    let (model, seed) = (ctx.model, ctx.args.sampling.seed);
+    let x = first(&ctx.x, ctx.args.nfe_images);
+    let dequantized = model.config.train.dequantize && ctx.eight_bit;
+    let x = if dequantized { dequantize(&x, Dequantization::Uniform, &mut Rng::new(seed ^ 0x00d)) } else { x };
+    let draws = ctx.args.evaluations.iter().copied().max().unwrap_or(128);
+    let cdl = CdlConfig { draws, ..model.config.train.cdl.unwrap_or_default() };
+    let score = batches_of(ctx, model, |b| noise_classifier(&model.model, &x, &cdl, b, seed))?;
+    let md = format!(
+        "## Noise classifier (contrastive diffusion loss)\n\n{} held-out points{}, each kept or noised at log SNR ζ ~ {:?} by a fair coin, told apart by log p_ζ(z) − log p(z) with {draws} draws per log-density, unconditionally.\n\n| loss (chance {:.4}) | accuracy |\n|---|---|\n| {:.4} | {:.4} |\n",
+        score.n,
+        if dequantized { " (uniformly dequantized, as trained)" } else { "" },
+        cdl.zeta,
+        2f64.ln(),
+        score.loss,
+        score.accuracy
+    );
+    let json = json!({"zeta": format!("{:?}", cdl.zeta).to_lowercase(), "draws": draws, "dequantized": dequantized, "score": score});
+    Ok(Section { key: "cdl", json, markdown: md })
 }

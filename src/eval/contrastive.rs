@@ -1,0 +1,50 @@
+//! The noise classifier inside a DDM (Wu et al. 2024, arXiv:2407.08946): how well its logit
+//! log p_ζ(z) − log p(z) tells held-out points from the same points noised at log SNR ζ. This is
+//! what the contrastive diffusion loss trains; on held-out data it shows whether the term had
+//! anything left to teach (accuracy 1 from the start) or nothing it could learn (chance).
+use tch::Tensor;
+
+use super::Batches;
+use crate::loss::{cdl_loss, CdlConfig};
+use crate::model::Model;
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// The contrastive diffusion loss on held-out points, without its gradient.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct NoiseClassifierScore {
+    /// Points scored, each kept or noised by a fair coin.
+    pub n: usize,
+    /// Mean softplus(y·(log p_ζ(z) − log p(z))); ln 2 is chance.
+    pub loss: f64,
+    /// Share of points the classifier labels right (kept or noised).
+    pub accuracy: f64,
+}
+
+/// [`cdl_loss`] of a DDM over every point of `x` ([N, ..]), `cdl.draws` Monte-Carlo draws per
+/// log-density, as many points per call as fit `batches.batch_size` network inputs (each point
+/// costs 2·draws); draws from per-chunk streams of `seed`.
+pub fn noise_classifier(
+    model: &Model,
+    x: &Tensor,
+    cdl: &CdlConfig,
+    batches: &Batches,
+    seed: u64,
+) -> Result<NoiseClassifierScore> {
+    let Model::Ddm(ddm) = model else {
+        return Err(Error::Config("the noise classifier of the contrastive loss is a DDM's".into()));
+    };
+    let draws = cdl.draws.max(1);
+    let per_call = (batches.batch_size / (2 * draws)).max(1);
+    let chunked = Batches { batch_size: per_call, ..*batches };
+    let scores = chunked.map(x, |chunk, start| {
+        let n = chunk.size()[0];
+        let cdl = CdlConfig { images: n as usize, draws, ..*cdl };
+        let mut rng = Rng::stream(seed, start as u64);
+        let term = tch::no_grad(|| cdl_loss(ddm, chunk, None, &cdl, false, &mut rng))?;
+        let weight = n as f64;
+        Ok(Tensor::from_slice(&[term.loss.double_value(&[]) * weight, term.accuracy * weight, weight]).reshape([1, 3]))
+    })?;
+    let sums = Vec::<f64>::try_from(scores.sum_dim_intlist(0, false, tch::Kind::Double))?;
+    Ok(NoiseClassifierScore { n: sums[2] as usize, loss: sums[0] / sums[2], accuracy: sums[1] / sums[2] })
+}
