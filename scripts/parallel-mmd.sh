@@ -19,7 +19,8 @@ row() {
 import json, sys
 r = json.load(open(sys.argv[1]))["mmd"]["models"][0]
 c = r["sampling_cost"]
-print(f"| {sys.argv[2].rstrip('/').split('/')[-1]} | {sys.argv[3]} | {c['iterations']} | {c['evaluations']} | {r['mmd2']:.5f} | {c['seconds']:.1f} s |")
+b = max(c["batches"], 1)
+print(f"| {sys.argv[2].rstrip('/').split('/')[-1]} | {sys.argv[3]} | {c['iterations'] / b:g} | {c['evaluations'] / b:g} | {r['mmd2']:.5f} | {c['seconds']:.1f} s |")
 PY
 }
 for run in "$@"; do

@@ -517,8 +517,12 @@ fn fid(ctx: &Eval) -> Result<Section> {
     let guidance = if s.guidance != 0.0 { format!(", guidance w = {}", s.guidance) } else { String::new() };
     let parallel = match s.parallel {
         Some(p) => format!(
-            ", parallel {:?} (window {p}, tol {}): {} iterations, {} evaluations per batch of samples",
-            s.solver, s.tol, cost.iterations, cost.evaluations
+            ", parallel {:?} (window {p}, tol {}): {:.1} iterations and {:.1} evaluations per trajectory, mean of {} batches",
+            s.solver,
+            s.tol,
+            cost.iterations_per_batch(),
+            cost.evaluations_per_trajectory(),
+            cost.batches
         )
         .to_lowercase(),
         None => String::new(),
@@ -539,7 +543,7 @@ fn mmd(ctx: &Eval) -> Result<Section> {
     let (args, n) = (ctx.args, ctx.x.size()[0] as usize);
     let h = args.mmd_bandwidth;
     let mut md = format!(
-        "## MMD\n\nUnbiased MMD² between {n} samples ({} {} steps{}) and {n} held-out points, Gaussian kernel h = {h}.\n\n| model | MMD² | iterations | network evaluations per sample |\n|---|---|---|---|\n",
+        "## MMD\n\nUnbiased MMD² between {n} samples ({} {} steps{}) and {n} held-out points, Gaussian kernel h = {h}.\n\n| model | MMD² | iterations per batch | network evaluations per sample |\n|---|---|---|---|\n",
         format!("{:?}", args.sampling.sampler).to_lowercase(),
         args.sampling.steps,
         args.sampling.parallel.map_or(String::new(), |p| format!(
@@ -551,7 +555,12 @@ fn mmd(ctx: &Eval) -> Result<Section> {
     let mut rows = Vec::new();
     for (name, model) in models(ctx) {
         let (value, cost) = batches_of(ctx, model, |b| samples_mmd(&model.model, &ctx.x, &args.sampling, h, b))?;
-        writeln!(md, "| {name} | {value:.5} | {} | {} |", cost.iterations, cost.evaluations)?;
+        writeln!(
+            md,
+            "| {name} | {value:.5} | {:.1} | {:.1} |",
+            cost.iterations_per_batch(),
+            cost.evaluations_per_trajectory()
+        )?;
         rows.push(json!({"model": name, "mmd2": value, "sampling_cost": cost}));
     }
     Ok(Section { key: "mmd", json: json!({"bandwidth": h, "points": n, "models": rows}), markdown: md })

@@ -125,6 +125,18 @@ pub struct SamplingStats {
     pub seconds: f64,
 }
 
+impl SamplingStats {
+    /// Rounds of network evaluation per batch: a parallel run's latency in steps.
+    pub fn iterations_per_batch(&self) -> f64 {
+        self.iterations as f64 / self.batches.max(1) as f64
+    }
+
+    /// States evaluated per trajectory: `steps` for a sequential run.
+    pub fn evaluations_per_trajectory(&self) -> f64 {
+        self.evaluations as f64 / self.batches.max(1) as f64
+    }
+}
+
 /// Samples and what they cost.
 pub struct Samples {
     /// [n, ..] on the CPU.
