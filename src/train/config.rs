@@ -87,8 +87,8 @@ pub struct TrainConfig {
     /// Flip each image left-right with probability 1/2 (for [C, H, W] data).
     pub hflip: bool,
     /// Train on 8-bit images uniformly dequantized, (k + u)/128 − 1 with u ~ U(0, 1) drawn
-    /// afresh each step: the density the bits/dim bound scores. Without it a model learns the
-    /// grid (flat backgrounds at exactly −1), and its noise classifier saturates (§6.1).
+    /// afresh each step: the density the bits/dim bound scores, rather than one concentrated on
+    /// the grid (flat backgrounds at exactly −1).
     pub dequantize: bool,
     /// Add the contrastive diffusion loss (a DDM only; Wu et al. 2024, arXiv:2407.08946);
     /// none when absent.
