@@ -2,12 +2,11 @@
 mod common;
 
 use cdm::likelihood::{bits_per_dim, bits_per_dim_8bit, dequantize, Dequantization};
-use cdm::model::{ModelConfig, ModelKind};
-use cdm::nets::{BackboneConfig, MlpConfig};
+use cdm::model::ModelKind;
+use cdm::nets::MlpConfig;
 use cdm::rng::Rng;
-use cdm::schedule::ScheduleConfig;
 use cdm::train::{augment, RunConfig, TrainConfig, Trainer};
-use common::assert_close;
+use common::{assert_close, mlp_config};
 use tch::{Device, Kind, Tensor};
 
 #[test]
@@ -57,14 +56,7 @@ fn training_batches_are_dequantized_when_asked() {
     // Data that are not 8-bit images are refused, naming the setting.
     let config = RunConfig {
         data: "gmm2d".into(),
-        model: ModelConfig {
-            kind: ModelKind::Ddm,
-            schedule: ScheduleConfig { timesteps: 10, ..Default::default() },
-            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 8, blocks: 1, ..MlpConfig::default() }),
-            data_shape: vec![2],
-            gaussian_base: false,
-            base_per_class: false,
-        },
+        model: mlp_config(ModelKind::Ddm, 10, MlpConfig { hidden: 8, blocks: 1, ..MlpConfig::default() }, &[2]),
         train,
     };
     let dir = tempfile::tempdir().unwrap();

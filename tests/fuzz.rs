@@ -26,9 +26,8 @@ use cdm::data::Dataset;
 use cdm::model::{Model, ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, MlpConfig};
 use cdm::rng::Rng;
-use cdm::schedule::ScheduleConfig;
 use cdm::train::{RunConfig, TrainConfig};
-use common::{gzip, idx};
+use common::{gzip, idx, mlp_config};
 use rand::{rngs::StdRng, Rng as _, SeedableRng};
 use tch::{nn::VarStore, Kind, Tensor};
 
@@ -357,14 +356,7 @@ fn folder_images() {
 fn tiny_config() -> RunConfig {
     RunConfig {
         data: "gmm:d=3,k=2".into(),
-        model: ModelConfig {
-            kind: ModelKind::Cdm,
-            schedule: ScheduleConfig { timesteps: 4, ..Default::default() },
-            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 4, blocks: 1, ..MlpConfig::default() }),
-            data_shape: vec![3],
-            gaussian_base: false,
-            base_per_class: false,
-        },
+        model: mlp_config(ModelKind::Cdm, 4, MlpConfig { hidden: 4, blocks: 1, ..MlpConfig::default() }, &[3]),
         train: TrainConfig { batch_size: 8, ..Default::default() },
     }
 }

@@ -1,22 +1,17 @@
 //! Checkpoints: a run stopped and resumed ends with exactly the weights of an uninterrupted
 //! run, and a saved model reloads to identical logits.
-use cdm::model::{ModelConfig, ModelKind};
+mod common;
+
+use cdm::model::ModelKind;
 use cdm::nets::{BackboneConfig, MlpConfig};
-use cdm::schedule::ScheduleConfig;
 use cdm::train::{load_model, Precision, RunConfig, TrainConfig, Trainer};
+use common::mlp_config;
 use tch::{Device, Kind};
 
 fn config(steps: u64) -> RunConfig {
     RunConfig {
         data: "gmm2d".into(),
-        model: ModelConfig {
-            kind: ModelKind::Cdm,
-            schedule: ScheduleConfig { timesteps: 20, ..Default::default() },
-            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 2, ..MlpConfig::default() }),
-            data_shape: vec![2],
-            gaussian_base: false,
-            base_per_class: false,
-        },
+        model: mlp_config(ModelKind::Cdm, 20, MlpConfig { hidden: 16, blocks: 2, ..MlpConfig::default() }, &[2]),
         train: TrainConfig {
             steps,
             batch_size: 32,

@@ -9,12 +9,14 @@
 //! the low-level prior (`low_levels` 0.5) and the cube with Fourier features of x, which
 //! brought the cube from 0.16-0.18 nats/dim low to 0.09 and the mixture from 0.08 nats per
 //! point to 0.07 (commit 79a4f9f).
+mod common;
+
 use cdm::data::Dataset;
 use cdm::likelihood::log_prob;
-use cdm::model::{ModelConfig, ModelKind};
-use cdm::nets::{BackboneConfig, MlpConfig};
-use cdm::schedule::ScheduleConfig;
+use cdm::model::ModelKind;
+use cdm::nets::MlpConfig;
 use cdm::train::{load_model, RunConfig, TrainConfig, Trainer};
+use common::mlp_config;
 use tch::{Device, Kind};
 
 /// Trains on `spec` with T levels and returns (mean estimated, mean exact) log-density per point
@@ -23,14 +25,12 @@ fn train_and_score(spec: &str, dim: i64, timesteps: usize, fourier: Vec<i32>, lo
     let dir = tempfile::tempdir().unwrap();
     let config = RunConfig {
         data: spec.into(),
-        model: ModelConfig {
-            kind: ModelKind::Cdm,
-            schedule: ScheduleConfig { timesteps, ..Default::default() },
-            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 128, blocks: 3, fourier, ..MlpConfig::default() }),
-            data_shape: vec![dim],
-            gaussian_base: false,
-            base_per_class: false,
-        },
+        model: mlp_config(
+            ModelKind::Cdm,
+            timesteps,
+            MlpConfig { hidden: 128, blocks: 3, fourier, ..MlpConfig::default() },
+            &[dim],
+        ),
         train: TrainConfig { steps: 1500, batch_size: 512, checkpoint_every: 10_000, low_levels, ..Default::default() },
     };
     Trainer::open(dir.path(), config, Device::Cpu).unwrap().run(&mut |_| {}).unwrap();
@@ -65,14 +65,7 @@ fn ddm_baseline_learns_the_posterior_mean() {
     let dir = tempfile::tempdir().unwrap();
     let config = RunConfig {
         data: "gmm2d".into(),
-        model: ModelConfig {
-            kind: ModelKind::Ddm,
-            schedule: ScheduleConfig { timesteps: 100, ..Default::default() },
-            backbone: BackboneConfig::Mlp(MlpConfig { hidden: 128, blocks: 3, ..MlpConfig::default() }),
-            data_shape: vec![2],
-            gaussian_base: false,
-            base_per_class: false,
-        },
+        model: mlp_config(ModelKind::Ddm, 100, MlpConfig { hidden: 128, blocks: 3, ..MlpConfig::default() }, &[2]),
         train: TrainConfig { steps: 1500, batch_size: 512, checkpoint_every: 10_000, ..Default::default() },
     };
     Trainer::open(dir.path(), config, Device::Cpu).unwrap().run(&mut |_| {}).unwrap();

@@ -89,18 +89,25 @@ pub fn base_model(
     (vs, model)
 }
 
+/// The settings of a model of `kind`: an MLP over points of `data_shape`, on the linear schedule
+/// with `timesteps` levels, without a Gaussian base.
+pub fn mlp_config(kind: ModelKind, timesteps: usize, mlp: MlpConfig, data_shape: &[i64]) -> ModelConfig {
+    ModelConfig {
+        kind,
+        schedule: ScheduleConfig::new(ScheduleKind::Linear, timesteps),
+        backbone: BackboneConfig::Mlp(mlp),
+        data_shape: data_shape.to_vec(),
+        gaussian_base: false,
+        base_per_class: false,
+    }
+}
+
 /// A small untrained model of `kind` on 2-D points with 3 classes (label 3 is the null label),
 /// a 16-wide MLP on the linear schedule with `timesteps` levels, in f32.
 pub fn conditional_mlp(kind: ModelKind, timesteps: usize) -> (nn::VarStore, Model) {
     let vs = nn::VarStore::new(tch::Device::Cpu);
-    let cfg = ModelConfig {
-        kind,
-        schedule: ScheduleConfig::new(ScheduleKind::Linear, timesteps),
-        backbone: BackboneConfig::Mlp(MlpConfig { hidden: 16, blocks: 1, num_labels: 3, ..MlpConfig::default() }),
-        data_shape: vec![2],
-        gaussian_base: false,
-        base_per_class: false,
-    };
+    let mlp = MlpConfig { hidden: 16, blocks: 1, num_labels: 3, ..MlpConfig::default() };
+    let cfg = mlp_config(kind, timesteps, mlp, &[2]);
     let model = Model::new(&vs.root(), &cfg).unwrap();
     (vs, model)
 }
