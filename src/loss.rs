@@ -49,8 +49,10 @@ pub fn level_prior(classes: usize, low: f64) -> Vec<f64> {
     (0..classes).map(|t| (1.0 - low) / classes as f64 + low / ((t + 1) as f64 * harmonic)).collect()
 }
 
-/// Where the extra noise ζ of the contrastive diffusion loss is drawn, on log SNR [6, 15]
-/// (Wu et al. 2024: the noise a sampler's last steps must tell from data).
+/// Where the extra noise ζ of the contrastive diffusion loss is drawn. The paper's image runs
+/// use log SNR [6, 15] (the noise a sampler's last steps must tell from data); its 1-D and 2-D
+/// code draws ζ from the model's own log-SNR range, so that most noised points are far from
+/// the data, where parallel samplers first evaluate the denoiser.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ZetaPrior {
@@ -59,15 +61,29 @@ pub enum ZetaPrior {
     Logistic,
     /// Uniform on [6, 15].
     Uniform,
+    /// The truncated logistic the model's log SNR is trained and integrated over (the paper
+    /// code's 1-D and 2-D experiments).
+    Trained,
+}
+
+impl std::fmt::Display for ZetaPrior {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ZetaPrior::Logistic => "logistic(10.5, 1.5) on [6, 15]",
+            ZetaPrior::Uniform => "uniform on [6, 15]",
+            ZetaPrior::Trained => "the model's trained log-SNR range",
+        })
+    }
 }
 
 impl ZetaPrior {
-    /// `n` draws of ζ, f64 [n].
-    fn draw(self, n: usize, rng: &mut Rng) -> Tensor {
+    /// `n` draws of ζ, f64 [n]; `trained` is the model's log-SNR range.
+    pub fn draw(self, n: usize, trained: &LogSnrProposal, rng: &mut Rng) -> Tensor {
         let u = rng.uniform(&[n as i64], Kind::Double);
         match self {
             ZetaPrior::Logistic => LogSnrProposal { loc: 10.5, scale: 1.5 }.at_quantiles(&u).0,
             ZetaPrior::Uniform => u * 9.0 + 6.0,
+            ZetaPrior::Trained => trained.at_quantiles(&u).0,
         }
     }
 }
@@ -134,7 +150,8 @@ pub fn cdl_loss(
     let draws = if cdl.draws == 0 { batch } else { cdl.draws as i64 };
     let x = x0.narrow(0, 0, n);
     let noised = rng.uniform(&[n], Kind::Double).lt(0.5).to_device(x0.device());
-    let zeta = cdl.zeta.draw(n as usize, rng).to_device(x0.device());
+    let proposal = model.schedule().logsnr_proposal();
+    let zeta = cdl.zeta.draw(n as usize, &proposal, rng).to_device(x0.device());
     let eps = rng.normal(&x.size(), x.kind()).to_device(x0.device());
     let shape = |v: &Tensor| {
         let mut dims = vec![-1i64];
@@ -149,7 +166,6 @@ pub fn cdl_loss(
     let eps_hat = |z: &Tensor, gamma: &Tensor| {
         model.eps(z, &model.schedule().levels_at_logsnr(gamma).to_kind(z.kind()), labels.as_ref(), train)
     };
-    let proposal = model.schedule().logsnr_proposal();
     let logits = noise_logits(eps_hat, &z, &zeta, &proposal, draws as usize, rng)?;
     // y = +1 for kept points, −1 for noised ones.
     let sign = noised.to_kind(x.kind()) * -2.0 + 1.0;

@@ -367,3 +367,20 @@ fn init_from_starts_from_a_runs_weights_with_a_fresh_optimiser() {
     let third = tempfile::tempdir().unwrap();
     assert!(Trainer::open(third.path(), other, Device::Cpu).is_err());
 }
+
+#[test]
+fn zeta_priors_draw_on_their_ranges() {
+    // Each prior's draws fill its support and centre where it is symmetric: the image runs'
+    // [6, 15] (logistic and uniform), and the trained range loc ± 3·scale.
+    let trained = LogSnrProposal { loc: -3.0, scale: 2.0 };
+    for (prior, lo, hi) in
+        [(ZetaPrior::Logistic, 6.0, 15.0), (ZetaPrior::Uniform, 6.0, 15.0), (ZetaPrior::Trained, -9.0, 3.0)]
+    {
+        let zeta = prior.draw(20_000, &trained, &mut Rng::new(3));
+        let (min, max) = (zeta.min().double_value(&[]), zeta.max().double_value(&[]));
+        assert!(min >= lo && max <= hi, "{prior:?}: draws in [{min}, {max}]");
+        assert!(min < lo + 0.1 * (hi - lo) && max > hi - 0.1 * (hi - lo), "{prior:?}: [{min}, {max}]");
+        let mean = zeta.mean(Kind::Double).double_value(&[]);
+        assert_close(mean, (lo + hi) / 2.0, 0.05 * (hi - lo), &format!("{prior:?}: mean"));
+    }
+}

@@ -257,11 +257,23 @@ fn the_mmd_of_exact_ddim_samples_is_the_closed_form() {
     let g = gaussian_ddim_gain(|t| model.schedule().alpha_bar(t), &levels, LAMBDA.sqrt());
     let (a, b, h2) = (g * g, 4.0 * LAMBDA, 0.04);
     let expected = h2 / (h2 + 2.0 * a) + h2 / (h2 + 2.0 * b) - 2.0 * h2 / (h2 + a + b);
-    let (mmd2, cost) = samples_mmd(&model, &gaussian(2000, b, 14), &opts, h2.sqrt(), &batches()).unwrap();
+    let held_out = gaussian(2000, b, 14);
+    let got = samples_mmd(&model, &held_out, &opts, h2.sqrt(), &batches()).unwrap();
     // Kernel values vary by about 0.3: four standard errors of 2000 points each.
-    assert_close(mmd2, expected, 0.01, "MMD²");
+    assert_close(got.mmd2, expected, 0.01, "MMD²");
     assert!(expected > 0.2, "a difference the check can see: {expected}");
-    assert_eq!(cost.steps, 10);
+    assert_eq!(got.cost.steps, 10);
+    assert!(got.per_iteration.is_empty());
+    // In parallel with every step in one window, the trace scores each iteration's samples:
+    // the last iterate is the sample set, and the first, x_T moved once, is not.
+    let parallel = SampleOptions { parallel: Some(10), tol: 1e-6, trace: true, ..opts };
+    let traced = samples_mmd(&model, &held_out, &parallel, h2.sqrt(), &batches()).unwrap();
+    // Three batches: as long as the slowest one.
+    let len = traced.per_iteration.len();
+    assert!(len as f64 >= traced.cost.iterations_per_batch() && len <= traced.cost.iterations, "{len}");
+    assert_close(traced.mmd2, got.mmd2, 1e-6, "parallel MMD² against sequential");
+    assert_eq!(traced.per_iteration.last(), Some(&traced.mmd2));
+    assert!((traced.per_iteration[0] - traced.mmd2).abs() > 0.01, "{:?}", traced.per_iteration);
 }
 
 #[test]

@@ -9,7 +9,8 @@ use cdm::classifier::Classifier;
 use cdm::model::{Model, ModelKind};
 use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::sample::{
-    draw, parallel, sequential, Noise, ParallelOptions, ParallelSolver, SampleOptions, SamplerKind, StepTable,
+    draw, parallel, sequential, Noise, ParallelInit, ParallelOptions, ParallelSolver, SampleOptions, SamplerKind,
+    StepTable,
 };
 use cdm::schedule::{Schedule, ScheduleConfig, ScheduleKind};
 use common::{conditional_mlp, gaussian_backbone, gaussian_ddim_gain, max_abs_diff};
@@ -55,7 +56,9 @@ fn run_parallel(
     opts: ParallelOptions,
 ) -> (Tensor, cdm::sample::ParallelStats) {
     let n = x_t.size()[0] as usize;
-    parallel(model, schedule, table, x_t.shallow_clone(), &mut Noise::new(seed, 0, n), &opts, &mut |_| {}).unwrap()
+    let run = parallel(model, schedule, table, x_t.shallow_clone(), &mut Noise::new(seed, 0, n), &opts, &mut |_| {});
+    let run = run.unwrap();
+    (run.x, run.stats)
 }
 
 fn picard(window: usize, tol: f64) -> ParallelOptions {
@@ -95,15 +98,14 @@ fn any_window_converges_to_the_sequential_trajectory_at_zero_tolerance() {
         let expected = run_sequential(&model, &schedule, &table, &x_t, 3);
         for window in [4, 16, 40, 64] {
             for solver in [ParallelSolver::Picard, ParallelSolver::Anderson, ParallelSolver::Newton] {
-                let opts = ParallelOptions { solver, ..picard(window, 0.0) };
-                let (got, stats) = run_parallel(&model, &schedule, &table, &x_t, 3, opts);
-                let gap = max_abs_diff(&got, &expected);
-                assert!(gap < 1e-9, "{sampler:?} window {window} {solver:?}: {gap} off the sequential trajectory");
-                assert!(
-                    stats.iterations <= 40,
-                    "{sampler:?} window {window} {solver:?}: {} iterations",
-                    stats.iterations
-                );
+                for init in [ParallelInit::Guess, ParallelInit::Copy] {
+                    let opts = ParallelOptions { solver, init, ..picard(window, 0.0) };
+                    let (got, stats) = run_parallel(&model, &schedule, &table, &x_t, 3, opts);
+                    let gap = max_abs_diff(&got, &expected);
+                    let case = format!("{sampler:?} window {window} {solver:?} {init:?}");
+                    assert!(gap < 1e-9, "{case}: {gap} off the sequential trajectory");
+                    assert!(stats.iterations <= 40, "{case}: {} iterations", stats.iterations);
+                }
             }
         }
     }
@@ -176,6 +178,40 @@ fn labels_guidance_and_clipping_inside_a_window_match_the_sequential_samples() {
             assert!(b.stats.largest_batch == 8 * 6 && b.stats.iterations <= 20, "{:?}", b.stats);
         }
     }
+}
+
+#[test]
+fn a_trace_holds_the_samples_of_every_iteration_budget() {
+    // DDPM-30 on a two-mode mixture, every step in one window from copies of x_T: one entry per
+    // iteration, the last the converged sample; over batches, the longest batch's count, a
+    // batch that converged sooner holding its samples.
+    let schedule = schedule(100);
+    let model = mixture_eps(&schedule, 1.0, 0.3);
+    let table = StepTable::new(SamplerKind::Ddpm, 0.0, &schedule, &schedule.sampling_levels(30).unwrap()).unwrap();
+    let x_t = Noise::new(5, 0, 8).normal(&[2], Kind::Double, Device::Cpu);
+    let expected = run_sequential(&model, &schedule, &table, &x_t, 4);
+    let opts = ParallelOptions { init: ParallelInit::Copy, trace: true, ..picard(30, 1e-6) };
+    let run = parallel(&model, &schedule, &table, x_t.shallow_clone(), &mut Noise::new(4, 0, 8), &opts, &mut |_| {});
+    let run = run.unwrap();
+    assert_eq!(run.trace.len(), run.stats.iterations);
+    assert!(run.stats.iterations < 30, "{} iterations", run.stats.iterations);
+    assert!(max_abs_diff(&run.x, &expected) < 1e-5);
+    assert_eq!(max_abs_diff(run.trace.last().unwrap(), &run.x), 0.0);
+    // The first iterate is far from the samples: the trace is not the final state repeated.
+    assert!(max_abs_diff(&run.trace[0], &expected) > 0.1);
+
+    let (_vs, model) = conditional_model(ModelKind::Ddm);
+    let opts = SampleOptions {
+        sampler: SamplerKind::Ddpm,
+        parallel: Some(20),
+        parallel_init: ParallelInit::Copy,
+        trace: true,
+        ..SampleOptions::ddim(20)
+    };
+    let samples = draw(&model, (Kind::Double, Device::Cpu), 6, &opts, 4, None, &mut |_| {}).unwrap();
+    assert!(!samples.trace.is_empty() && samples.trace.len() <= samples.stats.iterations, "{:?}", samples.stats);
+    assert!(samples.trace.iter().all(|x| x.size() == [6, 2]));
+    assert_eq!(max_abs_diff(samples.trace.last().unwrap(), &samples.x), 0.0);
 }
 
 #[test]

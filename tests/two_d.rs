@@ -51,6 +51,22 @@ fn curve_and_ring_densities_are_normalised_and_match_their_samplers() {
 }
 
 #[test]
+fn two_modes_is_the_cdl_papers_one_dimensional_toy() {
+    // ½N(−5, 1) + ½N(5, 1): mass one, mean 0, variance 1 + 25, and half the points above zero.
+    let data = Dataset::open("two-modes").unwrap();
+    assert_eq!(data.shape(), vec![1]);
+    let step = 0.01;
+    let x = ((Tensor::arange(2400, (Kind::Double, tch::Device::Cpu)) + 0.5) * step - 12.0).reshape([-1, 1]);
+    let mass = data.density().unwrap().log_prob(&x).exp().sum(Kind::Double).double_value(&[]) * step;
+    assert_close(mass, 1.0, 1e-9, "total mass");
+    let y = data.eval_points(20_000, 1);
+    assert_close(y.mean(Kind::Double).double_value(&[]), 0.0, 4.0 * (26.0f64 / 20_000.0).sqrt(), "mean");
+    assert_close(y.var(true).double_value(&[]), 26.0, 0.5, "variance");
+    let above = y.gt(0.0).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+    assert_close(above, 0.5, 0.015, "share of the upper mode");
+}
+
+#[test]
 fn mmd_matches_a_hand_computation() {
     // x = {0, 1}, y = {0, 2}, h = 1: within x e^{−1/2}, within y e^{−2}, across
     // (1 + e^{−2} + e^{−1/2} + e^{−1/2})/4.

@@ -19,7 +19,7 @@ use cdm::eval::{
     ood_levels, sampler_drift, samples_mmd, Batches, Estimator, OodScores,
 };
 use cdm::likelihood::{dequantize, Dequantization};
-use cdm::loss::CdlConfig;
+use cdm::loss::{CdlConfig, ZetaPrior};
 use cdm::metrics::fid::{reference_stats, Inception};
 use cdm::metrics::{frechet_distance, Typicality};
 use cdm::model::Model;
@@ -93,6 +93,10 @@ pub struct EvalArgs {
     /// Bandwidth h of the MMD's Gaussian kernel exp(−|a − b|²/(2h²)).
     #[arg(long, default_value_t = 0.2)]
     mmd_bandwidth: f64,
+    /// Where ζ is drawn for the noise classifier (default: as the run was trained with CDL, else
+    /// logistic), so that runs with and without the term are scored alike.
+    #[arg(long, value_enum)]
+    cdl_zeta: Option<ZetaPrior>,
 }
 
 /// What every section needs.
@@ -538,30 +542,48 @@ fn fid(ctx: &Eval) -> Result<Section> {
 }
 
 /// MMD² of each model's samples (as many as held-out points, drawn as --sampler says) against
-/// the held-out points.
+/// the held-out points; with a parallel window of every step, also after each iteration (the
+/// CDL paper's measure: iterations to a given MMD²), plotted.
 fn mmd(ctx: &Eval) -> Result<Section> {
     let (args, n) = (ctx.args, ctx.x.size()[0] as usize);
     let h = args.mmd_bandwidth;
+    let s = &args.sampling;
+    let sampling = SampleOptions { trace: s.parallel.is_some_and(|p| p >= s.steps), ..s.clone() };
     let mut md = format!(
         "## MMD\n\nUnbiased MMD² between {n} samples ({} {} steps{}) and {n} held-out points, Gaussian kernel h = {h}.\n\n| model | MMD² | iterations per batch | network evaluations per sample |\n|---|---|---|---|\n",
-        format!("{:?}", args.sampling.sampler).to_lowercase(),
-        args.sampling.steps,
-        args.sampling.parallel.map_or(String::new(), |p| format!(
-            ", parallel {} window {p}, tol {}",
-            format!("{:?}", args.sampling.solver).to_lowercase(),
-            args.sampling.tol
+        format!("{:?}", s.sampler).to_lowercase(),
+        s.steps,
+        s.parallel.map_or(String::new(), |p| format!(
+            ", parallel {} window {p}, tol {}, init {}",
+            format!("{:?}", s.solver).to_lowercase(),
+            s.tol,
+            format!("{:?}", s.parallel_init).to_lowercase()
         ))
     );
-    let mut rows = Vec::new();
+    let (mut rows, mut curves) = (Vec::new(), Vec::new());
     for (name, model) in models(ctx) {
-        let (value, cost) = batches_of(ctx, model, |b| samples_mmd(&model.model, &ctx.x, &args.sampling, h, b))?;
+        let got = batches_of(ctx, model, |b| samples_mmd(&model.model, &ctx.x, &sampling, h, b))?;
+        let cost = got.cost;
         writeln!(
             md,
-            "| {name} | {value:.5} | {:.1} | {:.1} |",
+            "| {name} | {:.5} | {:.1} | {:.1} |",
+            got.mmd2,
             cost.iterations_per_batch(),
             cost.evaluations_per_trajectory()
         )?;
-        rows.push(json!({"model": name, "mmd2": value, "sampling_cost": cost}));
+        let points = got.per_iteration.iter().enumerate().map(|(k, &v)| ((k + 1) as f64, v)).collect();
+        curves.push(Series { label: name.to_string(), points, markers_only: false });
+        rows.push(
+            json!({"model": name, "mmd2": got.mmd2, "sampling_cost": cost, "mmd2_per_iteration": got.per_iteration}),
+        );
+    }
+    if sampling.trace {
+        let axes =
+            Axes {
+                title: "MMD² after each parallel iteration", x: "iteration", y: "MMD²", log_x: false, log_y: true
+            };
+        line_chart(&args.out.join("mmd_iterations.png"), &axes, &curves)?;
+        md.push_str("\nMMD² after each iteration (`mmd2_per_iteration` in report.json; values ≤ 0 are not drawn):\n\n![](mmd_iterations.png)\n");
     }
     Ok(Section { key: "mmd", json: json!({"bandwidth": h, "points": n, "models": rows}), markdown: md })
 }
@@ -574,10 +596,11 @@ fn cdl(ctx: &Eval) -> Result<Section> {
     let dequantized = model.config.train.dequantize && ctx.eight_bit;
     let x = if dequantized { dequantize(&x, Dequantization::Uniform, &mut Rng::new(seed ^ 0x00d)) } else { x };
     let draws = ctx.args.evaluations.iter().copied().max().unwrap_or(128);
-    let cdl = CdlConfig { draws, ..model.config.train.cdl.unwrap_or_default() };
+    let trained = model.config.train.cdl.unwrap_or_default();
+    let cdl = CdlConfig { draws, zeta: ctx.args.cdl_zeta.unwrap_or(trained.zeta), ..trained };
     let score = batches_of(ctx, model, |b| noise_classifier(&model.model, &x, &cdl, b, seed))?;
     let md = format!(
-        "## Noise classifier (contrastive diffusion loss)\n\n{} held-out points{}, each kept or noised at log SNR ζ ~ {:?} by a fair coin, told apart by log p_ζ(z) − log p(z) with {draws} draws per log-density, unconditionally.\n\n| loss (chance {:.4}) | accuracy |\n|---|---|\n| {:.4} | {:.4} |\n",
+        "## Noise classifier (contrastive diffusion loss)\n\n{} held-out points{}, each kept or noised at log SNR ζ drawn from {} by a fair coin, told apart by log p_ζ(z) − log p(z) with {draws} draws per log-density, unconditionally.\n\n| loss (chance {:.4}) | accuracy |\n|---|---|\n| {:.4} | {:.4} |\n",
         score.n,
         if dequantized { " (uniformly dequantized, as trained)" } else { "" },
         cdl.zeta,
@@ -585,6 +608,6 @@ fn cdl(ctx: &Eval) -> Result<Section> {
         score.loss,
         score.accuracy
     );
-    let json = json!({"zeta": format!("{:?}", cdl.zeta).to_lowercase(), "draws": draws, "dequantized": dequantized, "score": score});
+    let json = json!({"zeta": cdl.zeta, "draws": draws, "dequantized": dequantized, "score": score});
     Ok(Section { key: "cdl", json, markdown: md })
 }

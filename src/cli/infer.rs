@@ -305,7 +305,7 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         let warm_up = SampleOptions { steps: 1, parallel: None, ..args.options.clone() };
         draw(&loaded.model, loaded.options(), 1, &warm_up, 1, None, &mut |_| {})?;
     }
-    let Samples { x: samples, labels, stats } =
+    let Samples { x: samples, labels, stats, .. } =
         draw_samples(&loaded, args.n, &args.options, args.ckpt.batch, start, &mut |_| {})?;
     let mut report = json!({"n": args.n, "options": args.options, "cost": stats});
     if args.compare_sequential {

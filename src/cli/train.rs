@@ -128,7 +128,7 @@ pub struct TrainArgs {
     /// Monte-Carlo draws per image for the CDL's log-densities (default: the batch size).
     #[arg(long)]
     cdl_draws: Option<usize>,
-    /// Where the CDL's extra noise ζ is drawn on log SNR [6, 15].
+    /// Where the CDL's extra noise ζ is drawn (default: logistic on log SNR [6, 15]).
     #[arg(long, value_enum)]
     cdl_zeta: Option<ZetaPrior>,
     /// Start from this run's EMA weights with a fresh optimiser (fine-tuning); its settings are

@@ -173,6 +173,18 @@ impl GaussianMixture {
     }
 }
 
+impl GaussianMixture {
+    /// The CDL paper's 1-D toy: ½N(−5, 1) + ½N(5, 1), two modes far apart, so that a parallel
+    /// sampler's first iterates, pure noise at every level, lie between them.
+    pub fn two_modes() -> Self {
+        GaussianMixture {
+            weights: Tensor::from_slice(&[0.5, 0.5]),
+            means: Tensor::from_slice(&[-5.0, 5.0]).reshape([2, 1]),
+            stds: Tensor::from_slice(&[1.0, 1.0]),
+        }
+    }
+}
+
 /// Nodes of the midpoint rule on [0, 1] for the curve densities: neighbouring nodes lie at most
 /// 0.02 (moons) and 0.03 (spirals) apart, against noise of std 0.06 and 0.1, so the rule is
 /// exact to about 1e-3 relative where the curves end and far better elsewhere.

@@ -18,7 +18,7 @@ pub use known::{Checkerboard, Circle, GaussianMixture, KnownDensity, Moons, Ring
 pub const DATA_SPECS: &str = "npy:PATH | mnist[:split=test] | fashion-mnist[:split=test] | digits | \
 cifar10:DIR[,split=test] | folder:DIR[,size=N] (own size; size=N crops and resizes to N×N) | \
 uniform:d=D,g=WIDTH (d may be a shape like 3x32x32) | gmm2d | gmm:d=D,k=K,seed=S | checkerboard | rings | \
-moons | two-spirals | eight-gaussians | circle";
+moons | two-spirals | eight-gaussians | circle | two-modes";
 
 /// Most values one point of a built-in density may have (3×1024×1024 fits): the spec is
 /// refused beyond it, before a batch of such points is allocated.
@@ -129,6 +129,7 @@ impl Dataset {
             "two-spirals" => Box::new(TwoSpirals),
             "eight-gaussians" => Box::new(GaussianMixture::eight_gaussians()),
             "circle" => Box::new(Circle),
+            "two-modes" => Box::new(GaussianMixture::two_modes()),
             _ => return Err(Error::Data(format!("unknown data spec '{spec}'; expected one of: {DATA_SPECS}"))),
         };
         args.check_all_used()?;

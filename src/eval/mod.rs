@@ -74,19 +74,33 @@ pub fn dim_of(x: &Tensor) -> f64 {
     x.size()[1..].iter().product::<i64>() as f64
 }
 
+/// Sample quality by MMD², and what the samples cost.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SampleMmd {
+    pub mmd2: f64,
+    pub cost: SamplingStats,
+    /// With `opts.trace` (a parallel window of every step): the MMD² of the samples after each
+    /// iteration, the quality an iteration budget buys; the last is `mmd2`.
+    pub per_iteration: Vec<f64>,
+}
+
 /// Unbiased MMD² ([`mmd2_unbiased`], Gaussian kernel of bandwidth `bandwidth`) between as
-/// many samples of `model`, drawn as `opts` says, as there are held-out points `x` ([N, D]),
-/// and what drawing them cost.
+/// many samples of `model`, drawn as `opts` says, as there are held-out points `x` ([N, D]).
 pub fn samples_mmd(
     model: &Model,
     x: &Tensor,
     opts: &SampleOptions,
     bandwidth: f64,
     batches: &Batches,
-) -> Result<(f64, SamplingStats)> {
+) -> Result<SampleMmd> {
     let drawn =
         draw(model, (batches.kind, batches.device), x.size()[0] as usize, opts, batches.batch_size, None, &mut |_| {})?;
-    Ok((mmd2_unbiased(&drawn.x.to_device(Device::Cpu), x, bandwidth)?, drawn.stats))
+    let per_iteration = drawn.trace.iter().map(|y| mmd2_unbiased(y, x, bandwidth)).collect::<Result<Vec<_>>>()?;
+    Ok(SampleMmd {
+        mmd2: mmd2_unbiased(&drawn.x.to_device(Device::Cpu), x, bandwidth)?,
+        cost: drawn.stats,
+        per_iteration,
+    })
 }
 
 /// The mean of a tensor, in f64.

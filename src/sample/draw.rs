@@ -7,7 +7,8 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use super::{
-    parallel, sequential, ClipX0, GuidedPair, Noise, ParallelOptions, ParallelSolver, SamplerKind, Step, StepTable,
+    parallel, sequential, ClipX0, GuidedPair, Noise, ParallelInit, ParallelOptions, ParallelSolver, SamplerKind, Step,
+    StepTable,
 };
 use crate::model::Model;
 use crate::predictor::{Conditioned, NoisePredictor};
@@ -53,6 +54,13 @@ pub struct SampleOptions {
     /// Parallel sampling with `--solver anderson`: iterates remembered.
     #[arg(long, default_value_t = 3)]
     pub history: usize,
+    /// Parallel sampling: where the states of steps not yet refined start.
+    #[arg(long, value_enum, default_value = "guess")]
+    pub parallel_init: ParallelInit,
+    /// Parallel sampling: keep the samples each iteration budget would give (a window of every
+    /// step); set by commands that score quality per iteration.
+    #[arg(skip)]
+    pub trace: bool,
 }
 
 impl SampleOptions {
@@ -76,6 +84,8 @@ impl SampleOptions {
             tol: 0.1,
             solver: ParallelSolver::Picard,
             history: 3,
+            parallel_init: ParallelInit::Guess,
+            trace: false,
         }
     }
 }
@@ -144,6 +154,9 @@ pub struct Samples {
     /// For a conditional model (not drawn with the null label), the class of each sample.
     pub labels: Option<Vec<i64>>,
     pub stats: SamplingStats,
+    /// With `trace`: the samples after each parallel iteration ([n, ..] on the CPU each); a
+    /// batch that converged sooner holds its final samples.
+    pub trace: Vec<Tensor>,
 }
 
 /// Separates the step-noise streams of a seed from its starting-point streams.
@@ -203,11 +216,14 @@ pub fn draw(
         tol: opts.tol,
         solver: opts.solver,
         history: opts.history,
+        init: opts.parallel_init,
+        trace: opts.trace,
     });
     let clock = Instant::now();
     let mut stats = SamplingStats { steps: table.num_steps(), ..SamplingStats::default() };
     let batch = batch.max(1);
     let mut parts = Vec::new();
+    let mut traces = Vec::new();
     for first in (0..n).step_by(batch) {
         let len = batch.min(n - first);
         let chunk_labels = labels.as_ref().map(|l| Tensor::from_slice(&l[first..first + len]).to_device(device));
@@ -235,11 +251,12 @@ pub fn draw(
         let mut noise = Noise::new(opts.seed ^ STEP_NOISE_SALT, first as u64, len);
         let x0 = match &parallel_opts {
             Some(p) => {
-                let (x0, cost) = parallel(predictor, schedule, &table, x_t, &mut noise, p, on_step)?;
-                stats.iterations += cost.iterations;
-                stats.evaluations += cost.evaluations;
-                stats.largest_batch = stats.largest_batch.max(cost.largest_batch);
-                x0
+                let run = parallel(predictor, schedule, &table, x_t, &mut noise, p, on_step)?;
+                stats.iterations += run.stats.iterations;
+                stats.evaluations += run.stats.evaluations;
+                stats.largest_batch = stats.largest_batch.max(run.stats.largest_batch);
+                traces.push(run.trace);
+                run.x
             }
             None => {
                 stats.iterations += table.num_steps();
@@ -252,5 +269,18 @@ pub fn draw(
         parts.push(x0.to_device(Device::Cpu));
     }
     stats.seconds = clock.elapsed().as_secs_f64();
-    Ok(Samples { x: Tensor::cat(&parts, 0), labels, stats })
+    let x = Tensor::cat(&parts, 0);
+    // Iteration k of the whole set: each batch's iterate k, or its samples once it has converged.
+    let longest = traces.iter().map(Vec::len).max().unwrap_or(0);
+    let trace = (0..longest)
+        .map(|k| {
+            let at_k: Vec<Tensor> = traces
+                .iter()
+                .zip(&parts)
+                .map(|(t, done)| t.get(k).map_or_else(|| done.shallow_clone(), |x| x.to_device(Device::Cpu)))
+                .collect();
+            Tensor::cat(&at_k, 0)
+        })
+        .collect();
+    Ok(Samples { x, labels, stats, trace })
 }

@@ -17,6 +17,7 @@
 //! evaluations, against 47 at 2.2× when the slot's ε̂ is held instead and 59 for the copy. The
 //! first window's stochastic steps start the same way from x̂0 = 0 (33 iterations, 1.52×); its
 //! deterministic steps copy x_T, which DDIM converges from in fewer evaluations.
+//! [`ParallelInit::Copy`] starts every state as ParaDiGMS does, for comparison with it.
 use std::collections::VecDeque;
 
 use tch::{Kind, Tensor};
@@ -44,6 +45,20 @@ pub enum ParallelSolver {
     Newton,
 }
 
+/// Where the states of steps not yet refined start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ParallelInit {
+    /// Each new state is the one before it moved by its own step with x̂0 held at the window's
+    /// last estimate (x̂0 = 0 in the first window): near the level it stands for.
+    #[default]
+    Guess,
+    /// Each new state copies the one before it (ParaDiGMS and the CDL paper's code): the first
+    /// window is x_T at every level, pure noise where the denoiser expects data, which is where
+    /// the contrastive diffusion loss claims to help.
+    Copy,
+}
+
 /// Settings of a parallel run.
 #[derive(Clone, Copy, Debug)]
 pub struct ParallelOptions {
@@ -54,12 +69,33 @@ pub struct ParallelOptions {
     pub solver: ParallelSolver,
     /// Iterates the Anderson solver remembers (ParaTAA: 2 to 5).
     pub history: usize,
+    pub init: ParallelInit,
+    /// Keep the window's last state after every iteration: with a window of every step, the
+    /// sample each iteration budget would return.
+    pub trace: bool,
 }
 
 impl Default for ParallelOptions {
     fn default() -> Self {
-        ParallelOptions { window: 32, tol: 0.1, solver: ParallelSolver::Picard, history: 3 }
+        ParallelOptions {
+            window: 32,
+            tol: 0.1,
+            solver: ParallelSolver::Picard,
+            history: 3,
+            init: ParallelInit::Guess,
+            trace: false,
+        }
     }
+}
+
+/// A parallel run's samples, cost and, when asked, trace.
+#[derive(Debug)]
+pub struct ParallelRun {
+    /// The samples [n, ..].
+    pub x: Tensor,
+    pub stats: ParallelStats,
+    /// The window's last state after each iteration ([n, ..] each), when `trace` was set.
+    pub trace: Vec<Tensor>,
 }
 
 /// What a parallel run cost.
@@ -173,7 +209,7 @@ pub fn parallel(
     noise: &mut Noise,
     opts: &ParallelOptions,
     on_step: &mut dyn FnMut(&Step),
-) -> Result<(Tensor, ParallelStats)> {
+) -> Result<ParallelRun> {
     if opts.window == 0 {
         return Err(Error::Config("the parallel window must be at least 1 step".into()));
     }
@@ -193,6 +229,8 @@ pub fn parallel(
         false => x_t.zeros_like(),
     };
     let mut stats = ParallelStats::default();
+    let mut trace = Vec::new();
+    let guess = opts.init == ParallelInit::Guess;
     let mut anderson =
         (opts.solver == ParallelSolver::Anderson).then(|| Anderson { capacity: opts.history, past: VecDeque::new() });
     let mut begin = 0;
@@ -203,7 +241,7 @@ pub fn parallel(
         let (origin, mut tail) = (x_t.zeros_like().unsqueeze(0), x_t.unsqueeze(0));
         let mut first = vec![tail.shallow_clone()];
         for j in 0..width {
-            if table.draws_noise(j) {
+            if guess && table.draws_noise(j) {
                 let eps = table.eps_given_x0(j, &tail, &origin);
                 tail = table.apply(j, &tail, &eps, None, Some(&noises.narrow(0, j as i64, 1)));
             }
@@ -260,10 +298,13 @@ pub fn parallel(
             on_step(&Step { i: begin + k, t: levels[begin + k], x_t: &state, x0: &x0.get(k as i64) });
         }
         carried = outputs.as_ref().map(|out| out.narrow(0, s - 1, 1));
+        if opts.trace {
+            trace.push(next.get(w));
+        }
         let end = begin + width;
         begin += stride;
         if begin == num_steps {
-            return Ok((next.get(s), stats));
+            return Ok(ParallelRun { x: next.get(s), stats, trace });
         }
         // Slide: keep the unconverged states; a new step's state starts from the one before it
         // moved by that step with x̂0 held at the window's last estimate (no network call).
@@ -274,8 +315,10 @@ pub fn parallel(
         let mut tail = next.narrow(0, w, 1);
         for j in end..begin + new_width {
             let z = draw(j).unsqueeze(0);
-            let eps = table.eps_given_x0(j, &tail, &last_x0);
-            tail = table.apply(j, &tail, &eps, last_memory.as_ref(), Some(&z));
+            if guess {
+                let eps = table.eps_given_x0(j, &tail, &last_x0);
+                tail = table.apply(j, &tail, &eps, last_memory.as_ref(), Some(&z));
+            }
             kept.push(tail.shallow_clone());
             fresh.push(z);
         }
