@@ -130,12 +130,48 @@ pub struct CdlTerm {
     pub accuracy: f64,
 }
 
+/// The points a noise classifier is asked about: each of `x` kept (y = +1, z = x) or noised at
+/// a log SNR ζ (y = −1) by a fair coin.
+pub struct ContrastPairs {
+    /// z [n, ..].
+    pub z: Tensor,
+    /// ζ of every point, kept ones too (f64 [n]).
+    pub zeta: Tensor,
+    /// Whether each point was noised (bool [n]).
+    pub noised: Tensor,
+}
+
+impl ContrastPairs {
+    /// Draws the coins, ζ from `prior` (`trained`: the model's log-SNR range) and the noise.
+    pub fn draw(x: &Tensor, prior: ZetaPrior, trained: &LogSnrProposal, rng: &mut Rng) -> Self {
+        let n = x.size()[0];
+        let noised = rng.uniform(&[n], Kind::Double).lt(0.5).to_device(x.device());
+        let zeta = prior.draw(n as usize, trained, rng).to_device(x.device());
+        let eps = rng.normal(&x.size(), x.kind()).to_device(x.device());
+        let shape = |v: &Tensor| {
+            let mut dims = vec![-1i64];
+            dims.resize(x.dim(), 1);
+            v.to_kind(x.kind()).reshape(&dims[..])
+        };
+        let noisy = x * shape(&zeta.sigmoid().sqrt()) + eps * shape(&(-&zeta).sigmoid().sqrt());
+        let z = noisy.where_self(&shape(&noised).to_kind(Kind::Bool), x);
+        ContrastPairs { z, zeta, noised }
+    }
+
+    /// The loss mean softplus(y·ℓ) and the accuracy of the logits ℓ = log p_ζ(z) − log p(z) ([n]).
+    pub fn score(&self, logits: &Tensor) -> CdlTerm {
+        let sign = self.noised.to_kind(logits.kind()) * -2.0 + 1.0;
+        let loss = (&sign * logits).softplus().mean(logits.kind());
+        let right = logits.gt(0.0).eq_tensor(&self.noised).to_kind(Kind::Double).mean(Kind::Double);
+        CdlTerm { loss, accuracy: right.double_value(&[]) }
+    }
+}
+
 /// The contrastive diffusion loss (Wu et al. 2024, arXiv:2407.08946) on the first
-/// `cdl.images` points of `x0` ([B, ..]): each is kept (y = +1, z = x) or noised at a log SNR ζ
-/// drawn from `cdl.zeta` (y = −1) by a fair coin, and the loss is softplus(y·ℓ) with the
-/// denoiser's logit ℓ = log p_ζ(z) − log p(z) from [`noise_logits`], over the log-SNR range the
-/// model was trained on. Differentiable in the network's weights; `train` runs the network in
-/// training mode (dropout).
+/// `cdl.images` points of `x0` ([B, ..]), the [`ContrastPairs`] of ζ drawn from `cdl.zeta`,
+/// with the denoiser's logit ℓ = log p_ζ(z) − log p(z) from [`noise_logits`], over the log-SNR
+/// range the model was trained on. Differentiable in the network's weights; `train` runs the
+/// network in training mode (dropout).
 pub fn cdl_loss(
     model: &Denoiser,
     x0: &Tensor,
@@ -148,30 +184,16 @@ pub fn cdl_loss(
     let batch = x0.size()[0];
     let n = (cdl.images as i64).min(batch);
     let draws = if cdl.draws == 0 { batch } else { cdl.draws as i64 };
-    let x = x0.narrow(0, 0, n);
-    let noised = rng.uniform(&[n], Kind::Double).lt(0.5).to_device(x0.device());
     let proposal = model.schedule().logsnr_proposal();
-    let zeta = cdl.zeta.draw(n as usize, &proposal, rng).to_device(x0.device());
-    let eps = rng.normal(&x.size(), x.kind()).to_device(x0.device());
-    let shape = |v: &Tensor| {
-        let mut dims = vec![-1i64];
-        dims.resize(x.dim(), 1);
-        v.to_kind(x.kind()).reshape(&dims[..])
-    };
-    let noisy = &x * shape(&zeta.sigmoid().sqrt()) + eps * shape(&(-&zeta).sigmoid().sqrt());
-    let z = noisy.where_self(&shape(&noised).to_kind(Kind::Bool), &x);
+    let pairs = ContrastPairs::draw(&x0.narrow(0, 0, n), cdl.zeta, &proposal, rng);
     // noise_logits asks for the clean-level pass, then the noised one, each point's draws
     // contiguous: the labels follow that order.
     let labels = labels.map(|l| l.narrow(0, 0, n).repeat_interleave_self_int(draws, 0, None).repeat([2]));
     let eps_hat = |z: &Tensor, gamma: &Tensor| {
         model.eps(z, &model.schedule().levels_at_logsnr(gamma).to_kind(z.kind()), labels.as_ref(), train)
     };
-    let logits = noise_logits(eps_hat, &z, &zeta, &proposal, draws as usize, rng)?;
-    // y = +1 for kept points, −1 for noised ones.
-    let sign = noised.to_kind(x.kind()) * -2.0 + 1.0;
-    let loss = (&sign * &logits).softplus().mean(x.kind());
-    let right = logits.gt(0.0).eq_tensor(&noised).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
-    Ok(CdlTerm { loss, accuracy: right })
+    let logits = noise_logits(eps_hat, &pairs.z, &pairs.zeta, &proposal, draws as usize, rng)?;
+    Ok(pairs.score(&logits))
 }
 
 /// Per-sample weights of the squared error at levels `t` ([B], integer or fractional):

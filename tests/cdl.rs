@@ -6,7 +6,7 @@ mod common;
 
 use cdm::base::GaussianBase;
 use cdm::denoiser::Denoiser;
-use cdm::eval::{noise_classifier, Batches};
+use cdm::eval::{exact_noise_classifier, noise_classifier, Batches};
 use cdm::likelihood::{immse_log_prob, noise_logits, noised_predictor, GaussianReference};
 use cdm::loss::{cdl_loss, CdlConfig, ZetaPrior};
 use cdm::model::{Model, ModelConfig, ModelKind};
@@ -325,6 +325,15 @@ fn training_with_cdl_beats_chance_on_held_out_points() {
     assert!(loss < 2f64.ln() - 0.02, "held-out CDL loss {loss}, chance {}", 2f64.ln());
     assert!(loss < untrained + 0.01, "held-out CDL loss {loss}, the base alone {untrained}");
     assert!(accuracy > 0.52, "held-out noise-classifier accuracy {accuracy}");
+    // The Bayes classifier on the same points (the same coins, ζ and noise): the floor.
+    let wide = CdlConfig { draws: 256, ..cdl };
+    let batches = Batches::new(128 * 2 * 256, (Kind::Float, Device::Cpu));
+    let density = data.density().unwrap();
+    let bayes =
+        exact_noise_classifier(density, &proposal, &held_out.to_kind(Kind::Double), &wide, &batches, 11).unwrap();
+    eprintln!("Bayes classifier on the same points: {bayes:?}");
+    assert_eq!(bayes.n, 1024);
+    assert!(bayes.loss < loss && bayes.loss < 2f64.ln() - 0.05, "Bayes {bayes:?}, trained {loss}");
     let log = std::fs::read_to_string(dir.path().join("log.jsonl")).unwrap();
     assert!(log.contains("\"cdl\":") && log.contains("\"cdl_accuracy\":"));
 }

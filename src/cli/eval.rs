@@ -15,8 +15,8 @@ use cdm::checkpoint::write_atomic;
 use cdm::data::{is_8bit, npy, test_split, Dataset, DATA_SPECS};
 use cdm::eval::classifier::level_classifier;
 use cdm::eval::{
-    denoising_levels, denoising_mse, first, level_log_densities, logit_profile, nll_bits_per_dim, noise_classifier,
-    ood_levels, sampler_drift, samples_mmd, Batches, Estimator, OodScores,
+    denoising_levels, denoising_mse, exact_noise_classifier, first, level_log_densities, logit_profile,
+    nll_bits_per_dim, noise_classifier, ood_levels, sampler_drift, samples_mmd, Batches, Estimator, OodScores,
 };
 use cdm::likelihood::{dequantize, Dequantization};
 use cdm::loss::{CdlConfig, ZetaPrior};
@@ -599,8 +599,17 @@ fn cdl(ctx: &Eval) -> Result<Section> {
     let trained = model.config.train.cdl.unwrap_or_default();
     let cdl = CdlConfig { draws, zeta: ctx.args.cdl_zeta.unwrap_or(trained.zeta), ..trained };
     let score = batches_of(ctx, model, |b| noise_classifier(&model.model, &x, &cdl, b, seed))?;
-    let md = format!(
-        "## Noise classifier (contrastive diffusion loss)\n\n{} held-out points{}, each kept or noised at log SNR ζ drawn from {} by a fair coin, told apart by log p_ζ(z) − log p(z) with {draws} draws per log-density, unconditionally.\n\n| loss (chance {:.4}) | accuracy |\n|---|---|\n| {:.4} | {:.4} |\n",
+    // The Bayes classifier on the same points, where the data's density is known after noise too.
+    let data = Dataset::open(&ctx.data)?;
+    let trained = model.model.schedule().logsnr_proposal();
+    let exact = match data.density() {
+        Some(density) if density.log_prob_noisy(&first(&x, 1), 0.5).is_some() => {
+            Some(batches_of(ctx, model, |b| exact_noise_classifier(density, &trained, &x, &cdl, b, seed))?)
+        }
+        _ => None,
+    };
+    let mut md = format!(
+        "## Noise classifier (contrastive diffusion loss)\n\n{} held-out points{}, each kept or noised at log SNR ζ drawn from {} by a fair coin, told apart by log p_ζ(z) − log p(z) with {draws} draws per log-density, unconditionally.\n\n| classifier | loss (chance {:.4}) | accuracy |\n|---|---|---|\n| the model's | {:.4} | {:.4} |\n",
         score.n,
         if dequantized { " (uniformly dequantized, as trained)" } else { "" },
         cdl.zeta,
@@ -608,6 +617,9 @@ fn cdl(ctx: &Eval) -> Result<Section> {
         score.loss,
         score.accuracy
     );
-    let json = json!({"zeta": cdl.zeta, "draws": draws, "dequantized": dequantized, "score": score});
+    if let Some(e) = &exact {
+        writeln!(md, "| exact densities (Bayes), same points | {:.4} | {:.4} |", e.loss, e.accuracy)?;
+    }
+    let json = json!({"zeta": cdl.zeta, "draws": draws, "dequantized": dequantized, "score": score, "exact": exact});
     Ok(Section { key: "cdl", json, markdown: md })
 }

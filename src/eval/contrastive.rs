@@ -5,9 +5,11 @@
 use tch::Tensor;
 
 use super::Batches;
-use crate::loss::{cdl_loss, CdlConfig};
+use crate::data::KnownDensity;
+use crate::loss::{cdl_loss, CdlConfig, CdlTerm, ContrastPairs};
 use crate::model::Model;
 use crate::rng::Rng;
+use crate::schedule::LogSnrProposal;
 use crate::{Error, Result};
 
 /// The contrastive diffusion loss on held-out points, without its gradient.
@@ -34,14 +36,53 @@ pub fn noise_classifier(
     let Model::Ddm(ddm) = model else {
         return Err(Error::Config("the noise classifier of the contrastive loss is a DDM's".into()));
     };
+    over_chunks(x, cdl, batches, seed, |chunk, cdl, rng| tch::no_grad(|| cdl_loss(ddm, chunk, None, cdl, false, rng)))
+}
+
+/// The Bayes classifier on the same points, kept or noised as [`noise_classifier`] with the same
+/// `cdl`, `batches` and `seed` has them (`trained`: the model's log-SNR range, for ζ drawn from
+/// it): its logit is the exact log p_ζ(z) − log p(z), the floor the DDM's loss can reach.
+pub fn exact_noise_classifier(
+    density: &dyn KnownDensity,
+    trained: &LogSnrProposal,
+    x: &Tensor,
+    cdl: &CdlConfig,
+    batches: &Batches,
+    seed: u64,
+) -> Result<NoiseClassifierScore> {
+    over_chunks(x, cdl, batches, seed, |chunk, cdl, rng| {
+        let pairs = ContrastPairs::draw(chunk, cdl.zeta, trained, rng);
+        let zeta = Vec::<f64>::try_from(pairs.zeta.to_device(tch::Device::Cpu))?;
+        let noised: Vec<Tensor> = zeta
+            .iter()
+            .enumerate()
+            .map(|(i, &zeta)| {
+                let alpha_bar = 1.0 / (1.0 + (-zeta).exp());
+                density
+                    .log_prob_noisy(&pairs.z.narrow(0, i as i64, 1), alpha_bar)
+                    .ok_or_else(|| Error::Config("this density has no closed form after extra noise".into()))
+            })
+            .collect::<Result<_>>()?;
+        Ok(pairs.score(&(Tensor::cat(&noised, 0) - density.log_prob(&pairs.z))))
+    })
+}
+
+/// Scores `x` in chunks that fit `batches` (each point costs 2·draws network inputs), chunk k
+/// drawing from stream k of `seed`, and averages over points.
+fn over_chunks(
+    x: &Tensor,
+    cdl: &CdlConfig,
+    batches: &Batches,
+    seed: u64,
+    term: impl Fn(&Tensor, &CdlConfig, &mut Rng) -> Result<CdlTerm>,
+) -> Result<NoiseClassifierScore> {
     let draws = cdl.draws.max(1);
     let per_call = (batches.batch_size / (2 * draws)).max(1);
     let chunked = Batches { batch_size: per_call, ..*batches };
     let scores = chunked.map(x, |chunk, start| {
         let n = chunk.size()[0];
         let cdl = CdlConfig { images: n as usize, draws, ..*cdl };
-        let mut rng = Rng::stream(seed, start as u64);
-        let term = tch::no_grad(|| cdl_loss(ddm, chunk, None, &cdl, false, &mut rng))?;
+        let term = term(chunk, &cdl, &mut Rng::stream(seed, start as u64))?;
         let weight = n as f64;
         Ok(Tensor::from_slice(&[term.loss.double_value(&[]) * weight, term.accuracy * weight, weight]).reshape([1, 3]))
     })?;
