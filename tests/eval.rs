@@ -31,6 +31,10 @@ fn eight_bit_images(n: i64, seed: i64) -> Tensor {
     (blob * 255.0).round() / 127.5 - 1.0
 }
 
+fn number(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
 fn train(dir: &Path, data: &str, kind: &str) {
     let out = dir.to_str().unwrap();
     cdm(&[
@@ -86,7 +90,6 @@ fn eval_writes_every_section_of_the_report() {
     ]);
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(report_dir.join("report.json")).unwrap()).unwrap();
-    let number = |v: &Value| v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"));
 
     let cdm_run = load_model(&dir.path().join("cdm"), Device::Cpu, true).unwrap();
     let ddm_run = load_model(&dir.path().join("ddm"), Device::Cpu, true).unwrap();
@@ -201,4 +204,80 @@ fn eval_writes_every_section_of_the_report() {
     assert_eq!(score["n"], 10);
     assert!((number(&score["loss"]) - expected.loss).abs() < 1e-6, "{score} against {expected:?}");
     assert_eq!(number(&score["accuracy"]), expected.accuracy);
+}
+
+#[test]
+fn parallel_mmd_is_scored_per_iteration_and_plotted() {
+    // A DDM on the CDL paper's 1-D toy, every DDPM step in one window from copies of x_T: the
+    // report holds the MMD² after each iteration (the last the samples' own), its plot, and the
+    // Bayes noise classifier beside the model's (two-modes is known after noise too).
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run = run.to_str().unwrap();
+    cdm(&[
+        "train",
+        "--data",
+        "two-modes",
+        "--model",
+        "ddm",
+        "--out",
+        run,
+        "--steps",
+        "5",
+        "--batch",
+        "16",
+        "--hidden",
+        "16",
+    ]);
+    let report_dir = dir.path().join("report");
+    let out = report_dir.to_str().unwrap();
+    cdm(&[
+        "eval",
+        "--ckpt",
+        run,
+        "--out",
+        out,
+        "--only",
+        "mmd,cdl",
+        "--n",
+        "60",
+        "--sampler",
+        "ddpm",
+        "--steps",
+        "12",
+        "--parallel",
+        "12",
+        "--parallel-init",
+        "copy",
+        "--nfe-images",
+        "20",
+        "--evaluations",
+        "4",
+        "--cdl-zeta",
+        "trained",
+    ]);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(report_dir.join("report.json")).unwrap()).unwrap();
+    let model = &report["mmd"]["models"][0];
+    let trace: Vec<f64> = model["mmd2_per_iteration"].as_array().unwrap().iter().map(number).collect();
+    assert_eq!(trace.len() as u64, model["sampling_cost"]["iterations"].as_u64().unwrap());
+    assert_eq!(trace.last().copied(), Some(number(&model["mmd2"])));
+    assert!(report_dir.join("mmd_iterations.png").exists());
+    let exact = &report["cdl"]["exact"];
+    assert_eq!(exact["n"], 20);
+    assert!(number(&exact["loss"]) < 2f64.ln(), "the Bayes classifier beats chance: {exact}");
+    assert_eq!(report["cdl"]["zeta"], "trained");
+
+    let png = dir.path().join("iterations.png");
+    cdm(&["plot", "iterations", report_dir.join("report.json").to_str().unwrap(), "--out", png.to_str().unwrap()]);
+    assert!(png.exists());
+    // A report without the trace is named, not drawn.
+    let flat = dir.path().join("flat");
+    cdm(&["eval", "--ckpt", run, "--out", flat.to_str().unwrap(), "--only", "mmd", "--n", "20", "--steps", "4"]);
+    let failed = Command::new(env!("CARGO_BIN_EXE_cdm"))
+        .args(["plot", "iterations", flat.join("report.json").to_str().unwrap(), "--out", png.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success() && stderr.contains("mmd2_per_iteration"), "{stderr}");
 }

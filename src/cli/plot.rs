@@ -1,5 +1,5 @@
 //! `cdm plot`: pictures of a trained model against the exact density.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 
 use cdm::data::Dataset;
 use cdm::likelihood::log_prob;
-use cdm::plot::{cube_likelihoods, heatmaps, image_grid, Heatmap};
+use cdm::plot::{cube_likelihoods, heatmaps, image_grid, line_chart, Axes, Heatmap, Series};
 use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::sample::Noise;
 use cdm::schedule::levels_like;
@@ -70,6 +70,15 @@ enum PlotCommand {
     /// The paper's Fig. 3 from `cdm nll --json` reports of models trained on uniform cubes.
     Cubes {
         /// `cdm nll --json` outputs, one per cube width (the spec must be uniform:...,g=G).
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// MMD² after each parallel iteration, one line per model, from `cdm eval --only mmd`
+    /// reports whose window covered every step (their `mmd2_per_iteration`).
+    Iterations {
+        /// `report.json` files, each labelled by its folder's parent (the run) and folder.
         #[arg(required = true)]
         reports: Vec<PathBuf>,
         #[arg(long)]
@@ -161,9 +170,7 @@ pub fn run(args: PlotArgs) -> Result<()> {
         PlotCommand::Cubes { reports, out } => {
             let mut points = Vec::new();
             for path in &reports {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                let report: serde_json::Value =
-                    serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+                let report = read_json(path)?;
                 let spec = report["data"].as_str().unwrap_or_default();
                 let g = spec
                     .split([':', ','])
@@ -180,6 +187,46 @@ pub fn run(args: PlotArgs) -> Result<()> {
             cube_likelihoods(&out, &points)?;
             println!("wrote {}", out.display());
         }
+        PlotCommand::Iterations { reports, out } => {
+            let mut curves = Vec::new();
+            for path in &reports {
+                let report = read_json(path)?;
+                let Some(models) = report["mmd"]["models"].as_array() else {
+                    bail!("{}: no 'mmd.models' (a `cdm eval --only mmd` report?)", path.display());
+                };
+                let folder = |p: Option<&Path>| {
+                    p.and_then(|p| p.file_name()).map_or(String::new(), |n| n.to_string_lossy().into_owned())
+                };
+                let dir = path.parent();
+                let run = format!("{}/{}", folder(dir.and_then(|d| d.parent())), folder(dir));
+                for model in models {
+                    let Some(values) = model["mmd2_per_iteration"].as_array().filter(|v| !v.is_empty()) else {
+                        bail!("{}: no 'mmd2_per_iteration' (the window must cover every step)", path.display());
+                    };
+                    let points = values.iter().enumerate().filter_map(|(k, v)| Some(((k + 1) as f64, v.as_f64()?)));
+                    let label = match models.len() {
+                        1 => run.clone(),
+                        _ => format!("{run}: {}", model["model"].as_str().unwrap_or("?")),
+                    };
+                    curves.push(Series { label, points: points.collect(), markers_only: false });
+                }
+            }
+            let axes = Axes {
+                title: "MMD² after each parallel iteration",
+                x: "iteration",
+                y: "MMD² (values ≤ 0 not drawn)",
+                log_x: false,
+                log_y: true,
+            };
+            line_chart(&out, &axes, &curves)?;
+            println!("wrote {}", out.display());
+        }
     }
     Ok(())
+}
+
+/// A JSON report, its path named in any error.
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))
 }
