@@ -9,11 +9,12 @@ mod common;
 use cdm::data::GaussianMixture;
 use cdm::eval::classifier::{level_metrics, spread_levels};
 use cdm::eval::{
-    against_posterior_mean, denoising_levels, denoising_mse, level_classifier, level_log_densities, log_likelihood,
-    logit_profile, nll_bits_per_dim, ood_levels, posterior_mean_levels, sampler_drift, samples_mmd, Batches, Estimator,
-    OodScores,
+    against_posterior_mean, cdm_noise_classifier, denoising_levels, denoising_mse, exact_noise_classifier,
+    level_classifier, level_log_densities, log_likelihood, logit_profile, nll_bits_per_dim, noise_classifier,
+    ood_levels, posterior_mean_levels, sampler_drift, samples_mmd, Batches, Estimator, OodScores,
 };
 use cdm::likelihood::Dequantization;
+use cdm::loss::{CdlConfig, ZetaPrior};
 use cdm::metrics::fid::cached_stats;
 use cdm::metrics::{GaussianStats, Typicality};
 use cdm::model::{Model, ModelKind};
@@ -336,4 +337,31 @@ fn fid_statistics_are_computed_once_then_read_from_the_cache() {
     std::fs::write(&path, b"not safetensors").unwrap();
     cached_stats(&path, compute).unwrap();
     assert_eq!(calls.get(), 2);
+}
+
+#[test]
+fn noise_classifiers_of_the_exact_models_are_the_bayes_classifier() {
+    // Data N(0, λI) kept or noised at ζ from the models' log-SNR range, the same points for all
+    // three: the Bayes classifier from the closed-form densities, the exact CDM's one pass (its
+    // level densities, interpolated between levels), and the exact DDM's I-MMSE logits, unbiased
+    // but noisy, which a softplus loss can only read as worse.
+    let density = GaussianMixture {
+        weights: Tensor::from_slice(&[1.0]),
+        means: Tensor::zeros([1, 2], (Kind::Double, Device::Cpu)),
+        stds: Tensor::from_slice(&[LAMBDA.sqrt()]),
+    };
+    let x = gaussian(3000, LAMBDA, 21);
+    let cdl = CdlConfig { draws: 64, zeta: ZetaPrior::Trained, ..CdlConfig::default() };
+    let (_vs, cdm) = model(ModelKind::Cdm);
+    let (_vs2, ddm) = model(ModelKind::Ddm);
+    let proposal = cdm.schedule().logsnr_proposal();
+    assert_eq!(proposal, ddm.schedule().logsnr_proposal());
+    let bayes = exact_noise_classifier(&density, &proposal, &x, &cdl, &batches(), 5).unwrap();
+    let one_pass = cdm_noise_classifier(cdm.classifier().unwrap(), &x, &cdl, &batches(), 5).unwrap();
+    let immse = noise_classifier(&ddm, &x, &cdl, &batches(), 5).unwrap();
+    assert!(bayes.loss < 0.5 && bayes.accuracy > 0.7, "a task the check can see: {bayes:?}");
+    assert_close(one_pass.loss, bayes.loss, 0.001, "the CDM's loss against Bayes");
+    assert_close(one_pass.accuracy, bayes.accuracy, 0.003, "the CDM's accuracy against Bayes");
+    assert!(immse.loss > bayes.loss - 0.005 && immse.loss < bayes.loss + 0.05, "DDM {immse:?}, Bayes {bayes:?}");
+    assert_close(immse.accuracy, bayes.accuracy, 0.03, "the DDM's accuracy against Bayes");
 }

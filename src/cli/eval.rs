@@ -15,8 +15,9 @@ use cdm::checkpoint::write_atomic;
 use cdm::data::{is_8bit, npy, test_split, Dataset, DATA_SPECS};
 use cdm::eval::classifier::level_classifier;
 use cdm::eval::{
-    denoising_levels, denoising_mse, exact_noise_classifier, first, level_log_densities, logit_profile,
-    nll_bits_per_dim, noise_classifier, ood_levels, sampler_drift, samples_mmd, Batches, Estimator, OodScores,
+    cdm_noise_classifier, denoising_levels, denoising_mse, exact_noise_classifier, first, level_log_densities,
+    logit_profile, nll_bits_per_dim, noise_classifier, ood_levels, sampler_drift, samples_mmd, Batches, Estimator,
+    OodScores,
 };
 use cdm::likelihood::{dequantize, Dequantization};
 use cdm::loss::{CdlConfig, ZetaPrior};
@@ -48,8 +49,9 @@ pub enum Metric {
     Ood,
     /// Unbiased MMD² (Gaussian kernel) between samples and held-out points, for vector data.
     Mmd,
-    /// A DDM's noise classifier: the contrastive loss and accuracy on held-out points (by default
-    /// for runs trained with --cdl-weight).
+    /// The noise classifier, a DDM's by its I-MMSE likelihood or a CDM's in one pass: the
+    /// contrastive loss and accuracy on held-out points (by default for runs trained with
+    /// --cdl-weight).
     Cdl,
 }
 
@@ -150,12 +152,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Metric::LikelihoodNfe => has_ddm,
         Metric::Fid => args.fid_samples > 0 && x_is_image(&ctx.x),
         Metric::Mmd => ctx.x.dim() == 2,
-        Metric::Cdl => !is_cdm && (!args.only.is_empty() || model.config.train.cdl.is_some()),
+        Metric::Cdl => !args.only.is_empty() || model.config.train.cdl.is_some(),
         Metric::Nll | Metric::Denoising => true,
     };
     for m in &args.only {
         if !applies(*m) {
-            bail!("--only {m:?}: does not apply to this model (diagnostics and OOD need a CDM, likelihood-nfe and cdl a DDM, FID image data and --fid-samples > 0, MMD vector data)");
+            bail!("--only {m:?}: does not apply to this model (diagnostics and OOD need a CDM, likelihood-nfe a DDM, FID image data and --fid-samples > 0, MMD vector data)");
         }
     }
     if wanted(Metric::Ood) && is_cdm && args.ood.is_empty() && !args.only.is_empty() {
@@ -598,7 +600,14 @@ fn cdl(ctx: &Eval) -> Result<Section> {
     let draws = ctx.args.evaluations.iter().copied().max().unwrap_or(128);
     let trained = model.config.train.cdl.unwrap_or_default();
     let cdl = CdlConfig { draws, zeta: ctx.args.cdl_zeta.unwrap_or(trained.zeta), ..trained };
-    let score = batches_of(ctx, model, |b| noise_classifier(&model.model, &x, &cdl, b, seed))?;
+    let score = batches_of(ctx, model, |b| match &model.model {
+        Model::Cdm(classifier) => cdm_noise_classifier(classifier, &x, &cdl, b, seed),
+        Model::Ddm(_) => noise_classifier(&model.model, &x, &cdl, b, seed),
+    })?;
+    let how = match &model.model {
+        Model::Cdm(_) => "in one forward pass (the CDM's level densities)".to_string(),
+        Model::Ddm(_) => format!("with {draws} draws per log-density"),
+    };
     // The Bayes classifier on the same points, where the data's density is known after noise too.
     let data = Dataset::open(&ctx.data)?;
     let trained = model.model.schedule().logsnr_proposal();
@@ -609,7 +618,7 @@ fn cdl(ctx: &Eval) -> Result<Section> {
         _ => None,
     };
     let mut md = format!(
-        "## Noise classifier (contrastive diffusion loss)\n\n{} held-out points{}, each kept or noised at log SNR ζ drawn from {} by a fair coin, told apart by log p_ζ(z) − log p(z) with {draws} draws per log-density, unconditionally.\n\n| classifier | loss (chance {:.4}) | accuracy |\n|---|---|---|\n| the model's | {:.4} | {:.4} |\n",
+        "## Noise classifier (contrastive diffusion loss)\n\n{} held-out points{}, each kept or noised at log SNR ζ drawn from {} by a fair coin, told apart by log p_ζ(z) − log p(z) {how}, unconditionally.\n\n| classifier | loss (chance {:.4}) | accuracy |\n|---|---|---|\n| the model's | {:.4} | {:.4} |\n",
         score.n,
         if dequantized { " (uniformly dequantized, as trained)" } else { "" },
         cdl.zeta,

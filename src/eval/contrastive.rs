@@ -2,10 +2,12 @@
 //! log p_ζ(z) − log p(z) tells held-out points from the same points noised at log SNR ζ. This is
 //! what the contrastive diffusion loss trains; on held-out data it shows whether the term had
 //! anything left to teach (accuracy 1 from the start) or nothing it could learn (chance).
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use super::Batches;
+use crate::classifier::Classifier;
 use crate::data::KnownDensity;
+use crate::likelihood::log_prob_at_levels;
 use crate::loss::{cdl_loss, CdlConfig, CdlTerm, ContrastPairs};
 use crate::model::Model;
 use crate::rng::Rng;
@@ -64,6 +66,34 @@ pub fn exact_noise_classifier(
             })
             .collect::<Result<_>>()?;
         Ok(pairs.score(&(Tensor::cat(&noised, 0) - density.log_prob(&pairs.z))))
+    })
+}
+
+/// A CDM's noise classifier on the same points as [`noise_classifier`] with the same `cdl`,
+/// `batches` and `seed` (ζ from `cdl.zeta`, the trained range being the schedule's): its logit
+/// log p_ζ(z) − log p_0(z) is read off one forward pass, p_ζ being the density at the level of
+/// log SNR ζ, interpolated linearly between the integer levels around it (clamped to 1..=T). No
+/// Monte-Carlo draws: this is what a CDM is by construction.
+pub fn cdm_noise_classifier(
+    classifier: &Classifier,
+    x: &Tensor,
+    cdl: &CdlConfig,
+    batches: &Batches,
+    seed: u64,
+) -> Result<NoiseClassifierScore> {
+    let schedule = classifier.schedule();
+    let trained = schedule.logsnr_proposal();
+    let levels: Vec<usize> = (0..=schedule.timesteps()).collect();
+    over_chunks(x, cdl, batches, seed, |chunk, cdl, rng| {
+        let pairs = ContrastPairs::draw(chunk, cdl.zeta, &trained, rng);
+        let log_p = log_prob_at_levels(classifier, &pairs.z, &levels, None)?.to_kind(Kind::Double);
+        let level = schedule.levels_at_logsnr(&pairs.zeta).to_device(log_p.device());
+        let below = level.floor();
+        let above = (&below + 1.0).clamp_max(schedule.timesteps() as f64);
+        let at = |t: &Tensor| log_p.gather(1, &t.to_kind(Kind::Int64).unsqueeze(1), false).squeeze_dim(1);
+        let share = &level - &below;
+        let log_p_zeta = at(&below) * (share.ones_like() - &share) + at(&above) * &share;
+        Ok(pairs.score(&(log_p_zeta - log_p.select(1, 0))))
     })
 }
 
