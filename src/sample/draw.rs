@@ -60,6 +60,7 @@ pub struct SampleOptions {
     /// Parallel sampling: keep the samples each iteration budget would give (a window of every
     /// step); set by commands that score quality per iteration.
     #[arg(skip)]
+    #[serde(skip)]
     pub trace: bool,
 }
 
