@@ -1,7 +1,9 @@
 //! The noise classifier inside a DDM (Wu et al. 2024, arXiv:2407.08946): how well its logit
 //! log p_ζ(z) − log p(z) tells held-out points from the same points noised at log SNR ζ. This is
 //! what the contrastive diffusion loss trains; on held-out data it shows whether the term had
-//! anything left to teach (accuracy 1 from the start) or nothing it could learn (chance).
+//! anything left to teach (accuracy 1 from the start) or nothing it could learn (chance). Beside
+//! it, on the same points: the Bayes classifier where the data's density is known after noise
+//! (the floor), and a CDM's own classifier, which a CDM is by construction.
 use tch::{Kind, Tensor};
 
 use super::Batches;
