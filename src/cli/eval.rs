@@ -108,6 +108,8 @@ struct Eval<'a> {
     name: String,
     compare: Option<(String, LoadedModel)>,
     data: String,
+    /// What `data` opened to (its density, where it has one, scores the Bayes noise classifier).
+    dataset: Dataset,
     /// Evaluation points [n, ..] (CPU, Double).
     x: Tensor,
     /// 8-bit images (x = k/127.5 − 1): bits/dim get the dequantization treatment.
@@ -142,7 +144,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     model.model.check_input(&x).with_context(|| format!("--data {data}"))?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
     let eight_bit = is_8bit(&x);
-    let ctx = Eval { args: &args, model: &model, name: run_name(&args.ckpt.ckpt), compare, data, x, eight_bit };
+    let ctx =
+        Eval { args: &args, model: &model, name: run_name(&args.ckpt.ckpt), compare, data, dataset, x, eight_bit };
 
     let is_cdm = matches!(model.model, Model::Cdm(_));
     let has_ddm = !is_cdm || ctx.compare.as_ref().is_some_and(|(_, m)| matches!(m.model, Model::Ddm(_)));
@@ -598,20 +601,21 @@ fn cdl(ctx: &Eval) -> Result<Section> {
     let dequantized = model.config.train.dequantize && ctx.eight_bit;
     let x = if dequantized { dequantize(&x, Dequantization::Uniform, &mut Rng::new(seed ^ 0x00d)) } else { x };
     let draws = ctx.args.evaluations.iter().copied().max().unwrap_or(128);
-    let trained = model.config.train.cdl.unwrap_or_default();
-    let cdl = CdlConfig { draws, zeta: ctx.args.cdl_zeta.unwrap_or(trained.zeta), ..trained };
-    let score = batches_of(ctx, model, |b| match &model.model {
-        Model::Cdm(classifier) => cdm_noise_classifier(classifier, &x, &cdl, b, seed),
-        Model::Ddm(_) => noise_classifier(&model.model, &x, &cdl, b, seed),
-    })?;
-    let how = match &model.model {
-        Model::Cdm(_) => "in one forward pass (the CDM's level densities)".to_string(),
-        Model::Ddm(_) => format!("with {draws} draws per log-density"),
+    let run_cdl = model.config.train.cdl.unwrap_or_default();
+    let cdl = CdlConfig { draws, zeta: ctx.args.cdl_zeta.unwrap_or(run_cdl.zeta), ..run_cdl };
+    let (score, how) = match &model.model {
+        Model::Cdm(classifier) => (
+            batches_of(ctx, model, |b| cdm_noise_classifier(classifier, &x, &cdl, b, seed))?,
+            "in one forward pass (the CDM's level densities)".to_string(),
+        ),
+        Model::Ddm(_) => (
+            batches_of(ctx, model, |b| noise_classifier(&model.model, &x, &cdl, b, seed))?,
+            format!("with {draws} draws per log-density"),
+        ),
     };
     // The Bayes classifier on the same points, where the data's density is known after noise too.
-    let data = Dataset::open(&ctx.data)?;
     let trained = model.model.schedule().logsnr_proposal();
-    let exact = match data.density() {
+    let exact = match ctx.dataset.density() {
         Some(density) if density.log_prob_noisy(&first(&x, 1), 0.5).is_some() => {
             Some(batches_of(ctx, model, |b| exact_noise_classifier(density, &trained, &x, &cdl, b, seed))?)
         }

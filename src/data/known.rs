@@ -171,9 +171,7 @@ impl GaussianMixture {
             stds: Tensor::full([k], 0.25 / 1.414, (Kind::Double, tch::Device::Cpu)),
         }
     }
-}
 
-impl GaussianMixture {
     /// The CDL paper's 1-D toy: ½N(−5, 1) + ½N(5, 1), two modes far apart, so that a parallel
     /// sampler's first iterates, pure noise at every level, lie between them.
     pub fn two_modes() -> Self {
