@@ -75,6 +75,17 @@ enum PlotCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Training curves of one or more runs from their `log.jsonl`: OUT_loss.png (the loss
+    /// against step), and where the runs measured FID (`--fid-every`) OUT_fid_steps.png and
+    /// OUT_fid_hours.png (FID against step and against training wall-clock).
+    Training {
+        /// Run directories, each labelled by its folder name.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Output prefix: OUT_loss.png, OUT_fid_steps.png, OUT_fid_hours.png.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// MMD² after each parallel iteration, one line per model, from `cdm eval --only mmd`
     /// reports whose window covered every step (their `mmd2_per_iteration`).
     Iterations {
@@ -186,6 +197,50 @@ pub fn run(args: PlotArgs) -> Result<()> {
             }
             cube_likelihoods(&out, &points)?;
             println!("wrote {}", out.display());
+        }
+        PlotCommand::Training { runs, out } => {
+            let (mut loss, mut fid_steps, mut fid_hours) = (Vec::new(), Vec::new(), Vec::new());
+            for run in &runs {
+                let label = run.file_name().map_or(run.display().to_string(), |n| n.to_string_lossy().into_owned());
+                let path = run.join("log.jsonl");
+                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                let (mut l, mut fs, mut fh) = (Vec::new(), Vec::new(), Vec::new());
+                for (i, line) in text.lines().enumerate() {
+                    let v: serde_json::Value = serde_json::from_str(line)
+                        .with_context(|| format!("{}: line {} is not JSON", path.display(), i + 1))?;
+                    let Some(step) = v["step"].as_f64() else {
+                        bail!("{}: line {} has no 'step'", path.display(), i + 1)
+                    };
+                    l.extend(v["loss"].as_f64().map(|y| (step, y)));
+                    if let Some(f) = v["fid"].as_f64() {
+                        fs.push((step, f));
+                        fh.extend(v["seconds"].as_f64().map(|s| (s / 3600.0, f)));
+                    }
+                }
+                let series = |points| Series { label: label.clone(), points, markers_only: false };
+                loss.push(series(l));
+                if !fs.is_empty() {
+                    fid_steps.push(series(fs));
+                    fid_hours.push(series(fh));
+                }
+            }
+            let png = |suffix: &str| {
+                let mut name = out.file_name().unwrap_or_default().to_os_string();
+                name.push(suffix);
+                out.with_file_name(name)
+            };
+            let axes = |title, x, y, log_y| Axes { title, x, y, log_x: false, log_y };
+            let mut written = vec![png("_loss.png")];
+            line_chart(&written[0], &axes("Training loss", "step", "loss", true), &loss)?;
+            if !fid_steps.is_empty() {
+                written.push(png("_fid_steps.png"));
+                line_chart(&written[1], &axes("FID of EMA samples", "step", "FID", true), &fid_steps)?;
+                written.push(png("_fid_hours.png"));
+                line_chart(&written[2], &axes("FID of EMA samples", "training hours", "FID", true), &fid_hours)?;
+            }
+            for path in written {
+                println!("wrote {}", path.display());
+            }
         }
         PlotCommand::Iterations { reports, out } => {
             let mut curves = Vec::new();

@@ -49,10 +49,20 @@ pub struct TrainArgs {
     /// Weight of the denoising (MSE) term.
     #[arg(long)]
     mse_weight: Option<f64>,
-    /// Weigh the MSE at each level by min(SNR, GAMMA)/SNR (Min-SNR-γ; 5 in its paper)
-    /// [default: 5 for images, none otherwise].
-    #[arg(long, value_name = "GAMMA")]
-    min_snr: Option<f64>,
+    /// Weigh the MSE at each level by min(SNR, GAMMA)/SNR (Min-SNR-γ; 5 in its paper), or
+    /// `off` [default: 5 for images, off otherwise].
+    #[arg(long, value_name = "GAMMA|off", value_parser = number_or_off)]
+    min_snr: Option<NumberOrOff>,
+    /// Clip the gradient's global norm to C, or `off` [default: 1].
+    #[arg(long, value_name = "C|off", value_parser = number_or_off)]
+    grad_clip: Option<NumberOrOff>,
+    /// Steps between FIDs of EMA samples against the training data, written to log.jsonl
+    /// (image data; 0: none) [default: 0].
+    #[arg(long, value_name = "K")]
+    fid_every: Option<u64>,
+    /// Samples per periodic FID [default: 10000].
+    #[arg(long, value_name = "N")]
+    fid_samples: Option<usize>,
     /// Share of a CDM's batch drawn at low levels, with π(t) ∝ 1/(t+1) (the rest uniform); the
     /// cross-entropy is corrected for it, so the model stays exact [default: 0]
     #[arg(long, value_name = "SHARE")]
@@ -73,7 +83,8 @@ pub struct TrainArgs {
     /// Backbone (default: the UNet for [C, H, W] data, the MLP otherwise).
     #[arg(long, value_enum)]
     backbone: Option<BackboneArg>,
-    /// UNet size: tiny (about 1 M parameters at 28×28), mnist (6 M), cifar10 (the DDPM/CDM paper's 35.7 M).
+    /// UNet size: tiny (about 1 M parameters at 28×28), mnist (6 M), cifar10 (the DDPM/CDM paper's 35.7 M),
+    /// celeba64 (DDIM's CelebA 64×64 network).
     #[arg(long, value_enum)]
     preset: Option<UnetPreset>,
     /// MLP width.
@@ -139,6 +150,17 @@ pub struct TrainArgs {
     device: DeviceArg,
 }
 
+/// A setting given as a number, or switched off.
+#[derive(Clone, Copy)]
+struct NumberOrOff(Option<f64>);
+
+fn number_or_off(s: &str) -> std::result::Result<NumberOrOff, String> {
+    match s {
+        "off" => Ok(NumberOrOff(None)),
+        _ => s.parse().map(|v| NumberOrOff(Some(v))).map_err(|_| format!("expected a number or 'off', got '{s}'")),
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum BackboneArg {
     /// Residual MLP (`MlpConfig::default()`).
@@ -162,6 +184,7 @@ enum UnetPreset {
     Tiny,
     Mnist,
     Cifar10,
+    Celeba64,
 }
 
 impl UnetPreset {
@@ -170,6 +193,7 @@ impl UnetPreset {
             UnetPreset::Tiny => UnetConfig::tiny(),
             UnetPreset::Mnist => UnetConfig::mnist(),
             UnetPreset::Cifar10 => UnetConfig::cifar10(),
+            UnetPreset::Celeba64 => UnetConfig::celeba64(),
         }
     }
 }
@@ -267,7 +291,10 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
     train.seed = args.seed.unwrap_or(train.seed);
     train.ce_weight = args.ce_weight.unwrap_or(train.ce_weight);
     train.mse_weight = args.mse_weight.unwrap_or(train.mse_weight);
-    train.min_snr = args.min_snr.or(train.min_snr);
+    train.min_snr = args.min_snr.map_or(train.min_snr, |m| m.0);
+    train.grad_clip = args.grad_clip.map_or(train.grad_clip, |c| c.0);
+    train.fid_every = args.fid_every.unwrap_or(train.fid_every);
+    train.fid_samples = args.fid_samples.unwrap_or(train.fid_samples);
     train.low_levels = args.low_levels.unwrap_or(train.low_levels);
     train.level_strides = args.level_strides.clone().unwrap_or(train.level_strides);
     train.precision = args.precision.unwrap_or(train.precision);

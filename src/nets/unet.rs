@@ -35,6 +35,9 @@ pub struct UnetConfig {
     /// in about C pixel-averaged channels, so every level's denoiser combines the same few
     /// gradient fields. K > 0: conv 1×1 (C → K) → SiLU → mean → linear, K nonlinear features.
     pub head_channels: usize,
+    /// Output channels of the paper's head convolution (0: 2C). The paper widens DDPM's last
+    /// convolution to 512 channels for CIFAR-10 and 1024 for CelebA 64×64 (its appendix B.1).
+    pub head_width: usize,
 }
 
 impl Default for UnetConfig {
@@ -55,6 +58,7 @@ impl UnetConfig {
             groups: 8,
             num_labels: 0,
             head_channels: 0,
+            head_width: 0,
         }
     }
 
@@ -64,7 +68,8 @@ impl UnetConfig {
     }
 
     /// The DDPM CIFAR-10 network (Ho et al. 2020, appendix B: ch 128, mult 1,2,2,2, two blocks,
-    /// attention at 16×16, dropout 0.1), as the CDM paper uses it.
+    /// attention at 16×16, dropout 0.1), as the CDM paper uses it: a CDM's head convolution
+    /// has 512 channels.
     pub fn cifar10() -> Self {
         UnetConfig {
             channels: 128,
@@ -75,7 +80,15 @@ impl UnetConfig {
             groups: 32,
             num_labels: 0,
             head_channels: 0,
+            head_width: 512,
         }
+    }
+
+    /// The CelebA 64×64 network of DDIM's released model (ch 128, mult 1,2,2,2,4, two blocks,
+    /// attention at 16×16, dropout 0.1), the CDM paper's baseline: a CDM's head convolution
+    /// has 1024 channels.
+    pub fn celeba64() -> Self {
+        UnetConfig { channel_mult: vec![1, 2, 2, 2, 4], head_width: 1024, ..UnetConfig::cifar10() }
     }
 }
 
@@ -92,6 +105,13 @@ impl UnetConfig {
         check_range("backbone.res_blocks", self.res_blocks, 1, MAX_BLOCKS)?;
         check_range("backbone.num_labels", self.num_labels, 0, MAX_LABELS)?;
         check_range("backbone.head_channels", self.head_channels, 0, MAX_WIDTH)?;
+        check_range("backbone.head_width", self.head_width, 0, MAX_WIDTH)?;
+        if self.head_channels > 0 && self.head_width > 0 {
+            return Err(Error::Config(
+                "backbone.head_width widens the paper's head; it cannot go with head_channels (the nonlinear head)"
+                    .into(),
+            ));
+        }
         if let Some(r) = self.attention_resolutions.iter().find(|&&r| r <= 0) {
             return Err(Error::Config(format!("backbone.attention_resolutions holds {r}; expected image sides > 0")));
         }
@@ -195,7 +215,8 @@ impl Unet {
         let (out_conv, levels_head) = match head {
             Head::Noise => (nn::conv2d(vs / "out_conv", c, c_in, 3, zero_conv), None),
             Head::Levels(n) if cfg.head_channels == 0 => {
-                (conv3(vs / "out_conv", c, 2 * c, 1), Some(nn::linear(vs / "levels_head", 2 * c, n, zero_linear)))
+                let width = if cfg.head_width > 0 { cfg.head_width as i64 } else { 2 * c };
+                (conv3(vs / "out_conv", c, width, 1), Some(nn::linear(vs / "levels_head", width, n, zero_linear)))
             }
             Head::Levels(n) => {
                 let k = cfg.head_channels as i64;

@@ -56,13 +56,17 @@ pub struct TrainConfig {
     pub lr_decay: LrDecay,
     /// EMA decay of the evaluation weights (ramped up as min(decay, (1+k)/(10+k))).
     pub ema_decay: f64,
-    /// Clip the global gradient norm to this value.
+    /// Clip the global gradient norm to this value; `false` in a config file (or `--grad-clip
+    /// off`) switches it off.
+    #[serde(deserialize_with = "off_or")]
     pub grad_clip: Option<f64>,
     /// Weight of the cross-entropy term (the MSE term, summed over dimensions, has weight 1).
     pub ce_weight: f64,
     /// Weight of the MSE term (0 with a positive `ce_weight`: the paper's "CE only" ablation).
     pub mse_weight: f64,
-    /// Min-SNR-γ weighting of the MSE over levels (see [`LossWeights`]); none when absent.
+    /// Min-SNR-γ weighting of the MSE over levels (see [`crate::loss::LossWeights`]); `false` in
+    /// a config file (or `--min-snr off`) switches it off, as the paper's recipe has it.
+    #[serde(deserialize_with = "off_or")]
     pub min_snr: Option<f64>,
     /// Share of a CDM's batch drawn at low levels (see [`crate::loss::level_prior`]); 0:
     /// uniform levels.
@@ -96,6 +100,27 @@ pub struct TrainConfig {
     /// A run directory whose EMA weights a fresh run starts from, with a fresh optimiser
     /// (fine-tuning, as the CDL paper does to a trained DDPM); none when absent.
     pub init_from: Option<PathBuf>,
+    /// Steps between FIDs of `fid_samples` EMA samples (DDIM-50) against the training data's
+    /// cached Inception statistics, written to `log.jsonl`; 0: none. For image data.
+    pub fid_every: u64,
+    /// Samples per periodic FID (and training images in its reference statistics).
+    pub fid_samples: usize,
+}
+
+/// Reads an optional number that a TOML file (which has no null) switches off with `false`;
+/// `true` is refused, a number or null (as `config.json` writes `None`) taken as is.
+fn off_or<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OffOr {
+        Flag(bool),
+        Value(Option<f64>),
+    }
+    match OffOr::deserialize(d)? {
+        OffOr::Flag(false) => Ok(None),
+        OffOr::Flag(true) => Err(serde::de::Error::custom("expected a number, or false to switch it off")),
+        OffOr::Value(v) => Ok(v),
+    }
 }
 
 impl Default for TrainConfig {
@@ -126,6 +151,8 @@ impl Default for TrainConfig {
             dequantize: false,
             cdl: None,
             init_from: None,
+            fid_every: 0,
+            fid_samples: 10_000,
         }
     }
 }
@@ -199,6 +226,9 @@ impl TrainConfig {
         }
         if !(0.0..=1.0).contains(&self.label_dropout) {
             return bad("label_dropout", "must be a probability");
+        }
+        if self.fid_every > 0 && self.fid_samples < 2 {
+            return bad("fid_samples", "must be at least 2 when fid_every is set");
         }
         self.cdl.as_ref().map_or(Ok(()), CdlConfig::validate)
     }

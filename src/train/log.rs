@@ -24,6 +24,12 @@ pub struct StepReport {
     /// How often its noise classifier told kept from noised points in this batch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cdl_accuracy: Option<f64>,
+    /// Wall-clock seconds spent training up to this step, over every session of the run
+    /// (sample grids and FIDs not counted).
+    pub seconds: f64,
+    /// FID of EMA samples at this step, on the steps `train.fid_every` asks for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fid: Option<f64>,
 }
 
 /// `log.jsonl`: one JSON line per logged step. On resume, lines past the checkpoint (and a

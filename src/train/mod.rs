@@ -22,10 +22,12 @@ use crate::{Error, Result};
 pub mod config;
 pub mod loading;
 pub mod log;
+pub mod monitor;
 
 pub use config::{LrDecay, Precision, RunConfig, TrainConfig};
 pub use loading::{data_logsnr_proposal, load_model, saved_run, LoadedModel};
 pub use log::StepReport;
+pub use monitor::FidMonitor;
 
 use loading::{build, checkpoint_step, init_weights, BASE_FIT_POINTS};
 use log::LogFile;
@@ -69,6 +71,10 @@ pub struct Trainer {
     ema: FlatVars,
     adam: Adam,
     step: u64,
+    /// Training seconds of every session up to `step` (saved in the checkpoint).
+    seconds: f64,
+    /// Loaded at the first FID step.
+    fid: Option<FidMonitor>,
 }
 
 impl Trainer {
@@ -160,6 +166,8 @@ impl Trainer {
             ema,
             adam,
             step: 0,
+            seconds: 0.0,
+            fid: None,
         };
         if let Some(saved) = saved {
             // What a run computes must match; its length and bookkeeping may change.
@@ -191,6 +199,8 @@ impl Trainer {
             Ok(())
         })?;
         self.step = checkpoint_step(&file, path)?;
+        // Checkpoints from before the clock was kept resume at zero seconds.
+        self.seconds = file.metadata.get("seconds").and_then(|s| s.parse().ok()).unwrap_or(0.0);
         Ok(())
     }
 
@@ -220,6 +230,16 @@ impl Trainer {
         image_grid(&dir.join(format!("step_{}.png", self.step)), &samples.x, 4)
     }
 
+    /// FID of the EMA weights' samples (see [`FidMonitor`]), loading the monitor on first use.
+    fn measure_fid(&mut self) -> Result<f64> {
+        let cfg = &self.config.train;
+        let monitor = match &mut self.fid {
+            Some(monitor) => monitor,
+            empty => empty.insert(FidMonitor::new(&self.config.data, cfg.fid_samples, self.device)?),
+        };
+        monitor.measure(&self.ema_model, (cfg.precision.kind(), self.device))
+    }
+
     /// Steps already taken.
     pub fn step(&self) -> u64 {
         self.step
@@ -240,6 +260,7 @@ impl Trainer {
             file.tensors.insert(format!("adam_v/{name}"), self.params.slice(&self.adam.v, i).to_device(Device::Cpu));
         }
         file.metadata.insert("step".into(), self.step.to_string());
+        file.metadata.insert("seconds".into(), self.seconds.to_string());
         file.save(&checkpoint::paths(&self.dir).1)
     }
 
@@ -257,6 +278,7 @@ impl Trainer {
         let log_path = self.dir.join("log.jsonl");
         let mut log = LogFile::open(&log_path, self.step)?;
         while self.step < stop {
+            let started = std::time::Instant::now();
             let k = self.step;
             let mut rng = Rng::stream(cfg.seed, k);
             let (x0, labels) = self.batch(&mut rng);
@@ -297,6 +319,13 @@ impl Trainer {
             self.adam.update(&self.params, lr, k + 1, scale)?;
             ema_update(&self.ema, &self.params, cfg.ema_decay.min((1.0 + k as f64) / (10.0 + k as f64)));
             self.step += 1;
+            self.seconds += started.elapsed().as_secs_f64();
+            let fid = match cfg.fid_every {
+                every if every > 0 && self.step.is_multiple_of(every) && self.config.model.data_shape.len() == 3 => {
+                    Some(self.measure_fid()?)
+                }
+                _ => None,
+            };
             let report = StepReport {
                 step: self.step,
                 loss: total,
@@ -306,8 +335,10 @@ impl Trainer {
                 grad_norm,
                 cdl,
                 cdl_accuracy: loss.cdl.as_ref().map(|c| c.accuracy),
+                seconds: self.seconds,
+                fid,
             };
-            if self.step.is_multiple_of(cfg.log_every.max(1)) || self.step == cfg.steps {
+            if self.step.is_multiple_of(cfg.log_every.max(1)) || self.step == cfg.steps || fid.is_some() {
                 log.append(&report)?;
             }
             if self.step.is_multiple_of(cfg.checkpoint_every.max(1)) || self.step == cfg.steps {
