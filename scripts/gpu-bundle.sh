@@ -5,6 +5,8 @@
 #   cdm.xz        the release binary (stripped)
 #   gpu-tests.xz  tests/gpu.rs, built as a test binary (its tests are #[ignore]d: run with --ignored)
 #   mnist.tar.xz  MNIST as cached under ~/.cache/cdm/data (fetched first if missing)
+#   cifar10-batch1.bin.xz  the first CIFAR-10 training batch (10 000 images, official layout;
+#                 fetched first if missing), for scripts/gpu-cifar.sh
 #   run.tar.xz    with RUN=DIR, a training run to resume there (config, checkpoint, log; the
 #                 checkpoint without the EMA's duplicate of the Gaussian base)
 #   syslib.tar.xz this host's copies of the system libraries the binary needs beyond glibc,
@@ -36,12 +38,16 @@ if [ ! -f "$data/mnist/.complete" ]; then
   rm -rf "$scratch"
 fi
 
+cifar=$data/cifar10/data_batch_1.bin
+[ -f "$cifar" ] || target/release/cdm data fetch cifar10 >&2
+
 rm -rf "$out"
 mkdir -p "$out"
 strip -o "$out/cdm" target/release/cdm
 strip -o "$out/gpu-tests" "$tests"
 xz -9 -T2 "$out/cdm" "$out/gpu-tests"
 tar -C "$data" -cf - mnist | xz -9 -T2 > "$out/mnist.tar.xz"
+xz -6 -T2 -c "$cifar" > "$out/cifar10-batch1.bin.xz"
 if [ -n "${RUN:-}" ]; then
   [ -f "$RUN/checkpoint.safetensors" ] || { echo "gpu-bundle: $RUN holds no checkpoint.safetensors" >&2; exit 1; }
   # Without the EMA's copy of the Gaussian base (gpu-check.sh restores it): 67 MB → 43 MB for MNIST.

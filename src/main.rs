@@ -33,6 +33,8 @@ enum Command {
     /// A report folder for a checkpoint: bits/dim, FID, denoising curves, classifier
     /// diagnostics, OOD detection (each also alone with --only).
     Eval(cli::eval::EvalArgs),
+    /// FID of a set of images (e.g. samples brought from another host) against a data set.
+    Fid(cli::fid::FidArgs),
     /// Generate samples with DDPM, DDIM, DPM-Solver-2M or DPM-Solver++(2M).
     Sample(cli::infer::SampleArgs),
     /// Pictures: learned against exact log-density (2-D), or the paper's Fig. 3 for cubes.
@@ -58,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Sample(args) => cli::infer::sample(args),
         Command::Mmse(args) => cli::infer::mmse(args),
         Command::Eval(args) => cli::eval::run(args),
+        Command::Fid(args) => cli::fid::run(args),
         Command::Plot(args) => cli::plot::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Device(args) => cli::device::run(args),

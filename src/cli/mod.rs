@@ -6,6 +6,7 @@ use tch::Device;
 pub mod bench;
 pub mod device;
 pub mod eval;
+pub mod fid;
 pub mod infer;
 pub mod plot;
 pub mod train;
