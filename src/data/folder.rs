@@ -218,13 +218,15 @@ fn read_cache(path: &Path) -> Option<Tensor> {
     if &header[..8] != MAGIC {
         return None;
     }
-    let dims: Vec<i64> =
-        header[8..].chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as i64).collect();
-    let per_image = (dims[1] * dims[2] * dims[3]) as usize;
-    let expected = (dims[0] as u64).checked_mul(per_image as u64)?;
-    if dims.iter().any(|&d| d <= 0) || file.metadata().ok()?.len() != 40 + expected {
+    let dims: Vec<u64> =
+        header[8..].chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default())).collect();
+    let per_image = dims[1..].iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).filter(|&n| n > 0)?;
+    let expected = dims[0].checked_mul(per_image)?.checked_add(40)?;
+    if dims[0] == 0 || file.metadata().ok()?.len() != expected {
         return None;
     }
+    // The file's length matches, so every dimension is below 2^63.
+    let (per_image, dims) = (per_image as usize, dims.iter().map(|&d| d as i64).collect::<Vec<_>>());
     let x = Tensor::empty(&dims[..], (Kind::Uint8, Device::Cpu));
     let rows_per_read = (WINDOW / per_image).max(1) as i64;
     let mut buffer = Vec::new();

@@ -112,14 +112,22 @@ impl Batches {
     pub fn next(&mut self, data: &Dataset) -> Result<Batch> {
         let step = self.next;
         self.next += 1;
-        match &self.producer {
-            None => Ok(batch(data, &self.options, step)),
-            Some(producer) => producer.receiver.recv().map_err(|_| {
-                Error::Data(format!(
-                    "the batch producer stopped before batch {step} (it panicked, or the steps ran out)"
-                ))
-            }),
+        let Some(producer) = &self.producer else {
+            return Ok(batch(data, &self.options, step));
+        };
+        if let Ok(batch) = producer.receiver.recv() {
+            return Ok(batch);
         }
+        // The producer is gone: its panic, if it had one, says why.
+        let why = match self.producer.take().map(|p| p.thread.join()) {
+            Some(Err(panic)) => panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "it panicked".into()),
+            _ => "the steps it was given ran out".into(),
+        };
+        Err(Error::Data(format!("no training batch {step}: the batch producer stopped ({why})")))
     }
 }
 
