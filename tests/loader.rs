@@ -67,6 +67,9 @@ fn bytes_give_the_batches_of_the_same_images_as_points() {
     assert!((&k - k.round()).abs().max().double_value(&[]) < 1e-9);
     assert!(bytes.is_8bit() && points.is_8bit());
     assert_eq!(bytes.eval_points(0, 0), points.eval_points(0, 0));
+    // The first rows alone, converted alike; a count past the set gives the whole set.
+    assert_eq!(bytes.first_points(5, 0), points.eval_points(0, 0).narrow(0, 0, 5));
+    assert_eq!(bytes.first_points(100, 0).size()[0], 40);
 }
 
 #[test]

@@ -279,7 +279,7 @@ pub struct SampleArgs {
 /// `level` with the seed's starting-point streams.
 fn noised_start(loaded: &LoadedModel, spec: &str, level: usize, n: usize, seed: u64) -> Result<(Tensor, Start)> {
     let data = Dataset::open(spec).with_context(|| format!("--init {spec}"))?;
-    let (x, labels) = (data.eval_points(n, seed), data.labels().map(Tensor::shallow_clone));
+    let (x, labels) = (data.first_points(n, seed), data.labels().map(Tensor::shallow_clone));
     if (x.size()[0] as usize) < n {
         bail!("--init {spec}: has {} points, --n asks for {n}", x.size()[0]);
     }
