@@ -43,6 +43,8 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// The device --device picks on this host, and why not CUDA when it cannot.
     Device(cli::device::DeviceArgs),
+    /// Data sets: fetch one into the cache now, or time the training-batch loader alone.
+    Data(cli::data::DataArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -64,6 +66,7 @@ fn main() -> std::process::ExitCode {
         Command::Plot(args) => cli::plot::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Device(args) => cli::device::run(args),
+        Command::Data(args) => cli::data::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -19,6 +19,14 @@ impl Rng {
         Rng(StdRng::seed_from_u64(mix.gen::<u64>() ^ stream))
     }
 
+    /// The stream of training step `step`'s batch (rows, flips, dequantization, label
+    /// dropout), apart from [`Rng::stream`]`(seed, step)`, which the step's loss draws from:
+    /// a loader can then prepare batch k + 1 while step k runs, and a run resumed at any step
+    /// still draws what an uninterrupted one does.
+    pub fn batch_stream(seed: u64, step: u64) -> Self {
+        Self::stream(seed ^ 0xBA7C_4E5D_0F1A_6B23, step)
+    }
+
     /// Standard normal samples of the given shape.
     pub fn normal(&mut self, shape: &[i64], kind: Kind) -> Tensor {
         let mut v = Vec::new();

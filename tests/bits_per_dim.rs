@@ -1,11 +1,13 @@
 //! Bits/dim of 8-bit images, against hand computations on densities with exact answers.
 mod common;
 
+use cdm::data::loader::{self, BatchOptions};
+use cdm::data::Dataset;
 use cdm::likelihood::{bits_per_dim, bits_per_dim_8bit, dequantize, Dequantization};
 use cdm::model::ModelKind;
 use cdm::nets::MlpConfig;
 use cdm::rng::Rng;
-use cdm::train::{augment, RunConfig, TrainConfig, Trainer};
+use cdm::train::{RunConfig, TrainConfig, Trainer};
 use common::{assert_close, mlp_config};
 use tch::{Device, Kind, Tensor};
 
@@ -43,16 +45,27 @@ fn dequantization_spreads_each_level_over_its_bin() {
 
 #[test]
 fn training_batches_are_dequantized_when_asked() {
-    let k = (Rng::new(4).uniform(&[8, 1, 4, 4], Kind::Double) * 256.0).floor();
-    let x = &k / 127.5 - 1.0;
-    let plain = TrainConfig::default();
-    assert_eq!(augment(x.shallow_clone(), &plain, &mut Rng::new(5)), x, "no augmentation asked");
-    let train = TrainConfig { dequantize: true, ..TrainConfig::default() };
+    // Eight copies of one image, so that whichever rows a batch draws, its pixels are k.
+    let k = (Rng::new(4).uniform(&[1, 1, 4, 4], Kind::Double) * 256.0).floor().repeat([8, 1, 1, 1]);
+    let data = Dataset::Images { pixels: k.to_kind(Kind::Uint8), labels: None };
+    let plain = BatchOptions {
+        batch_size: 8,
+        seed: 5,
+        hflip: false,
+        dequantize: false,
+        null_label: None,
+        label_dropout: 0.0,
+        kind: Kind::Double,
+        device: Device::Cpu,
+    };
+    assert_eq!(loader::batch(&data, &plain, 0).x0, &k / 127.5 - 1.0, "no augmentation asked");
+    let asked = BatchOptions { dequantize: true, ..plain };
     // Each pixel lands in its own bin, (k + u)/128 − 1, at an offset u ∈ [0, 1) spread over it.
-    let u = (augment(x.shallow_clone(), &train, &mut Rng::new(5)) + 1.0) * 128.0 - &k;
+    let u = (loader::batch(&data, &asked, 0).x0 + 1.0) * 128.0 - &k;
     let (lo, hi) = (u.min().double_value(&[]), u.max().double_value(&[]));
     assert!(lo >= -1e-9 && hi < 1.0, "offsets in [{lo}, {hi}]");
     assert_close(u.mean(Kind::Double).double_value(&[]), 0.5, 0.1, "mean offset (128 pixels)");
+    let train = TrainConfig { dequantize: true, ..TrainConfig::default() };
     // Data that are not 8-bit images are refused, naming the setting.
     let config = RunConfig {
         data: "gmm2d".into(),

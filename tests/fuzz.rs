@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use cdm::checkpoint::TensorFile;
 use cdm::config_file::ConfigFile;
+use cdm::data::cifar10::{parse_labels, png_rows_to_records};
 use cdm::data::images::{decode_image, parse_cifar10, parse_idx, square_crop};
 use cdm::data::npy::{parse_npy, write_npy};
 use cdm::data::Dataset;
@@ -328,6 +329,25 @@ fn cifar10_batches() {
     let seeds = vec![record(3, 51), [record(0, 0), record(9, 255)].concat()];
     fuzz("cifar10", &seeds, inputs_per_parser(), Some("data_batch_1.bin"), |bytes| {
         outcome(parse_cifar10(bytes, &file("data_batch_1.bin")))
+    });
+}
+
+#[test]
+fn cifar10_png_rows() {
+    // The npm package's layout: one 32×32 RGB image per row of a 1024-wide PNG.
+    let rows = image::RgbImage::from_fn(1024, 2, |x, y| image::Rgb([x as u8, y as u8 * 99, 7]));
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(rows).write_to(&mut png, image::ImageFormat::Png).unwrap();
+    fuzz("cifar10-png", &[png.into_inner()], inputs_per_parser(), Some("data_batch_1.png"), |bytes| {
+        outcome(png_rows_to_records(bytes, &[3, 9], &file("data_batch_1.png")))
+    });
+}
+
+#[test]
+fn cifar10_label_files() {
+    let seeds = vec![b"[3,8,8,0,6,6,1,6,3,1]".to_vec(), b"[0, 9]".to_vec()];
+    fuzz("cifar10-labels", &seeds, inputs_per_parser(), Some("test_lables.json"), |bytes| {
+        outcome(parse_labels(bytes, &file("test_lables.json")))
     });
 }
 

@@ -32,6 +32,38 @@ fn weights(dir: &std::path::Path, ema: bool) -> Vec<(String, tch::Tensor)> {
 
 #[test]
 fn resume_matches_an_uninterrupted_run() {
+    resumes_exactly(&config);
+}
+
+/// The same with batches from the prefetching loader: 8-bit images held as bytes, flipped and
+/// dequantized, labelled for a conditional model with label dropout.
+#[test]
+fn resume_matches_with_prefetched_image_batches() {
+    let data = tempfile::tempdir().unwrap();
+    for i in 1..=5u8 {
+        let records: Vec<u8> =
+            (0..4u8).flat_map(|r| [vec![r], (0..3072).map(|p| (p % 251) as u8 ^ (i * r)).collect()].concat()).collect();
+        std::fs::write(data.path().join(format!("data_batch_{i}.bin")), records).unwrap();
+    }
+    let images = |steps: u64| {
+        let plain = config(steps);
+        RunConfig {
+            data: format!("cifar10:{}", data.path().display()),
+            model: mlp_config(
+                ModelKind::Cdm,
+                20,
+                MlpConfig { hidden: 16, blocks: 1, ..MlpConfig::default() },
+                &[3, 32, 32],
+            ),
+            train: TrainConfig { batch_size: 8, hflip: true, dequantize: true, ..plain.train },
+        }
+    };
+    resumes_exactly(&images);
+}
+
+/// A run of 12 steps interrupted at step 7 and resumed ends with the weights of an
+/// uninterrupted one.
+fn resumes_exactly(config: &dyn Fn(u64) -> RunConfig) {
     let whole = tempfile::tempdir().unwrap();
     Trainer::open(whole.path(), config(12), Device::Cpu).unwrap().run(&mut |_| {}).unwrap();
 

@@ -140,7 +140,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     check_count("--fid-reference", args.fid_reference, shape)?;
     let data = args.data.clone().or_else(|| test_split(&model.config.data)).unwrap_or(model.config.data.clone());
     let dataset = Dataset::open(&data).with_context(|| format!("--data {data}"))?;
-    let x = first(&dataset.eval_points(args.n, args.sampling.seed), args.n);
+    let x = dataset.first_points(args.n, args.sampling.seed);
     model.model.check_input(&x).with_context(|| format!("--data {data}"))?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
     let eight_bit = is_8bit(&x);
@@ -468,7 +468,7 @@ fn ood(ctx: &Eval) -> Result<Section> {
     let n = ctx.x.size()[0] as usize;
     // The typical profile is fitted on training points, never on the test points scored.
     let train = Dataset::open(&ctx.model.config.data)?;
-    let fit_points = first(&train.eval_points(n, ctx.args.sampling.seed ^ 0xf17), n);
+    let fit_points = train.first_points(n, ctx.args.sampling.seed ^ 0xf17);
     let fitted = profiles(ctx, &fit_points, &levels)?;
     npy::write_npy(&ctx.args.out.join("ood_profile_train.npy"), &fitted)?;
     let typicality = Typicality::fit(&fitted)?;
@@ -482,7 +482,7 @@ fn ood(ctx: &Eval) -> Result<Section> {
     let (mut rows, mut by_level) = (Vec::new(), Vec::new());
     for spec in &ctx.args.ood {
         let other = Dataset::open(spec).with_context(|| format!("--ood {spec}"))?;
-        let y = first(&other.eval_points(n, ctx.args.sampling.seed ^ 0x00d), n);
+        let y = other.first_points(n, ctx.args.sampling.seed ^ 0x00d);
         ctx.model.model.check_input(&y).with_context(|| format!("--ood {spec}"))?;
         let outside = profiles(ctx, &y, &levels)?;
         npy::write_npy(&ctx.args.out.join(format!("ood_profile_{}.npy", file_stem(spec))), &outside)?;

@@ -278,10 +278,8 @@ pub struct SampleArgs {
 /// The first `n` points of `spec` ([n, ..], CPU) and the SDEdit start made by noising them to
 /// `level` with the seed's starting-point streams.
 fn noised_start(loaded: &LoadedModel, spec: &str, level: usize, n: usize, seed: u64) -> Result<(Tensor, Start)> {
-    let (x, labels) = match Dataset::open(spec).with_context(|| format!("--init {spec}"))? {
-        Dataset::Points { x, labels } => (x, labels),
-        known => (known.eval_points(n, seed), None),
-    };
+    let data = Dataset::open(spec).with_context(|| format!("--init {spec}"))?;
+    let (x, labels) = (data.first_points(n, seed), data.labels().map(Tensor::shallow_clone));
     if (x.size()[0] as usize) < n {
         bail!("--init {spec}: has {} points, --n asks for {n}", x.size()[0]);
     }

@@ -4,6 +4,7 @@ use cdm::device::{choose, Request};
 use tch::Device;
 
 pub mod bench;
+pub mod data;
 pub mod device;
 pub mod eval;
 pub mod fid;

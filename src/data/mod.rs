@@ -1,22 +1,29 @@
-//! Training and evaluation data: `.npy` files and built-in known densities, named by a spec
-//! string (see [`Dataset::open`]).
+//! Training and evaluation data: `.npy` files, image sets (held as bytes) and built-in known
+//! densities, named by a spec string (see [`Dataset::open`]); [`loader`] prepares training
+//! batches from them off the training thread.
 use std::path::PathBuf;
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::rng::Rng;
 use crate::{Error, Result};
 
+pub mod cifar10;
+pub mod folder;
 pub mod images;
 pub mod known;
+pub mod loader;
 pub mod npy;
 
+pub use folder::{Crop, FolderOptions};
 pub use images::{ImageSet, Split};
 pub use known::{Checkerboard, Circle, GaussianMixture, KnownDensity, Moons, Rings, TwoSpirals, UniformCube};
 
 /// Specs accepted by [`Dataset::open`], for help texts and error messages.
 pub const DATA_SPECS: &str = "npy:PATH | mnist[:split=test] | fashion-mnist[:split=test] | digits | \
-cifar10:DIR[,split=test] | folder:DIR[,size=N] (own size; size=N crops and resizes to N×N) | \
+cifar10[:split=test] (fetched) | cifar10:DIR[,split=test] (official binary batches) | \
+folder:DIR[,size=N][,crop=celeba] (own size; size=N crops the centre square and resizes to N×N; \
+crop=celeba cuts CelebA's 128×128 face box first) | \
 uniform:d=D,g=WIDTH (d may be a shape like 3x32x32) | gmm2d | gmm:d=D,k=K,seed=S | checkerboard | rings | \
 moons | two-spirals | eight-gaussians | circle | two-modes";
 
@@ -54,10 +61,20 @@ pub fn test_split(spec: &str) -> Option<String> {
     })
 }
 
+/// 8-bit pixels (Uint8, 0..=255) as points in [-1, 1], k/127.5 − 1, in `kind` and on the
+/// pixels' device.
+pub fn pixels_to_unit(pixels: &Tensor, kind: Kind) -> Tensor {
+    pixels.to_kind(kind) / 127.5 - 1.0
+}
+
 /// Where training and evaluation points come from.
 pub enum Dataset {
     /// A fixed set of points [N, ..] (Double), with data labels [N] where the source has them.
     Points { x: Tensor, labels: Option<Tensor> },
+    /// A fixed set of 8-bit images [N, C, H, W] held as their bytes (Uint8; pixel k stands
+    /// for k/127.5 − 1, see [`pixels_to_unit`]), an eighth of the memory of Double points;
+    /// batches are converted as they are drawn.
+    Images { pixels: Tensor, labels: Option<Tensor> },
     /// Fresh samples from a known density, with its exact log-density.
     Known(Box<dyn KnownDensity>),
 }
@@ -71,23 +88,33 @@ impl Dataset {
             return Ok(Dataset::Points { x: npy::read_npy(&PathBuf::from(args))?, labels: None });
         }
         if name == "cifar10" || name == "folder" {
-            // The directory comes first; options follow after a comma.
-            let (dir, options) = args.split_once(',').unwrap_or((args, ""));
+            // The directory comes first (cifar10 without one is fetched); options follow.
+            let (dir, options) = match args.split_once(',').unwrap_or((args, "")) {
+                (first, _) if name == "cifar10" && (first.is_empty() || first.contains('=')) => ("", args),
+                pair => pair,
+            };
             let options = SpecArgs::parse(spec, options)?;
-            let dir = PathBuf::from(dir);
             let images = if name == "cifar10" {
                 let split = split_of(spec, &options)?;
                 options.check_all_used()?;
+                let dir = if dir.is_empty() { cifar10::fetch()? } else { PathBuf::from(dir) };
                 images::read_cifar10(&dir, split)?
             } else {
                 let size = match options.raw("size") {
                     None => None,
                     Some(_) => Some(options.int("size")?.min(u32::MAX as u64) as u32),
                 };
+                let crop = match options.raw("crop").unwrap_or("centre") {
+                    "centre" | "center" => Crop::Centre,
+                    "celeba" => Crop::Celeba,
+                    other => return Err(Error::Data(format!("{spec}: crop={other}; expected centre or celeba"))),
+                };
                 options.check_all_used()?;
-                images::read_folder(&dir, size)?
+                // Without a cache folder (no HOME), the images are decoded every time.
+                let cache = crate::cache::root().ok().map(|root| root.join("data/folders"));
+                folder::read_folder(&PathBuf::from(dir), FolderOptions { size, crop }, cache.as_deref())?
             };
-            return Ok(Dataset::Points { x: images.x, labels: (name == "cifar10").then_some(images.labels) });
+            return Ok(Dataset::from_images(images, name == "cifar10"));
         }
         let args = SpecArgs::parse(spec, args)?;
         let image_set = match name {
@@ -99,8 +126,7 @@ impl Dataset {
         if let Some(set) = image_set {
             let split = split_of(spec, &args)?;
             args.check_all_used()?;
-            let images = images::load(set, split)?;
-            return Ok(Dataset::Points { x: images.x, labels: Some(images.labels) });
+            return Ok(Dataset::from_images(images::load(set, split)?, true));
         }
         let density: Box<dyn KnownDensity> = match name {
             "uniform" => {
@@ -136,19 +162,51 @@ impl Dataset {
         Ok(Dataset::Known(density))
     }
 
+    /// A loaded image set: bytes as [`Dataset::Images`], Double values (the 8×8 digits) as
+    /// [`Dataset::Points`]; with their labels when `labelled`.
+    pub fn from_images(images: images::Images, labelled: bool) -> Self {
+        let labels = labelled.then_some(images.labels);
+        match images.x.kind() {
+            Kind::Uint8 => Dataset::Images { pixels: images.x, labels },
+            _ => Dataset::Points { x: images.x, labels },
+        }
+    }
+
+    /// The same data for another thread: shallow copies of a fixed set's tensors (no bytes
+    /// copied); `None` for a known density, which stays with its owner.
+    pub fn shared(&self) -> Option<Dataset> {
+        let labels = self.labels().map(Tensor::shallow_clone);
+        match self {
+            Dataset::Points { x, .. } => Some(Dataset::Points { x: x.shallow_clone(), labels }),
+            Dataset::Images { pixels, .. } => Some(Dataset::Images { pixels: pixels.shallow_clone(), labels }),
+            Dataset::Known(_) => None,
+        }
+    }
+
+    /// Whether the data are 8-bit images (see [`is_8bit`]): always for an image set held as
+    /// bytes, checked value by value for points.
+    pub fn is_8bit(&self) -> bool {
+        match self {
+            Dataset::Images { .. } => true,
+            Dataset::Points { x, .. } => is_8bit(x),
+            Dataset::Known(_) => false,
+        }
+    }
+
     /// One line on what [`Dataset::open`] made of `spec`, for a command to show, e.g.
     /// "64 images of 3×8×8 at their own size".
     pub fn describe(&self, spec: &str) -> String {
         let shape = self.shape().iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×");
         match self {
             Dataset::Known(_) => format!("fresh samples of {shape} from a density known exactly"),
-            Dataset::Points { x, labels } => {
+            Dataset::Points { x, labels } | Dataset::Images { pixels: x, labels } => {
                 let n = x.size()[0];
                 let labelled = labels.as_ref().map_or(String::new(), |_| {
                     format!(", labels 0..={}", self.num_labels().unwrap_or(1).saturating_sub(1))
                 });
                 let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
                 let how = match name {
+                    "folder" if args.contains("crop=celeba") => ", CelebA's face box cropped and resized as asked",
                     "folder" if args.contains(",size=") => ", centre-cropped to a square and resized as size= asks",
                     "folder" => " at their own size",
                     _ => "",
@@ -162,16 +220,16 @@ impl Dataset {
     /// Shape of one data point.
     pub fn shape(&self) -> Vec<i64> {
         match self {
-            Dataset::Points { x, .. } => x.size()[1..].to_vec(),
+            Dataset::Points { x, .. } | Dataset::Images { pixels: x, .. } => x.size()[1..].to_vec(),
             Dataset::Known(d) => d.shape(),
         }
     }
 
-    /// A training batch of `n` points: random rows of a file (with replacement) and their labels
-    /// if it has any, or fresh samples.
+    /// A training batch of `n` points as held: random rows of a fixed set (with replacement;
+    /// Uint8 pixels for [`Dataset::Images`]) and their labels if it has any, or fresh samples.
     pub fn batch(&self, n: usize, rng: &mut Rng) -> (Tensor, Option<Tensor>) {
         match self {
-            Dataset::Points { x, labels } => {
+            Dataset::Points { x, labels } | Dataset::Images { pixels: x, labels } => {
                 let rows = rng.integers(n, x.size()[0] as usize);
                 (x.index_select(0, &rows), labels.as_ref().map(|l| l.index_select(0, &rows)))
             }
@@ -182,7 +240,9 @@ impl Dataset {
     /// Number of distinct data labels (largest label + 1), for labelled data.
     pub fn num_labels(&self) -> Option<usize> {
         match self {
-            Dataset::Points { labels: Some(l), .. } => Some(l.max().int64_value(&[]) as usize + 1),
+            Dataset::Points { labels: Some(l), .. } | Dataset::Images { labels: Some(l), .. } => {
+                Some(l.max().int64_value(&[]) as usize + 1)
+            }
             _ => None,
         }
     }
@@ -190,24 +250,37 @@ impl Dataset {
     /// The labels of [`Dataset::eval_points`], for a labelled dataset on disk.
     pub fn labels(&self) -> Option<&Tensor> {
         match self {
-            Dataset::Points { labels, .. } => labels.as_ref(),
+            Dataset::Points { labels, .. } | Dataset::Images { labels, .. } => labels.as_ref(),
             Dataset::Known(_) => None,
         }
     }
 
-    /// Points to evaluate on: every row of a file, or `n` samples drawn with `seed` (use a seed
-    /// other than the training seed for held-out points).
+    /// Points to evaluate on (Double): every row of a fixed set (an image set's bytes
+    /// converted, 8 bytes a value while the result lives), or `n` samples drawn with `seed`
+    /// (use a seed other than the training seed for held-out points).
     pub fn eval_points(&self, n: usize, seed: u64) -> Tensor {
         match self {
             Dataset::Points { x, .. } => x.shallow_clone(),
+            Dataset::Images { pixels, .. } => pixels_to_unit(pixels, Kind::Double),
             Dataset::Known(d) => d.sample(n, &mut Rng::stream(seed, u64::MAX)),
+        }
+    }
+
+    /// The first `n` of [`Dataset::eval_points`] (fewer if a fixed set has fewer rows): of an
+    /// image set, only those rows are converted, so a command that scores 10 000 images of a
+    /// 200 000-image set holds no Double copy of the rest.
+    pub fn first_points(&self, n: usize, seed: u64) -> Tensor {
+        let first = |x: &Tensor| x.narrow(0, 0, (n as i64).min(x.size()[0]));
+        match self {
+            Dataset::Images { pixels, .. } => pixels_to_unit(&first(pixels), Kind::Double),
+            _ => first(&self.eval_points(n, seed)),
         }
     }
 
     /// The exact density, for built-in data.
     pub fn density(&self) -> Option<&dyn KnownDensity> {
         match self {
-            Dataset::Points { .. } => None,
+            Dataset::Points { .. } | Dataset::Images { .. } => None,
             Dataset::Known(d) => Some(d.as_ref()),
         }
     }
@@ -220,7 +293,7 @@ pub fn is_8bit(x: &Tensor) -> bool {
     if x.dim() != 4 || x.numel() == 0 {
         return false;
     }
-    let k = (x.to_kind(tch::Kind::Double) + 1.0) * 127.5;
+    let k = (x.to_kind(Kind::Double) + 1.0) * 127.5;
     let on_grid = (&k - k.round()).abs().le(1e-6).all().int64_value(&[]) != 0;
     on_grid && k.min().double_value(&[]) > -0.5 && k.max().double_value(&[]) < 255.5
 }

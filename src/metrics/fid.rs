@@ -83,8 +83,7 @@ pub fn reference_stats(inception: &Inception, spec: &str, n: usize) -> Result<Ga
     let path = cache::root()?.join("fid-stats").join(format!("{}-{n}.safetensors", cache::file_stem(spec)));
     cached_stats(&path, || {
         let data = Dataset::open(spec).map_err(|e| Error::Data(format!("FID reference data {spec}: {e}")))?;
-        let x = data.eval_points(n, 0);
-        let x = x.narrow(0, 0, (n as i64).min(x.size()[0]));
+        let x = data.first_points(n, 0);
         if x.size()[0] < 2 {
             return Err(Error::Data(format!("{spec}: FID needs at least 2 reference images")));
         }

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TensorFile};
-use crate::data::{is_8bit, Dataset};
-use crate::likelihood::{dequantize, Dequantization};
+use crate::data::loader::{Batch, BatchOptions, Batches};
+use crate::data::Dataset;
 use crate::loss::LossWeights;
 use crate::model::{Model, ModelKind};
 use crate::optim::{ema_update, grad_norm, Adam, FlatVars};
@@ -31,20 +31,6 @@ pub use monitor::FidMonitor;
 
 use loading::{build, checkpoint_step, init_weights, BASE_FIT_POINTS};
 use log::LogFile;
-
-/// The data augmentation of a training batch, drawn from `rng`: left-right flips (`hflip`)
-/// and uniform dequantization of 8-bit images (`dequantize`).
-pub fn augment(mut x0: Tensor, train: &TrainConfig, rng: &mut Rng) -> Tensor {
-    if train.hflip {
-        let n = x0.size()[0];
-        let flip = rng.uniform(&[n], Kind::Double).lt(0.5).reshape([n, 1, 1, 1]);
-        x0 = x0.flip([3]).where_self(&flip, &x0);
-    }
-    if train.dequantize {
-        x0 = dequantize(&x0, Dequantization::Uniform, rng);
-    }
-    x0
-}
 
 /// Trained variables of `vs` (not a Gaussian base's statistics) sorted by name, so every
 /// traversal has one fixed order.
@@ -113,7 +99,7 @@ impl Trainer {
         if config.train.hflip && config.model.data_shape.len() != 3 {
             return Err(Error::Config("train.hflip needs image data [C, H, W]".into()));
         }
-        if config.train.dequantize && !is_8bit(&data.eval_points(BASE_FIT_POINTS, config.train.seed)) {
+        if config.train.dequantize && !data.is_8bit() {
             return Err(Error::Config(format!(
                 "train.dequantize needs 8-bit images (x = k/127.5 − 1); '{}' is not",
                 config.data
@@ -204,19 +190,21 @@ impl Trainer {
         Ok(())
     }
 
-    /// A training batch on the device: augmented images, and labels (some of them dropped to
-    /// the null label) for a conditional model.
-    fn batch(&self, rng: &mut Rng) -> (Tensor, Option<Tensor>) {
+    /// What the training batches are made of: batch size, augmentation, label dropout for a
+    /// conditional model, precision and device (see [`crate::data::loader`]).
+    pub fn batch_options(&self) -> BatchOptions {
         let cfg = &self.config.train;
-        let (x0, labels) = self.data.batch(cfg.batch_size, rng);
-        let n = x0.size()[0];
-        let x0 = augment(x0, cfg, rng);
         let num_labels = self.config.model.backbone.num_labels() as i64;
-        let labels = labels.filter(|_| num_labels > 0).map(|l| {
-            let drop = rng.uniform(&[n], Kind::Double).lt(cfg.label_dropout);
-            l.where_self(&drop.logical_not(), &Tensor::from(num_labels)).to_device(self.device)
-        });
-        (x0.to_kind(cfg.precision.kind()).to_device(self.device), labels)
+        BatchOptions {
+            batch_size: cfg.batch_size,
+            seed: cfg.seed,
+            hflip: cfg.hflip,
+            dequantize: cfg.dequantize,
+            null_label: (num_labels > 0).then_some(num_labels),
+            label_dropout: cfg.label_dropout,
+            kind: cfg.precision.kind(),
+            device: self.device,
+        }
     }
 
     /// Writes `samples/step_N.png`: 16 DDIM-50 samples from the EMA weights (a conditional
@@ -277,11 +265,12 @@ impl Trainer {
         let stop = stop.min(cfg.steps);
         let log_path = self.dir.join("log.jsonl");
         let mut log = LogFile::open(&log_path, self.step)?;
+        let mut batches = Batches::new(&self.data, self.batch_options(), self.step..stop);
         while self.step < stop {
             let started = std::time::Instant::now();
             let k = self.step;
+            let Batch { x0, labels } = batches.next(&self.data)?;
             let mut rng = Rng::stream(cfg.seed, k);
-            let (x0, labels) = self.batch(&mut rng);
             let loss = self.model.loss(
                 &x0,
                 labels.as_ref(),
