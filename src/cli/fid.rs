@@ -26,10 +26,11 @@ pub struct FidArgs {
 
 pub fn run(args: FidArgs) -> Result<()> {
     let inception = Inception::load(args.device.device()?)?;
-    let samples = match Dataset::open(&args.samples).with_context(|| format!("--samples {}", args.samples))? {
-        Dataset::Points { x, .. } if x.dim() == 4 => x,
-        _ => bail!("--samples {}: expected a set of images on disk", args.samples),
-    };
+    let data = Dataset::open(&args.samples).with_context(|| format!("--samples {}", args.samples))?;
+    if matches!(data, Dataset::Known(_)) || data.shape().len() != 3 {
+        bail!("--samples {}: expected a set of images on disk", args.samples);
+    }
+    let samples = data.first_points(usize::MAX, 0);
     let reference = reference_stats(&inception, &args.reference, args.reference_n)
         .with_context(|| format!("--reference {}", args.reference))?;
     let fid = frechet_distance(&reference, &inception.stats(&samples, 50)?)?;

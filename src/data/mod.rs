@@ -270,7 +270,7 @@ impl Dataset {
     /// image set, only those rows are converted, so a command that scores 10 000 images of a
     /// 200 000-image set holds no Double copy of the rest.
     pub fn first_points(&self, n: usize, seed: u64) -> Tensor {
-        let first = |x: &Tensor| x.narrow(0, 0, (n as i64).min(x.size()[0]));
+        let first = |x: &Tensor| x.narrow(0, 0, i64::try_from(n).unwrap_or(i64::MAX).min(x.size()[0]));
         match self {
             Dataset::Images { pixels, .. } => pixels_to_unit(&first(pixels), Kind::Double),
             _ => first(&self.eval_points(n, seed)),
