@@ -85,7 +85,13 @@ impl Denoiser {
     /// [`Denoiser::eps`] without reading the levels and labels back to check their values
     /// (each read a host sync): for the training loss, which draws the levels itself and
     /// checks the labels once. The shape of `x_t` is still checked.
-    pub(crate) fn eps_unchecked(&self, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<Tensor> {
+    pub(crate) fn eps_unchecked(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        labels: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
         check_shape(&self.data_shape, x_t)?;
         let eps = self.precision.autocast(x_t.device(), || self.backbone.forward(x_t, Some(t), labels, train))?;
         let eps = eps.to_kind(x_t.kind());

@@ -49,8 +49,12 @@ impl Precision {
 }
 
 extern "C" {
-    fn cdm_autocast_enter(device_type: c_int, dtype: c_int, was_enabled: *mut c_int, was_dtype: *mut c_int)
-        -> *mut c_char;
+    fn cdm_autocast_enter(
+        device_type: c_int,
+        dtype: c_int,
+        was_enabled: *mut c_int,
+        was_dtype: *mut c_int,
+    ) -> *mut c_char;
     fn cdm_autocast_exit(device_type: c_int, was_enabled: c_int, was_dtype: c_int);
     fn cdm_autocast_enabled(device_type: c_int) -> c_int;
     fn cdm_set_tf32_matmul(allow: c_int);

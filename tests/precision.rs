@@ -15,6 +15,14 @@ use cdm::train::{LrDecay, RunConfig, TrainConfig, Trainer};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+/// Held by every test that builds a model: a model draws its initial weights from libtorch's
+/// global generator, so one built on another thread would change a seeded run's weights.
+static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Relative tolerance of bf16 against f32 for logits, ε̂ and log-densities (measured ≈ 1e-2).
 const BF16_TOLERANCE: f64 = 5e-2;
 
@@ -65,6 +73,7 @@ fn inputs() -> (Tensor, Tensor, Tensor) {
 
 #[test]
 fn bf16_logits_eps_and_likelihood_are_f32_within_tolerance() {
+    let _lock = lock();
     let (_vs, mut model) = model(ModelKind::Cdm);
     let (x, t, labels) = inputs();
     let run = |model: &Model| {
@@ -92,6 +101,7 @@ fn bf16_logits_eps_and_likelihood_are_f32_within_tolerance() {
 
 #[test]
 fn bf16_ddm_eps_is_f32_within_tolerance() {
+    let _lock = lock();
     let (_vs, mut model) = model(ModelKind::Ddm);
     let (x, t, labels) = inputs();
     let t = t.clamp(1, 1000);
@@ -107,6 +117,7 @@ fn bf16_ddm_eps_is_f32_within_tolerance() {
 /// the backbone's own bf16 error. This is why the head runs outside the autocast region.
 #[test]
 fn the_cumsum_head_needs_f32() {
+    let _lock = lock();
     let (_vs, model) = model(ModelKind::Cdm);
     let (x, _, labels) = inputs();
     let c = model.classifier().unwrap();
@@ -118,8 +129,12 @@ fn the_cumsum_head_needs_f32() {
     let in_f32 = h.to_kind(Kind::Float).cumsum(1, Kind::Float);
     let in_bf16 = h.cumsum(1, Kind::BFloat16);
     let exact = h.to_kind(Kind::Double).cumsum(1, Kind::Double);
-    let (f32_error, bf16_error) = (relative(&in_f32, &exact, "cumsum in f32"), relative(&in_bf16, &exact, "cumsum in bf16"));
-    assert!(bf16_error > 10.0 * f32_error, "a bf16 cumsum ({bf16_error:e}) is not much worse than f32's ({f32_error:e})");
+    let (f32_error, bf16_error) =
+        (relative(&in_f32, &exact, "cumsum in f32"), relative(&in_bf16, &exact, "cumsum in bf16"));
+    assert!(
+        bf16_error > 10.0 * f32_error,
+        "a bf16 cumsum ({bf16_error:e}) is not much worse than f32's ({f32_error:e})"
+    );
 }
 
 #[test]
@@ -141,6 +156,7 @@ fn autocast_regions_nest_and_restore() {
 /// One training step's loss and gradient norm in bf16 against f32, from the same seed.
 #[test]
 fn a_bf16_training_step_is_f32_within_tolerance() {
+    let _lock = lock();
     for kind in [ModelKind::Cdm, ModelKind::Ddm] {
         let mut reports = Vec::new();
         for precision in [Precision::F32, Precision::Bf16] {

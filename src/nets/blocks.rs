@@ -74,8 +74,18 @@ impl Attention {
         let (q, k, v) = (qkv.select(1, 0), qkv.select(1, 1), qkv.select(1, 2));
         let scale = 1.0 / (c as f64).sqrt();
         let out = if twice_differentiable {
-            Tensor::internal_scaled_dot_product_attention_math(&q, &k, &v, None::<Tensor>, 0.0, false, None, scale, false)
-                .0
+            Tensor::internal_scaled_dot_product_attention_math(
+                &q,
+                &k,
+                &v,
+                None::<Tensor>,
+                0.0,
+                false,
+                None,
+                scale,
+                false,
+            )
+            .0
         } else {
             Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, scale, false)
         };
