@@ -224,7 +224,9 @@ def steps(cfg, device, precision, channels_last):
                 return net(x_t, t).to(dtype), None
         x_t = x_t.detach().requires_grad_(True)
         with autocast():
-            h = net(x_t)
+            # A view, not the leaf itself: FlopCounterMode's module tracker hooks the inputs'
+            # autograd nodes and refuses a leaf inside autograd.grad. Free (no copy).
+            h = net(x_t.view_as(x_t))
         logits = h.to(dtype).cumsum(1)
         f = logits[:, -1] - logits.gather(1, t[:, None]).squeeze(1)
         (grad,) = torch.autograd.grad(f.sum(), x_t, create_graph=train)
