@@ -6,14 +6,20 @@
 //! rustc links with `--as-needed`, which drops it (no symbol of ours comes from it); a
 //! `--no-as-needed` from here would land after the libraries and change nothing. `cdm` loads
 //! libtorch_cuda at run time instead (src/device.rs).
-use std::path::PathBuf;
+//!
+//! It also compiles `csrc/precision.cpp` (autocast to a chosen dtype, the TF32 switch: what tch
+//! 0.24 does not bind) against libtorch's headers with the flags torch-sys compiles its own
+//! wrapper with; the symbols it calls are in libtorch_cpu.
+use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-changed=csrc/precision.cpp");
     let Ok(libtorch) = std::env::var("LIBTORCH") else {
-        return;
+        panic!("LIBTORCH is not set: run scripts/setup-libtorch.sh (or `make setup`) first");
     };
     let torch = std::fs::canonicalize(&libtorch).unwrap_or_else(|_| PathBuf::from(&libtorch));
+    compile_shim(&torch);
     let mut dirs = vec![torch.join("lib")];
     if let Some(root) = torch.parent() {
         dirs.push(root.join("nvidia/cu13/lib"));
@@ -21,4 +27,21 @@ fn main() {
     for dir in dirs {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
     }
+}
+
+/// Compiles the mixed-precision shim as torch-sys compiles libtch (C++17, the C++11 ABI that
+/// the PyPI wheels use).
+fn compile_shim(torch: &Path) {
+    let include = torch.join("include");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file("csrc/precision.cpp")
+        .compile("cdm_precision");
 }

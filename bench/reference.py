@@ -5,14 +5,18 @@ F = l_{T+1} - l_t; eps_hat = sqrt(1 - abar_t) (grad_x F + x_t) with create_graph
 loss = ce_weight * CE + summed MSE on levels 1..T; backward; global-norm clip; Adam; EMA.
 DDM training step = the same with eps_hat = net(x_t, t) and the MSE alone. Sampling step = one
 eps_hat for the batch (CDM: forward and input gradient; DDM: forward), without dropout. Runs on
-"device" ("cpu" or "cuda"), waiting for the GPU at the end of each step. Prints one JSON line
-with median milliseconds. Usage: python3 reference.py '{"backbone": "mlp", ...}'
+"device" ("cpu" or "cuda"), waiting for the GPU at the end of each step, in "precision" ("f32",
+"f64", or "bf16": the network under bfloat16 autocast, the cumsum head and losses in f32, as the
+Rust side does). Prints one JSON line with median milliseconds and the FLOPs of one step of each
+kind by torch.utils.flop_counter; with "best", also the times of PyTorch's best eager setting
+(bf16 autocast and channels-last). Usage: python3 reference.py '{"backbone": "mlp", ...}'
 """
 import json
 import math
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -37,7 +41,7 @@ class Mlp(nn.Module):
 
 def timestep_embedding(t, T, dim):
     half = dim // 2
-    freqs = torch.exp(torch.arange(half, dtype=torch.float64) * (-math.log(10000.0) / half))
+    freqs = torch.exp(torch.arange(half, dtype=torch.float64, device=t.device) * (-math.log(10000.0) / half))
     args = (t.double() * (1000.0 / T))[:, None] * freqs[None]
     return torch.cat([args.sin(), args.cos()], 1).float()
 
@@ -107,7 +111,8 @@ class Unet(nn.Module):
     """src/nets/unet.rs: encoder, middle, decoder with skips; attention after each block at the
     resolutions in `attention` and always in the middle."""
 
-    def __init__(self, c_in, size, ch, mult, res_blocks, groups, head_classes, attention=(), dropout=0.0):
+    def __init__(self, c_in, size, ch, mult, res_blocks, groups, head_classes, attention=(), dropout=0.0,
+                 head_width=0):
         super().__init__()
         self.timed = head_classes is None
         emb = 4 * ch if self.timed else None
@@ -149,7 +154,8 @@ class Unet(nn.Module):
         if self.timed:
             self.out_conv = nn.Conv2d(c, c_in, 3, padding=1)
         else:
-            self.out_conv, self.head = nn.Conv2d(c, 2 * c, 3, padding=1), nn.Linear(2 * c, head_classes)
+            width = head_width or 2 * c
+            self.out_conv, self.head = nn.Conv2d(c, width, 3, padding=1), nn.Linear(width, head_classes)
 
     def forward(self, x, t=None):
         emb = None
@@ -179,46 +185,61 @@ def linear_alpha_bar(T):
     return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0), torch.zeros(1, dtype=torch.float64)])
 
 
-def main():
-    cfg = json.loads(sys.argv[1])
+def build(cfg, device, dtype, channels_last):
+    """The network of `cfg` on `device` in `dtype`, seeded alike for every setting."""
     torch.manual_seed(0)
-    device = torch.device(cfg.get("device", "cpu"))
-    T, batch, shape = cfg["timesteps"], cfg["batch"], cfg["shape"]
+    T, shape = cfg["timesteps"], cfg["shape"]
     classes = T + 2
     ddm = cfg.get("model", "cdm") == "ddm"
     if cfg["backbone"] == "mlp":
         net = Mlp(math.prod(shape), cfg["hidden"], cfg["blocks"], classes)
     elif cfg["backbone"] == "unet":
         net = Unet(shape[0], shape[1], cfg["channels"], cfg["mult"], cfg["blocks"], cfg["groups"],
-                   None if ddm else classes, cfg.get("attention", []), cfg.get("dropout", 0.0))
+                   None if ddm else classes, cfg.get("attention", []), cfg.get("dropout", 0.0),
+                   cfg.get("head_width", 0))
         net.T = T
     else:
         net = ConvNet(shape[0], cfg["channels"], cfg["mult"], cfg["blocks"], cfg["groups"], classes)
-    net.to(device)
+    net.to(device=device, dtype=dtype)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    return net
+
+
+def steps(cfg, device, precision, channels_last):
+    """The training step and the sampling step as functions of the step number."""
+    dtype = torch.float64 if precision == "f64" else torch.float32
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+    net = build(cfg, device, dtype, channels_last and len(cfg["shape"]) == 3)
+    T, batch, shape = cfg["timesteps"], cfg["batch"], cfg["shape"]
+    classes = T + 2
+    ddm = cfg.get("model", "cdm") == "ddm"
+    memory = torch.channels_last if channels_last and len(shape) == 3 else torch.contiguous_format
     ema = [p.detach().clone() for p in net.parameters()]
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    abar = linear_alpha_bar(T).float().to(device)
+    abar = linear_alpha_bar(T).to(device=device, dtype=dtype)
 
     def eps_hat(x_t, t, train):
-        """The model's noise prediction, and the logits for a CDM."""
+        """The model's noise prediction, and the logits for a CDM: the network under autocast,
+        its output and all after it in the data's precision."""
         if ddm:
-            return net(x_t, t), None
+            with autocast():
+                return net(x_t, t).to(dtype), None
         x_t = x_t.detach().requires_grad_(True)
-        logits = net(x_t).cumsum(1)
+        with autocast():
+            # A view, not the leaf itself: FlopCounterMode's module tracker hooks the inputs'
+            # autograd nodes and refuses a leaf inside autograd.grad. Free (no copy).
+            h = net(x_t.view_as(x_t))
+        logits = h.to(dtype).cumsum(1)
         f = logits[:, -1] - logits.gather(1, t[:, None]).squeeze(1)
         (grad,) = torch.autograd.grad(f.sum(), x_t, create_graph=train)
         a = abar[t].view(-1, *[1] * len(shape))
         return (1 - a).sqrt() * (grad + x_t), logits
 
-    def synchronize():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    train_times, sample_times = [], []
-    for step in range(cfg["warmup"] + cfg["steps"]):
-        start = time.perf_counter()
+    def train_step():
         net.train()
-        x0 = (torch.rand(batch, *shape, device=device) - 0.5) * cfg["width"]
+        x0 = ((torch.rand(batch, *shape, device=device, dtype=dtype) - 0.5) * cfg["width"]).contiguous(
+            memory_format=memory)
         u = torch.rand(()).item()
         first, count = (1, T) if ddm else (0, classes)
         t = first + ((torch.arange(batch, device=device) + u) / batch * count).long().clamp(max=count - 1)
@@ -230,7 +251,7 @@ def main():
         if ddm:
             loss = err.mean()
         else:
-            inside = ((t > 0) & (t < classes - 1)).float()
+            inside = ((t > 0) & (t < classes - 1)).to(dtype)
             loss = cfg["ce_weight"] * F.cross_entropy(logits, t) + (err * inside).sum() / inside.sum().clamp(min=1)
         opt.zero_grad(set_to_none=False)
         loss.backward()
@@ -240,27 +261,76 @@ def main():
             for e, p in zip(ema, net.parameters()):
                 e.mul_(0.999).add_(p, alpha=0.001)
         loss.item()
-        synchronize()
-        if step >= cfg["warmup"]:
-            train_times.append(time.perf_counter() - start)
+        return x_t
+
+    def sample_step(x_t):
         net.eval()
-        start = time.perf_counter()
         with torch.no_grad():
             level = torch.full((batch,), T // 2, device=device)
             with torch.enable_grad():
                 out, _ = eps_hat(x_t, level, False)
             out.sum().item()
+
+    return train_step, sample_step, net
+
+
+def time_steps(cfg, device, precision, channels_last):
+    """Median milliseconds of a training step and a sampling step."""
+    train_step, sample_step, net = steps(cfg, device, precision, channels_last)
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    train_times, sample_times = [], []
+    for step in range(cfg["warmup"] + cfg["steps"]):
+        start = time.perf_counter()
+        x_t = train_step()
+        synchronize()
+        if step >= cfg["warmup"]:
+            train_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        sample_step(x_t)
         synchronize()
         if step >= cfg["warmup"]:
             sample_times.append(time.perf_counter() - start)
-    print(json.dumps({
-        "median_ms": 1000 * statistics.median(train_times),
-        "sample_ms": 1000 * statistics.median(sample_times),
+    params = sum(p.numel() for p in net.parameters())
+    return 1000 * statistics.median(train_times), 1000 * statistics.median(sample_times), params
+
+
+def count_flops(cfg, device, precision):
+    """FLOPs of one training step and one sampling step by PyTorch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    train_step, sample_step, _ = steps(cfg, device, precision, False)
+    with FlopCounterMode(display=False) as counter:
+        x_t = train_step()
+    train = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        sample_step(x_t)
+    return train, counter.get_total_flops()
+
+
+def main():
+    cfg = json.loads(sys.argv[1])
+    device = torch.device(cfg.get("device", "cpu"))
+    precision = cfg.get("precision", "f32")
+    train_ms, sample_ms, params = time_steps(cfg, device, precision, False)
+    train_flops, sample_flops = count_flops(cfg, device, precision)
+    report = {
+        "median_ms": train_ms,
+        "sample_ms": sample_ms,
+        "precision": precision,
+        "train_flops": train_flops,
+        "sample_flops": sample_flops,
         "threads": torch.get_num_threads(),
-        "params": sum(p.numel() for p in net.parameters()),
+        "params": params,
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-    }))
+    }
+    if cfg.get("best"):
+        report["best_median_ms"], report["best_sample_ms"], _ = time_steps(cfg, device, "bf16", True)
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ use crate::base::GaussianBase;
 use crate::input::{check_labels, check_levels, check_shape};
 use crate::nets::{Backbone, Head};
 use crate::network::NetworkConfig;
+use crate::precision::Precision;
 use crate::schedule::Schedule;
 use crate::Result;
 
@@ -20,6 +21,8 @@ pub struct Classifier {
     num_labels: usize,
     /// Level log-densities of a Gaussian fit (or one per class), added to the logits.
     base: Option<GaussianBase>,
+    /// What the backbone computes in (bf16: under autocast; the head and all after it in f32).
+    precision: Precision,
 }
 
 /// What one pass with the input gradient gives.
@@ -43,12 +46,13 @@ impl Classifier {
             data_shape: cfg.data_shape.clone(),
             num_labels: cfg.backbone.num_labels(),
             base,
+            precision: Precision::F32,
         })
     }
 
     /// Wraps any backbone, an analytic one for instance.
     pub fn from_backbone(backbone: Box<dyn Backbone>, schedule: Schedule, data_shape: Vec<i64>) -> Self {
-        Classifier { backbone, schedule, data_shape, num_labels: 0, base: None }
+        Classifier { backbone, schedule, data_shape, num_labels: 0, base: None, precision: Precision::F32 }
     }
 
     pub fn schedule(&self) -> &Schedule {
@@ -62,6 +66,12 @@ impl Classifier {
 
     pub fn base(&self) -> Option<&GaussianBase> {
         self.base.as_ref()
+    }
+
+    /// Computes the backbone under bf16 autocast from now on ([`Precision::Bf16`]), or in the
+    /// weights' own kind.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     /// Shape of one data point.
@@ -79,7 +89,16 @@ impl Classifier {
     pub fn logits(&self, x: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
         check_labels(labels, x.size()[0], self.num_labels)?;
-        let logits = self.backbone.forward(x, None, labels, train).cumsum(1, None::<Kind>);
+        self.logits_unchecked(x, labels, train)
+    }
+
+    /// [`Classifier::logits`] without the checks of the labels' values, which read them back
+    /// from the device (a host sync): for callers that drew or checked them already.
+    fn logits_unchecked(&self, x: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        let h = self.precision.autocast(x.device(), || self.backbone.forward(x, None, labels, train))?;
+        // The cumsum over T+2 levels and everything read from it need the input's precision:
+        // in bf16 (8 bits of mantissa) the sum of a thousand terms loses whole nats.
+        let logits = h.to_kind(x.kind()).cumsum(1, None::<Kind>);
         Ok(match &self.base {
             Some(base) => logits + base.log_densities(x, labels, &self.schedule),
             None => logits,
@@ -93,9 +112,24 @@ impl Classifier {
     pub fn forward(&self, x_t: &Tensor, t: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<ClassifierOutput> {
         self.check_input(x_t)?;
         check_levels(t, x_t.size()[0], &self.schedule)?;
+        check_labels(labels, x_t.size()[0], self.num_labels)?;
+        self.forward_unchecked(x_t, t, labels, train)
+    }
+
+    /// [`Classifier::forward`] without reading the levels and labels back to check their
+    /// values (each read a host sync): for the training loss, which draws the levels itself
+    /// and checks the labels once. The shape of `x_t` is still checked.
+    pub(crate) fn forward_unchecked(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        labels: Option<&Tensor>,
+        train: bool,
+    ) -> Result<ClassifierOutput> {
+        self.check_input(x_t)?;
         tch::with_grad(|| {
             let x = x_t.detach().set_requires_grad(true);
-            let logits = self.logits(&x, labels, train)?;
+            let logits = self.logits_unchecked(&x, labels, train)?;
             let f = f_value(&logits, t);
             let grad = Tensor::f_run_backward(&[f.sum(f.kind())], &[&x], train, train)?.remove(0);
             let (_, sigma) = self.schedule.coefficients(t, &x);

@@ -8,6 +8,7 @@ use crate::input::{check_labels, check_levels, check_shape};
 use crate::likelihood::reference::GaussianReference;
 use crate::nets::{Backbone, Head};
 use crate::network::NetworkConfig;
+use crate::precision::Precision;
 use crate::schedule::Schedule;
 use crate::Result;
 
@@ -20,6 +21,8 @@ pub struct Denoiser {
     num_labels: usize,
     /// Noise prediction of a Gaussian fit, added to the network's.
     base: Option<GaussianBase>,
+    /// What the backbone computes in (bf16: under autocast; ε̂ comes back in the input's kind).
+    precision: Precision,
 }
 
 impl Denoiser {
@@ -33,6 +36,7 @@ impl Denoiser {
             data_shape: cfg.data_shape.clone(),
             num_labels: cfg.backbone.num_labels(),
             base,
+            precision: Precision::F32,
         })
     }
 
@@ -53,6 +57,12 @@ impl Denoiser {
         self.base.as_ref()
     }
 
+    /// Computes the backbone under bf16 autocast from now on ([`Precision::Bf16`]), or in the
+    /// weights' own kind.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
     /// The Gaussian its I-MMSE likelihood is taken relative to: its base's per-dimension
     /// moments, or N(0, I).
     pub fn reference(&self) -> GaussianReference {
@@ -69,7 +79,22 @@ impl Denoiser {
         check_shape(&self.data_shape, x_t)?;
         check_levels(t, x_t.size()[0], &self.schedule)?;
         check_labels(labels, x_t.size()[0], self.num_labels)?;
-        let eps = self.backbone.forward(x_t, Some(t), labels, train);
+        self.eps_unchecked(x_t, t, labels, train)
+    }
+
+    /// [`Denoiser::eps`] without reading the levels and labels back to check their values
+    /// (each read a host sync): for the training loss, which draws the levels itself and
+    /// checks the labels once. The shape of `x_t` is still checked.
+    pub(crate) fn eps_unchecked(
+        &self,
+        x_t: &Tensor,
+        t: &Tensor,
+        labels: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        check_shape(&self.data_shape, x_t)?;
+        let eps = self.precision.autocast(x_t.device(), || self.backbone.forward(x_t, Some(t), labels, train))?;
+        let eps = eps.to_kind(x_t.kind());
         Ok(match &self.base {
             Some(base) => eps + base.eps(x_t, t, labels, &self.schedule),
             None => eps,

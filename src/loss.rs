@@ -10,6 +10,7 @@ use tch::{Kind, Tensor};
 
 use crate::classifier::Classifier;
 use crate::denoiser::Denoiser;
+use crate::input::check_labels;
 use crate::likelihood::noise_logits;
 use crate::rng::Rng;
 use crate::schedule::{Levels, LogSnrProposal, Schedule, LOGSNR_CLIP};
@@ -302,7 +303,9 @@ pub fn cdm_loss(
     .to_device(x0.device());
     let eps = rng.normal(&x0.size(), x0.kind()).to_device(x0.device());
     let x_t = model.schedule().add_noise(x0, &eps, &t);
-    let out = model.forward(&x_t, &t, labels, true)?;
+    // The levels are drawn above; the labels are checked once, here.
+    check_labels(labels, x0.size()[0], model.num_labels())?;
+    let out = model.forward_unchecked(&x_t, &t, labels, true)?;
     let (logits, importance) = match &prior {
         Some(p) => {
             let prior = Tensor::from_slice(p).to_device(x0.device());
@@ -356,7 +359,8 @@ pub fn ddm_loss(
     };
     let eps = rng.normal(&x0.size(), x0.kind()).to_device(x0.device());
     let x_t = schedule.add_noise(x0, &eps, &t);
-    let error = squared_error(&model.eps(&x_t, &t, labels, true)?, &eps);
+    check_labels(labels, x0.size()[0], model.num_labels())?;
+    let error = squared_error(&model.eps_unchecked(&x_t, &t, labels, true)?, &eps);
     let denoising = (&error * level_weights(schedule, &t, weights.min_snr, x0) * importance).mean(x0.kind());
     let cdl = weights.cdl.map(|cdl| cdl_loss(model, x0, labels, &cdl, true, rng)).transpose()?;
     let total = match (&cdl, &weights.cdl) {

@@ -12,6 +12,7 @@ use crate::input::check_shape;
 use crate::loss::{cdm_loss, ddm_loss, Loss, LossWeights};
 use crate::nets::BackboneConfig;
 use crate::network::NetworkConfig;
+use crate::precision::Precision;
 use crate::rng::Rng;
 use crate::schedule::{Schedule, ScheduleConfig};
 use crate::{Error, Result};
@@ -151,6 +152,15 @@ impl Model {
         match self {
             Model::Cdm(m) => m.base(),
             Model::Ddm(m) => m.base(),
+        }
+    }
+
+    /// Computes the network under bf16 autocast from now on ([`Precision::Bf16`]), or in the
+    /// weights' own kind; the heads, losses and likelihood stay in the weights' kind.
+    pub fn set_precision(&mut self, precision: Precision) {
+        match self {
+            Model::Cdm(m) => m.set_precision(precision),
+            Model::Ddm(m) => m.set_precision(precision),
         }
     }
 

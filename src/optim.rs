@@ -156,9 +156,9 @@ impl Adam {
     }
 
     /// One update (Algorithm 1) with step number `k` (1-based, for the bias corrections), the
-    /// gradients scaled by `scale` (clipping): m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g²,
+    /// gradients scaled by `scale` (clipping; a device scalar, so that no value is read back): m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g²,
     /// θ ← θ − lr·(m/(1−β₁ᵏ)) / (√(v/(1−β₂ᵏ)) + ε).
-    pub fn update(&mut self, params: &FlatVars, lr: f64, k: u64, scale: f64) -> Result<()> {
+    pub fn update(&mut self, params: &FlatVars, lr: f64, k: u64, scale: Option<&Tensor>) -> Result<()> {
         let (b1, b2) = ADAM_BETAS;
         let (c1, c2) = (1.0 - b1.powi(k as i32), 1.0 - b2.powi(k as i32));
         let grads = params.grads()?;
@@ -168,8 +168,8 @@ impl Adam {
         tch::no_grad(|| {
             let s = &mut self.scratch;
             s.copy_(grads);
-            if scale != 1.0 {
-                let _ = s.g_mul_scalar_(scale);
+            if let Some(scale) = scale {
+                let _ = s.g_mul_(scale);
             }
             let _ = self.m.lerp_(s, 1.0 - b1);
             let _ = s.square_();

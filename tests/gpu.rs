@@ -6,7 +6,10 @@
 //! Tolerances, relative to the largest magnitude compared: 1e-8 in f64 (only the order of
 //! floating-point sums differs between the devices: about 1e-13 per operation, grown through
 //! some fifty layers, a backward pass and a few sampler steps); 2e-2 in f32, where cuDNN may
-//! convolve in TF32 (a 10-bit mantissa, about 1e-3 per layer).
+//! convolve in TF32 (a 10-bit mantissa, about 1e-3 per layer). bf16 on the GPU against f32 on
+//! the CPU: 5e-2, as bf16 against f32 on the CPU itself (tests/precision.rs measured 1.1e-2 for
+//! the logits, 1.6e-2 for a DDM's ε̂, 5e-3 for a training step's gradient norm), with room for
+//! the GPU's own kernels (cuDNN and cuBLAS accumulate bf16 products in f32, as oneDNN does).
 use std::path::Path;
 
 use cdm::checkpoint::{paths, TensorFile};
@@ -22,6 +25,7 @@ use tch::{Device, Kind, Tensor};
 
 const F64_TOLERANCE: f64 = 1e-8;
 const F32_TOLERANCE: f64 = 2e-2;
+const BF16_TOLERANCE: f64 = 5e-2;
 
 /// The GPU; loads the CUDA backend first, before anything asks libtorch about CUDA.
 /// `CDM_GPU_TEST_DEVICE=cpu` puts the CPU in its place: the tests then check their own code on
@@ -239,5 +243,61 @@ fn a_training_step_matches_the_cpu() {
             cpu_file.tensors.len()
         );
         assert!(worst <= F64_TOLERANCE, "{kind:?} after step 4: {name} differs by {worst:e} relative");
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn bf16_on_the_gpu_is_f32_on_the_cpu_within_bf16_tolerance() {
+    let device = gpu();
+    let [(_cpu_vs, cpu), (_gpu_vs, mut on_gpu)] = model_pair(ModelKind::Cdm, Kind::Float, device);
+    on_gpu.set_precision(Precision::Bf16);
+    let (x, t, labels) = inputs(Kind::Float);
+    let (gx, gt, gl) = (x.to_device(device), t.to_device(device), labels.to_device(device));
+    let (cpu_c, gpu_c) = (cpu.classifier().unwrap(), on_gpu.classifier().unwrap());
+    let logits = tch::no_grad(|| cpu_c.logits(&x, Some(&labels), false)).unwrap();
+    let logits_gpu = tch::no_grad(|| gpu_c.logits(&gx, Some(&gl), false)).unwrap();
+    assert_eq!(logits_gpu.kind(), Kind::Float, "the cumsum head did not run in f32");
+    assert_equivalent(&logits_gpu, &logits, BF16_TOLERANCE, "logits bf16");
+    let eps = cpu.eps(&x, &t, Some(&labels)).unwrap();
+    assert_equivalent(&on_gpu.eps(&gx, &gt, Some(&gl)).unwrap(), &eps, BF16_TOLERANCE, "ε̂ by input gradient bf16");
+    let levels = [0, 1, 500, 1000];
+    let log_p = log_prob_at_levels(cpu_c, &x, &levels, Some(&labels)).unwrap();
+    let log_p_gpu = log_prob_at_levels(gpu_c, &gx, &levels, Some(&gl)).unwrap();
+    assert_equivalent(&log_p_gpu, &log_p, BF16_TOLERANCE, "log p_t(x) bf16");
+    let [(_c, ddm), (_g, mut ddm_gpu)] = model_pair(ModelKind::Ddm, Kind::Float, device);
+    ddm_gpu.set_precision(Precision::Bf16);
+    let t = t.clamp(1, 1000);
+    let eps = ddm.eps(&x, &t, Some(&labels)).unwrap();
+    let eps_gpu = ddm_gpu.eps(&gx, &t.to_device(device), Some(&gl)).unwrap();
+    assert_equivalent(&eps_gpu, &eps, BF16_TOLERANCE, "DDM ε̂ bf16");
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn a_bf16_training_step_on_the_gpu_is_f32_on_the_cpu_within_bf16_tolerance() {
+    let device = gpu();
+    for kind in [ModelKind::Cdm, ModelKind::Ddm] {
+        // Both runs start from the weights of a one-step CPU run (init_from), so that other
+        // tests drawing from libtorch's global generator meanwhile cannot change them.
+        let dir = tempfile::tempdir().unwrap();
+        let start = dir.path().join("start");
+        Trainer::open(&start, run_config(kind, 1), Device::Cpu).unwrap().run(&mut |_| {}).unwrap();
+        let mut reports = Vec::new();
+        for (name, precision, on) in [("cpu", Precision::F32, Device::Cpu), ("gpu", Precision::Bf16, device)] {
+            let mut config = run_config(kind, 1);
+            config.train.precision = precision;
+            config.train.init_from = Some(start.clone());
+            let mut trainer = Trainer::open(&dir.path().join(name), config, on).unwrap();
+            trainer.run(&mut |r| reports.push((r.loss, r.grad_norm))).unwrap();
+        }
+        let [(loss, norm), (loss_gpu, norm_gpu)] = reports[..] else { panic!("{reports:?}") };
+        assert_equivalent(&Tensor::from(loss_gpu), &Tensor::from(loss), BF16_TOLERANCE, &format!("{kind:?} loss bf16"));
+        assert_equivalent(
+            &Tensor::from(norm_gpu),
+            &Tensor::from(norm),
+            BF16_TOLERANCE,
+            &format!("{kind:?} grad norm bf16"),
+        );
     }
 }

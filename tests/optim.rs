@@ -43,7 +43,7 @@ fn adam_over_the_flat_buffer_is_adam_per_tensor() {
         let norm = grads.iter().map(|g| g.square().sum(Kind::Double)).fold(Tensor::from(0.0), |s, x| s + x).sqrt();
         assert!(max_abs_diff(&grad_norm(&params).unwrap(), &norm) < 1e-12, "step {step}: gradient norm");
 
-        adam.update(&params, lr, step as u64 + 1, scale).unwrap();
+        adam.update(&params, lr, step as u64 + 1, Some(&Tensor::from(scale))).unwrap();
         let k = step + 1;
         for ((p, (m, v)), g) in reference.iter_mut().zip(&mut moments).zip(&grads) {
             let g = g * scale;

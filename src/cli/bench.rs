@@ -1,6 +1,17 @@
 //! `cdm bench`: one training step and one sampling step (one ε̂ for the batch) in Rust against
 //! the same steps in PyTorch (`bench/reference.py`) on the same device, alternated in rounds so
-//! both see the same machine load.
+//! both see the same machine load; in a chosen precision (bf16: autocast on both sides), with
+//! the FLOPs of each step counted from the network's shapes, checked against PyTorch's FLOP
+//! counter, and the achieved TFLOP/s.
+//!
+//! The count of a step is a multiple of one forward pass F (its convolutions, linear layers
+//! and attention products; [`BackboneConfig::forward_flops`]), because every backward pass of
+//! a product costs two products of its size, one per operand:
+//! - DDM training: forward F, backward to activations and weights 2F: 3F.
+//! - CDM training: forward F; the input gradient (to activations only) F; the backward of the
+//!   loss through both, to activations and weights: 2F for the forward and 2F for the input
+//!   gradient's products: 6F.
+//! - DDM sampling: F. CDM sampling: forward and input gradient, 2F.
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -14,10 +25,10 @@ use super::{check_count, DeviceArg};
 
 use cdm::loss::LossWeights;
 use cdm::model::{Model, ModelConfig, ModelKind};
-use cdm::nets::{BackboneConfig, ConvNetConfig, MlpConfig, UnetConfig};
+use cdm::nets::{BackboneConfig, ConvNetConfig, Head, MlpConfig, UnetConfig};
 use cdm::rng::Rng;
-use cdm::schedule::ScheduleConfig;
-use cdm::train::{LrDecay, RunConfig, TrainConfig, Trainer};
+use cdm::schedule::{Schedule, ScheduleConfig};
+use cdm::train::{LrDecay, Precision, RunConfig, TrainConfig, Trainer};
 
 /// The fixed sizes benchmarked.
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -87,9 +98,43 @@ pub struct BenchArgs {
     /// graph; loss and backward to the weights; the rest: optimiser, EMA, batch).
     #[arg(long)]
     profile: bool,
+    /// Precision of both sides: f32, f64, or bf16 (f32 weights, bfloat16 autocast).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: Precision,
+    /// Peak TFLOP/s the achieved rate is a share of; on CUDA 790 (an H200's dense bf16 matrix
+    /// product) unless given, on a CPU none.
+    #[arg(long)]
+    peak_tflops: Option<f64>,
+    /// Also time PyTorch's best eager setting (bf16 autocast and channels-last); always on CUDA.
+    #[arg(long)]
+    reference_best: bool,
+}
+
+/// The H200's dense bf16 matrix-product rate (DESIGN.md §6), the default peak on CUDA.
+const H200_BF16_TFLOPS: f64 = 790.0;
+
+/// FLOPs of one step of each kind for a batch: (training, sampling), and F, one forward pass
+/// for one point (see the module docs for the multipliers).
+fn step_flops(size: BenchSize, batch: usize) -> Result<(f64, f64, f64)> {
+    let model = run_config(size, None).model;
+    let head = match model.kind {
+        ModelKind::Cdm => Head::Levels(Schedule::new(model.schedule)?.num_classes() as i64),
+        ModelKind::Ddm => Head::Noise,
+    };
+    let forward = model.backbone.forward_flops(&model.data_shape, head)?;
+    let (train, sample) = match model.kind {
+        ModelKind::Cdm => (6.0, 2.0),
+        ModelKind::Ddm => (3.0, 1.0),
+    };
+    let batch = batch as f64;
+    Ok((train * forward * batch, sample * forward * batch, forward))
 }
 
 fn run_config(size: BenchSize, batch: Option<usize>) -> RunConfig {
+    run_config_in(size, batch, Precision::F32)
+}
+
+fn run_config_in(size: BenchSize, batch: Option<usize>, precision: Precision) -> RunConfig {
     let (data, backbone, data_shape, batch_size) = match size {
         BenchSize::Mlp2d => ("gmm2d", BackboneConfig::Mlp(MlpConfig::default()), vec![2], 1024),
         BenchSize::Cube => {
@@ -124,6 +169,7 @@ fn run_config(size: BenchSize, batch: Option<usize>) -> RunConfig {
             lr_decay: LrDecay::Constant,
             checkpoint_every: u64::MAX,
             log_every: u64::MAX,
+            precision,
             ..Default::default()
         },
     }
@@ -131,7 +177,8 @@ fn run_config(size: BenchSize, batch: Option<usize>) -> RunConfig {
 
 /// The PyTorch script's settings for the same size, batch and device: the network read off
 /// [`run_config`], so the two sides cannot drift apart.
-fn reference_config(size: BenchSize, steps: u64, batch: usize, device: Device) -> serde_json::Value {
+fn reference_config(args: &BenchArgs, batch: usize, device: Device) -> serde_json::Value {
+    let (size, steps) = (args.size, args.steps);
     let model = run_config(size, None).model;
     // The reference draws its points uniformly on [−width/2, width/2]^D: the uniform data's
     // width (`mlp2d` trains on gmm2d, which spans about the unit square).
@@ -144,6 +191,7 @@ fn reference_config(size: BenchSize, steps: u64, batch: usize, device: Device) -
         "timesteps": model.schedule.timesteps, "ce_weight": 1.0, "warmup": 3, "steps": steps, "batch": batch,
         "device": if device.is_cuda() { "cuda" } else { "cpu" }, "shape": model.data_shape, "width": width,
         "model": if size.is_ddm() { "ddm" } else { "cdm" },
+        "precision": args.precision, "best": args.reference_best || device.is_cuda(),
     });
     let backbone = match &model.backbone {
         BackboneConfig::Mlp(m) => json!({"backbone": "mlp", "hidden": m.hidden, "blocks": m.blocks}),
@@ -152,7 +200,8 @@ fn reference_config(size: BenchSize, steps: u64, batch: usize, device: Device) -
         }),
         BackboneConfig::Unet(u) => json!({
             "backbone": "unet", "channels": u.channels, "mult": u.channel_mult, "blocks": u.res_blocks,
-            "groups": u.groups, "attention": u.attention_resolutions, "dropout": u.dropout
+            "groups": u.groups, "attention": u.attention_resolutions, "dropout": u.dropout,
+            "head_width": u.head_width
         }),
     };
     if let (Some(merged), Some(network)) = (config.as_object_mut(), backbone.as_object()) {
@@ -244,23 +293,25 @@ fn time_phases(trainer: &mut Trainer, config: &RunConfig, steps: u64, device: De
     Ok(Phases { forward, input_gradient, loss_backward, step })
 }
 
-fn time_rust(args: &BenchArgs, device: Device) -> Result<(Timing, Option<Phases>)> {
+/// Rust's timings: median milliseconds of a training step and a sampling step, each waited
+/// for; and the mean of a training step in a run of `steps` that reads nothing back but at its
+/// end (the steps queue on a GPU as in a real run).
+fn time_rust(args: &BenchArgs, device: Device) -> Result<(Timing, f64, Option<Phases>)> {
     let (size, steps) = (args.size, args.steps);
-    let config = run_config(size, args.batch);
+    let config = run_config_in(size, args.batch, args.precision);
     check_count("--batch", config.train.batch_size, &config.model.data_shape)?;
     let dir = std::env::temp_dir().join(format!("cdm-bench-{}", std::process::id()));
     let mut trainer = Trainer::open(&dir, config.clone(), device)?;
     trainer.run_until(3, &mut |_| {})?;
-    synchronize(device);
-    let mut last = Instant::now();
     let mut train = Vec::new();
-    trainer.run_until(3 + steps, &mut |_| {
-        synchronize(device);
-        train.push(last.elapsed().as_secs_f64() * 1e3);
-        last = Instant::now();
-    })?;
+    for _ in 0..steps {
+        let next = trainer.step() + 1;
+        train.push(time_once(device, &mut || trainer.run_until(next, &mut |_| {}).map_err(Into::into))?);
+    }
+    let end = trainer.step() + steps;
+    let queued = time_once(device, &mut || trainer.run_until(end, &mut |_| {}).map_err(Into::into))? / steps as f64;
     let shape = [&[config.train.batch_size as i64][..], &config.model.data_shape].concat();
-    let x = Rng::new(0).normal(&shape, Kind::Float).to_device(device);
+    let x = Rng::new(0).normal(&shape, config.train.precision.kind()).to_device(device);
     let level = Tensor::full([shape[0]], 500, (Kind::Int64, device));
     let mut sample = Vec::new();
     for _ in 0..steps {
@@ -271,15 +322,26 @@ fn time_rust(args: &BenchArgs, device: Device) -> Result<(Timing, Option<Phases>
     }
     let phases = args.profile.then(|| time_phases(&mut trainer, &config, steps, device)).transpose();
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(((median(train), median(sample)), phases?))
+    Ok(((median(train), median(sample)), queued, phases?))
 }
 
-/// Median step times, the PyTorch version, and its parameter count (to check it is the same network).
-fn time_reference(args: &BenchArgs, device: Device) -> Result<(Timing, String, serde_json::Value)> {
+/// What one run of `bench/reference.py` reports.
+struct Reference {
+    /// Median milliseconds, like for like (the same precision, the same memory format).
+    timing: Timing,
+    /// PyTorch's best eager setting (bf16 autocast, channels-last), when it was timed.
+    best: Option<Timing>,
+    /// FLOPs of a training and a sampling step by `torch.utils.flop_counter`, when counted.
+    flops: Option<(f64, f64)>,
+    version: String,
+    params: serde_json::Value,
+}
+
+fn time_reference(args: &BenchArgs, device: Device) -> Result<Reference> {
     let batch = args.batch.unwrap_or(run_config(args.size, None).train.batch_size);
     let out = Command::new(&args.python)
         .arg(&args.script)
-        .arg(reference_config(args.size, args.steps, batch, device).to_string())
+        .arg(reference_config(args, batch, device).to_string())
         .output()
         .with_context(|| format!("running {} {}", args.python, args.script.display()))?;
     if !out.status.success() {
@@ -291,16 +353,20 @@ fn time_reference(args: &BenchArgs, device: Device) -> Result<(Timing, String, s
     }
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).context("reference output is not JSON")?;
     let field = |name: &str| report[name].as_f64().with_context(|| format!("reference output lacks {name}"));
-    Ok((
-        (field("median_ms")?, field("sample_ms")?),
-        report["torch"].as_str().unwrap_or("?").to_string(),
-        report["params"].clone(),
-    ))
+    let pair = |a: &str, b: &str| report[a].as_f64().zip(report[b].as_f64());
+    Ok(Reference {
+        timing: (field("median_ms")?, field("sample_ms")?),
+        best: pair("best_median_ms", "best_sample_ms"),
+        flops: pair("train_flops", "sample_flops"),
+        version: report["torch"].as_str().unwrap_or("?").to_string(),
+        params: report["params"].clone(),
+    })
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let device = args.device.device()?;
-    let (mut rust, mut torch, mut version, mut reference_params) = (Vec::new(), Vec::new(), String::new(), json!(null));
+    let (mut rust, mut queued, mut torch, mut best) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut reference = None;
     let mut phases = Vec::new();
     for round in 0..args.rounds.max(1) {
         // Odd rounds run PyTorch first, so that whatever the first run of a round meets (a
@@ -308,14 +374,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let rust_first = round % 2 == 0;
         for rust_turn in [rust_first, !rust_first] {
             if rust_turn {
-                let (timing, round_phases) = time_rust(&args, device)?;
+                let (timing, pipelined, round_phases) = time_rust(&args, device)?;
                 rust.push(timing);
+                queued.push(pipelined);
                 phases.extend(round_phases);
             } else if !args.no_reference {
-                let (timing, v, p) = time_reference(&args, device)?;
-                torch.push(timing);
-                version = v;
-                reference_params = p;
+                let run = time_reference(&args, device)?;
+                torch.push(run.timing);
+                best.extend(run.best);
+                reference = Some(run);
             }
         }
         let show = |(train, sample): Timing| format!("train {train:.1} ms, sample {sample:.1} ms");
@@ -332,10 +399,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Model::new(&vs.root(), &run_config(args.size, None).model)?;
         vs.trainable_variables().iter().map(|v| v.numel()).sum::<usize>()
     };
+    let batch = run_config(args.size, args.batch).train.batch_size;
+    let (train_flops, sample_flops, forward_flops) = step_flops(args.size, batch)?;
+    let peak = args.peak_tflops.or(device.is_cuda().then_some(H200_BF16_TFLOPS));
+    // TFLOP/s of `flops` in `ms` milliseconds, and its share of the peak.
+    let rate = |flops: f64, ms: f64| {
+        let tflops = flops / ms * 1e-9;
+        json!({"tflops": tflops, "share_of_peak": peak.map(|p| tflops / p)})
+    };
     let mut report = json!({
         "size": args.size.name(), "device": if device.is_cuda() { "cuda" } else { "cpu" },
-        "batch": run_config(args.size, args.batch).train.batch_size, "threads": tch::get_num_threads(), "params": params,
+        "precision": args.precision, "batch": batch, "threads": tch::get_num_threads(), "params": params,
         "rust_ms_per_step": rust_train, "rust_ms_per_sample_step": rust_sample,
+        "rust_ms_per_step_queued": median(queued.clone()),
+        "flops": {
+            "forward_per_point": forward_flops, "train_step": train_flops, "sample_step": sample_flops,
+            "multipliers": if args.size.is_ddm() { "train 3F, sample F" } else { "train 6F, sample 2F" },
+        },
+        "peak_tflops": peak,
+        "rust_train_rate": rate(train_flops, rust_train),
+        "rust_train_rate_queued": rate(train_flops, median(queued)),
+        "rust_sample_rate": rate(sample_flops, rust_sample),
     });
     if !phases.is_empty() {
         let part = |f: fn(&Phases) -> f64| median(phases.iter().map(f).collect());
@@ -349,14 +433,28 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "step": step,
         });
     }
-    if !torch.is_empty() {
+    if let Some(run) = reference {
         let (torch_train, torch_sample) = medians(&torch);
         report["pytorch_ms_per_step"] = json!(torch_train);
         report["pytorch_ms_per_sample_step"] = json!(torch_sample);
-        report["pytorch_version"] = json!(version);
-        report["pytorch_params"] = reference_params;
+        report["pytorch_version"] = json!(run.version);
+        report["pytorch_params"] = run.params;
         report["rust_over_pytorch"] = json!(rust_train / torch_train);
         report["rust_over_pytorch_sampling"] = json!(rust_sample / torch_sample);
+        report["pytorch_train_rate"] = rate(train_flops, torch_train);
+        if let Some((train, sample)) = run.flops {
+            report["pytorch_flops"] = json!({"train_step": train, "sample_step": sample});
+            report["flops_rust_over_pytorch"] = json!({"train": train_flops / train, "sample": sample_flops / sample});
+        }
+        if !best.is_empty() {
+            let (best_train, best_sample) = medians(&best);
+            report["pytorch_best_eager"] = json!({
+                "setting": "bf16 autocast, channels-last",
+                "ms_per_step": best_train, "ms_per_sample_step": best_sample,
+                "train_rate": rate(train_flops, best_train),
+                "rust_over_best": rust_train / best_train, "rust_over_best_sampling": rust_sample / best_sample,
+            });
+        }
     }
     println!("{report}");
     Ok(())

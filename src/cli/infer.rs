@@ -14,7 +14,7 @@ use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::rng::Rng;
 use cdm::sample::{draw, Noise, SampleOptions, Samples, Start};
 use cdm::schedule::levels_like;
-use cdm::train::{load_model, LoadedModel};
+use cdm::train::{load_model, LoadedModel, Precision};
 
 use super::{check_count, progress_bar, DeviceArg};
 
@@ -32,6 +32,11 @@ pub struct CkptArgs {
     pub batch: usize,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
+    /// Compute in this precision instead of the run's: f32 or f64 converts the weights; bf16
+    /// computes the network under bfloat16 autocast (f32 weights; heads, likelihood and losses
+    /// in f32).
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
 }
 
 impl CkptArgs {
@@ -41,8 +46,12 @@ impl CkptArgs {
 
     /// Another run directory, with the same weights choice and device.
     pub fn load_from(&self, dir: &std::path::Path) -> Result<LoadedModel> {
-        load_model(dir, self.device.device()?, !self.raw_weights)
-            .with_context(|| format!("loading checkpoint {}", dir.display()))
+        let mut loaded = load_model(dir, self.device.device()?, !self.raw_weights)
+            .with_context(|| format!("loading checkpoint {}", dir.display()))?;
+        if let Some(precision) = self.precision {
+            loaded.set_precision(precision);
+        }
+        Ok(loaded)
     }
 }
 

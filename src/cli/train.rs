@@ -99,7 +99,7 @@ pub struct TrainArgs {
     /// Nonlinear pixel features in a CDM's UNet head (0: the paper's head).
     #[arg(long)]
     head_channels: Option<usize>,
-    /// Precision of weights and data.
+    /// Precision of weights and data; bf16: f32 weights, the network under bfloat16 autocast.
     #[arg(long, value_enum)]
     precision: Option<Precision>,
     /// Add the exact outputs of a Gaussian fit of the data (mean and covariance) to the network's: level

@@ -45,7 +45,12 @@ impl ResBlock {
     }
 }
 
-/// Single-head self-attention over pixels with a residual connection (DDPM's AttnBlock).
+/// Single-head self-attention over pixels with a residual connection (DDPM's AttnBlock),
+/// through libtorch's `scaled_dot_product_attention` (Vaswani et al. 2017, arXiv:1706.03762,
+/// eq. 1): on a GPU a fused kernel (flash or memory-efficient) that never stores the
+/// [HW, HW] weights. The fused kernels' backward passes are not differentiable again, so a
+/// pass that must be (a CDM's training step: its loss holds an input gradient) takes
+/// libtorch's composite version, the same formula as separate products and a softmax.
 pub(crate) struct Attention {
     norm: nn::GroupNorm,
     qkv: nn::Conv2D,
@@ -61,12 +66,91 @@ impl Attention {
         }
     }
 
-    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+    /// x: [B, C, H, W]. `twice_differentiable`: the pass will be differentiated twice.
+    pub(crate) fn forward(&self, x: &Tensor, twice_differentiable: bool) -> Tensor {
         let [b, c, h, w] = x.size()[..] else { return x.shallow_clone() };
-        let qkv = self.qkv.forward(&self.norm.forward(x)).reshape([b, 3, c, h * w]);
+        // [B, 3, C, HW] → q, k, v as [B, HW, C]: one head, a query per pixel.
+        let qkv = self.qkv.forward(&self.norm.forward(x)).reshape([b, 3, c, h * w]).transpose(2, 3);
+        let (q, k, v) = (qkv.select(1, 0), qkv.select(1, 1), qkv.select(1, 2));
+        let scale = 1.0 / (c as f64).sqrt();
+        let out = if twice_differentiable {
+            Tensor::internal_scaled_dot_product_attention_math(
+                &q,
+                &k,
+                &v,
+                None::<Tensor>,
+                0.0,
+                false,
+                None,
+                scale,
+                false,
+            )
+            .0
+        } else {
+            Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, scale, false)
+        };
+        x + self.proj.forward(&out.transpose(1, 2).reshape([b, c, h, w]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// The attention as DDPM writes it: softmax(qᵀk/√C) applied to v, as separate products.
+    fn by_products(a: &Attention, x: &Tensor) -> Tensor {
+        let [b, c, h, w] = x.size()[..] else { unreachable!() };
+        let qkv = a.qkv.forward(&a.norm.forward(x)).reshape([b, 3, c, h * w]);
         let (q, k, v) = (qkv.select(1, 0), qkv.select(1, 1), qkv.select(1, 2));
         let weights = (q.transpose(1, 2).matmul(&k) / (c as f64).sqrt()).softmax(-1, x.kind());
-        let out = v.matmul(&weights.transpose(1, 2)).reshape([b, c, h, w]);
-        x + self.proj.forward(&out)
+        x + a.proj.forward(&v.matmul(&weights.transpose(1, 2)).reshape([b, c, h, w]))
+    }
+
+    fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
+    /// Values, input gradients (with their graph, as a CDM takes them) and the weights'
+    /// gradients of a loss on those input gradients, in f64: both paths agree to rounding.
+    #[test]
+    fn fused_attention_is_the_products_and_differentiates_twice() {
+        tch::manual_seed(0);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let a = Attention::new(&(vs.root() / "a"), 8, 4);
+        vs.set_kind(Kind::Double);
+        let x = Tensor::randn([2, 8, 4, 5], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+        let probe = Tensor::randn([2, 8, 4, 5], (Kind::Double, Device::Cpu));
+        let weights: Vec<Tensor> = vs.trainable_variables();
+        let mut results = Vec::new();
+        for path in 0..3 {
+            let out = match path {
+                0 => by_products(&a, &x),
+                1 => a.forward(&x, true),
+                _ => a.forward(&x, false),
+            };
+            let value = (&out * &probe).sum(Kind::Double);
+            let grad_x = Tensor::run_backward(&[&value], &[&x], true, path < 2).remove(0);
+            let second = if path < 2 {
+                Tensor::run_backward(&[grad_x.square().sum(Kind::Double)], &weights, false, false)
+            } else {
+                Vec::new()
+            };
+            results.push((out.detach(), grad_x.detach(), second));
+        }
+        let (out, grad_x, second) = &results[0];
+        for (i, (o, g, s)) in results.iter().enumerate().skip(1) {
+            assert!(max_abs(o, out) < 1e-12, "path {i}: values differ by {}", max_abs(o, out));
+            assert!(max_abs(g, grad_x) < 1e-12, "path {i}: input gradients differ by {}", max_abs(g, grad_x));
+            // A weight the input gradient does not depend on (the output projection's bias)
+            // has no second-order gradient on either path.
+            for (w, w0) in s.iter().zip(second) {
+                assert_eq!(w.defined(), w0.defined(), "path {i}: a second-order gradient is missing");
+                if !w.defined() {
+                    continue;
+                }
+                assert!(max_abs(w, w0) < 1e-10, "path {i}: second-order gradients differ by {}", max_abs(w, w0));
+            }
+        }
     }
 }

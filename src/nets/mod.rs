@@ -9,6 +9,7 @@ use crate::{Error, Result};
 
 mod blocks;
 pub mod convnet;
+pub mod flops;
 pub mod mlp;
 pub mod unet;
 pub use convnet::{ConvNet, ConvNetConfig};

@@ -143,6 +143,12 @@ pub struct Unet {
     nonlinear_head: bool,
 }
 
+/// Whether a pass of a backbone with this head is differentiated twice when training: a CDM's
+/// loss holds its input gradient.
+fn twice_differentiable(levels_head: bool, train: bool) -> bool {
+    levels_head && train
+}
+
 impl Unet {
     pub fn new(vs: &nn::Path, cfg: &UnetConfig, data_shape: &[i64], head: Head, timesteps: usize) -> Result<Self> {
         let [c_in, height, width] = data_shape[..] else {
@@ -253,7 +259,7 @@ fn run_level(
     level: &Level,
     mut h: Tensor,
     emb: Option<&Tensor>,
-    train: bool,
+    (train, twice): (bool, bool),
     skips: Option<&mut Vec<Tensor>>,
 ) -> (Tensor, Vec<Tensor>) {
     let mut outputs = Vec::new();
@@ -264,7 +270,7 @@ fn run_level(
         }
         h = block.forward(&h, emb, train);
         if let Some(a) = attention {
-            h = a.forward(&h);
+            h = a.forward(&h, twice);
         }
         outputs.push(h.shallow_clone());
     }
@@ -287,10 +293,11 @@ impl Backbone for Unet {
             (a, b) => a.or(b),
         }
         .map(|e| e.silu());
+        let mode = (train, twice_differentiable(self.levels_head.is_some(), train));
         let mut h = self.input.forward(x);
         let mut skips = vec![h.shallow_clone()];
         for (level, sample) in &self.down {
-            let (out, outputs) = run_level(level, h, emb.as_ref(), train, None);
+            let (out, outputs) = run_level(level, h, emb.as_ref(), mode, None);
             skips.extend(outputs);
             h = out;
             if let Some(down) = sample {
@@ -299,9 +306,9 @@ impl Backbone for Unet {
             }
         }
         let (b1, attention, b2) = &self.middle;
-        h = b2.forward(&attention.forward(&b1.forward(&h, emb.as_ref(), train)), emb.as_ref(), train);
+        h = b2.forward(&attention.forward(&b1.forward(&h, emb.as_ref(), train), mode.1), emb.as_ref(), train);
         for (level, sample) in &self.up {
-            h = run_level(level, h, emb.as_ref(), train, Some(&mut skips)).0;
+            h = run_level(level, h, emb.as_ref(), mode, Some(&mut skips)).0;
             if let Some(up) = sample {
                 let size = h.size();
                 h = up.forward(&h.upsample_nearest2d([size[2] * 2, size[3] * 2], None, None));

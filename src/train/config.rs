@@ -3,28 +3,11 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use tch::Kind;
 
 use crate::loss::CdlConfig;
 use crate::model::ModelConfig;
+pub use crate::precision::Precision;
 use crate::{Error, Result};
-
-/// Floating-point precision of weights and data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    F32,
-    F64,
-}
-
-impl Precision {
-    pub fn kind(self) -> Kind {
-        match self {
-            Precision::F32 => Kind::Float,
-            Precision::F64 => Kind::Double,
-        }
-    }
-}
 
 /// How the learning rate falls after warm-up.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

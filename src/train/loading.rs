@@ -4,7 +4,7 @@ use std::path::Path;
 
 use tch::{nn::VarStore, Device, Kind};
 
-use super::RunConfig;
+use super::{Precision, RunConfig};
 use crate::base::VARIANCE_FLOOR;
 use crate::checkpoint::{self, TensorFile};
 use crate::data::Dataset;
@@ -38,13 +38,22 @@ impl LoadedModel {
     pub fn options(&self) -> (Kind, Device) {
         (self.config.train.precision.kind(), self.vs.device())
     }
+
+    /// Evaluates in `precision` instead of the run's: the weights converted to its kind, the
+    /// network under bf16 autocast for [`Precision::Bf16`].
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.vs.set_kind(precision.kind());
+        self.model.set_precision(precision);
+        self.config.train.precision = precision;
+    }
 }
 
 /// Builds a fresh classifier on `device` in the run's precision.
 pub(crate) fn build(config: &RunConfig, device: Device) -> Result<(VarStore, Model)> {
     let mut vs = VarStore::new(device);
-    let model = Model::new(&vs.root(), &config.model)?;
+    let mut model = Model::new(&vs.root(), &config.model)?;
     vs.set_kind(config.train.precision.kind());
+    model.set_precision(config.train.precision);
     Ok((vs, model))
 }
 

@@ -40,6 +40,34 @@ fn trained_vars(vs: &VarStore) -> Vec<(String, Tensor)> {
     vars
 }
 
+/// The first step of a [`Trainer::run_until`] call with a non-finite loss or gradient norm,
+/// kept on the device so that noting it needs no host sync: f64 [3], (step or −1, loss, norm).
+struct FirstNonFinite(Tensor);
+
+impl FirstNonFinite {
+    fn new(device: Device) -> Self {
+        FirstNonFinite(Tensor::full([3], -1.0, (Kind::Double, device)))
+    }
+
+    /// Notes step `k` (0-based) if its loss or gradient norm is not finite and none was before.
+    fn observe(&mut self, k: u64, loss: &Tensor, norm: &Tensor) {
+        let seen = Tensor::stack(&[loss.detach().to_kind(Kind::Double), norm.shallow_clone()], 0);
+        let first = seen.isfinite().all().logical_not().logical_and(&self.0.get(0).lt(0.0));
+        let now = Tensor::cat(&[Tensor::full([1], k as f64, (Kind::Double, seen.device())), seen], 0);
+        self.0 = now.where_self(&first, &self.0);
+    }
+
+    /// The error for a noted step, given the three values read back at step `read`.
+    fn check(&self, values: &[f64], read: u64) -> Result<()> {
+        let &[step, loss, norm] = values else { return Ok(()) };
+        if step < 0.0 {
+            return Ok(());
+        }
+        let what = if loss.is_finite() { format!("gradient norm = {norm}") } else { format!("loss = {loss}") };
+        Err(Error::NonFinite { step: step as u64, what: format!("{what} (read back after step {read})") })
+    }
+}
+
 /// A training run in a directory: created fresh, or resumed from the checkpoint there.
 pub struct Trainer {
     pub config: RunConfig,
@@ -252,22 +280,32 @@ impl Trainer {
         file.save(&checkpoint::paths(&self.dir).1)
     }
 
-    /// Trains up to `train.steps`, calling `on_step` after every step. A non-finite loss or
-    /// gradient stops training with an error and leaves the last checkpoint in place.
+    /// Trains up to `train.steps`, calling `on_step` after each step that reads its numbers
+    /// back (see [`Trainer::run_until`]). A non-finite loss or gradient stops training with an
+    /// error and leaves the last checkpoint in place.
     pub fn run(&mut self, on_step: &mut dyn FnMut(&StepReport)) -> Result<()> {
         self.run_until(self.config.train.steps, on_step)
     }
 
     /// Trains up to step `stop` (at most `train.steps`) and stops as an interrupted run would:
     /// only the periodic checkpoints are written before the last step.
+    ///
+    /// The step's numbers are read from the device only on the steps that log, checkpoint,
+    /// sample, or end this call, and `on_step` is called after those alone. A non-finite loss
+    /// or gradient norm is noted on the device when it occurs and reported at the next such
+    /// step, before anything is written: the error names the step it occurred at, and the
+    /// checkpoint on disk is the last one written before it.
     pub fn run_until(&mut self, stop: u64, on_step: &mut dyn FnMut(&StepReport)) -> Result<()> {
         let cfg = self.config.train.clone();
         let stop = stop.min(cfg.steps);
         let log_path = self.dir.join("log.jsonl");
         let mut log = LogFile::open(&log_path, self.step)?;
         let mut batches = Batches::new(&self.data, self.batch_options(), self.step..stop);
+        let mut first_bad = FirstNonFinite::new(self.device);
+        // Training time runs from here to each read of the device, which waits for the queue;
+        // sample grids and FIDs are not counted.
+        let mut clock = std::time::Instant::now();
         while self.step < stop {
-            let started = std::time::Instant::now();
             let k = self.step;
             let Batch { x0, labels } = batches.next(&self.data)?;
             let mut rng = Rng::stream(cfg.seed, k);
@@ -286,35 +324,42 @@ impl Trainer {
             )?;
             self.params.zero_grads();
             loss.total.backward();
-            // Every number the step reports or checks, read in one host sync rather than one
-            // each; a non-finite loss is caught here, before the update, as before.
+            // Nothing in an ordinary step reads back from the device (on a GPU each read waits
+            // for the queue to drain): the clip scale stays a device scalar, a non-finite loss
+            // or gradient is noted on the device, and the numbers are read on the steps that
+            // report, log, checkpoint or sample.
+            let norm = grad_norm(&self.params)?;
+            let scale = cfg.grad_clip.map(|c| (norm.reciprocal() * c).clamp_max(1.0));
+            first_bad.observe(k, &loss.total, &norm);
+            let lr = cfg.lr_at(k);
+            self.adam.update(&self.params, lr, k + 1, scale.as_ref())?;
+            ema_update(&self.ema, &self.params, cfg.ema_decay.min((1.0 + k as f64) / (10.0 + k as f64)));
+            self.step += 1;
+            let fid_due = cfg.fid_every > 0
+                && self.step.is_multiple_of(cfg.fid_every)
+                && self.config.model.data_shape.len() == 3;
+            let logged = self.step.is_multiple_of(cfg.log_every.max(1)) || self.step == cfg.steps || fid_due;
+            let saved = self.step.is_multiple_of(cfg.checkpoint_every.max(1)) || self.step == cfg.steps;
+            let sampled = cfg.sample_every > 0
+                && self.step.is_multiple_of(cfg.sample_every)
+                && self.config.model.data_shape.len() == 3;
+            if !(logged || saved || sampled || self.step == stop) {
+                continue;
+            }
+            // Every number the step reports or checks, read in one host sync.
             let scalar = |t: &Tensor| t.detach().to_kind(Kind::Double).reshape([1]);
-            let mut read = vec![scalar(&loss.total), grad_norm(&self.params)?.reshape([1]), scalar(&loss.mse)];
+            let mut read = vec![first_bad.0.shallow_clone(), scalar(&loss.total), norm.reshape([1]), scalar(&loss.mse)];
             read.extend(loss.ce.iter().map(scalar));
             read.extend(loss.cdl.iter().map(|c| scalar(&c.loss)));
             let values = Vec::<f64>::try_from(Tensor::cat(&read, 0))?;
-            let (total, grad_norm, mse) = (values[0], values[1], values[2]);
-            let mut rest = values[3..].iter().copied();
+            first_bad.check(&values[..3], self.step)?;
+            let (total, grad_norm, mse) = (values[3], values[4], values[5]);
+            let mut rest = values[6..].iter().copied();
             let ce = loss.ce.as_ref().and_then(|_| rest.next());
             let cdl = loss.cdl.as_ref().and_then(|_| rest.next());
-            if !total.is_finite() {
-                return Err(Error::NonFinite { step: k, what: format!("loss = {total}") });
-            }
-            if !grad_norm.is_finite() {
-                return Err(Error::NonFinite { step: k, what: format!("gradient norm = {grad_norm}") });
-            }
-            let scale = cfg.grad_clip.map_or(1.0, |c| (c / grad_norm).min(1.0));
-            let lr = cfg.lr_at(k);
-            self.adam.update(&self.params, lr, k + 1, scale)?;
-            ema_update(&self.ema, &self.params, cfg.ema_decay.min((1.0 + k as f64) / (10.0 + k as f64)));
-            self.step += 1;
-            self.seconds += started.elapsed().as_secs_f64();
-            let fid = match cfg.fid_every {
-                every if every > 0 && self.step.is_multiple_of(every) && self.config.model.data_shape.len() == 3 => {
-                    Some(self.measure_fid()?)
-                }
-                _ => None,
-            };
+            self.seconds += clock.elapsed().as_secs_f64();
+            clock = std::time::Instant::now();
+            let fid = if fid_due { Some(self.measure_fid()?) } else { None };
             let report = StepReport {
                 step: self.step,
                 loss: total,
@@ -327,10 +372,10 @@ impl Trainer {
                 seconds: self.seconds,
                 fid,
             };
-            if self.step.is_multiple_of(cfg.log_every.max(1)) || self.step == cfg.steps || fid.is_some() {
+            if logged {
                 log.append(&report)?;
             }
-            if self.step.is_multiple_of(cfg.checkpoint_every.max(1)) || self.step == cfg.steps {
+            if saved {
                 if let Some(name) = self.params.first_non_finite() {
                     return Err(Error::NonFinite {
                         step: self.step,
@@ -340,11 +385,11 @@ impl Trainer {
                 self.save()?;
                 log.sync()?;
             }
-            if cfg.sample_every > 0
-                && self.step.is_multiple_of(cfg.sample_every)
-                && self.config.model.data_shape.len() == 3
-            {
+            if sampled {
                 self.sample_grid()?;
+            }
+            if sampled || fid_due {
+                clock = std::time::Instant::now();
             }
             on_step(&report);
         }
