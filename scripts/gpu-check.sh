@@ -7,11 +7,15 @@
 #   nvidia-smi.txt, host.txt  the GPU, the driver, python3's torch
 #   device.json               the device line: what `cdm device` picks, and why not CUDA
 #   gpu-tests.txt             tests/gpu.rs: GPU against CPU, with tolerances
-#   bench-SIZE.json           `cdm bench` against bench/reference.py on the same device
-#   mnist/                    `make mnist`'s training (GPU_CHECK_TRAIN_STEPS, default its 2000
-#                             steps), stopped by the clock if need be and then resumable (from
-#                             gpu-bundle/run.tar.xz: `make gpu-bundle RUN=OUT/mnist`); its log and
-#                             grids; nll.json (bits/dim, uniform dequantization), *.png samples
+#   bench-SIZE-PREC.json      `cdm bench` against bench/reference.py on the same device, for the
+#                             CIFAR-10 CDM and DDM and the tiny UNet's CDM, in each precision of
+#                             GPU_CHECK_PRECISIONS (default "bf16 f32"): times, FLOPs, TFLOP/s
+#   mnist/                    `make mnist`'s training in bf16 (GPU_CHECK_TRAIN_STEPS, default its
+#                             2000 steps; GPU_CHECK_TRAIN_PRECISION), stopped by the clock if need
+#                             be and then resumable (from gpu-bundle/run.tar.xz: `make gpu-bundle
+#                             RUN=OUT/mnist`); its log and grids
+#   nll-PREC.json, denoising-PREC/  the trained weights scored in f32 and in bf16: test-set
+#                             bits/dim (uniform dequantization), the denoising MSE per level
 #   stages.txt, check.log     each stage's exit code and seconds; summary.md, the figures
 # GPU_CHECK_SKIP="gpu-tests bench" leaves out the stages whose names start so (a rerun of the
 # training alone, say). GPU_CHECK_DEVICE=cpu runs everything on the CPU, briefly, with the CPU
@@ -23,28 +27,32 @@ train_steps=${GPU_CHECK_TRAIN_STEPS:-2000}
 source "$(dirname "$0")/gpu-common.sh"
 
 if [ "$device" = cuda ]; then
-  stage gpu-tests 120 240 "$work/gpu-tests" --ignored --test-threads 1 --nocapture
-  cat "$out/gpu-tests.err" "$out/gpu-tests.out" > "$out/gpu-tests.txt" 2>/dev/null
-  steps=10 rounds=2 unet_batch=32 cifar_batch=128
+  stage gpu-tests 60 240 "$work/gpu-tests" --ignored --test-threads 1 --nocapture
+  steps=8 rounds=1 unet_batch=32 cifar_batch=128
 else
   log "gpu-tests: no GPU, so the CPU stands in for it (a check of the tests themselves)"
   CDM_GPU_TEST_DEVICE=cpu stage gpu-tests 120 240 "$work/gpu-tests" --ignored --test-threads 1 --nocapture
-  cat "$out/gpu-tests.err" "$out/gpu-tests.out" > "$out/gpu-tests.txt" 2>/dev/null
   steps=1 rounds=1 unet_batch=4 cifar_batch=2
 fi
+cat "$out/gpu-tests.err" "$out/gpu-tests.out" > "$out/gpu-tests.txt" 2>/dev/null
 
-bench_flags=(--device "$device" --rounds "$rounds")
+# Each size in f32 (PyTorch's eager f32 beside it, and on CUDA its best eager setting: bf16
+# autocast and channels-last) and in bf16 (PyTorch's bf16 autocast beside it).
+bench_flags=(--device "$device" --rounds "$rounds" --steps "$steps")
 [ "$reference" = no ] && bench_flags+=(--no-reference)
-stage bench-unet-cdm 60 200 "$cdm" bench --size unet-cdm --batch "$unet_batch" --steps "$steps" "${bench_flags[@]}"
-stage bench-unet-ddm 45 180 "$cdm" bench --size unet-ddm --batch "$unet_batch" --steps "$steps" "${bench_flags[@]}"
-stage bench-cifar10-cdm 75 150 "$cdm" bench --size cifar10-cdm --batch "$cifar_batch" --steps "$steps" "${bench_flags[@]}"
-stage bench-cifar10-ddm 60 120 "$cdm" bench --size cifar10-ddm --batch "$cifar_batch" --steps "$steps" "${bench_flags[@]}"
-for size in unet-cdm unet-ddm cifar10-cdm cifar10-ddm; do
-  cp "$out/bench-$size.out" "$out/bench-$size.json" 2>/dev/null
+benches=()
+for precision in ${GPU_CHECK_PRECISIONS:-bf16 f32}; do
+  for size in cifar10-cdm cifar10-ddm unet-cdm; do
+    batch=$cifar_batch
+    [ "$size" = unet-cdm ] && batch=$unet_batch
+    stage "bench-$size-$precision" 40 200 "$cdm" bench --size "$size" --batch "$batch" --precision "$precision" "${bench_flags[@]}" &&
+      cp "$out/bench-$size-$precision.out" "$out/bench-$size-$precision.json"
+    benches+=("bench-$size-$precision")
+  done
 done
 
-# make mnist's recipe (its cosine learning rate ends at --steps), stopped by the clock if need
-# be: checkpoints every 250 steps keep it resumable.
+# make mnist's recipe in bf16 (its cosine learning rate ends at --steps), stopped by the clock
+# if need be: checkpoints every 250 steps keep it resumable.
 run=$out/mnist
 if [ -f "$bundle/run.tar.xz" ] && [ ! -f "$run/checkpoint.safetensors" ]; then
   mkdir -p "$run"
@@ -53,24 +61,29 @@ if [ -f "$bundle/run.tar.xz" ] && [ ! -f "$run/checkpoint.safetensors" ]; then
 fi
 done_steps=$(python3 -c 'import json, sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["step"])' "$run/log.jsonl" 2>/dev/null || echo 0)
 [ "$done_steps" -gt 0 ] && log "resuming the MNIST run at step $done_steps"
-train_limit=$((($(left) - 75 * scale) / scale))
+train_limit=$((($(left) - 60 * scale) / scale))
 if [ "$device" = cpu ]; then # a few steps: enough to go through every stage
   train_steps=${GPU_CHECK_TRAIN_STEPS:-$((done_steps + 10))}
   [ "$train_limit" -gt 150 ] && train_limit=150
 fi
-stage train "$train_limit" 75 "$cdm" train --data mnist --conditional --model cdm --base-per-class --min-snr 5 \
-  --preset tiny --batch 32 --lr 4e-4 --steps "$train_steps" --sample-every 500 --checkpoint-every 250 \
-  --device "$device" --out "$run"
+stage train "$train_limit" 60 "$cdm" train --data mnist --conditional --model cdm --base-per-class --min-snr 5 \
+  --preset tiny --batch 32 --lr 4e-4 --steps "$train_steps" --sample-every 1000 --checkpoint-every 250 \
+  --precision "${GPU_CHECK_TRAIN_PRECISION:-bf16}" --device "$device" --out "$run"
 tail -n 1 "$run/log.jsonl" > "$out/train-last.json" 2>/dev/null
 if [ -f "$run/checkpoint.safetensors" ]; then
-  # The whole test set (10k images), one forward pass each.
-  stage nll 40 35 "$cdm" nll --ckpt "$run" --data mnist:split=test --dequantize uniform --json --device "$device"
-  cp "$out/nll.out" "$out/nll.json" 2>/dev/null
-  sample=("$cdm" sample --ckpt "$run" --n 100 --sampler ddim --steps 50 --clip-x0 1 --device "$device")
+  # bf16 against f32 on the same weights: bits/dim of the whole test set (10k images, one
+  # forward pass each) and the denoising MSE per level (the first 1000 test images).
+  n=10000 n_denoise=1000
+  [ "$device" = cpu ] && n=200 n_denoise=50
+  for precision in f32 bf16; do
+    stage "nll-$precision" 20 25 "$cdm" nll --ckpt "$run" --data mnist:split=test --dequantize uniform --json \
+      --precision "$precision" --device "$device" && cp "$out/nll-$precision.out" "$out/nll-$precision.json"
+    stage "denoising-$precision" 20 20 "$cdm" eval --ckpt "$run" --only denoising --n "$n_denoise" \
+      --data mnist:split=test --precision "$precision" --device "$device" --out "$out/denoising-$precision"
+  done
+  sample=("$cdm" sample --ckpt "$run" --n 100 --sampler ddim --steps 50 --clip-x0 1 --precision bf16 --device "$device")
   [ "$device" = cpu ] && sample=("$cdm" sample --ckpt "$run" --n 10 --sampler ddim --steps 5 --clip-x0 1 --device cpu)
-  stage sample-conditional 30 5 "${sample[@]}" --out "$out/conditional.png"
-  stage sample-unconditional 30 0 "${sample[@]}" --unconditional --out "$out/unconditional.png"
-  stage sample-guided 30 0 "${sample[@]}" --guidance 1 --out "$out/guided.png"
+  stage sample-conditional 15 0 "${sample[@]}" --out "$out/conditional.png"
 else
   log "no checkpoint yet: no bits/dim or samples"
 fi
@@ -89,20 +102,22 @@ stages = (out / "stages.txt").read_text().split("\n")
 print("\n| stage | exit | seconds |\n|---|---|---|")
 for line in filter(None, stages):
     print("| " + " | ".join(line.split()) + " |")
-print("\n| bench | batch | rust train ms | pytorch train ms | ratio | rust sample ms | pytorch sample ms | ratio |\n|---|---|---|---|---|---|---|---|")
-for size in ["unet-cdm", "unet-ddm", "cifar10-cdm", "cifar10-ddm"]:
-    b = load(f"bench-{size}.json")
+print("\n| bench | precision | batch | rust train ms | pytorch train ms | ratio | rust sample ms | pytorch sample ms | ratio | rust train TFLOP/s |\n|---|---|---|---|---|---|---|---|---|---|")
+for path in sorted(out.glob("bench-*.json")):
+    b = load(path.name)
     if b:
         f = lambda k: f"{b[k]:.1f}" if isinstance(b.get(k), (int, float)) else "-"
         r = lambda k: f"{b[k]:.2f}" if isinstance(b.get(k), (int, float)) else "-"
-        print(f"| {size} | {b.get('batch')} | {f('rust_ms_per_step')} | {f('pytorch_ms_per_step')} | {r('rust_over_pytorch')} | "
-              f"{f('rust_ms_per_sample_step')} | {f('pytorch_ms_per_sample_step')} | {r('rust_over_pytorch_sampling')} |")
+        rate = (b.get("rust_train_rate") or {}).get("tflops")
+        print(f"| {b.get('size')} | {b.get('precision')} | {b.get('batch')} | {f('rust_ms_per_step')} | {f('pytorch_ms_per_step')} | {r('rust_over_pytorch')} | "
+              f"{f('rust_ms_per_sample_step')} | {f('pytorch_ms_per_sample_step')} | {r('rust_over_pytorch_sampling')} | {rate if rate is None else round(rate, 1)} |")
 t = load("train-last.json")
 if t:
-    print(f"\nMNIST training reached step {t.get('step')} (loss {t.get('loss')})")
-n = load("nll.json")
-if n:
-    print(f"bits/dim on the MNIST test set: {n.get('bits_per_dim_8bit')} ({n.get('bits_per_dim_8bit_convention')})")
+    print(f"\nMNIST training (bf16) reached step {t.get('step')} (loss {t.get('loss')}) in {t.get('seconds')} s of training")
+for precision in ["f32", "bf16"]:
+    n = load(f"nll-{precision}.json")
+    if n:
+        print(f"bits/dim on the MNIST test set, {precision}: {n.get('bits_per_dim_8bit')} ({n.get('bits_per_dim_8bit_convention')})")
 EOF
 cat "$out/summary.md" >&2
 log "done in $(($(date +%s) - start))s"
