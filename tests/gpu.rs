@@ -20,7 +20,6 @@ use cdm::model::{Model, ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, UnetConfig};
 use cdm::rng::Rng;
 use cdm::sample::{ddim, ddpm, DdimOptions, Noise};
-use cdm::schedule::ScheduleConfig;
 use cdm::train::{LrDecay, Precision, RunConfig, TrainConfig, Trainer};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};

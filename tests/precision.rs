@@ -12,7 +12,6 @@ use cdm::model::{Model, ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, UnetConfig};
 use cdm::precision::{Autocast, Precision};
 use cdm::rng::Rng;
-use cdm::schedule::ScheduleConfig;
 use cdm::train::{LrDecay, RunConfig, TrainConfig, Trainer};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
