@@ -10,6 +10,8 @@
 //! the CPU: 5e-2, as bf16 against f32 on the CPU itself (tests/precision.rs measured 1.1e-2 for
 //! the logits, 1.6e-2 for a DDM's ε̂, 5e-3 for a training step's gradient norm), with room for
 //! the GPU's own kernels (cuDNN and cuBLAS accumulate bf16 products in f32, as oneDNN does).
+mod common;
+
 use std::path::Path;
 
 use cdm::checkpoint::{paths, TensorFile};
@@ -18,7 +20,6 @@ use cdm::model::{Model, ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, UnetConfig};
 use cdm::rng::Rng;
 use cdm::sample::{ddim, ddpm, DdimOptions, Noise};
-use cdm::schedule::ScheduleConfig;
 use cdm::train::{LrDecay, Precision, RunConfig, TrainConfig, Trainer};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -58,18 +59,7 @@ fn assert_equivalent(gpu: &Tensor, cpu: &Tensor, tol: f64, what: &str) {
 
 /// A conditional tiny UNet on 1×16×16 as `kind`.
 fn config(kind: ModelKind) -> ModelConfig {
-    ModelConfig {
-        kind,
-        schedule: ScheduleConfig::default(),
-        backbone: BackboneConfig::Unet(UnetConfig {
-            num_labels: 10,
-            attention_resolutions: vec![8],
-            ..UnetConfig::tiny()
-        }),
-        data_shape: vec![1, 16, 16],
-        gaussian_base: false,
-        base_per_class: false,
-    }
+    common::conditional_unet_16(kind)
 }
 
 /// The same model on the CPU and on the GPU. Every weight gets seeded noise on top of its

@@ -5,12 +5,13 @@
 //! bf16 keeps 8 significant bits (a relative rounding of 2⁻⁹ ≈ 2e-3); through the tiny UNet's
 //! dozen convolutions and its attention the measured relative errors are about 1e-2 (printed by
 //! each test), so the tolerances are a few times that.
+mod common;
+
 use cdm::likelihood::log_prob_at_levels;
 use cdm::model::{Model, ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, UnetConfig};
 use cdm::precision::{Autocast, Precision};
 use cdm::rng::Rng;
-use cdm::schedule::ScheduleConfig;
 use cdm::train::{LrDecay, RunConfig, TrainConfig, Trainer};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -34,20 +35,9 @@ fn relative(a: &Tensor, b: &Tensor, what: &str) -> f64 {
     off
 }
 
-/// A conditional tiny UNet on 1×16×16 with attention at 8×8, as `kind`.
+/// A conditional tiny UNet on 1×16×16 as `kind`.
 fn config(kind: ModelKind) -> ModelConfig {
-    ModelConfig {
-        kind,
-        schedule: ScheduleConfig::default(),
-        backbone: BackboneConfig::Unet(UnetConfig {
-            num_labels: 10,
-            attention_resolutions: vec![8],
-            ..UnetConfig::tiny()
-        }),
-        data_shape: vec![1, 16, 16],
-        gaussian_base: false,
-        base_per_class: false,
-    }
+    common::conditional_unet_16(kind)
 }
 
 /// The model in f32 with seeded noise on every weight (the heads start at zero, where nothing

@@ -50,7 +50,8 @@ impl ResBlock {
 /// eq. 1): on a GPU a fused kernel (flash or memory-efficient) that never stores the
 /// [HW, HW] weights. The fused kernels' backward passes are not differentiable again, so a
 /// pass that must be (a CDM's training step: its loss holds an input gradient) takes
-/// libtorch's composite version, the same formula as separate products and a softmax.
+/// libtorch's composite version, the same formula as separate products and a softmax. So does
+/// the CPU, where the fused kernel was not shown to be faster (docs/results.md §10).
 pub(crate) struct Attention {
     norm: nn::GroupNorm,
     qkv: nn::Conv2D,
@@ -68,12 +69,17 @@ impl Attention {
 
     /// x: [B, C, H, W]. `twice_differentiable`: the pass will be differentiated twice.
     pub(crate) fn forward(&self, x: &Tensor, twice_differentiable: bool) -> Tensor {
+        self.attend(x, !twice_differentiable && x.device().is_cuda())
+    }
+
+    /// The attention through the fused kernel (`fused`) or the composite one.
+    fn attend(&self, x: &Tensor, fused: bool) -> Tensor {
         let [b, c, h, w] = x.size()[..] else { return x.shallow_clone() };
         // [B, 3, C, HW] → q, k, v as [B, HW, C]: one head, a query per pixel.
         let qkv = self.qkv.forward(&self.norm.forward(x)).reshape([b, 3, c, h * w]).transpose(2, 3);
         let (q, k, v) = (qkv.select(1, 0), qkv.select(1, 1), qkv.select(1, 2));
         let scale = 1.0 / (c as f64).sqrt();
-        let out = if twice_differentiable {
+        let out = if !fused {
             Tensor::internal_scaled_dot_product_attention_math(
                 &q,
                 &k,
@@ -126,8 +132,8 @@ mod tests {
         for path in 0..3 {
             let out = match path {
                 0 => by_products(&a, &x),
-                1 => a.forward(&x, true),
-                _ => a.forward(&x, false),
+                1 => a.attend(&x, false),
+                _ => a.attend(&x, true),
             };
             let value = (&out * &probe).sum(Kind::Double);
             let grad_x = Tensor::run_backward(&[&value], &[&x], true, path < 2).remove(0);

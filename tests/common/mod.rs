@@ -1,7 +1,7 @@
 //! Fixtures shared by the integration tests.
 #![allow(dead_code)]
 use cdm::model::{Model, ModelConfig, ModelKind};
-use cdm::nets::{BackboneConfig, MlpConfig};
+use cdm::nets::{BackboneConfig, MlpConfig, UnetConfig};
 use cdm::schedule::{ScheduleConfig, ScheduleKind};
 use tch::{nn, Kind, Tensor};
 
@@ -110,4 +110,21 @@ pub fn conditional_mlp(kind: ModelKind, timesteps: usize) -> (nn::VarStore, Mode
     let cfg = mlp_config(kind, timesteps, mlp, &[2]);
     let model = Model::new(&vs.root(), &cfg).unwrap();
     (vs, model)
+}
+
+/// A conditional tiny UNet on 1×16×16 (10 labels, attention at 8×8) as `kind`: the GPU and
+/// precision tests' model.
+pub fn conditional_unet_16(kind: ModelKind) -> ModelConfig {
+    ModelConfig {
+        kind,
+        schedule: ScheduleConfig::default(),
+        backbone: BackboneConfig::Unet(UnetConfig {
+            num_labels: 10,
+            attention_resolutions: vec![8],
+            ..UnetConfig::tiny()
+        }),
+        data_shape: vec![1, 16, 16],
+        gaussian_base: false,
+        base_per_class: false,
+    }
 }
