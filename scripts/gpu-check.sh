@@ -73,8 +73,8 @@ tail -n 1 "$run/log.jsonl" > "$out/train-last.json" 2>/dev/null
 if [ -f "$run/checkpoint.safetensors" ]; then
   # bf16 against f32 on the same weights: bits/dim of the whole test set (10k images, one
   # forward pass each) and the denoising MSE per level (the first 1000 test images).
-  n=10000 n_denoise=1000
-  [ "$device" = cpu ] && n=200 n_denoise=50
+  n_denoise=1000
+  [ "$device" = cpu ] && n_denoise=50
   for precision in f32 bf16; do
     stage "nll-$precision" 20 25 "$cdm" nll --ckpt "$run" --data mnist:split=test --dequantize uniform --json \
       --precision "$precision" --device "$device" && cp "$out/nll-$precision.out" "$out/nll-$precision.json"
