@@ -45,8 +45,8 @@ for precision in ${GPU_CHECK_PRECISIONS:-bf16 f32}; do
   sizes=(cifar10-cdm cifar10-ddm)
   [ "$precision" = bf16 ] && sizes+=(unet-cdm)
   for size in "${sizes[@]}"; do
-    batch=$cifar_batch limit=50
-    [ "$size" = unet-cdm ] && batch=$unet_batch limit=35
+    batch=$cifar_batch limit=60
+    [ "$size" = unet-cdm ] && batch=$unet_batch limit=40
     stage "bench-$size-$precision" "$limit" 120 "$cdm" bench --size "$size" --batch "$batch" --precision "$precision" "${bench_flags[@]}" &&
       cp "$out/bench-$size-$precision.out" "$out/bench-$size-$precision.json"
   done
