@@ -8,8 +8,8 @@
 #   device.json               the device line: what `cdm device` picks, and why not CUDA
 #   gpu-tests.txt             tests/gpu.rs: GPU against CPU, with tolerances
 #   bench-SIZE-PREC.json      `cdm bench` against bench/reference.py on the same device, for the
-#                             CIFAR-10 CDM and DDM and the tiny UNet's CDM, in each precision of
-#                             GPU_CHECK_PRECISIONS (default "bf16 f32"): times, FLOPs, TFLOP/s
+#                             CIFAR-10 CDM and DDM in bf16 and f32 and the tiny UNet's CDM in
+#                             bf16: times, FLOPs, TFLOP/s (f32 after the training)
 #   mnist/                    `make mnist`'s training in bf16 (GPU_CHECK_TRAIN_STEPS, default its
 #                             2000 steps; GPU_CHECK_TRAIN_PRECISION), stopped by the clock if need
 #                             be and then resumable (from gpu-bundle/run.tar.xz: `make gpu-bundle
@@ -36,21 +36,22 @@ else
 fi
 cat "$out/gpu-tests.err" "$out/gpu-tests.out" > "$out/gpu-tests.txt" 2>/dev/null
 
-# Each size in f32 (PyTorch's eager f32 beside it, and on CUDA its best eager setting: bf16
-# autocast and channels-last) and in bf16 (PyTorch's bf16 autocast beside it).
+# Each size in a precision (bench PRECISION): f32 has PyTorch's eager f32 beside it, bf16 its bf16
+# autocast, and on CUDA both have its best eager setting (bf16 autocast and channels-last). The
+# tiny UNet (make mnist's network) in bf16 only: the recipe's speed is timed by its training.
 bench_flags=(--device "$device" --rounds "$rounds" --steps "$steps")
 [ "$reference" = no ] && bench_flags+=(--no-reference)
-# The tiny UNet (make mnist's network) in bf16 only: the recipe's speed is timed by its training.
-for precision in ${GPU_CHECK_PRECISIONS:-bf16 f32}; do
-  sizes=(cifar10-cdm cifar10-ddm)
+bench() {
+  local precision=$1 size batch limit sizes=(cifar10-cdm cifar10-ddm)
   [ "$precision" = bf16 ] && sizes+=(unet-cdm)
   for size in "${sizes[@]}"; do
     batch=$cifar_batch limit=60
     [ "$size" = unet-cdm ] && batch=$unet_batch limit=40
-    stage "bench-$size-$precision" "$limit" 120 "$cdm" bench --size "$size" --batch "$batch" --precision "$precision" "${bench_flags[@]}" &&
+    stage "bench-$size-$precision" "$limit" 60 "$cdm" bench --size "$size" --batch "$batch" --precision "$precision" "${bench_flags[@]}" &&
       cp "$out/bench-$size-$precision.out" "$out/bench-$size-$precision.json"
   done
-done
+}
+bench bf16
 
 # make mnist's recipe in bf16 (its cosine learning rate ends at --steps), stopped by the clock
 # if need be: checkpoints every 250 steps keep it resumable.
@@ -62,12 +63,13 @@ if [ -f "$bundle/run.tar.xz" ] && [ ! -f "$run/checkpoint.safetensors" ]; then
 fi
 done_steps=$(python3 -c 'import json, sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["step"])' "$run/log.jsonl" 2>/dev/null || echo 0)
 [ "$done_steps" -gt 0 ] && log "resuming the MNIST run at step $done_steps"
-train_limit=$((($(left) - 60 * scale) / scale))
+# What follows the training: scoring and sampling (60 s), the f32 benches (120 s).
+train_limit=$((($(left) - 180 * scale) / scale))
 if [ "$device" = cpu ]; then # a few steps: enough to go through every stage
   train_steps=${GPU_CHECK_TRAIN_STEPS:-$((done_steps + 10))}
   [ "$train_limit" -gt 150 ] && train_limit=150
 fi
-stage train "$train_limit" 60 "$cdm" train --data mnist --conditional --model cdm --base-per-class --min-snr 5 \
+stage train "$train_limit" 180 "$cdm" train --data mnist --conditional --model cdm --base-per-class --min-snr 5 \
   --preset tiny --batch 32 --lr 4e-4 --steps "$train_steps" --sample-every 1000 --checkpoint-every 250 \
   --precision "${GPU_CHECK_TRAIN_PRECISION:-bf16}" --device "$device" --out "$run"
 tail -n 1 "$run/log.jsonl" > "$out/train-last.json" 2>/dev/null
@@ -77,17 +79,18 @@ if [ -f "$run/checkpoint.safetensors" ]; then
   n_denoise=1000
   [ "$device" = cpu ] && n_denoise=50
   for precision in f32 bf16; do
-    stage "nll-$precision" 20 25 "$cdm" nll --ckpt "$run" --data mnist:split=test --dequantize uniform --json \
+    stage "nll-$precision" 20 130 "$cdm" nll --ckpt "$run" --data mnist:split=test --dequantize uniform --json \
       --precision "$precision" --device "$device" && cp "$out/nll-$precision.out" "$out/nll-$precision.json"
-    stage "denoising-$precision" 20 20 "$cdm" eval --ckpt "$run" --only denoising --n "$n_denoise" \
+    stage "denoising-$precision" 20 125 "$cdm" eval --ckpt "$run" --only denoising --n "$n_denoise" \
       --data mnist:split=test --precision "$precision" --device "$device" --out "$out/denoising-$precision"
   done
   sample=("$cdm" sample --ckpt "$run" --n 100 --sampler ddim --steps 50 --clip-x0 1 --precision bf16 --device "$device")
   [ "$device" = cpu ] && sample=("$cdm" sample --ckpt "$run" --n 10 --sampler ddim --steps 5 --clip-x0 1 --device cpu)
-  stage sample-conditional 15 0 "${sample[@]}" --out "$out/conditional.png"
+  stage sample-conditional 15 120 "${sample[@]}" --out "$out/conditional.png"
 else
   log "no checkpoint yet: no bits/dim or samples"
 fi
+bench f32
 
 python3 - "$out" "$device" > "$out/summary.md" <<'EOF'
 import json, pathlib, sys
