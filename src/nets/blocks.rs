@@ -1,5 +1,5 @@
 //! Layers the convolutional backbones share.
-use tch::{nn, nn::Module, Tensor};
+use tch::{nn, nn::Module, Kind, Tensor};
 
 pub(crate) fn conv3(vs: nn::Path, c_in: i64, c_out: i64, stride: i64) -> nn::Conv2D {
     nn::conv2d(vs, c_in, c_out, 3, nn::ConvConfig { padding: 1, stride, ..Default::default() })
@@ -49,8 +49,8 @@ impl ResBlock {
 /// through libtorch's `scaled_dot_product_attention` (Vaswani et al. 2017, arXiv:1706.03762,
 /// eq. 1): on a GPU a fused kernel (flash or memory-efficient) that never stores the
 /// [HW, HW] weights. The fused kernels' backward passes are not differentiable again, so a
-/// pass that must be (a CDM's training step: its loss holds an input gradient) takes
-/// libtorch's composite version, the same formula as separate products and a softmax. So does
+/// pass that must be (a CDM's training step: its loss holds an input gradient) takes the
+/// formula as separate products and a softmax (in f32 under bf16 autocast). So does
 /// the CPU, where the fused kernel was not shown to be faster (docs/results.md §10).
 pub(crate) struct Attention {
     norm: nn::GroupNorm,
@@ -80,18 +80,14 @@ impl Attention {
         let (q, k, v) = (qkv.select(1, 0), qkv.select(1, 1), qkv.select(1, 2));
         let scale = 1.0 / (c as f64).sqrt();
         let out = if !fused {
-            Tensor::internal_scaled_dot_product_attention_math(
-                &q,
-                &k,
-                &v,
-                None::<Tensor>,
-                0.0,
-                false,
-                None,
-                scale,
-                false,
-            )
-            .0
+            // The softmax in f32 whatever the products' kind: under bf16 autocast, libtorch's
+            // composite kernel takes the softmax of bf16 scores, whose backward then meets an
+            // f32 gradient in a CDM's second backward, which CUDA refuses.
+            let scores = q.matmul(&k.transpose(1, 2)) * scale;
+            let kind = scores.kind();
+            let wide = if kind == Kind::Double { Kind::Double } else { Kind::Float };
+            let weights = scores.to_kind(wide).softmax(-1, None).to_kind(kind);
+            weights.matmul(&v)
         } else {
             Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, false, scale, false)
         };
