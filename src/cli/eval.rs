@@ -245,6 +245,14 @@ fn eight_bit_convention(ctx: &Eval, convention: Dequantization) -> Option<Dequan
     ctx.eight_bit.then_some(convention)
 }
 
+/// Draws a chart at `path`. A host without fonts (a GPU host, say) cannot draw its labels, and
+/// a report's numbers are not to be lost for a picture, so a chart that fails is a warning.
+fn chart(path: &Path, draw: impl FnOnce(&Path) -> cdm::Result<()>) {
+    if let Err(e) = draw(path) {
+        tracing::warn!("{} not drawn: {e}", path.display());
+    }
+}
+
 fn mean(t: &Tensor) -> f64 {
     t.mean(Kind::Double).double_value(&[])
 }
@@ -321,9 +329,9 @@ fn likelihood_nfe(ctx: &Eval) -> Result<Section> {
     }
     let title = "-log p_1 against network evaluations";
     let axes = Axes { title, x: "evaluations per point", y: "bits / dim", log_x: true, log_y: false };
-    line_chart(&ctx.args.out.join("likelihood_vs_nfe.png"), &axes, &by_nfe)?;
+    chart(&ctx.args.out.join("likelihood_vs_nfe.png"), |path| line_chart(path, &axes, &by_nfe));
     let axes = Axes { title: "-log p_1 against time", x: "seconds per point", ..axes };
-    line_chart(&ctx.args.out.join("likelihood_vs_seconds.png"), &axes, &by_time)?;
+    chart(&ctx.args.out.join("likelihood_vs_seconds.png"), |path| line_chart(path, &axes, &by_time));
     md.push_str("\n![](likelihood_vs_nfe.png) ![](likelihood_vs_seconds.png)\n");
     Ok(Section { key: "likelihood_vs_evaluations", json: Value::Array(rows), markdown: md })
 }
@@ -360,7 +368,7 @@ fn denoising(ctx: &Eval) -> Result<Section> {
         rows.push(row);
     }
     let axes = Axes { title: "Denoising MSE per dimension", x: "noise level t", y: "MSE", log_x: false, log_y: true };
-    line_chart(&ctx.args.out.join("denoising_mse.png"), &axes, &curves)?;
+    chart(&ctx.args.out.join("denoising_mse.png"), |path| line_chart(path, &axes, &curves));
     md.push_str("\n![](denoising_mse.png)\n");
     Ok(Section { key: "denoising_mse", json: Value::Array(rows), markdown: md })
 }
@@ -381,7 +389,9 @@ fn diagnostics(ctx: &Eval) -> Result<Section> {
         .collect();
     let bins = metrics.confusion_bins;
     let title = format!("Confusion over levels ({bins} bins of {:.0} levels)", classes as f64 / bins as f64);
-    matrix_heatmap(&ctx.args.out.join("confusion.png"), &title, "true level bin", "predicted level bin", &normalised)?;
+    chart(&ctx.args.out.join("confusion.png"), |path| {
+        matrix_heatmap(path, &title, "true level bin", "predicted level bin", &normalised)
+    });
 
     // Logit profile (Fig. 6): mean log-softmax over all levels, for points at a few true levels.
     let t_max = schedule.timesteps();
@@ -398,7 +408,7 @@ fn diagnostics(ctx: &Eval) -> Result<Section> {
     }
     let axes =
         Axes { title: "Mean log-softmax over levels", x: "level k", y: "log p(k | x_t)", log_x: false, log_y: false };
-    line_chart(&ctx.args.out.join("logit_profile.png"), &axes, &profiles)?;
+    chart(&ctx.args.out.join("logit_profile.png"), |path| line_chart(path, &axes, &profiles));
     let drift = drift_section(ctx, &mut rng)?;
     let m = &metrics;
     let md = format!(
@@ -440,7 +450,7 @@ fn drift_section(ctx: &Eval, rng: &mut Rng) -> Result<Section> {
         log_x: false,
         log_y: false,
     };
-    line_chart(&ctx.args.out.join("sampler_drift.png"), &axes, &series)?;
+    chart(&ctx.args.out.join("sampler_drift.png"), |path| line_chart(path, &axes, &series));
     let mut md = format!(
         "\n### Sampler drift\n\n{n} samples, {} with {} steps (the sampling flags); at each step, the mean argmax level of the classifier on the sampler's states and on {n} real points noised to the same level.\n\n| level | on sampler states | on real points |\n|---|---|---|\n",
         sampler,
@@ -496,7 +506,7 @@ fn ood(ctx: &Eval) -> Result<Section> {
     }
     let axes =
         Axes { title: "AUROC of log p_t(x) at each level", x: "level t", y: "AUROC", log_x: false, log_y: false };
-    line_chart(&ctx.args.out.join("ood_auroc_by_level.png"), &axes, &by_level)?;
+    chart(&ctx.args.out.join("ood_auroc_by_level.png"), |path| line_chart(path, &axes, &by_level));
     md.push_str("\nAUROC of the likelihood at each single level t (0.5: chance; below 0.5, the other data score higher):\n\n![](ood_auroc_by_level.png)\n");
     Ok(Section { key: "ood", json: Value::Array(rows), markdown: md })
 }
@@ -587,7 +597,7 @@ fn mmd(ctx: &Eval) -> Result<Section> {
             Axes {
                 title: "MMD² after each parallel iteration", x: "iteration", y: "MMD²", log_x: false, log_y: true
             };
-        line_chart(&args.out.join("mmd_iterations.png"), &axes, &curves)?;
+        chart(&args.out.join("mmd_iterations.png"), |path| line_chart(path, &axes, &curves));
         md.push_str("\nMMD² after each iteration (`mmd2_per_iteration` in report.json; values ≤ 0 are not drawn):\n\n![](mmd_iterations.png)\n");
     }
     Ok(Section { key: "mmd", json: json!({"bandwidth": h, "points": n, "models": rows}), markdown: md })

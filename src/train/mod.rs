@@ -335,9 +335,8 @@ impl Trainer {
             self.adam.update(&self.params, lr, k + 1, scale.as_ref())?;
             ema_update(&self.ema, &self.params, cfg.ema_decay.min((1.0 + k as f64) / (10.0 + k as f64)));
             self.step += 1;
-            let fid_due = cfg.fid_every > 0
-                && self.step.is_multiple_of(cfg.fid_every)
-                && self.config.model.data_shape.len() == 3;
+            let fid_due =
+                cfg.fid_every > 0 && self.step.is_multiple_of(cfg.fid_every) && self.config.model.data_shape.len() == 3;
             let logged = self.step.is_multiple_of(cfg.log_every.max(1)) || self.step == cfg.steps || fid_due;
             let saved = self.step.is_multiple_of(cfg.checkpoint_every.max(1)) || self.step == cfg.steps;
             let sampled = cfg.sample_every > 0
