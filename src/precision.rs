@@ -8,7 +8,7 @@
 //! step stays in f32 because it runs outside the autocast region: [`crate::classifier`] and
 //! [`crate::denoiser`] cast the backbone's output back to the input's kind, so the cumsum head,
 //! F, ε̂, the losses and the likelihood read-out are f32, and so is the CDM's input gradient
-//! (autograd casts it back through the cast). docs/results.md §10 has the measurements.
+//! (autograd casts it back through the cast). docs/results.md §11 has the measurements.
 use std::ffi::{c_char, c_int, CStr};
 
 use serde::{Deserialize, Serialize};

@@ -51,7 +51,7 @@ impl ResBlock {
 /// [HW, HW] weights. The fused kernels' backward passes are not differentiable again, so a
 /// pass that must be (a CDM's training step: its loss holds an input gradient) takes the
 /// formula as separate products and a softmax (in f32 under bf16 autocast). So does
-/// the CPU, where the fused kernel was not shown to be faster (docs/results.md §10).
+/// the CPU, where the fused kernel was not shown to be faster (docs/results.md §11).
 pub(crate) struct Attention {
     norm: nn::GroupNorm,
     qkv: nn::Conv2D,
