@@ -5,7 +5,8 @@
 # estimate). Each part is a `cdm eval` report in RUN/eval/NAME/; the table is RUN/eval/paper-rows.md.
 #   bash scripts/cifar10-eval.sh RUN [DEVICE=auto] [FID_SAMPLES=10000] [FID_REFERENCE=50000] [BATCH=256]
 # A part whose report.json exists is not run again, so an interrupted evaluation resumes.
-# EVAL_FLAGS adds flags to every FID (e.g. "--guidance 0.5" for a conditional run).
+# EVAL_FLAGS adds flags to every FID (e.g. "--guidance 0.5" for a conditional run); NLL_IMAGES
+# (default 10000, the whole test set) sets the images scored for bits/dim.
 set -euo pipefail
 run=${1:?usage: cifar10-eval.sh RUN [DEVICE] [FID_SAMPLES] [FID_REFERENCE] [BATCH]}
 device=${2:-auto} samples=${3:-10000} reference=${4:-50000} batch=${5:-256}
@@ -27,7 +28,7 @@ fid() {
   # shellcheck disable=SC2086 # EVAL_FLAGS is a list of flags
   part "$name" --only fid --fid-samples "$samples" --fid-reference "$reference" "$@" ${EVAL_FLAGS:-}
 }
-part nll --only nll --data cifar10:split=test --n 10000
+part nll --only nll --data cifar10:split=test --n "${NLL_IMAGES:-10000}"
 fid ddim50 --sampler ddim --steps 50
 fid ddim100 --sampler ddim --steps 100
 fid dpm2-25 --sampler dpm2 --steps 25
