@@ -116,3 +116,39 @@ fn the_cifar10_recipe_reaches_config_json_and_stays_off_through_a_resume() {
     assert!(resumed["train"]["min_snr"].is_null(), "{}", resumed["train"]);
     assert_eq!(resumed["train"]["steps"], 2);
 }
+
+#[test]
+fn training_curves_are_drawn_from_the_log_and_a_bad_line_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let lines = [
+        r#"{"step":100,"loss":3.5,"mse":3.0,"seconds":20.0}"#,
+        r#"{"step":200,"loss":2.5,"mse":2.0,"seconds":40.0,"fid":300.0}"#,
+        r#"{"step":300,"loss":2.0,"mse":1.5,"seconds":60.0,"fid":250.0}"#,
+    ];
+    std::fs::write(run.join("log.jsonl"), lines.join("\n") + "\n").unwrap();
+    let prefix = dir.path().join("curves");
+    let (ok, stderr) = cdm(&["plot", "training", run.to_str().unwrap(), "--out", prefix.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    for suffix in ["_loss.png", "_fid_steps.png", "_fid_hours.png"] {
+        let path = dir.path().join(format!("curves{suffix}"));
+        assert!(image::open(&path).is_ok(), "{} not written", path.display());
+    }
+    std::fs::write(run.join("log.jsonl"), format!("{}\nnot json\n", lines[0])).unwrap();
+    let (ok, stderr) = cdm(&["plot", "training", run.to_str().unwrap(), "--out", prefix.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("log.jsonl: line 2 is not JSON"), "{stderr}");
+}
+
+#[test]
+fn a_setting_is_a_number_or_off_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (ok, stderr) = cdm(&["train", "--data", "gmm2d", "--out", out.to_str().unwrap(), "--min-snr", "of"]);
+    assert!(!ok && stderr.contains("expected a number or 'off', got 'of'"), "{stderr}");
+    let args = ["train", "--data", "gmm2d", "--out", out.to_str().unwrap(), "--steps", "1", "--batch", "8"];
+    let (ok, stderr) = cdm(&[&args[..], &["--grad-clip", "off", "--min-snr", "5", "--device", "cpu"]].concat());
+    assert!(ok, "{stderr}");
+    let saved = read_json(&out.join("config.json"));
+    assert!(saved["train"]["grad_clip"].is_null() && saved["train"]["min_snr"] == 5.0, "{}", saved["train"]);
+}
