@@ -10,8 +10,8 @@ use std::thread::JoinHandle;
 
 use tch::{Device, Kind, Tensor};
 
-use super::Dataset;
-use crate::likelihood::{dequantize, Dequantization};
+use super::{pixels_to_unit, Dataset};
+use crate::likelihood::{dequantize, spread_in_bins, Dequantization};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -60,9 +60,8 @@ pub fn batch(data: &Dataset, options: &BatchOptions, step: u64) -> Batch {
         let noise = options.dequantize.then(|| rng.uniform(&x.size(), kind).to_device(device));
         let pixels = x.to_device(device).to_kind(kind);
         match noise {
-            // The bin of pixel k is [k, k + 1)/128 − 1, as `likelihood::dequantize` makes it.
-            Some(u) => (pixels + u) / 128.0 - 1.0,
-            None => pixels / 127.5 - 1.0,
+            Some(u) => spread_in_bins(&pixels, &u),
+            None => pixels_to_unit(&pixels, kind),
         }
     } else {
         let x = if options.dequantize { dequantize(&x, Dequantization::Uniform, &mut rng) } else { x };

@@ -25,9 +25,15 @@ pub fn dequantize(x: &Tensor, how: Dequantization, rng: &mut crate::rng::Rng) ->
         Dequantization::Paper => x.shallow_clone(),
         Dequantization::Uniform => {
             let k = ((x.to_kind(Kind::Double) + 1.0) * 127.5).round().clamp(0.0, 255.0);
-            ((k + rng.uniform(&x.size(), Kind::Double)) / 128.0 - 1.0).to_kind(x.kind())
+            spread_in_bins(&k, &rng.uniform(&x.size(), Kind::Double)).to_kind(x.kind())
         }
     }
+}
+
+/// Pixel values k (0..=255, any float kind) moved by u ∈ [0, 1) within their bins on the
+/// [−1, 1] scale: (k + u)/128 − 1, the bin of k being [k, k + 1)/128 − 1.
+pub fn spread_in_bins(k: &Tensor, u: &Tensor) -> Tensor {
+    (k + u) / 128.0 - 1.0
 }
 
 /// Bits per dimension of 8-bit data from the mean log-density in nats per dimension of the

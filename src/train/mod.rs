@@ -305,6 +305,7 @@ impl Trainer {
         // Training time runs from here to each read of the device, which waits for the queue;
         // sample grids and FIDs are not counted.
         let mut clock = std::time::Instant::now();
+        let images = self.config.model.data_shape.len() == 3;
         while self.step < stop {
             let k = self.step;
             let Batch { x0, labels } = batches.next(&self.data)?;
@@ -335,13 +336,10 @@ impl Trainer {
             self.adam.update(&self.params, lr, k + 1, scale.as_ref())?;
             ema_update(&self.ema, &self.params, cfg.ema_decay.min((1.0 + k as f64) / (10.0 + k as f64)));
             self.step += 1;
-            let fid_due =
-                cfg.fid_every > 0 && self.step.is_multiple_of(cfg.fid_every) && self.config.model.data_shape.len() == 3;
+            let fid_due = images && cfg.fid_every > 0 && self.step.is_multiple_of(cfg.fid_every);
             let logged = self.step.is_multiple_of(cfg.log_every.max(1)) || self.step == cfg.steps || fid_due;
             let saved = self.step.is_multiple_of(cfg.checkpoint_every.max(1)) || self.step == cfg.steps;
-            let sampled = cfg.sample_every > 0
-                && self.step.is_multiple_of(cfg.sample_every)
-                && self.config.model.data_shape.len() == 3;
+            let sampled = images && cfg.sample_every > 0 && self.step.is_multiple_of(cfg.sample_every);
             if !(logged || saved || sampled || self.step == stop) {
                 continue;
             }
