@@ -110,8 +110,8 @@ pub struct BenchArgs {
     reference_best: bool,
 }
 
-/// The H200's dense bf16 matrix-product rate (a plain bf16 matrix product measured on the GPU host
-/// of docs/results.md §12), the default peak on CUDA.
+/// The H200's dense bf16 matrix-product rate (a plain bf16 matrix product, measured on an H200
+/// GPU host), the default peak on CUDA.
 const H200_BF16_TFLOPS: f64 = 790.0;
 
 /// FLOPs of one step of each kind for a batch: (training, sampling), and F, one forward pass
