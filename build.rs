@@ -7,14 +7,15 @@
 //! `--no-as-needed` from here would land after the libraries and change nothing. `cdm` loads
 //! libtorch_cuda at run time instead (src/device.rs).
 //!
-//! It also compiles `csrc/precision.cpp` (autocast to a chosen dtype, the TF32 switch: what tch
-//! 0.24 does not bind) against libtorch's headers with the flags torch-sys compiles its own
-//! wrapper with; the symbols it calls are in libtorch_cpu.
+//! It also compiles what tch 0.24 does not bind against libtorch's headers, with the flags
+//! torch-sys compiles its own wrapper with: `csrc/precision.cpp` (autocast to a chosen dtype, the
+//! TF32 switch) and `csrc/distributed.cpp` (c10d's store and Gloo process group). The symbols
+//! they call are in libtorch_cpu.
 use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
-    println!("cargo:rerun-if-changed=csrc/precision.cpp");
+    println!("cargo:rerun-if-changed=csrc");
     let Ok(libtorch) = std::env::var("LIBTORCH") else {
         panic!("LIBTORCH is not set: run scripts/setup-libtorch.sh (or `make setup`) first");
     };
@@ -29,8 +30,8 @@ fn main() {
     }
 }
 
-/// Compiles the mixed-precision shim as torch-sys compiles libtch (C++17, the C++11 ABI that
-/// the PyPI wheels use).
+/// Compiles the shims as torch-sys compiles libtch (C++17, the C++11 ABI that the PyPI wheels
+/// use); `csrc/gloo-names` stands in for the Gloo headers the wheel lacks.
 fn compile_shim(torch: &Path) {
     let include = torch.join("include");
     cc::Build::new()
@@ -39,9 +40,11 @@ fn compile_shim(torch: &Path) {
         .warnings(false)
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
+        .include("csrc/gloo-names")
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/precision.cpp")
-        .compile("cdm_precision");
+        .file("csrc/distributed.cpp")
+        .compile("cdm_shim");
 }

@@ -30,6 +30,10 @@ pub enum Error {
     /// Training produced a non-finite loss; the last good checkpoint is kept.
     #[error("non-finite loss at step {step}: {what}")]
     NonFinite { step: u64, what: String },
+    /// A rank of a data-parallel job could not join it, or a collective failed (another rank
+    /// died or hung).
+    #[error("rank {rank}: {what}")]
+    Distributed { rank: usize, what: String },
     /// A sampler's state stopped being finite (a diverging model or sampler).
     #[error("sampler state became non-finite at step {step} (level {level})")]
     NonFiniteSample { step: usize, level: usize },

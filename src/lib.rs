@@ -23,7 +23,7 @@
 //! `predictor` (the one trait samplers use), `loss`, `likelihood`, `eval` (what `cdm eval` reports), `sample` (DDPM, DDIM,
 //! DPM-Solver, guidance, parallel sampling), `train`, `optim` (flat Adam and EMA), `precision` (f32, f64, bf16 autocast), `config_file` (`cdm train --config`), `checkpoint`, `data` (files, images, known densities), `metrics`
 //! (AUROC, confusion matrix, FID, MMD), `cache` (downloads kept per user), `plot`, `device` (CPU or a
-//! GPU, loading libtorch's CUDA backend at run time).
+//! GPU, loading libtorch's CUDA backend at run time), `distributed` (data-parallel ranks on c10d).
 pub mod base;
 pub mod cache;
 pub mod checkpoint;
@@ -32,6 +32,7 @@ pub mod config_file;
 pub mod data;
 pub mod denoiser;
 pub mod device;
+pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod input;

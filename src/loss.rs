@@ -10,6 +10,7 @@ use tch::{Kind, Tensor};
 
 use crate::classifier::Classifier;
 use crate::denoiser::Denoiser;
+use crate::distributed::Shard;
 use crate::input::check_labels;
 use crate::likelihood::noise_logits;
 use crate::rng::Rng;
@@ -252,7 +253,7 @@ fn stratified_levels_from(batch: usize, prior: &[f64], rng: &mut Rng) -> Tensor 
 /// 2-D mixture is off by 0.09 nats, at T = 10 by 0.03: docs/results.md §1); a stride k makes
 /// a chain of (T + 2)/k ratios, each pinned by a contest between levels far enough apart to be
 /// told apart.
-fn level_subsets(t: &Tensor, classes: usize, strides: &[usize], rng: &mut Rng) -> Result<Option<Tensor>> {
+fn level_subsets(t: &Tensor, classes: usize, strides: &[usize], shard: Shard, rng: &mut Rng) -> Result<Option<Tensor>> {
     if let Some(&bad) = strides.iter().find(|&&k| k == 0 || k >= classes) {
         return Err(Error::Config(format!("level stride {bad} is outside 1..={}", classes - 1)));
     }
@@ -260,8 +261,7 @@ fn level_subsets(t: &Tensor, classes: usize, strides: &[usize], rng: &mut Rng) -
         return Ok(None);
     }
     let start = (rng.unit() * strides.len() as f64) as usize;
-    let batch = t.size()[0] as usize;
-    let k: Vec<i64> = (0..batch).map(|i| strides[(i + start) % strides.len()] as i64).collect();
+    let k: Vec<i64> = shard.range().map(|i| strides[(i + start) % strides.len()] as i64).collect();
     let k = Tensor::from_slice(&k).to_device(t.device()).unsqueeze(1);
     let levels = Tensor::arange(classes as i64, (Kind::Int64, t.device())).unsqueeze(0);
     Ok(Some((levels - t.unsqueeze(1)).remainder_tensor(&k).ne(0)))
@@ -272,8 +272,10 @@ fn squared_error(a: &Tensor, b: &Tensor) -> Tensor {
     (a - b).square().flatten(1, -1).sum_dim_intlist(1, false, a.kind())
 }
 
-/// Draws t ~ U{0..T+1} (stratified) and ε ~ N(0, I) for each sample of `x0` ([B, ..]) and
-/// returns the CDM loss. The squared error is summed over dimensions, so that it grows with D
+/// Draws t ~ U{0..T+1} (stratified) and ε ~ N(0, I) for each sample of a batch and returns
+/// the CDM loss of `shard`'s part of it, `x0` ([shard.len, ..]): the share of the whole batch's
+/// loss those samples carry, so that the shards' losses (and gradients) add up to the batch's.
+/// The squared error is summed over dimensions, so that it grows with D
 /// as the CE's signal does (log-density ratios are extensive) and one CE weight ≈ 1 suits
 /// 2-D points and images alike; the official code averages over dimensions with w_ce = 1e-3 at
 /// D = 3072, which is a CE weight ≈ 3 here. The MSE skips t = 0 (ε̂ = 0: a constant) and
@@ -284,9 +286,10 @@ pub fn cdm_loss(
     x0: &Tensor,
     labels: Option<&Tensor>,
     weights: &LossWeights,
+    shard: Shard,
     rng: &mut Rng,
 ) -> Result<Loss> {
-    let batch = x0.size()[0] as usize;
+    let batch = check_shard(x0, shard)?;
     let classes = model.schedule().num_classes();
     if !(0.0..=1.0).contains(&weights.low_levels) {
         return Err(Error::Config(format!("low_levels is {}; expected a share in [0, 1]", weights.low_levels)));
@@ -295,41 +298,70 @@ pub fn cdm_loss(
     // log π to the logits in the cross-entropy (logit adjustment) leaves the network's own
     // logits the prior-free log p_t + c that the likelihood and ε̂ read. The squared error is
     // weighted by 1/π_t (normalised), so its average over levels stays uniform.
-    let prior = (weights.low_levels > 0.0).then(|| level_prior(classes, weights.low_levels));
-    let t = match &prior {
+    let prior_values = (weights.low_levels > 0.0).then(|| level_prior(classes, weights.low_levels));
+    let all_levels = match &prior_values {
         Some(p) => stratified_levels_from(batch, p, rng),
         None => stratified_levels(batch, 0, classes, rng),
-    }
-    .to_device(x0.device());
-    let eps = rng.normal(&x0.size(), x0.kind()).to_device(x0.device());
+    };
+    let prior = prior_values.as_deref().map(Tensor::from_slice);
+    let t = shard.rows(&all_levels).to_device(x0.device());
+    let eps = rng.normal_rows(&whole_shape(x0, batch), shard.range(), x0.kind()).to_device(x0.device());
     let x_t = model.schedule().add_noise(x0, &eps, &t);
     // The levels are drawn above; the labels are checked once, here.
     check_labels(labels, x0.size()[0], model.num_labels())?;
     let out = model.forward_unchecked(&x_t, &t, labels, true)?;
-    let (logits, importance) = match &prior {
-        Some(p) => {
-            let prior = Tensor::from_slice(p).to_device(x0.device());
-            let importance = (prior.index_select(0, &t) * classes as f64).reciprocal().to_kind(x0.kind());
-            (out.logits.to_kind(Kind::Double) + prior.log().unsqueeze(0), importance)
-        }
-        None => (out.logits.to_kind(Kind::Double), t.ones_like().to_kind(x0.kind())),
+    // The weight of each sample's squared error: the importance 1/(π_t·(T+2)) at the levels
+    // that have one (0 < t < T+1). The whole batch's total normalises every shard's sum.
+    let error_weights = |t: &Tensor| {
+        let importance = match &prior {
+            Some(p) => (p.to_device(t.device()).index_select(0, t) * classes as f64).reciprocal(),
+            None => t.ones_like().to_kind(Kind::Double),
+        };
+        t.gt(0).logical_and(&t.lt(classes as i64 - 1)).to_kind(Kind::Double) * importance
     };
-    let logits = match level_subsets(&t, classes, &weights.level_strides, rng)? {
+    let count = error_weights(&all_levels).sum(Kind::Double).double_value(&[]).max(1e-12);
+    let logits = match &prior {
+        Some(p) => out.logits.to_kind(Kind::Double) + p.to_device(x0.device()).log().unsqueeze(0),
+        None => out.logits.to_kind(Kind::Double),
+    };
+    let logits = match level_subsets(&t, classes, &weights.level_strides, shard, rng)? {
         Some(outside) => logits.masked_fill(&outside, f64::NEG_INFINITY),
         None => logits,
     };
-    let ce = logits.log_softmax(1, Kind::Double).to_kind(x0.kind()).nll_loss(&t);
-    let inside = t.gt(0).logical_and(&t.lt(classes as i64 - 1)).to_kind(x0.kind()) * importance;
-    let count = inside.sum(x0.kind()).clamp_min(1e-12);
-    let error = squared_error(&out.eps, &eps) * &inside;
-    let mse = error.sum(x0.kind()) / &count;
+    let log_p = logits.log_softmax(1, Kind::Double).gather(1, &t.unsqueeze(1), false);
+    let ce = (log_p.sum(Kind::Double) / -(batch as f64)).to_kind(x0.kind());
+    let error = squared_error(&out.eps, &eps) * error_weights(&t).to_kind(x0.kind());
+    let mse = error.sum(x0.kind()) / count;
     let weighted = (error * level_weights(model.schedule(), &t, weights.min_snr, x0)).sum(x0.kind()) / count;
     Ok(Loss { total: &ce * weights.ce + weighted * weights.mse, ce: Some(ce), mse, cdl: None })
 }
 
-/// Draws a level per sample of `x0` ([B, ..]) and ε ~ N(0, I) and returns the DDM's simple
-/// loss, summed over dimensions like the CDM's MSE term, plus the contrastive diffusion loss
-/// with `weights.cdl`. Integer levels: t ~ U{1..T} (stratified). Continuous levels: γ from the
+/// The size of the batch `shard` is part of, checking that `x0` holds its rows.
+fn check_shard(x0: &Tensor, shard: Shard) -> Result<usize> {
+    let rows = x0.size()[0];
+    if rows != shard.len as i64 || shard.start + shard.len > shard.total {
+        return Err(Error::Shape(format!(
+            "x0 has {rows} rows; expected the {} of examples {:?} of a batch of {}",
+            shard.len,
+            shard.range(),
+            shard.total
+        )));
+    }
+    Ok(shard.total)
+}
+
+/// `x0`'s shape with `batch` rows.
+fn whole_shape(x0: &Tensor, batch: usize) -> Vec<i64> {
+    let mut shape = x0.size();
+    shape[0] = batch as i64;
+    shape
+}
+
+/// Draws a level per sample of a batch and ε ~ N(0, I), and returns the DDM's simple loss of
+/// `shard`'s part of it, `x0` ([shard.len, ..]), as its share of the batch's (see
+/// [`cdm_loss`]); summed over dimensions like the CDM's MSE term, plus the contrastive diffusion
+/// loss with `weights.cdl`, which the shard holding the batch's first samples computes. Integer
+/// levels: t ~ U{1..T} (stratified). Continuous levels: γ from the
 /// model's truncated logistic (stratified), each error weighted by 1/q(γ) over the support's
 /// length, so the loss is the error averaged uniformly over log SNR (the I-MMSE integrand of
 /// Kong et al. 2023, arXiv:2302.03792).
@@ -338,34 +370,52 @@ pub fn ddm_loss(
     x0: &Tensor,
     labels: Option<&Tensor>,
     weights: &LossWeights,
+    shard: Shard,
     rng: &mut Rng,
 ) -> Result<Loss> {
     if weights.low_levels != 0.0 {
         return Err(Error::Config("low_levels weighs a CDM's cross-entropy; a DDM has none".into()));
     }
-    let batch = x0.size()[0] as usize;
+    let batch = check_shard(x0, shard)?;
     let schedule = model.schedule();
     let (t, importance) = match schedule.levels() {
         Levels::Discrete => {
-            let t = stratified_levels(batch, 1, schedule.timesteps(), rng).to_device(x0.device());
+            let t = shard.rows(&stratified_levels(batch, 1, schedule.timesteps(), rng)).to_device(x0.device());
             let ones = t.ones_like().to_kind(x0.kind());
             (t, ones)
         }
         Levels::Continuous(proposal) => {
             let (gamma, weight) = proposal.draw(batch, batch, rng, x0.device());
-            let t = schedule.levels_at_logsnr(&gamma).to_kind(x0.kind());
-            (t, (weight / (2.0 * LOGSNR_CLIP * proposal.scale)).to_kind(x0.kind()))
+            let t = schedule.levels_at_logsnr(&shard.rows(&gamma)).to_kind(x0.kind());
+            (t, (shard.rows(&weight) / (2.0 * LOGSNR_CLIP * proposal.scale)).to_kind(x0.kind()))
         }
     };
-    let eps = rng.normal(&x0.size(), x0.kind()).to_device(x0.device());
+    let eps = rng.normal_rows(&whole_shape(x0, batch), shard.range(), x0.kind()).to_device(x0.device());
     let x_t = schedule.add_noise(x0, &eps, &t);
     check_labels(labels, x0.size()[0], model.num_labels())?;
     let error = squared_error(&model.eps_unchecked(&x_t, &t, labels, true)?, &eps);
-    let denoising = (&error * level_weights(schedule, &t, weights.min_snr, x0) * importance).mean(x0.kind());
-    let cdl = weights.cdl.map(|cdl| cdl_loss(model, x0, labels, &cdl, true, rng)).transpose()?;
+    let denoising =
+        (&error * level_weights(schedule, &t, weights.min_snr, x0) * importance).sum(x0.kind()) / batch as f64;
+    let cdl = weights
+        .cdl
+        .map(|cdl| {
+            if shard.start > 0 {
+                return Ok(CdlTerm { loss: Tensor::zeros([], (x0.kind(), x0.device())), accuracy: f64::NAN });
+            }
+            if cdl.images > shard.len {
+                return Err(Error::Config(format!(
+                    "cdl.images is {}, more than the {} samples of a rank's share of the batch",
+                    cdl.images, shard.len
+                )));
+            }
+            // The default number of draws is the batch's size, not the shard's.
+            let draws = if cdl.draws == 0 { batch } else { cdl.draws };
+            cdl_loss(model, x0, labels, &CdlConfig { draws, ..cdl }, true, rng)
+        })
+        .transpose()?;
     let total = match (&cdl, &weights.cdl) {
         (Some(term), Some(settings)) => denoising + &term.loss * settings.weight,
         _ => denoising,
     };
-    Ok(Loss { total, ce: None, mse: error.mean(x0.kind()), cdl })
+    Ok(Loss { total, ce: None, mse: error.sum(x0.kind()) / batch as f64, cdl })
 }

@@ -48,8 +48,11 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // The ranks of a data-parallel job but the first say only what goes wrong.
+    let quiet = std::env::var("RANK").is_ok_and(|rank| rank.trim() != "0");
+    let level = if quiet { "warn" } else { "info" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr)
         .init();
     let command = Cli::parse().command;

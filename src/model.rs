@@ -8,6 +8,7 @@ use crate::base::GaussianBase;
 use crate::classifier::Classifier;
 use crate::data::MAX_POINT_VALUES;
 use crate::denoiser::Denoiser;
+use crate::distributed::Shard;
 use crate::input::check_shape;
 use crate::loss::{cdm_loss, ddm_loss, Loss, LossWeights};
 use crate::nets::BackboneConfig;
@@ -181,16 +182,24 @@ impl Model {
         }
     }
 
-    /// The training loss of one batch `x0` ([B, ..]): the CDM loss (with the CE term weighted
-    /// as `weights` say) or the DDM's simple MSE, with the contrastive diffusion loss if
-    /// `weights.cdl` asks for it (a DDM only).
-    pub fn loss(&self, x0: &Tensor, labels: Option<&Tensor>, weights: &LossWeights, rng: &mut Rng) -> Result<Loss> {
+    /// The training loss of `shard`'s rows `x0` ([shard.len, ..]) of a batch, as their share of
+    /// the batch's loss (`Shard::whole` for a whole batch): the CDM loss (with the CE term
+    /// weighted as `weights` say) or the DDM's simple MSE, with the contrastive diffusion loss
+    /// if `weights.cdl` asks for it (a DDM only).
+    pub fn loss(
+        &self,
+        x0: &Tensor,
+        labels: Option<&Tensor>,
+        weights: &LossWeights,
+        shard: Shard,
+        rng: &mut Rng,
+    ) -> Result<Loss> {
         match self {
             Model::Cdm(_) if weights.cdl.is_some() => {
                 Err(Error::Config("the contrastive diffusion loss is for a DDM (--model ddm)".into()))
             }
-            Model::Cdm(m) => cdm_loss(m, x0, labels, weights, rng),
-            Model::Ddm(m) => ddm_loss(m, x0, labels, weights, rng),
+            Model::Cdm(m) => cdm_loss(m, x0, labels, weights, shard, rng),
+            Model::Ddm(m) => ddm_loss(m, x0, labels, weights, shard, rng),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Seeded random tensors, drawn in Rust so that results depend only on the seed: not on
 //! libtorch's global generator, the batch size or the number of threads.
+use std::ops::Range;
+
 use rand::{rngs::StdRng, Rng as _, SeedableRng};
 use rand_distr::StandardNormal;
 use tch::{Kind, Tensor};
@@ -38,6 +40,37 @@ impl Rng {
     /// several streams can fill one buffer and make one tensor.
     pub fn extend_normal(&mut self, out: &mut Vec<f64>, n: usize) {
         out.extend((0..n).map(|_| self.0.sample::<f64, _>(StandardNormal)));
+    }
+
+    /// Standard normal draws for rows `rows` of a tensor shaped `shape` ([N, ..]), each row from
+    /// a stream of its own (of a seed drawn here): row i is the same whichever rows are asked
+    /// for, so each rank of a data-parallel job draws its own rows of one global batch.
+    pub fn normal_rows(&mut self, shape: &[i64], rows: Range<usize>, kind: Kind) -> Tensor {
+        self.rows(shape, rows, kind, |rng, out, n| rng.extend_normal(out, n))
+    }
+
+    /// Uniform draws on [0, 1) for rows `rows` of a tensor shaped `shape`, as
+    /// [`Rng::normal_rows`] draws normal ones.
+    pub fn uniform_rows(&mut self, shape: &[i64], rows: Range<usize>, kind: Kind) -> Tensor {
+        self.rows(shape, rows, kind, |rng, out, n| out.extend((0..n).map(|_| rng.0.gen::<f64>())))
+    }
+
+    fn rows(
+        &mut self,
+        shape: &[i64],
+        rows: Range<usize>,
+        kind: Kind,
+        fill: impl Fn(&mut Rng, &mut Vec<f64>, usize),
+    ) -> Tensor {
+        let seed = self.0.gen::<u64>();
+        let per_row = shape[1..].iter().product::<i64>() as usize;
+        let mut values = Vec::with_capacity(rows.len() * per_row);
+        let mut dims = shape.to_vec();
+        dims[0] = rows.len() as i64;
+        for row in rows {
+            fill(&mut Rng::stream(seed, row as u64), &mut values, per_row);
+        }
+        Tensor::from_slice(&values).reshape(&dims).to_kind(kind)
     }
 
     /// Uniform samples on [0, 1).

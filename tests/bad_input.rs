@@ -469,7 +469,13 @@ fn out_of_range_levels_and_labels_through_the_library() {
         assert!(err(model.eps(&x, &levels(&[1, 2]), Some(&labels(&[-2, 0])))).contains("label -2"));
         let float_labels = Tensor::from_slice(&[0.0f32, 1.0]);
         assert!(err(model.eps(&x, &levels(&[1, 2]), Some(&float_labels))).contains("expected Int64 of shape [2]"));
-        let loss = model.loss(&x, Some(&labels(&[0, 7])), &LossWeights::default(), &mut cdm::rng::Rng::new(0));
+        let loss = model.loss(
+            &x,
+            Some(&labels(&[0, 7])),
+            &LossWeights::default(),
+            cdm::distributed::Shard::whole(2),
+            &mut cdm::rng::Rng::new(0),
+        );
         assert!(loss.err().map(|e| e.to_string()).unwrap_or_default().contains("label 7 is outside"));
         if let Ok(classifier) = model.classifier() {
             assert!(err(classifier.logits(&x, Some(&labels(&[0, 9])), false)).contains("label 9"));

@@ -49,7 +49,7 @@ fn training_batches_are_dequantized_when_asked() {
     let k = (Rng::new(4).uniform(&[1, 1, 4, 4], Kind::Double) * 256.0).floor().repeat([8, 1, 1, 1]);
     let data = Dataset::Images { pixels: k.to_kind(Kind::Uint8), labels: None };
     let plain = BatchOptions {
-        batch_size: 8,
+        shard: cdm::distributed::Shard::whole(8),
         seed: 5,
         hflip: false,
         dequantize: false,

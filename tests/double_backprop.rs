@@ -1,6 +1,7 @@
 //! The CDM loss differentiates through the input gradient (double backprop). Its weight
 //! gradients, from the real MLP and loss code in f64, must match central finite differences.
 use cdm::classifier::Classifier;
+use cdm::distributed::Shard;
 use cdm::loss::{cdm_loss, LossWeights};
 use cdm::nets::{BackboneConfig, MlpConfig};
 use cdm::network::NetworkConfig;
@@ -30,7 +31,16 @@ fn model() -> (VarStore, Classifier) {
 
 /// The loss for a fixed draw of levels and noise.
 fn loss(model: &Classifier, x0: &Tensor, ce_weight: f64) -> Tensor {
-    cdm_loss(model, x0, None, &LossWeights { ce: ce_weight, ..LossWeights::default() }, &mut Rng::new(3)).unwrap().total
+    cdm_loss(
+        model,
+        x0,
+        None,
+        &LossWeights { ce: ce_weight, ..LossWeights::default() },
+        Shard::whole(x0.size()[0] as usize),
+        &mut Rng::new(3),
+    )
+    .unwrap()
+    .total
 }
 
 fn check_gradients(ce_weight: f64) {
@@ -80,9 +90,15 @@ fn min_snr_weighting_spans_the_plain_loss_and_nothing() {
     let (_vs, model) = model();
     let x0 = Tensor::from_slice(&[0.3, -0.2, 0.5, -0.7, 0.1, 0.4]).reshape([2, 3]);
     let with = |min_snr| {
-        let loss =
-            cdm_loss(&model, &x0, None, &LossWeights { ce: 0.0, min_snr, ..LossWeights::default() }, &mut Rng::new(3))
-                .unwrap();
+        let loss = cdm_loss(
+            &model,
+            &x0,
+            None,
+            &LossWeights { ce: 0.0, min_snr, ..LossWeights::default() },
+            Shard::whole(x0.size()[0] as usize),
+            &mut Rng::new(3),
+        )
+        .unwrap();
         (loss.total.double_value(&[]), loss.mse.double_value(&[]))
     };
     let (plain, plain_mse) = with(None);

@@ -479,7 +479,7 @@ fn data_specs() {
             return Err("skipped: not opened by the fuzzer".into());
         }
         let data = Dataset::open(spec).map_err(|e| e.to_string())?;
-        let (x, _) = data.batch(2, &mut Rng::new(0));
+        let (x, _) = data.batch(cdm::distributed::Shard::whole(2), &mut Rng::new(0));
         assert!(!data.describe(spec).is_empty());
         assert_eq!(x.size()[1..], data.shape()[..]);
         Ok(())

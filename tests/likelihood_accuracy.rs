@@ -5,6 +5,7 @@
 //! by the library's loss must recover log p_0 whatever the prior and the strides. Without the
 //! adjustment the fit would be off by log(π_0/π_{T+1}), more than 2 nats here.
 use cdm::classifier::Classifier;
+use cdm::distributed::Shard;
 use cdm::likelihood::log_prob;
 use cdm::loss::{cdm_loss, level_prior, LossWeights};
 use cdm::nets::fourier_features;
@@ -40,7 +41,7 @@ fn fitted_log_p0_error(low_levels: f64, level_strides: Vec<usize>) -> f64 {
             0.002
         });
         let x0 = rng.normal(&[4096, 1], Kind::Float) * S;
-        let loss = cdm_loss(&model, &x0, None, &weights, &mut rng).unwrap();
+        let loss = cdm_loss(&model, &x0, None, &weights, Shard::whole(x0.size()[0] as usize), &mut rng).unwrap();
         opt.backward_step(&loss.total);
     }
     let x = Rng::new(2).normal(&[4096, 1], Kind::Float) * S;
@@ -89,7 +90,9 @@ fn strides_out_of_range_are_named_errors() {
     for strides in [vec![0], vec![1, T + 2]] {
         let weights = LossWeights { level_strides: strides, ..LossWeights::default() };
         let x0 = Tensor::zeros([8, 1], (Kind::Float, Device::Cpu));
-        let err = cdm_loss(&model, &x0, None, &weights, &mut Rng::new(0)).err().expect("a bad stride is refused");
+        let err = cdm_loss(&model, &x0, None, &weights, Shard::whole(x0.size()[0] as usize), &mut Rng::new(0))
+            .err()
+            .expect("a bad stride is refused");
         assert!(err.to_string().contains("stride"), "{err}");
     }
 }

@@ -3,12 +3,13 @@
 //! points, and a loader dropped early stops its thread.
 use cdm::data::loader::{batch, BatchOptions, Batches};
 use cdm::data::{pixels_to_unit, Dataset};
+use cdm::distributed::Shard;
 use cdm::rng::Rng;
 use tch::{Device, Kind, Tensor};
 
 fn options(kind: Kind) -> BatchOptions {
     BatchOptions {
-        batch_size: 16,
+        shard: Shard::whole(16),
         seed: 7,
         hflip: true,
         dequantize: true,
@@ -81,4 +82,26 @@ fn a_loader_dropped_early_stops_its_thread() {
     assert!(batches.next(&data).unwrap().labels.is_none());
     drop(batches);
     assert!(started.elapsed().as_secs() < 10, "the drop joined the thread without drawing every batch");
+}
+
+#[test]
+fn the_shards_of_a_batch_are_its_rows() {
+    let (x, labels) = pixels();
+    let images = Dataset::Images { pixels: x, labels: Some(labels) };
+    let known = Dataset::open("gmm2d").unwrap();
+    for (data, opts) in [
+        (&images, options(Kind::Float)),
+        (&known, BatchOptions { null_label: None, hflip: false, dequantize: false, ..options(Kind::Float) }),
+    ] {
+        let whole = batch(data, &opts, 5);
+        let parts: Vec<_> = (0..4)
+            .map(|rank| batch(data, &BatchOptions { shard: Shard::of(16, rank, 4).unwrap(), ..opts.clone() }, 5))
+            .collect();
+        let x0: Vec<_> = parts.iter().map(|b| b.x0.shallow_clone()).collect();
+        assert_eq!(Tensor::cat(&x0, 0), whole.x0, "rows, flips and dequantization noise follow the row");
+        if let Some(labels) = whole.labels {
+            let parts: Vec<_> = parts.iter().map(|b| b.labels.as_ref().unwrap().shallow_clone()).collect();
+            assert_eq!(Tensor::cat(&parts, 0), labels, "label dropout follows the row");
+        }
+    }
 }

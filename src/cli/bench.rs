@@ -23,6 +23,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::{check_count, DeviceArg};
 
+use cdm::distributed::Shard;
 use cdm::loss::LossWeights;
 use cdm::model::{Model, ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, ConvNetConfig, Head, MlpConfig, UnetConfig};
@@ -281,7 +282,7 @@ fn time_phases(trainer: &mut Trainer, config: &RunConfig, steps: u64, device: De
             }
         };
         let loss_backward = time_once(device, &mut || {
-            model.loss(&x, None, &weights, &mut Rng::new(3))?.total.backward();
+            model.loss(&x, None, &weights, Shard::whole(x.size()[0] as usize), &mut Rng::new(3))?.total.backward();
             Ok(())
         })?;
         let next = trainer.step() + 1;

@@ -62,7 +62,7 @@ pub fn run(args: DataArgs) -> Result<()> {
         DataCommand::Throughput(args) => {
             let data = Dataset::open(&args.spec).with_context(|| format!("data {}", args.spec))?;
             let options = BatchOptions {
-                batch_size: args.batch,
+                shard: cdm::distributed::Shard::whole(args.batch),
                 seed: 0,
                 hflip: args.hflip,
                 dequantize: args.dequantize,

@@ -1,11 +1,13 @@
 //! `cdm train`.
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use cdm::config_file::ConfigFile;
 use cdm::data::{Dataset, DATA_SPECS};
+use cdm::distributed::{Launch, ProcessGroup};
 use cdm::loss::ZetaPrior;
 use cdm::model::{ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, ConvNetConfig, MlpConfig, UnetConfig};
@@ -148,6 +150,22 @@ pub struct TrainArgs {
     init_from: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
+    /// Data-parallel ranks to start on this host (one per GPU with CUDA; on a CPU the cores are
+    /// split among them); --batch stays the global batch. A launcher's environment (torchrun's
+    /// RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) starts a rank without it.
+    #[arg(long, value_name = "N", value_parser = super::positive)]
+    nproc: Option<usize>,
+    /// Seconds a rank of a data-parallel job waits for the others in a collective before it
+    /// stops with an error (a rank that dies is noticed at once).
+    #[arg(long, value_name = "SECONDS", default_value_t = cdm::distributed::DEFAULT_TIMEOUT.as_secs_f64(), value_parser = positive_seconds)]
+    dist_timeout: f64,
+}
+
+fn positive_seconds(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("expected a positive number of seconds, got '{s}'")),
+    }
 }
 
 /// A setting given as a number, or switched off.
@@ -325,11 +343,58 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let (config, data) = run_config(&args)?;
+    let launch = Launch::from_env()?;
+    if let (Some(n), None) = (args.nproc, &launch) {
+        if n > 1 {
+            // The ranks run this same command line; the launcher's environment tells each
+            // which it is.
+            let program = std::env::current_exe().context("finding this program to start the ranks")?;
+            let argv: Vec<String> = std::env::args().skip(1).collect();
+            tracing::info!("starting {n} data-parallel ranks on this host");
+            return Ok(cdm::distributed::spawn_local(&program, &argv, n, RANK_GRACE)?);
+        }
+    }
+    let device = args.device.device()?;
+    let Some(launch) = launch else {
+        let (config, data) = run_config(&args)?;
+        return train(&args, |building| {
+            let trainer = Trainer::open_with_data(&args.out, config, data, device);
+            building.finish_and_clear();
+            trainer
+        });
+    };
+    if let Some(n) = args.nproc.filter(|&n| n != launch.world_size) {
+        bail!("--nproc {n} disagrees with the launcher's WORLD_SIZE={}", launch.world_size);
+    }
+    let timeout = Duration::from_secs_f64(args.dist_timeout);
+    let group = ProcessGroup::join(&launch, timeout)?;
+    // Rank 0 reads the saved run and opens (perhaps downloads) the data first; the others
+    // follow from the cache it filled.
+    let first = group.rank() == 0;
+    if !first {
+        group.barrier()?;
+    }
+    let resolved = run_config(&args);
+    if first {
+        group.barrier()?;
+    }
+    let (config, data) = resolved?;
+    let device = launch.device(device);
+    train(&args, |building| {
+        let trainer = Trainer::open_in_job(&args.out, config, data, device, group);
+        building.finish_and_clear();
+        trainer
+    })
+}
+
+/// How long the ranks started by --nproc have to stop on their own once one has failed.
+const RANK_GRACE: Duration = Duration::from_secs(30);
+
+/// Opens the trainer with `open` (given the spinner to clear) and trains, with a progress bar
+/// where this process writes the run.
+fn train(args: &TrainArgs, open: impl FnOnce(&indicatif::ProgressBar) -> cdm::Result<Trainer>) -> Result<()> {
     let building = spinner(format!("building the model in {}", args.out.display()));
-    let trainer = Trainer::open_with_data(&args.out, config, data, args.device.device()?);
-    building.finish_and_clear();
-    let mut trainer = trainer?;
+    let mut trainer = open(&building)?;
     let train = &trainer.config.train;
     tracing::info!(
         "training to step {}: batch {}, lr {}, checkpoints every {} steps in {}",
@@ -340,7 +405,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         args.out.display()
     );
     let total = trainer.config.train.steps;
-    let bar = progress_bar(total, "train");
+    let bar = if trainer.is_writer() { progress_bar(total, "train") } else { indicatif::ProgressBar::hidden() };
     bar.set_position(trainer.step());
     if trainer.step() > 0 {
         tracing::info!("resuming {} at step {}", args.out.display(), trainer.step());

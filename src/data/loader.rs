@@ -11,7 +11,8 @@ use std::thread::JoinHandle;
 use tch::{Device, Kind, Tensor};
 
 use super::{pixels_to_unit, Dataset};
-use crate::likelihood::{dequantize, spread_in_bins, Dequantization};
+use crate::distributed::Shard;
+use crate::likelihood::{spread_in_bins, spread_points_in_bins};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -21,7 +22,9 @@ pub const PREFETCH: usize = 4;
 /// What a training batch is made of.
 #[derive(Clone, Debug)]
 pub struct BatchOptions {
-    pub batch_size: usize,
+    /// The rows of the global batch this process prepares (all of them, outside data
+    /// parallelism); `shard.total` is the batch size.
+    pub shard: Shard,
     /// Seed of the run; batch k is drawn from `Rng::batch_stream(seed, k)`.
     pub seed: u64,
     /// Flip each image left-right with probability 1/2.
@@ -45,30 +48,40 @@ pub struct Batch {
     pub labels: Option<Tensor>,
 }
 
-/// Batch `step` of `data`, drawn from `Rng::batch_stream(options.seed, step)`.
+/// `options.shard`'s rows of batch `step` of `data`, drawn from
+/// `Rng::batch_stream(options.seed, step)`: the small draws (rows, flips, label dropout) for the
+/// whole batch, the dequantization noise row by row ([`Rng::uniform_rows`]), so that a row is
+/// the same whichever shard holds it.
 pub fn batch(data: &Dataset, options: &BatchOptions, step: u64) -> Batch {
     let mut rng = Rng::batch_stream(options.seed, step);
-    let (mut x, labels) = data.batch(options.batch_size, &mut rng);
-    let n = x.size()[0];
+    let shard = options.shard;
+    let (mut x, labels) = data.batch(shard, &mut rng);
+    let n = shard.len as i64;
+    let coins = |rng: &mut Rng| shard.rows(&rng.uniform(&[shard.total as i64], Kind::Double));
     if options.hflip {
-        let flip = rng.uniform(&[n], Kind::Double).lt(0.5).reshape([n, 1, 1, 1]);
+        let flip = coins(&mut rng).lt(0.5).reshape([n, 1, 1, 1]);
         x = x.flip([3]).where_self(&flip, &x);
     }
     let (kind, device) = (options.kind, options.device);
+    let mut whole = x.size();
+    whole[0] = shard.total as i64;
+    let noise = options.dequantize.then(|| rng.uniform_rows(&whole, shard.range(), kind).to_device(device));
     let x0 = if x.kind() == Kind::Uint8 {
         // Bytes travel to the device (a quarter of Float's), and are converted there.
-        let noise = options.dequantize.then(|| rng.uniform(&x.size(), kind).to_device(device));
         let pixels = x.to_device(device).to_kind(kind);
         match noise {
             Some(u) => spread_in_bins(&pixels, &u),
             None => pixels_to_unit(&pixels, kind),
         }
     } else {
-        let x = if options.dequantize { dequantize(&x, Dequantization::Uniform, &mut rng) } else { x };
-        x.to_kind(kind).to_device(device)
+        let x = x.to_kind(kind).to_device(device);
+        match noise {
+            Some(u) => spread_points_in_bins(&x, &u),
+            None => x,
+        }
     };
     let labels = labels.zip(options.null_label).map(|(l, null)| {
-        let drop = rng.uniform(&[n], Kind::Double).lt(options.label_dropout);
+        let drop = coins(&mut rng).lt(options.label_dropout);
         l.where_self(&drop.logical_not(), &Tensor::from(null)).to_device(device)
     });
     Batch { x0, labels }
@@ -151,5 +164,5 @@ pub fn throughput(data: &Dataset, options: &BatchOptions, num_batches: u64) -> R
         // A value read back waits for the device's queue.
         let _ = batch.x0.get(0).flatten(0, -1).get(0).double_value(&[]);
     }
-    Ok((num_batches as usize * options.batch_size) as f64 / start.elapsed().as_secs_f64())
+    Ok((num_batches as usize * options.shard.len) as f64 / start.elapsed().as_secs_f64())
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use tch::{Kind, Tensor};
 
+use crate::distributed::Shard;
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -225,15 +226,16 @@ impl Dataset {
         }
     }
 
-    /// A training batch of `n` points as held: random rows of a fixed set (with replacement;
+    /// `shard`'s rows of a training batch as held: random rows of a fixed set (with replacement;
     /// Uint8 pixels for [`Dataset::Images`]) and their labels if it has any, or fresh samples.
-    pub fn batch(&self, n: usize, rng: &mut Rng) -> (Tensor, Option<Tensor>) {
+    /// The whole batch's draws are made, so a row is the same whichever shard asks for it.
+    pub fn batch(&self, shard: Shard, rng: &mut Rng) -> (Tensor, Option<Tensor>) {
         match self {
             Dataset::Points { x, labels } | Dataset::Images { pixels: x, labels } => {
-                let rows = rng.integers(n, x.size()[0] as usize);
+                let rows = shard.rows(&rng.integers(shard.total, x.size()[0] as usize));
                 (x.index_select(0, &rows), labels.as_ref().map(|l| l.index_select(0, &rows)))
             }
-            Dataset::Known(d) => (d.sample(n, rng), None),
+            Dataset::Known(d) => (shard.rows(&d.sample(shard.total, rng)), None),
         }
     }
 

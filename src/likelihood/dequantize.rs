@@ -23,11 +23,15 @@ pub enum Dequantization {
 pub fn dequantize(x: &Tensor, how: Dequantization, rng: &mut crate::rng::Rng) -> Tensor {
     match how {
         Dequantization::Paper => x.shallow_clone(),
-        Dequantization::Uniform => {
-            let k = ((x.to_kind(Kind::Double) + 1.0) * 127.5).round().clamp(0.0, 255.0);
-            spread_in_bins(&k, &rng.uniform(&x.size(), Kind::Double)).to_kind(x.kind())
-        }
+        Dequantization::Uniform => spread_points_in_bins(x, &rng.uniform(&x.size(), Kind::Double)),
     }
+}
+
+/// Points x = k/127.5 − 1 moved by u ∈ [0, 1) within their 8-bit bins: [`spread_in_bins`] of
+/// the k they were made from, in x's kind.
+pub fn spread_points_in_bins(x: &Tensor, u: &Tensor) -> Tensor {
+    let k = ((x.to_kind(Kind::Double) + 1.0) * 127.5).round().clamp(0.0, 255.0);
+    spread_in_bins(&k, u).to_kind(x.kind())
 }
 
 /// Pixel values k (0..=255, any float kind) moved by u ∈ [0, 1) within their bins on the

@@ -12,7 +12,9 @@ pub mod noised;
 pub mod one_pass;
 pub mod reference;
 
-pub use dequantize::{bits_per_dim, bits_per_dim_8bit, dequantize, spread_in_bins, Dequantization};
+pub use dequantize::{
+    bits_per_dim, bits_per_dim_8bit, dequantize, spread_in_bins, spread_points_in_bins, Dequantization,
+};
 pub use immse::{ddm_log_prob, immse_log_prob};
 pub use noised::{noise_logits, noised_predictor};
 pub use one_pass::{log_prob, log_prob_at_levels, log_standard_normal};

@@ -11,6 +11,7 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 use crate::checkpoint::{self, TensorFile};
 use crate::data::loader::{Batch, BatchOptions, Batches};
 use crate::data::Dataset;
+use crate::distributed::{ProcessGroup, Shard};
 use crate::loss::LossWeights;
 use crate::model::{Model, ModelKind};
 use crate::optim::{ema_update, grad_norm, Adam, FlatVars};
@@ -89,6 +90,11 @@ pub struct Trainer {
     seconds: f64,
     /// Loaded at the first FID step.
     fid: Option<FidMonitor>,
+    /// The data-parallel job this trainer is a rank of, if any: the gradients are summed over
+    /// its ranks, and only rank 0 writes into the run's directory.
+    group: Option<ProcessGroup>,
+    /// The rows of each step's batch this process computes.
+    shard: Shard,
 }
 
 impl Trainer {
@@ -102,6 +108,71 @@ impl Trainer {
 
     /// [`Trainer::open`] with the data already opened from `config.data`.
     pub fn open_with_data(dir: &Path, config: RunConfig, data: Dataset, device: Device) -> Result<Self> {
+        Self::open_as(dir, config, data, device, true)
+    }
+
+    /// [`Trainer::open_with_data`] for one rank of a data-parallel job, every rank given the
+    /// same settings: rank 0 opens or resumes the run in `dir` as a single process would, and
+    /// sends its settings (checked against each rank's own) and its state (weights, EMA, Adam's
+    /// moments, step) to the others, which never touch `dir`. Each rank then trains on its
+    /// [`Shard`] of every batch.
+    pub fn open_in_job(
+        dir: &Path,
+        config: RunConfig,
+        data: Dataset,
+        device: Device,
+        group: ProcessGroup,
+    ) -> Result<Self> {
+        let shard = Shard::of(config.train.batch_size, group.rank(), group.world_size())?;
+        let opened = Self::open_as(dir, config, data, device, group.rank() == 0);
+        // Every rank learns whether all could open the run before anyone waits for rank 0's state.
+        let failures = Tensor::from_slice(&[opened.is_err() as i64]);
+        group.all_reduce_sum(&failures)?;
+        let mut trainer = match (opened, failures.int64_value(&[0])) {
+            (Err(e), _) => return Err(e),
+            (Ok(_), n) if n > 0 => {
+                return Err(Error::Distributed {
+                    rank: group.rank(),
+                    what: format!("{n} other rank(s) could not open the run (their own messages say why)"),
+                })
+            }
+            (Ok(trainer), _) => trainer,
+        };
+        let mine = serde_json::to_vec(&trainer.config).map_err(|e| Error::Config(e.to_string()))?;
+        let sent = group.broadcast_bytes((group.rank() == 0).then_some(mine.as_slice()))?;
+        if sent != mine {
+            return Err(Error::Distributed {
+                rank: group.rank(),
+                what: "this rank's settings differ from rank 0's: give every rank the same command and config".into(),
+            });
+        }
+        let untrained = |vs: &VarStore| {
+            let mut vars: Vec<_> = vs.variables().into_iter().filter(|(_, v)| !v.requires_grad()).collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            vars
+        };
+        tch::no_grad(|| -> Result<()> {
+            let state = [trainer.params.values(), trainer.ema.values(), &trainer.adam.m, &trainer.adam.v];
+            for tensor in state.into_iter().chain(untrained(&trainer.vs).iter().map(|(_, v)| v)) {
+                group.broadcast(tensor, 0)?;
+            }
+            for (_, var) in untrained(&trainer.ema_vs) {
+                group.broadcast(&var, 0)?;
+            }
+            Ok(())
+        })?;
+        let clock = Tensor::from_slice(&[trainer.step as f64, trainer.seconds]);
+        group.broadcast(&clock, 0)?;
+        trainer.step = clock.double_value(&[0]) as u64;
+        trainer.seconds = clock.double_value(&[1]);
+        trainer.group = Some(group);
+        trainer.shard = shard;
+        Ok(trainer)
+    }
+
+    /// Opens the run; a `writer` reads and writes `dir` (the checkpoint, config.json), any
+    /// other rank builds the model alone and is sent the rest.
+    fn open_as(dir: &Path, config: RunConfig, data: Dataset, device: Device, writer: bool) -> Result<Self> {
         config.train.validate()?;
         if data.shape() != config.model.data_shape {
             return Err(Error::Config(format!(
@@ -133,7 +204,9 @@ impl Trainer {
                 config.data
             )));
         }
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        if writer {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
         let (config_path, weights_path) = checkpoint::paths(dir);
         // tch's initialisers draw from libtorch's global generator: seed it (under a lock, as
         // other threads may build models too), so a run is reproducible from its config alone.
@@ -144,10 +217,12 @@ impl Trainer {
             let (vs, model) = build(&config, device)?;
             (vs, model, build(&config, device)?)
         };
-        let saved = saved_run(dir)?;
+        let saved = if writer { saved_run(dir)? } else { None };
         match (&saved, &config.train.init_from) {
-            // A resumed run restores its weights and base from the checkpoint below.
+            // A resumed run restores its weights and base from the checkpoint below, and the
+            // ranks of a job that do not write are sent theirs.
             (Some(_), _) => {}
+            _ if !writer => {}
             (None, Some(init)) => init_weights(&mut vs, &config, init)?,
             (None, None) => {
                 if let Some(base) = model.base() {
@@ -167,6 +242,7 @@ impl Trainer {
             let _ = var.set_requires_grad(false);
         }
         let adam = Adam::new(&params);
+        let config_batch = config.train.batch_size;
         let mut trainer = Trainer {
             config,
             dir: dir.to_path_buf(),
@@ -182,6 +258,8 @@ impl Trainer {
             step: 0,
             seconds: 0.0,
             fid: None,
+            group: None,
+            shard: Shard::whole(config_batch),
         };
         if let Some(saved) = saved {
             // What a run computes must match; its length and bookkeeping may change.
@@ -197,7 +275,9 @@ impl Trainer {
             }
             trainer.restore(&weights_path)?;
         }
-        checkpoint::write_json(&config_path, &trainer.config)?;
+        if writer {
+            checkpoint::write_json(&config_path, &trainer.config)?;
+        }
         Ok(trainer)
     }
 
@@ -224,7 +304,7 @@ impl Trainer {
         let cfg = &self.config.train;
         let num_labels = self.config.model.backbone.num_labels() as i64;
         BatchOptions {
-            batch_size: cfg.batch_size,
+            shard: self.shard,
             seed: cfg.seed,
             hflip: cfg.hflip,
             dequantize: cfg.dequantize,
@@ -254,6 +334,11 @@ impl Trainer {
             empty => empty.insert(FidMonitor::new(&self.config.data, cfg.fid_samples, self.device)?),
         };
         monitor.measure(&self.ema_model, (cfg.precision.kind(), self.device))
+    }
+
+    /// Whether this process writes the run's files: a single process, or rank 0 of a job.
+    pub fn is_writer(&self) -> bool {
+        self.group.as_ref().is_none_or(|g| g.rank() == 0)
     }
 
     /// Steps already taken.
@@ -299,7 +384,8 @@ impl Trainer {
         let cfg = self.config.train.clone();
         let stop = stop.min(cfg.steps);
         let log_path = self.dir.join("log.jsonl");
-        let mut log = LogFile::open(&log_path, self.step)?;
+        let writer = self.is_writer();
+        let mut log = if writer { Some(LogFile::open(&log_path, self.step)?) } else { None };
         let mut batches = Batches::new(&self.data, self.batch_options(), self.step..stop);
         let mut first_bad = FirstNonFinite::new(self.device);
         // Training time runs from here to each read of the device, which waits for the queue;
@@ -321,10 +407,16 @@ impl Trainer {
                     low_levels: cfg.low_levels,
                     level_strides: cfg.level_strides.clone(),
                 },
+                self.shard,
                 &mut rng,
             )?;
             self.params.zero_grads();
             loss.total.backward();
+            // Each rank's loss is its share of the batch's: the sum of their gradients is the
+            // batch's gradient, the same on every rank, and so is everything computed from it.
+            if let Some(group) = &self.group {
+                group.all_reduce_sum(self.params.grads()?)?;
+            }
             // Nothing in an ordinary step reads back from the device (on a GPU each read waits
             // for the queue to drain): the clip scale stays a device scalar, a non-finite loss
             // or gradient is noted on the device, and the numbers are read on the steps that
@@ -345,18 +437,24 @@ impl Trainer {
             }
             // Every number the step reports or checks, read in one host sync.
             let scalar = |t: &Tensor| t.detach().to_kind(Kind::Double).reshape([1]);
-            let mut read = vec![first_bad.0.shallow_clone(), scalar(&loss.total), norm.reshape([1]), scalar(&loss.mse)];
+            let mut read = vec![first_bad.0.shallow_clone(), norm.reshape([1]), scalar(&loss.total), scalar(&loss.mse)];
             read.extend(loss.ce.iter().map(scalar));
             read.extend(loss.cdl.iter().map(|c| scalar(&c.loss)));
-            let values = Vec::<f64>::try_from(Tensor::cat(&read, 0))?;
+            let mut values = Vec::<f64>::try_from(Tensor::cat(&read, 0))?;
             first_bad.check(&values[..3], self.step)?;
-            let (total, grad_norm, mse) = (values[3], values[4], values[5]);
+            if let Some(group) = &self.group {
+                // The loss terms (after the gradient norm) are each rank's share: add them up.
+                let sums = Tensor::from_slice(&values[4..]);
+                group.all_reduce_sum(&sums)?;
+                values.splice(4.., Vec::<f64>::try_from(&sums)?);
+            }
+            let (grad_norm, total, mse) = (values[3], values[4], values[5]);
             let mut rest = values[6..].iter().copied();
             let ce = loss.ce.as_ref().and_then(|_| rest.next());
             let cdl = loss.cdl.as_ref().and_then(|_| rest.next());
             self.seconds += clock.elapsed().as_secs_f64();
             clock = std::time::Instant::now();
-            let fid = if fid_due { Some(self.measure_fid()?) } else { None };
+            let fid = if fid_due && writer { Some(self.measure_fid()?) } else { None };
             let report = StepReport {
                 step: self.step,
                 loss: total,
@@ -369,10 +467,10 @@ impl Trainer {
                 seconds: self.seconds,
                 fid,
             };
-            if logged {
+            if let (true, Some(log)) = (logged, &mut log) {
                 log.append(&report)?;
             }
-            if saved {
+            if let (true, Some(log)) = (saved, &mut log) {
                 if let Some(name) = self.params.first_non_finite() {
                     return Err(Error::NonFinite {
                         step: self.step,
@@ -382,7 +480,7 @@ impl Trainer {
                 self.save()?;
                 log.sync()?;
             }
-            if sampled {
+            if sampled && writer {
                 self.sample_grid()?;
             }
             if sampled || fid_due {

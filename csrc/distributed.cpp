@@ -1,0 +1,89 @@
+// PyTorch's own collective engine, c10d, for Rust: a TCPStore rendezvous and a Gloo process
+// group (CPU tensors), with the three collectives data-parallel training needs. tch 0.24 binds
+// none of c10d; everything called here is exported by libtorch_cpu, so a binary built with this
+// file still starts on a host without CUDA. Compiled by build.rs; the Gloo names its header
+// needs come from csrc/gloo-names (the torch wheel ships no Gloo headers).
+// libtorch_cpu is built with Gloo; its header asks to be told.
+#define USE_C10D_GLOO
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <chrono>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+namespace {
+char* error_copy(const std::exception& e) { return strdup(e.what()); }
+
+// A rendezvous store and the process group built on it; the store must outlive the group.
+struct Group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> backend;
+};
+
+// Runs one collective and waits for it; returns null, or the error's message.
+template <typename F>
+char* run(Group* group, F collective) {
+  try {
+    c10::intrusive_ptr<c10d::Work> work = collective(*group->backend);
+    work->wait();
+    return nullptr;
+  } catch (const std::exception& e) {
+    return error_copy(e);
+  }
+}
+}  // namespace
+
+extern "C" {
+
+// Joins the group of `world` ranks that meets at master_addr:port (rank 0 serves the store
+// there), with Gloo as the backend. Every collective and the rendezvous itself fail after
+// `timeout_ms`. Returns the group, or null with *error set (free it with cdm_free_error).
+void* cdm_dist_new_gloo(const char* master_addr, int port, int rank, int world, int64_t timeout_ms, char** error) {
+  try {
+    auto timeout = std::chrono::milliseconds(timeout_ms);
+    c10d::TCPStoreOptions options;
+    options.port = static_cast<std::uint16_t>(port);
+    options.isServer = rank == 0;
+    options.numWorkers = static_cast<std::size_t>(world);
+    options.waitWorkers = true;
+    options.timeout = timeout;
+    auto group = new Group;
+    group->store = c10::make_intrusive<c10d::TCPStore>(std::string(master_addr), options);
+    auto gloo = c10d::ProcessGroupGloo::Options::create_default(timeout);
+    group->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(group->store, rank, world, gloo);
+    return group;
+  } catch (const std::exception& e) {
+    *error = error_copy(e);
+    return nullptr;
+  }
+}
+
+// Sums `tensor` (dense, contiguous) over every rank, in place, the same result on each.
+char* cdm_dist_all_reduce_sum(void* group, at::Tensor* tensor) {
+  return run(static_cast<Group*>(group), [&](c10d::Backend& backend) {
+    std::vector<at::Tensor> tensors{*tensor};
+    return backend.allreduce(tensors);
+  });
+}
+
+// Copies rank `root`'s `tensor` into every other rank's, in place.
+char* cdm_dist_broadcast(void* group, at::Tensor* tensor, int root) {
+  return run(static_cast<Group*>(group), [&](c10d::Backend& backend) {
+    std::vector<at::Tensor> tensors{*tensor};
+    c10d::BroadcastOptions options;
+    options.rootRank = root;
+    return backend.broadcast(tensors, options);
+  });
+}
+
+// Returns once every rank has called it.
+char* cdm_dist_barrier(void* group) {
+  return run(static_cast<Group*>(group), [](c10d::Backend& backend) { return backend.barrier(); });
+}
+
+void cdm_dist_free(void* group) { delete static_cast<Group*>(group); }
+
+}  // extern "C"

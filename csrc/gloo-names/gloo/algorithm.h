@@ -1,0 +1,2 @@
+#pragma once
+// Names only: see ../README.md.
