@@ -14,7 +14,8 @@
 //! - DDM sampling: F. CDM sampling: forward and input gradient, 2F.
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -23,7 +24,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::{check_count, DeviceArg};
 
-use cdm::distributed::Shard;
+use cdm::distributed::{Launch, ProcessGroup, Shard, DEFAULT_TIMEOUT};
 use cdm::loss::LossWeights;
 use cdm::model::{Model, ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, ConvNetConfig, Head, MlpConfig, UnetConfig};
@@ -109,6 +110,10 @@ pub struct BenchArgs {
     /// Also time PyTorch's best eager setting (bf16 autocast and channels-last); always on CUDA.
     #[arg(long)]
     reference_best: bool,
+    /// Time Rust's step as N data-parallel ranks on this host, the size's batch split among
+    /// them (with --no-reference), and the gradient all-reduce alone; rank 0 reports.
+    #[arg(long, value_name = "N", value_parser = super::positive)]
+    nproc: Option<usize>,
 }
 
 /// The H200's dense bf16 matrix-product rate (a plain bf16 matrix product, measured on an H200
@@ -298,12 +303,22 @@ fn time_phases(trainer: &mut Trainer, config: &RunConfig, steps: u64, device: De
 /// Rust's timings: median milliseconds of a training step and a sampling step, each waited
 /// for; and the mean of a training step in a run of `steps` that reads nothing back but at its
 /// end (the steps queue on a GPU as in a real run).
-fn time_rust(args: &BenchArgs, device: Device) -> Result<(Timing, f64, Option<Phases>)> {
+fn time_rust(
+    args: &BenchArgs,
+    device: Device,
+    group: Option<&Arc<ProcessGroup>>,
+) -> Result<(Timing, f64, Option<Phases>)> {
     let (size, steps) = (args.size, args.steps);
     let config = run_config_in(size, args.batch, args.precision);
     check_count("--batch", config.train.batch_size, &config.model.data_shape)?;
     let dir = std::env::temp_dir().join(format!("cdm-bench-{}", std::process::id()));
-    let mut trainer = Trainer::open(&dir, config.clone(), device)?;
+    let mut trainer = match group {
+        None => Trainer::open(&dir, config.clone(), device)?,
+        Some(group) => {
+            let data = cdm::data::Dataset::open(&config.data)?;
+            Trainer::open_in_job(&dir, config.clone(), data, device, group.clone())?
+        }
+    };
     trainer.run_until(3, &mut |_| {})?;
     let mut train = Vec::new();
     for _ in 0..steps {
@@ -365,8 +380,33 @@ fn time_reference(args: &BenchArgs, device: Device) -> Result<Reference> {
     })
 }
 
+/// Median milliseconds of one all-reduce of a buffer as large as `size`'s gradients.
+fn time_all_reduce(group: &ProcessGroup, args: &BenchArgs, params: usize, device: Device) -> Result<f64> {
+    let buffer = Tensor::ones([params as i64], (args.precision.kind(), device));
+    let times: Result<Vec<f64>> =
+        (0..args.steps).map(|_| time_once(device, &mut || group.all_reduce_sum(&buffer).map_err(Into::into))).collect();
+    Ok(median(times?))
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
-    let device = args.device.device()?;
+    let launch = Launch::from_env()?;
+    if let (Some(n), None) = (args.nproc, &launch) {
+        if !args.no_reference {
+            bail!("--nproc times Rust's ranks alone: add --no-reference");
+        }
+        if n > 1 {
+            let program = std::env::current_exe().context("finding this program to start the ranks")?;
+            let argv: Vec<String> = std::env::args().skip(1).collect();
+            return Ok(cdm::distributed::spawn_local(&program, &argv, n, Duration::from_secs(30))?);
+        }
+    }
+    let group = launch.as_ref().map(|l| ProcessGroup::join(l, DEFAULT_TIMEOUT).map(Arc::new)).transpose()?;
+    let device = match &launch {
+        Some(launch) => launch.device(args.device.device()?),
+        None => args.device.device()?,
+    };
+    // Rank 0 alone speaks for a job.
+    let speaks = group.as_ref().is_none_or(|g| g.rank() == 0);
     let (mut rust, mut queued, mut torch, mut best) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut reference = None;
     let mut phases = Vec::new();
@@ -376,7 +416,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let rust_first = round % 2 == 0;
         for rust_turn in [rust_first, !rust_first] {
             if rust_turn {
-                let (timing, pipelined, round_phases) = time_rust(&args, device)?;
+                let (timing, pipelined, round_phases) = time_rust(&args, device, group.as_ref())?;
                 rust.push(timing);
                 queued.push(pipelined);
                 phases.extend(round_phases);
@@ -388,6 +428,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
         }
         let show = |(train, sample): Timing| format!("train {train:.1} ms, sample {sample:.1} ms");
+        if !speaks {
+            continue;
+        }
         eprintln!(
             "round {round}: rust {}{}",
             show(rust[round]),
@@ -458,6 +501,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
             });
         }
     }
-    println!("{report}");
+    if let Some(group) = &group {
+        let all_reduce = time_all_reduce(group, &args, params, device)?;
+        report["ranks"] = json!({
+            "world_size": group.world_size(), "backend": "gloo", "batch_per_rank": batch / group.world_size(),
+            "all_reduce_ms": all_reduce, "all_reduce_share_of_step": all_reduce / rust_train,
+        });
+    }
+    if speaks {
+        println!("{report}");
+    }
     Ok(())
 }

@@ -381,7 +381,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let (config, data) = resolved?;
     let device = launch.device(device);
     train(&args, |building| {
-        let trainer = Trainer::open_in_job(&args.out, config, data, device, group);
+        let trainer = Trainer::open_in_job(&args.out, config, data, device, group.into());
         building.finish_and_clear();
         trainer
     })

@@ -5,6 +5,7 @@
 //! [`config`], loading trained models in [`loading`], the log in [`log`], and the optimiser in
 //! [`crate::optim`].
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -92,7 +93,7 @@ pub struct Trainer {
     fid: Option<FidMonitor>,
     /// The data-parallel job this trainer is a rank of, if any: the gradients are summed over
     /// its ranks, and only rank 0 writes into the run's directory.
-    group: Option<ProcessGroup>,
+    group: Option<Arc<ProcessGroup>>,
     /// The rows of each step's batch this process computes.
     shard: Shard,
 }
@@ -121,7 +122,7 @@ impl Trainer {
         config: RunConfig,
         data: Dataset,
         device: Device,
-        group: ProcessGroup,
+        group: Arc<ProcessGroup>,
     ) -> Result<Self> {
         let shard = Shard::of(config.train.batch_size, group.rank(), group.world_size())?;
         let opened = Self::open_as(dir, config, data, device, group.rank() == 0);
@@ -334,6 +335,11 @@ impl Trainer {
             empty => empty.insert(FidMonitor::new(&self.config.data, cfg.fid_samples, self.device)?),
         };
         monitor.measure(&self.ema_model, (cfg.precision.kind(), self.device))
+    }
+
+    /// The data-parallel job this trainer is a rank of.
+    pub fn group(&self) -> Option<&ProcessGroup> {
+        self.group.as_deref()
     }
 
     /// Whether this process writes the run's files: a single process, or rank 0 of a job.
