@@ -253,6 +253,13 @@ impl ProcessGroup {
         self.check("a barrier", message)
     }
 
+    /// Whether `flag` holds on any rank (all ranks get the same answer).
+    pub fn any(&self, flag: bool) -> Result<bool> {
+        let count = Tensor::from_slice(&[flag as i64]);
+        self.all_reduce_sum(&count)?;
+        Ok(count.int64_value(&[0]) > 0)
+    }
+
     /// Rank 0's `bytes` on every rank (the others pass `None`).
     pub fn broadcast_bytes(&self, bytes: Option<&[u8]>) -> Result<Vec<u8>> {
         let len = Tensor::from_slice(&[bytes.map_or(0, |b| b.len() as i64)]);
