@@ -12,7 +12,7 @@ use cdm::likelihood::{bits_per_dim, bits_per_dim_8bit, dequantize, log_prob, Deq
 use cdm::plot::image_grid;
 use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::rng::Rng;
-use cdm::sample::{draw, Noise, SampleOptions, Samples, Start};
+use cdm::sample::{draw, time_window, Noise, SampleOptions, Samples, SamplingStats, Start};
 use cdm::schedule::levels_like;
 use cdm::train::{load_model, LoadedModel, Precision};
 
@@ -323,6 +323,7 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         let reference = draw_samples(&loaded, args.n, &sequential, args.ckpt.batch, start, &mut |_| {})?;
         let gap = (&samples - &reference.x).to_kind(Kind::Double);
         report["sequential_cost"] = json!(reference.stats);
+        report["latency"] = latency(&loaded, &args, &stats, &reference.stats)?;
         report["max_abs_difference"] = json!(gap.abs().max().double_value(&[]));
         report["rms_difference"] = json!(gap.square().mean(Kind::Double).sqrt().double_value(&[]));
     }
@@ -384,6 +385,28 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     Ok(())
 }
 
+/// Where a parallel run's time goes, against the network alone: one iteration against one
+/// batched evaluation of its whole window (the sampler's own overhead is their difference), and
+/// the parallel run against the sequential one by the clock.
+fn latency(
+    loaded: &LoadedModel,
+    args: &SampleArgs,
+    parallel: &SamplingStats,
+    sequential: &SamplingStats,
+) -> Result<serde_json::Value> {
+    let n = args.n.min(args.ckpt.batch.max(1));
+    let evaluation = time_window(&loaded.model, loaded.options(), n, &args.options, 5)?;
+    let iteration = parallel.seconds / parallel.iterations.max(1) as f64;
+    Ok(json!({
+        "window_states": args.options.parallel.unwrap_or(1).min(args.options.steps) * n,
+        "window_evaluation_seconds": evaluation,
+        "iteration_seconds": iteration,
+        "iteration_over_evaluation": iteration / evaluation,
+        "sequential_step_seconds": sequential.seconds / sequential.iterations.max(1) as f64,
+        "speed_up": sequential.seconds / parallel.seconds,
+    }))
+}
+
 /// One line per run: rounds of evaluation, states per trajectory and the largest batch.
 fn print_cost(report: &serde_json::Value) {
     let line = |what: &str, c: &serde_json::Value| {
@@ -408,6 +431,16 @@ fn print_cost(report: &serde_json::Value) {
             "parallel against sequential samples: max |difference| {:.3e}, rms {:.3e}",
             report["max_abs_difference"].as_f64().unwrap_or(f64::NAN),
             report["rms_difference"].as_f64().unwrap_or(f64::NAN)
+        );
+        let latency = &report["latency"];
+        let seconds = |key: &str| latency[key].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "one iteration {:.2} ms against {:.2} ms for one evaluation of its {} states ({:.2}x); {:.2}x faster than sequential",
+            seconds("iteration_seconds") * 1e3,
+            seconds("window_evaluation_seconds") * 1e3,
+            latency["window_states"],
+            seconds("iteration_over_evaluation"),
+            seconds("speed_up")
         );
     }
 }

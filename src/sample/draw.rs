@@ -160,6 +160,92 @@ pub struct Samples {
     pub trace: Vec<Tensor>,
 }
 
+/// The labels of `n` samples of a conditional model (none for an unconditional one, or when
+/// drawn with the null label): `opts.class`, else the starting points' labels, else every class
+/// in turn.
+fn labels_for(model: &Model, opts: &SampleOptions, n: usize, start_labels: Option<&Vec<i64>>) -> Option<Vec<i64>> {
+    let num_labels = model.num_labels() as i64;
+    (num_labels > 0 && !opts.unconditional).then(|| match (opts.class, start_labels) {
+        (None, Some(data_labels)) => data_labels.iter().copied().take(n).collect(),
+        _ => (0..n as i64).map(|i| opts.class.unwrap_or(i % num_labels)).collect(),
+    })
+}
+
+/// What a batch is sampled from: the model with the batch's labels, under classifier-free
+/// guidance when it has a weight, its x̂0 clipped when asked. One type, so that the sampler and
+/// [`time_window`] evaluate the same thing.
+struct Predictor<'a> {
+    conditional: Conditioned<'a, Model>,
+    guided: Option<GuidedPair<'a, Model>>,
+    model: &'a Model,
+    clip: Option<f64>,
+}
+
+impl<'a> Predictor<'a> {
+    fn new(model: &'a Model, labels: Option<&[i64]>, opts: &SampleOptions, device: Device) -> Self {
+        let labels = labels.map(|l| Tensor::from_slice(l).to_device(device));
+        let guided = labels.as_ref().filter(|_| opts.guidance != 0.0).map(|labels| GuidedPair {
+            model,
+            labels: labels.shallow_clone(),
+            null_label: model.num_labels() as i64,
+            weight: opts.guidance,
+        });
+        Predictor { conditional: Conditioned { model, labels }, guided, model, clip: opts.clip_x0 }
+    }
+}
+
+impl NoisePredictor for Predictor<'_> {
+    fn eps(&self, x_t: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let inner: &dyn NoisePredictor = match &self.guided {
+            Some(guided) => guided,
+            None => &self.conditional,
+        };
+        match self.clip {
+            Some(limit) => ClipX0 { inner, schedule: self.model.schedule(), limit }.eps(x_t, t),
+            None => inner.eps(x_t, t),
+        }
+    }
+}
+
+/// Seconds of one batched evaluation of a whole parallel window (`opts.parallel` steps of `n`
+/// samples, at the grid's first levels, with `draw`'s labels, guidance and clipping): what a
+/// parallel iteration would cost if the sampler added nothing to the network. The median of
+/// `repeats` timed calls after one untimed call, the device's queue drained around each.
+pub fn time_window(
+    model: &Model,
+    options: (Kind, Device),
+    n: usize,
+    opts: &SampleOptions,
+    repeats: usize,
+) -> Result<f64> {
+    let (kind, device) = options;
+    let levels = model.schedule().sampling_levels(opts.steps)?;
+    let window = opts.parallel.unwrap_or(1).min(opts.steps);
+    let labels = labels_for(model, opts, n, None);
+    let predictor = Predictor::new(model, labels.as_deref(), opts, device);
+    let states = Noise::new(opts.seed, 0, window * n).normal(model.data_shape(), kind, device);
+    let t = super::steps::window_levels(&levels[..window], n as i64, device);
+    let mut seconds = Vec::with_capacity(repeats);
+    for k in 0..=repeats {
+        synchronize(device);
+        let clock = Instant::now();
+        let _ = predictor.eps(&states, &t)?;
+        synchronize(device);
+        if k > 0 {
+            seconds.push(clock.elapsed().as_secs_f64());
+        }
+    }
+    seconds.sort_by(f64::total_cmp);
+    Ok(seconds[seconds.len() / 2])
+}
+
+/// Waits for the device's queued work, so that a time is the work's own.
+fn synchronize(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
 /// Separates the step-noise streams of a seed from its starting-point streams.
 const STEP_NOISE_SALT: u64 = 0x5eed_0f57_e900_015e;
 
@@ -198,11 +284,7 @@ pub fn draw(
         None => schedule.sampling_levels(opts.steps)?,
     };
     let table = StepTable::new(opts.sampler, opts.eta, schedule, &levels)?;
-    let labels: Option<Vec<i64>> =
-        (num_labels > 0 && !opts.unconditional).then(|| match (opts.class, start.and_then(|s| s.labels.as_ref())) {
-            (None, Some(data_labels)) => data_labels.iter().copied().take(n).collect(),
-            _ => (0..n as i64).map(|i| opts.class.unwrap_or(i % num_labels)).collect(),
-        });
+    let labels = labels_for(model, opts, n, start.and_then(|s| s.labels.as_ref()));
     if let Some(bad) = labels.iter().flatten().find(|l| !(0..num_labels).contains(*l)) {
         return Err(Error::Config(format!(
             "label {bad} of the starting points: the model knows classes 0..{}",
@@ -227,23 +309,7 @@ pub fn draw(
     let mut traces = Vec::new();
     for first in (0..n).step_by(batch) {
         let len = batch.min(n - first);
-        let chunk_labels = labels.as_ref().map(|l| Tensor::from_slice(&l[first..first + len]).to_device(device));
-        let guided = chunk_labels.as_ref().map(|labels| GuidedPair {
-            model,
-            labels: labels.shallow_clone(),
-            null_label: num_labels,
-            weight: opts.guidance,
-        });
-        let conditional = Conditioned { model, labels: chunk_labels };
-        let unclipped: &dyn NoisePredictor = match &guided {
-            Some(guided) if opts.guidance != 0.0 => guided,
-            _ => &conditional,
-        };
-        let clipped = opts.clip_x0.map(|limit| ClipX0 { inner: unclipped, schedule, limit });
-        let predictor: &dyn NoisePredictor = match &clipped {
-            Some(c) => c,
-            None => unclipped,
-        };
+        let predictor = &Predictor::new(model, labels.as_ref().map(|l| &l[first..first + len]), opts, device);
         // One stream per sample for x_T, and another for the noise of its steps.
         let x_t = match start {
             Some(s) => s.x_t.narrow(0, first as i64, len as i64).to_kind(kind).to_device(device),
