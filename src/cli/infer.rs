@@ -12,7 +12,7 @@ use cdm::likelihood::{bits_per_dim, bits_per_dim_8bit, dequantize, log_prob, Deq
 use cdm::plot::image_grid;
 use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::rng::Rng;
-use cdm::sample::{draw, time_window, Noise, SampleOptions, Samples, SamplingStats, Start};
+use cdm::sample::{draw, time_windows, Noise, SampleOptions, Samples, SamplingStats, Start};
 use cdm::schedule::levels_like;
 use cdm::train::{load_model, LoadedModel, Precision};
 
@@ -312,7 +312,7 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         let warm_up = SampleOptions { steps: 1, parallel: None, ..args.options.clone() };
         draw(&loaded.model, loaded.options(), 1, &warm_up, 1, None, &mut |_| {})?;
     }
-    let Samples { x: samples, labels, stats, .. } =
+    let Samples { x: samples, labels, stats, windows, .. } =
         draw_samples(&loaded, args.n, &args.options, args.ckpt.batch, start, &mut |_| {})?;
     let mut report = json!({"n": args.n, "options": args.options, "cost": stats});
     if args.compare_sequential {
@@ -323,7 +323,7 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         let reference = draw_samples(&loaded, args.n, &sequential, args.ckpt.batch, start, &mut |_| {})?;
         let gap = (&samples - &reference.x).to_kind(Kind::Double);
         report["sequential_cost"] = json!(reference.stats);
-        report["latency"] = latency(&loaded, &args, &stats, &reference.stats)?;
+        report["latency"] = latency(&loaded, &args, &stats, &windows, &reference.stats)?;
         report["max_abs_difference"] = json!(gap.abs().max().double_value(&[]));
         report["rms_difference"] = json!(gap.square().mean(Kind::Double).sqrt().double_value(&[]));
     }
@@ -385,23 +385,24 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     Ok(())
 }
 
-/// Where a parallel run's time goes, against the network alone: one iteration against one
-/// batched evaluation of its whole window (the sampler's own overhead is their difference), and
-/// the parallel run against the sequential one by the clock.
+/// Where a parallel run's time goes: the run against its network calls replayed alone (each
+/// iteration's window evaluated in one batch, nothing else), so that their ratio is the cost
+/// of one iteration over one batched evaluation of its window; and the parallel run against
+/// the sequential one by the clock.
 fn latency(
     loaded: &LoadedModel,
     args: &SampleArgs,
     parallel: &SamplingStats,
+    windows: &[usize],
     sequential: &SamplingStats,
 ) -> Result<serde_json::Value> {
     let n = args.n.min(args.ckpt.batch.max(1));
-    let evaluation = time_window(&loaded.model, loaded.options(), n, &args.options, 5)?;
-    let iteration = parallel.seconds / parallel.iterations.max(1) as f64;
+    let network = time_windows(&loaded.model, loaded.options(), n, &args.options, windows)?;
+    let iterations = parallel.iterations.max(1) as f64;
     Ok(json!({
-        "window_states": args.options.parallel.unwrap_or(1).min(args.options.steps) * n,
-        "window_evaluation_seconds": evaluation,
-        "iteration_seconds": iteration,
-        "iteration_over_evaluation": iteration / evaluation,
+        "iteration_seconds": parallel.seconds / iterations,
+        "window_evaluation_seconds": network / iterations,
+        "iteration_over_evaluation": parallel.seconds / network,
         "sequential_step_seconds": sequential.seconds / sequential.iterations.max(1) as f64,
         "speed_up": sequential.seconds / parallel.seconds,
     }))
@@ -435,10 +436,9 @@ fn print_cost(report: &serde_json::Value) {
         let latency = &report["latency"];
         let seconds = |key: &str| latency[key].as_f64().unwrap_or(f64::NAN);
         println!(
-            "one iteration {:.2} ms against {:.2} ms for one evaluation of its {} states ({:.2}x); {:.2}x faster than sequential",
+            "one iteration {:.2} ms against {:.2} ms for one evaluation of its window ({:.2}x); {:.2}x faster than sequential",
             seconds("iteration_seconds") * 1e3,
             seconds("window_evaluation_seconds") * 1e3,
-            latency["window_states"],
             seconds("iteration_over_evaluation"),
             seconds("speed_up")
         );

@@ -158,6 +158,9 @@ pub struct Samples {
     /// With `trace`: the samples after each parallel iteration ([n, ..] on the CPU each); a
     /// batch that converged sooner holds its final samples.
     pub trace: Vec<Tensor>,
+    /// The steps each network call evaluated per sample, in order over the batches (all 1 for
+    /// a sequential run): what [`time_windows`] replays.
+    pub windows: Vec<usize>,
 }
 
 /// The labels of `n` samples of a conditional model (none for an unconditional one, or when
@@ -207,36 +210,36 @@ impl NoisePredictor for Predictor<'_> {
     }
 }
 
-/// Seconds of one batched evaluation of a whole parallel window (`opts.parallel` steps of `n`
-/// samples, at the grid's first levels, with `draw`'s labels, guidance and clipping): what a
-/// parallel iteration would cost if the sampler added nothing to the network. The median of
-/// `repeats` timed calls after one untimed call, the device's queue drained around each.
-pub fn time_window(
+/// Seconds the network alone takes for a run's calls: one batched evaluation of `windows[i]`
+/// steps of `n` samples per call, in turn (at the grid's first levels, with `draw`'s labels,
+/// guidance and clipping), after one untimed call of the largest, the device's queue drained
+/// around each. Against the run's own time, what the sampler adds to its network.
+pub fn time_windows(
     model: &Model,
     options: (Kind, Device),
     n: usize,
     opts: &SampleOptions,
-    repeats: usize,
+    windows: &[usize],
 ) -> Result<f64> {
     let (kind, device) = options;
     let levels = model.schedule().sampling_levels(opts.steps)?;
-    let window = opts.parallel.unwrap_or(1).min(opts.steps);
+    let largest = windows.iter().copied().max().unwrap_or(1).min(opts.steps);
     let labels = labels_for(model, opts, n, None);
     let predictor = Predictor::new(model, labels.as_deref(), opts, device);
-    let states = Noise::new(opts.seed, 0, window * n).normal(model.data_shape(), kind, device);
-    let t = super::steps::window_levels(&levels[..window], n as i64, device);
-    let mut seconds = Vec::with_capacity(repeats);
-    for k in 0..=repeats {
+    let states = Noise::new(opts.seed, 0, largest * n).normal(model.data_shape(), kind, device);
+    let t = super::steps::window_levels(&levels[..largest], n as i64, device);
+    let mut seconds = 0.0;
+    for (k, &w) in std::iter::once(&largest).chain(windows).enumerate() {
+        let rows = (w.min(largest) * n) as i64;
         synchronize(device);
         let clock = Instant::now();
-        let _ = predictor.eps(&states, &t)?;
+        let _ = predictor.eps(&states.narrow(0, 0, rows), &t.narrow(0, 0, rows))?;
         synchronize(device);
         if k > 0 {
-            seconds.push(clock.elapsed().as_secs_f64());
+            seconds += clock.elapsed().as_secs_f64();
         }
     }
-    seconds.sort_by(f64::total_cmp);
-    Ok(seconds[seconds.len() / 2])
+    Ok(seconds)
 }
 
 /// Waits for the device's queued work, so that a time is the work's own.
@@ -307,6 +310,7 @@ pub fn draw(
     let batch = batch.max(1);
     let mut parts = Vec::new();
     let mut traces = Vec::new();
+    let mut windows = Vec::new();
     for first in (0..n).step_by(batch) {
         let len = batch.min(n - first);
         let predictor = &Predictor::new(model, labels.as_ref().map(|l| &l[first..first + len]), opts, device);
@@ -318,18 +322,20 @@ pub fn draw(
         let mut noise = Noise::new(opts.seed ^ STEP_NOISE_SALT, first as u64, len);
         let x0 = match &parallel_opts {
             Some(p) => {
-                let run = parallel(predictor, schedule, &table, x_t, &mut noise, p, on_step)?;
+                let run = parallel(predictor, &table, x_t, &mut noise, p, on_step)?;
                 stats.iterations += run.stats.iterations;
                 stats.evaluations += run.stats.evaluations;
                 stats.largest_batch = stats.largest_batch.max(run.stats.largest_batch);
                 traces.push(run.trace);
+                windows.extend(run.windows);
                 run.x
             }
             None => {
                 stats.iterations += table.num_steps();
                 stats.evaluations += table.num_steps();
                 stats.largest_batch = stats.largest_batch.max(len);
-                sequential(predictor, schedule, &table, x_t, &mut noise, on_step)?
+                windows.extend(std::iter::repeat_n(1, table.num_steps()));
+                sequential(predictor, &table, x_t, &mut noise, on_step)?
             }
         };
         stats.batches += 1;
@@ -349,5 +355,5 @@ pub fn draw(
             Tensor::cat(&at_k, 0)
         })
         .collect();
-    Ok(Samples { x, labels, stats, trace })
+    Ok(Samples { x, labels, stats, trace, windows })
 }
