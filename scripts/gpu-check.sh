@@ -16,6 +16,10 @@
 #                             RUN=OUT/mnist`); its log and grids
 #   nll-PREC.json, denoising-PREC/  the trained weights scored in f32 and in bf16: test-set
 #                             bits/dim (uniform dequantization), the denoising MSE per level
+#   parallel-*.json           parallel sampling of the trained weights against sequential:
+#                             DDPM-1000 (p = 48) and DDIM-50 (p = 50, 16), one sample and 16;
+#                             iterations, evaluations, one iteration against its window's
+#                             network call replayed alone, the speed-up by the clock
 #   stages.txt, check.log     each stage's exit code and seconds; summary.md, the figures
 # GPU_CHECK_SKIP="gpu-tests bench" leaves out the stages whose names start so (a rerun of the
 # training alone, say). GPU_CHECK_DEVICE=cpu runs everything on the CPU, briefly, with the CPU
@@ -63,8 +67,9 @@ if [ -f "$bundle/run.tar.xz" ] && [ ! -f "$run/checkpoint.safetensors" ]; then
 fi
 done_steps=$(python3 -c 'import json, sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["step"])' "$run/log.jsonl" 2>/dev/null || echo 0)
 [ "$done_steps" -gt 0 ] && log "resuming the MNIST run at step $done_steps"
-# What follows the training: scoring and sampling (60 s), the f32 benches (120 s).
-train_limit=$((($(left) - 180 * scale) / scale))
+# What follows the training: scoring and sampling (60 s), parallel sampling (50 s), the f32
+# benches (120 s).
+train_limit=$((($(left) - 230 * scale) / scale))
 if [ "$device" = cpu ]; then # a few steps: enough to go through every stage
   train_steps=${GPU_CHECK_TRAIN_STEPS:-$((done_steps + 10))}
   [ "$train_limit" -gt 150 ] && train_limit=150
@@ -87,6 +92,18 @@ if [ -f "$run/checkpoint.safetensors" ]; then
   sample=("$cdm" sample --ckpt "$run" --n 100 --sampler ddim --steps 50 --clip-x0 1 --precision bf16 --device "$device")
   [ "$device" = cpu ] && sample=("$cdm" sample --ckpt "$run" --n 10 --sampler ddim --steps 5 --clip-x0 1 --device cpu)
   stage sample-conditional 15 120 "${sample[@]}" --out "$out/conditional.png"
+  # Parallel sampling's latency: each case (sampler, steps, window, samples) against the
+  # sequential run with the same noise, one iteration against its windows' network calls
+  # replayed alone (`latency` in parallel-*.json).
+  cases=("ddpm 1000 48 1" "ddpm 1000 48 16" "ddim 50 50 1" "ddim 50 16 1" "ddim 50 16 16")
+  [ "$device" = cpu ] && cases=("ddpm 20 8 1" "ddim 10 4 1")
+  for case in "${cases[@]}"; do
+    read -r sampler steps window n <<< "$case"
+    name=parallel-$sampler$steps-p$window-n$n
+    stage "$name" 40 125 "$cdm" sample --ckpt "$run" --n "$n" --sampler "$sampler" --steps "$steps" \
+      --parallel "$window" --tol 0.1 --clip-x0 1 --seed 2 --compare-sequential --json --device "$device" \
+      --out "$work/$name.npy" && cp "$out/$name.out" "$out/$name.json"
+  done
 else
   log "no checkpoint yet: no bits/dim or samples"
 fi
@@ -118,6 +135,15 @@ for path in sorted(out.glob("bench-*.json")):
 t = load("train-last.json")
 if t:
     print(f"\nMNIST training (bf16) reached step {t.get('step')} (loss {t.get('loss')}) in {t.get('seconds')} s of training")
+rows = [(p.name, load(p.name)) for p in sorted(out.glob("parallel-*.json"))]
+if any(r for _, r in rows):
+    print("\n| case | iterations | evaluations / sequential | iteration ms | its windows' evaluation ms | ratio | parallel s | sequential s | speed-up | max abs gap |\n|---|---|---|---|---|---|---|---|---|---|")
+for name, r in rows:
+    if r:
+        c, l = r["cost"], r["latency"]
+        print(f"| {name[:-5]} | {c['iterations']} | {c['evaluations'] / c['steps']:.2f} | {l['iteration_seconds'] * 1e3:.2f} | "
+              f"{l['window_evaluation_seconds'] * 1e3:.2f} | {l['iteration_over_evaluation']:.2f} | {c['seconds']:.2f} | "
+              f"{r['sequential_cost']['seconds']:.2f} | {l['speed_up']:.2f} | {r['max_abs_difference']:.1e} |")
 for precision in ["f32", "bf16"]:
     n = load(f"nll-{precision}.json")
     if n:

@@ -12,7 +12,7 @@ use cdm::likelihood::{bits_per_dim, bits_per_dim_8bit, dequantize, log_prob, Deq
 use cdm::plot::image_grid;
 use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::rng::Rng;
-use cdm::sample::{draw, Noise, SampleOptions, Samples, Start};
+use cdm::sample::{draw, time_windows, Noise, SampleOptions, Samples, SamplingStats, Start};
 use cdm::schedule::levels_like;
 use cdm::train::{load_model, LoadedModel, Precision};
 
@@ -312,7 +312,7 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         let warm_up = SampleOptions { steps: 1, parallel: None, ..args.options.clone() };
         draw(&loaded.model, loaded.options(), 1, &warm_up, 1, None, &mut |_| {})?;
     }
-    let Samples { x: samples, labels, stats, .. } =
+    let Samples { x: samples, labels, stats, windows, .. } =
         draw_samples(&loaded, args.n, &args.options, args.ckpt.batch, start, &mut |_| {})?;
     let mut report = json!({"n": args.n, "options": args.options, "cost": stats});
     if args.compare_sequential {
@@ -323,6 +323,7 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         let reference = draw_samples(&loaded, args.n, &sequential, args.ckpt.batch, start, &mut |_| {})?;
         let gap = (&samples - &reference.x).to_kind(Kind::Double);
         report["sequential_cost"] = json!(reference.stats);
+        report["latency"] = latency(&loaded, &args, &stats, &windows, &reference.stats)?;
         report["max_abs_difference"] = json!(gap.abs().max().double_value(&[]));
         report["rms_difference"] = json!(gap.square().mean(Kind::Double).sqrt().double_value(&[]));
     }
@@ -384,6 +385,29 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     Ok(())
 }
 
+/// Where a parallel run's time goes: the run against its network calls replayed alone (each
+/// iteration's window evaluated in one batch, nothing else), so that their ratio is the cost
+/// of one iteration over one batched evaluation of its window; and the parallel run against
+/// the sequential one by the clock.
+fn latency(
+    loaded: &LoadedModel,
+    args: &SampleArgs,
+    parallel: &SamplingStats,
+    windows: &[usize],
+    sequential: &SamplingStats,
+) -> Result<serde_json::Value> {
+    let n = args.n.min(args.ckpt.batch.max(1));
+    let network = time_windows(&loaded.model, loaded.options(), n, &args.options, windows)?;
+    let iterations = parallel.iterations.max(1) as f64;
+    Ok(json!({
+        "iteration_seconds": parallel.seconds / iterations,
+        "window_evaluation_seconds": network / iterations,
+        "iteration_over_evaluation": parallel.seconds / network,
+        "sequential_step_seconds": sequential.seconds / sequential.iterations.max(1) as f64,
+        "speed_up": sequential.seconds / parallel.seconds,
+    }))
+}
+
 /// One line per run: rounds of evaluation, states per trajectory and the largest batch.
 fn print_cost(report: &serde_json::Value) {
     let line = |what: &str, c: &serde_json::Value| {
@@ -408,6 +432,15 @@ fn print_cost(report: &serde_json::Value) {
             "parallel against sequential samples: max |difference| {:.3e}, rms {:.3e}",
             report["max_abs_difference"].as_f64().unwrap_or(f64::NAN),
             report["rms_difference"].as_f64().unwrap_or(f64::NAN)
+        );
+        let latency = &report["latency"];
+        let seconds = |key: &str| latency[key].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "one iteration {:.2} ms against {:.2} ms for one evaluation of its window ({:.2}x); {:.2}x faster than sequential",
+            seconds("iteration_seconds") * 1e3,
+            seconds("window_evaluation_seconds") * 1e3,
+            seconds("iteration_over_evaluation"),
+            seconds("speed_up")
         );
     }
 }

@@ -146,7 +146,7 @@ pub fn sampler_drift(
     let n = samples.min(x0.size()[0] as usize);
     let mut states: Vec<(usize, Tensor)> = Vec::new();
     draw(model, (batches.kind, batches.device), n, opts, n, None, &mut |step| {
-        states.push((levels[step.i + 1], step.x_t.to_device(Device::Cpu)))
+        states.push((levels[step.i + 1], step.x_t().to_device(Device::Cpu)))
     })?;
     let read_level = |x: &Tensor| -> Result<f64> { Ok(mean(&logits(classifier, x, batches)?.argmax(1, false))) };
     let real = x0.narrow(0, 0, n as i64).to_kind(Kind::Double);

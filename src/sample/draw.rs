@@ -42,7 +42,9 @@ pub struct SampleOptions {
     #[arg(long, conflicts_with_all = ["class", "guidance"])]
     pub unconditional: bool,
     /// Parallel sampling: refine a window of P steps at once by fixed-point iteration
-    /// (ParaDiGMS); each iteration evaluates P·batch states in one pass.
+    /// (ParaDiGMS); each iteration evaluates P·batch states in one pass. For a deterministic
+    /// sampler a window of about a third of the steps needs far fewer evaluations than one of
+    /// all of them, in about as many iterations (DDIM-50 at P = 16: docs/results.md §13).
     #[arg(long, value_name = "P")]
     pub parallel: Option<usize>,
     /// Parallel sampling: tolerance τ, in units of each step's noise standard deviation.
@@ -158,6 +160,95 @@ pub struct Samples {
     /// With `trace`: the samples after each parallel iteration ([n, ..] on the CPU each); a
     /// batch that converged sooner holds its final samples.
     pub trace: Vec<Tensor>,
+    /// The steps each network call evaluated per sample, in order over the batches (all 1 for
+    /// a sequential run): what [`time_windows`] replays.
+    pub windows: Vec<usize>,
+}
+
+/// The labels of `n` samples of a conditional model (none for an unconditional one, or when
+/// drawn with the null label): `opts.class`, else the starting points' labels, else every class
+/// in turn.
+fn labels_for(model: &Model, opts: &SampleOptions, n: usize, start_labels: Option<&Vec<i64>>) -> Option<Vec<i64>> {
+    let num_labels = model.num_labels() as i64;
+    (num_labels > 0 && !opts.unconditional).then(|| match (opts.class, start_labels) {
+        (None, Some(data_labels)) => data_labels.iter().copied().take(n).collect(),
+        _ => (0..n as i64).map(|i| opts.class.unwrap_or(i % num_labels)).collect(),
+    })
+}
+
+/// What a batch is sampled from: the model with the batch's labels, under classifier-free
+/// guidance when it has a weight, its x̂0 clipped when asked. One type, so that the sampler and
+/// [`time_window`] evaluate the same thing.
+struct Predictor<'a> {
+    conditional: Conditioned<'a, Model>,
+    guided: Option<GuidedPair<'a, Model>>,
+    model: &'a Model,
+    clip: Option<f64>,
+}
+
+impl<'a> Predictor<'a> {
+    fn new(model: &'a Model, labels: Option<&[i64]>, opts: &SampleOptions, device: Device) -> Self {
+        let labels = labels.map(|l| Tensor::from_slice(l).to_device(device));
+        let guided = labels.as_ref().filter(|_| opts.guidance != 0.0).map(|labels| GuidedPair {
+            model,
+            labels: labels.shallow_clone(),
+            null_label: model.num_labels() as i64,
+            weight: opts.guidance,
+        });
+        Predictor { conditional: Conditioned { model, labels }, guided, model, clip: opts.clip_x0 }
+    }
+}
+
+impl NoisePredictor for Predictor<'_> {
+    fn eps(&self, x_t: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let inner: &dyn NoisePredictor = match &self.guided {
+            Some(guided) => guided,
+            None => &self.conditional,
+        };
+        match self.clip {
+            Some(limit) => ClipX0 { inner, schedule: self.model.schedule(), limit }.eps(x_t, t),
+            None => inner.eps(x_t, t),
+        }
+    }
+}
+
+/// Seconds the network alone takes for a run's calls: one batched evaluation of `windows[i]`
+/// steps of `n` samples per call, in turn (at the grid's first levels, with `draw`'s labels,
+/// guidance and clipping), after one untimed call of the largest, the device's queue drained
+/// around each. Against the run's own time, what the sampler adds to its network.
+pub fn time_windows(
+    model: &Model,
+    options: (Kind, Device),
+    n: usize,
+    opts: &SampleOptions,
+    windows: &[usize],
+) -> Result<f64> {
+    let (kind, device) = options;
+    let levels = model.schedule().sampling_levels(opts.steps)?;
+    let largest = windows.iter().copied().max().unwrap_or(1).min(opts.steps);
+    let labels = labels_for(model, opts, n, None);
+    let predictor = Predictor::new(model, labels.as_deref(), opts, device);
+    let states = Noise::new(opts.seed, 0, largest * n).normal(model.data_shape(), kind, device);
+    let t = super::steps::window_levels(&levels[..largest], n as i64, device);
+    let mut seconds = 0.0;
+    for (k, &w) in std::iter::once(&largest).chain(windows).enumerate() {
+        let rows = (w.min(largest) * n) as i64;
+        synchronize(device);
+        let clock = Instant::now();
+        let _ = predictor.eps(&states.narrow(0, 0, rows), &t.narrow(0, 0, rows))?;
+        synchronize(device);
+        if k > 0 {
+            seconds += clock.elapsed().as_secs_f64();
+        }
+    }
+    Ok(seconds)
+}
+
+/// Waits for the device's queued work, so that a time is the work's own.
+fn synchronize(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
 }
 
 /// Separates the step-noise streams of a seed from its starting-point streams.
@@ -198,11 +289,7 @@ pub fn draw(
         None => schedule.sampling_levels(opts.steps)?,
     };
     let table = StepTable::new(opts.sampler, opts.eta, schedule, &levels)?;
-    let labels: Option<Vec<i64>> =
-        (num_labels > 0 && !opts.unconditional).then(|| match (opts.class, start.and_then(|s| s.labels.as_ref())) {
-            (None, Some(data_labels)) => data_labels.iter().copied().take(n).collect(),
-            _ => (0..n as i64).map(|i| opts.class.unwrap_or(i % num_labels)).collect(),
-        });
+    let labels = labels_for(model, opts, n, start.and_then(|s| s.labels.as_ref()));
     if let Some(bad) = labels.iter().flatten().find(|l| !(0..num_labels).contains(*l)) {
         return Err(Error::Config(format!(
             "label {bad} of the starting points: the model knows classes 0..{}",
@@ -225,25 +312,10 @@ pub fn draw(
     let batch = batch.max(1);
     let mut parts = Vec::new();
     let mut traces = Vec::new();
+    let mut windows = Vec::new();
     for first in (0..n).step_by(batch) {
         let len = batch.min(n - first);
-        let chunk_labels = labels.as_ref().map(|l| Tensor::from_slice(&l[first..first + len]).to_device(device));
-        let guided = chunk_labels.as_ref().map(|labels| GuidedPair {
-            model,
-            labels: labels.shallow_clone(),
-            null_label: num_labels,
-            weight: opts.guidance,
-        });
-        let conditional = Conditioned { model, labels: chunk_labels };
-        let unclipped: &dyn NoisePredictor = match &guided {
-            Some(guided) if opts.guidance != 0.0 => guided,
-            _ => &conditional,
-        };
-        let clipped = opts.clip_x0.map(|limit| ClipX0 { inner: unclipped, schedule, limit });
-        let predictor: &dyn NoisePredictor = match &clipped {
-            Some(c) => c,
-            None => unclipped,
-        };
+        let predictor = &Predictor::new(model, labels.as_ref().map(|l| &l[first..first + len]), opts, device);
         // One stream per sample for x_T, and another for the noise of its steps.
         let x_t = match start {
             Some(s) => s.x_t.narrow(0, first as i64, len as i64).to_kind(kind).to_device(device),
@@ -252,18 +324,20 @@ pub fn draw(
         let mut noise = Noise::new(opts.seed ^ STEP_NOISE_SALT, first as u64, len);
         let x0 = match &parallel_opts {
             Some(p) => {
-                let run = parallel(predictor, schedule, &table, x_t, &mut noise, p, on_step)?;
+                let run = parallel(predictor, &table, x_t, &mut noise, p, on_step)?;
                 stats.iterations += run.stats.iterations;
                 stats.evaluations += run.stats.evaluations;
                 stats.largest_batch = stats.largest_batch.max(run.stats.largest_batch);
                 traces.push(run.trace);
+                windows.extend(run.windows);
                 run.x
             }
             None => {
                 stats.iterations += table.num_steps();
                 stats.evaluations += table.num_steps();
                 stats.largest_batch = stats.largest_batch.max(len);
-                sequential(predictor, schedule, &table, x_t, &mut noise, on_step)?
+                windows.extend(std::iter::repeat_n(1, table.num_steps()));
+                sequential(predictor, &table, x_t, &mut noise, on_step)?
             }
         };
         stats.batches += 1;
@@ -283,5 +357,5 @@ pub fn draw(
             Tensor::cat(&at_k, 0)
         })
         .collect();
-    Ok(Samples { x, labels, stats, trace })
+    Ok(Samples { x, labels, stats, trace, windows })
 }

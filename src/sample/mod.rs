@@ -15,7 +15,7 @@ pub mod sequential;
 pub mod steps;
 
 pub use clip::ClipX0;
-pub use draw::{draw, SampleOptions, Samples, SamplingStats, Start};
+pub use draw::{draw, time_windows, SampleOptions, Samples, SamplingStats, Start};
 pub use guidance::{Guided, GuidedPair};
 pub use parallel::{parallel, ParallelInit, ParallelOptions, ParallelRun, ParallelSolver, ParallelStats};
 pub use sequential::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, sequential, DdimOptions};
@@ -47,27 +47,61 @@ impl Noise {
         Noise { streams: (0..n as u64).map(|i| Rng::stream(seed, first + i)).collect() }
     }
 
-    /// One N(0, I) draw per sample: [n, ..shape]. Each sample's stream fills its own rows of
-    /// one buffer, uploaded as one tensor (not one small tensor per sample, stacked).
+    /// One N(0, I) draw per sample: [n, ..shape].
     pub fn normal(&mut self, shape: &[i64], kind: Kind, device: Device) -> Tensor {
-        let per_sample = shape.iter().product::<i64>() as usize;
-        let mut values = Vec::with_capacity(per_sample * self.streams.len());
-        for stream in &mut self.streams {
-            stream.extend_normal(&mut values, per_sample);
+        self.steps(&[true], shape, kind, device).squeeze_dim(0)
+    }
+
+    /// The noise of k consecutive steps, [k, n, ..shape]: step i's rows are N(0, I) draws where
+    /// `draws[i]`, zeros where the step draws none. Each sample's stream gives its steps' values
+    /// in step order, so this is [`Noise::normal`] called for each drawing step in turn, filled
+    /// into one buffer on the host and uploaded as one tensor (not one small tensor per sample
+    /// or step, stacked).
+    pub fn steps(&mut self, draws: &[bool], shape: &[i64], kind: Kind, device: Device) -> Tensor {
+        let (per_sample, n) = (shape.iter().product::<i64>() as usize, self.streams.len());
+        let mut values = vec![0.0; draws.len() * n * per_sample];
+        let mut row = Vec::with_capacity(per_sample);
+        for (s, stream) in self.streams.iter_mut().enumerate() {
+            for (i, _) in draws.iter().enumerate().filter(|(_, &d)| d) {
+                row.clear();
+                stream.extend_normal(&mut row, per_sample);
+                let at = (i * n + s) * per_sample;
+                values[at..at + per_sample].copy_from_slice(&row);
+            }
         }
-        let full_shape = [&[self.streams.len() as i64][..], shape].concat();
+        let full_shape = [&[draws.len() as i64, n as i64][..], shape].concat();
         Tensor::from_slice(&values).reshape(full_shape).to_kind(kind).to_device(device)
     }
 }
 
-/// What a sampler reports after each step.
+/// What a sampler reports after each step. A parallel sampler reports a block of converged
+/// steps at once, so the step's tensors are rows of the block's, selected only when asked for:
+/// most listeners (a progress bar) need the index alone, and a selection per step would be an
+/// operation per step.
 pub struct Step<'a> {
     /// Step index, from 0.
     pub i: usize,
     /// The level just left.
     pub t: usize,
-    /// The state after the step.
-    pub x_t: &'a Tensor,
-    /// The denoised estimate x̂0 at level `t`.
-    pub x0: &'a Tensor,
+    /// The states after a block of steps [k, n, ..] and their x̂0, of which this step is `row`.
+    states: &'a Tensor,
+    x0s: &'a Tensor,
+    row: i64,
+}
+
+impl<'a> Step<'a> {
+    /// Step `i` from level `t`, row `row` of the block `states` with denoised estimates `x0s`.
+    pub(crate) fn new(i: usize, t: usize, states: &'a Tensor, x0s: &'a Tensor, row: i64) -> Self {
+        Step { i, t, states, x0s, row }
+    }
+
+    /// The state after the step: [n, ..].
+    pub fn x_t(&self) -> Tensor {
+        self.states.get(self.row)
+    }
+
+    /// The denoised estimate x̂0 at level `t`: [n, ..].
+    pub fn x0(&self) -> Tensor {
+        self.x0s.get(self.row)
+    }
 }

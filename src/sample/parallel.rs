@@ -22,11 +22,9 @@ use std::collections::VecDeque;
 
 use tch::{Kind, Tensor};
 
-use super::sequential::check_finite;
-use super::steps::{window_levels, StepTable};
+use super::steps::StepTable;
 use super::{Noise, Step};
 use crate::predictor::NoisePredictor;
-use crate::schedule::Schedule;
 use crate::{Error, Result};
 
 /// How the window's next iterate is formed from the Picard map.
@@ -96,6 +94,8 @@ pub struct ParallelRun {
     pub stats: ParallelStats,
     /// The window's last state after each iteration ([n, ..] each), when `trace` was set.
     pub trace: Vec<Tensor>,
+    /// The steps in the window at each iteration, what each network call evaluated per sample.
+    pub windows: Vec<usize>,
 }
 
 /// What a parallel run cost.
@@ -155,11 +155,9 @@ impl Anderson {
         let gamma = gamma.permute([2, 1, 0]).unsqueeze(-1).to_kind(x.kind()); // [m, W, n, 1]
         let correction = ((dx + df) * gamma).sum_dim_intlist(0, false, x.kind()).reshape(x.size());
         let accelerated = Tensor::cat(&[g.narrow(0, 0, 1), (g - correction).narrow(0, 1, w - 1)], 0);
-        // A fit that is not finite (a degenerate history) falls back to plain Picard.
-        match accelerated.isfinite().all().int64_value(&[]) {
-            1 => accelerated,
-            _ => g.shallow_clone(),
-        }
+        // A fit that is not finite (a degenerate history) falls back to plain Picard, decided
+        // on the device (no read).
+        accelerated.where_self(&accelerated.isfinite().all(), g)
     }
 
     /// After the window slid by `stride` to `len` positions: every stored iterate drops its
@@ -167,8 +165,11 @@ impl Anderson {
     fn slide(&mut self, stride: i64, len: i64) {
         for (x, f, valid) in self.past.iter_mut() {
             let keep = (x.size()[0] - stride).min(len);
-            let pad =
-                |t: &Tensor| Tensor::cat(&[t.narrow(0, stride, keep), repeated(&t.get(0).zeros_like(), len - keep)], 0);
+            let pad = |t: &Tensor| {
+                let mut size = t.size();
+                size[0] = len - keep;
+                Tensor::cat(&[t.narrow(0, stride, keep), Tensor::zeros(&size, (t.kind(), t.device()))], 0)
+            };
             *x = pad(x);
             *f = pad(f);
             *valid = (*valid - stride).clamp(0, keep);
@@ -176,34 +177,120 @@ impl Anderson {
     }
 }
 
-/// The quasi-Newton sweep over a window whose states `x` ([W, n, ..], from x_b) moved by
-/// `drift` = Φ(x) − x: x′_b = x_b, x′_{j+1} = Φ_j(x_j) + J_j·(x′_j − x_j), [W, n, ..] for
-/// positions 1..=W. λ is the per-dimension variance of the window's x̂0 over its samples.
-fn newton_sweep(table: &StepTable, begin: usize, x: &Tensor, drift: &Tensor, x0: &Tensor) -> Tensor {
-    let lambda = x0.var_dim(1, false, false).mean(Kind::Double).double_value(&[]).max(1e-6);
-    let mut moved = x.get(0);
-    let mut states = Vec::with_capacity(x.size()[0] as usize);
-    for k in 0..x.size()[0] {
-        let (x_k, phi) = (x.get(k), x.get(k) + drift.get(k));
-        moved = phi + (&moved - x_k) * table.gaussian_jacobian(begin + k as usize, lambda);
-        states.push(moved.shallow_clone());
+/// y_k = J_k·y_{k−1} + r_k for k = 0..W (y_{−1} = 0), `j` [W, 1, ..] and `r` [W, n, ..]: the
+/// quasi-Newton sweep's recurrence in ⌈log2 W⌉ rounds of whole-window operations (the
+/// Hillis–Steele scan over the affine maps y ↦ J·y + r) instead of W dependent small steps.
+fn affine_scan(j: &Tensor, r: &Tensor) -> Tensor {
+    let w = r.size()[0];
+    let (mut gain, mut y) = (j.shallow_clone(), r.shallow_clone());
+    let mut offset = 1;
+    while offset < w {
+        // Entry k holds the map from y_{k−offset} to y_k; composing it with entry k − offset's
+        // doubles its reach.
+        let keep = w - offset;
+        let reach = y.narrow(0, offset, keep) + gain.narrow(0, offset, keep) * y.narrow(0, 0, keep);
+        let composed = gain.narrow(0, offset, keep) * gain.narrow(0, 0, keep);
+        y = Tensor::cat(&[y.narrow(0, 0, offset), reach], 0);
+        gain = Tensor::cat(&[gain.narrow(0, 0, offset), composed], 0);
+        offset *= 2;
     }
-    Tensor::stack(&states, 0)
+    y
 }
 
-/// `x` ([..]) stacked `k` times: [k, ..].
-fn repeated(x: &Tensor, k: i64) -> Tensor {
-    let mut size = x.size();
-    size.insert(0, k);
-    x.unsqueeze(0).expand(&size, false).contiguous()
+/// The window's states and noises in two buffers reused across iterations: states x_b..x_{b+w}
+/// at positions `offset..=offset + w`, the noise of step b + i at `offset + i`. The window
+/// slides along the buffers and is copied back to their start when it reaches their end; with
+/// room for two windows, that copy never overlaps itself.
+struct Window {
+    states: Tensor,
+    noises: Tensor,
+    offset: i64,
+    /// b, the first step in the window.
+    begin: usize,
+    /// w, the steps in the window.
+    width: usize,
+}
+
+impl Window {
+    /// An empty window at step 0 with room for windows of `capacity` steps.
+    fn new(x_t: &Tensor, capacity: usize) -> Self {
+        let mut size = x_t.size();
+        size.insert(0, 2 * capacity as i64 + 2);
+        let states = Tensor::zeros(&size, (x_t.kind(), x_t.device()));
+        states.get(0).copy_(x_t);
+        Window { noises: states.zeros_like(), states, offset: 0, begin: 0, width: 0 }
+    }
+
+    /// x_b..x_{b+w−1}, the states the window's steps start from: [w, n, ..].
+    fn starts(&self) -> Tensor {
+        self.states.narrow(0, self.offset, self.width as i64)
+    }
+
+    /// x_{b+1}..x_{b+w}, the states the window's steps lead to: [w, n, ..].
+    fn ends(&self) -> Tensor {
+        self.states.narrow(0, self.offset + 1, self.width as i64)
+    }
+
+    fn noise(&self) -> Tensor {
+        self.noises.narrow(0, self.offset, self.width as i64)
+    }
+
+    /// Drops the first `stride` steps (converged).
+    fn slide(&mut self, stride: usize) {
+        self.begin += stride;
+        self.offset += stride as i64;
+        self.width -= stride;
+    }
+
+    /// Grows the window to `width` steps: the new steps' noise drawn from the per-sample streams
+    /// in step order (one upload), and their states guessed from the window's last state by
+    /// [`StepTable::held_x0_map`] with `x0` and the multistep memory `memory` ([1, n, ..] each)
+    /// held, copying where `moves(j)` is false (one matrix product).
+    fn extend(
+        &mut self,
+        table: &StepTable,
+        noise: &mut Noise,
+        width: usize,
+        moves: &dyn Fn(usize) -> bool,
+        x0: &Tensor,
+        memory: &Tensor,
+    ) {
+        let (first, k) = (self.begin + self.width, (width - self.width) as i64);
+        if k == 0 {
+            return;
+        }
+        if self.offset + width as i64 + 1 > self.states.size()[0] {
+            let kept = self.width as i64;
+            self.states.narrow(0, 0, kept + 1).copy_(&self.states.narrow(0, self.offset, kept + 1));
+            self.noises.narrow(0, 0, kept).copy_(&self.noises.narrow(0, self.offset, kept));
+            self.offset = 0;
+        }
+        let at = self.offset + self.width as i64;
+        let state_shape = &self.states.size()[1..];
+        let range = first..first + k as usize;
+        let draws: Vec<bool> = range.clone().map(|j| table.draws_noise(j)).collect();
+        let (kind, device) = (self.states.kind(), self.states.device());
+        let z = noise.steps(&draws, &state_shape[1..], kind, device);
+        self.noises.narrow(0, at, k).copy_(&z);
+        let map = Tensor::from_slice(&table.held_x0_map(range, moves)).reshape([k, k + 3]).to_device(device);
+        let inputs = Tensor::cat(&[self.states.narrow(0, at, 1), x0.shallow_clone(), memory.shallow_clone(), z], 0);
+        let guess = map.to_kind(kind).matmul(&inputs.reshape([k + 3, -1]));
+        self.states.narrow(0, at + 1, k).copy_(&guess.reshape([&[k][..], state_shape].concat()));
+        self.width = width;
+    }
 }
 
 /// Samples by parallel fixed-point iteration over the steps of `table`, from `x_t` ([n, ..],
 /// at `table.levels()[0]`). With the same `noise` streams it converges to what
 /// [`super::sequential`] returns; `on_step` sees each step once it has converged.
+///
+/// An iteration is a fixed handful of batched device operations whatever the window's width:
+/// the network call, the drifts, their cumulative sum (or the Newton sweep's scan), the
+/// residuals and the stopping rule, then one read of two integers (how many states converged,
+/// and whether the first is finite), and for the steps entering the window one upload of their
+/// noise and guess map. No loop runs over the window's steps but the `on_step` calls.
 pub fn parallel(
     model: &dyn NoisePredictor,
-    schedule: &Schedule,
     table: &StepTable,
     x_t: Tensor,
     noise: &mut Noise,
@@ -220,113 +307,91 @@ pub fn parallel(
         return Err(Error::Config("the Anderson solver needs a history of at least 1 iterate".into()));
     }
     let num_steps = table.num_steps();
-    let (n, sample_shape) = (x_t.size()[0], x_t.size()[1..].to_vec());
-    let dim = sample_shape.iter().product::<i64>() as f64;
+    let n = x_t.size()[0];
     let levels = table.levels();
-    // Noise of step j, drawn from the per-sample streams in step order as steps enter the window.
-    let mut draw = |j: usize| match table.draws_noise(j) {
-        true => noise.normal(&sample_shape, x_t.kind(), x_t.device()),
-        false => x_t.zeros_like(),
-    };
+    let columns = table.columns(&x_t);
     let mut stats = ParallelStats::default();
     let mut trace = Vec::new();
+    let mut windows = Vec::new();
     let guess = opts.init == ParallelInit::Guess;
     let mut anderson =
         (opts.solver == ParallelSolver::Anderson).then(|| Anderson { capacity: opts.history, past: VecDeque::new() });
-    let mut begin = 0;
-    let mut width = opts.window.min(num_steps);
-    let mut noises = Tensor::stack(&(0..width).map(&mut draw).collect::<Vec<_>>(), 0);
-    // States x_b..x_{b+W} (position 0 fixed).
-    let mut states = {
-        let (origin, mut tail) = (x_t.zeros_like().unsqueeze(0), x_t.unsqueeze(0));
-        let mut first = vec![tail.shallow_clone()];
-        for j in 0..width {
-            if guess && table.draws_noise(j) {
-                let eps = table.eps_given_x0(j, &tail, &origin);
-                tail = table.apply(j, &tail, &eps, None, Some(&noises.narrow(0, j as i64, 1)));
-            }
-            first.push(tail.shallow_clone());
-        }
-        Tensor::cat(&first, 0)
-    };
+    let zeros = x_t.zeros_like().unsqueeze(0);
+    let mut window = Window::new(&x_t, opts.window.min(num_steps));
+    // The first window's stochastic steps move from x̂0 = 0 with their own noise; its
+    // deterministic steps copy x_T.
+    window.extend(table, noise, opts.window.min(num_steps), &|j| guess && table.draws_noise(j), &zeros, &zeros);
     // What the step before the window remembers, for multistep solvers.
     let mut carried: Option<Tensor> = None;
     loop {
-        let w = width as i64;
-        let x = states.narrow(0, 0, w);
-        let t = window_levels(&levels[begin..begin + width], n, x_t.device());
-        let flat = x.flatten(0, 1);
-        let eps = model.eps(&flat, &t)?;
-        let x0 = schedule.x0_from_eps(&flat, &eps, &t).view_as(&x);
-        let eps = eps.view_as(&x);
+        let (begin, w) = (window.begin, window.width as i64);
+        let x = window.starts();
+        let eps = model.eps(&x.flatten(0, 1), &columns.levels(begin, w))?.view_as(&x);
+        let x0 = columns.x0(begin, &x, &eps);
         stats.iterations += 1;
-        stats.evaluations += width;
-        stats.largest_batch = stats.largest_batch.max(width * n as usize);
+        stats.evaluations += w as usize;
+        windows.push(w as usize);
+        stats.largest_batch = stats.largest_batch.max(w as usize * n as usize);
         let outputs = table.memory(&eps, &x0);
         let memory = outputs.as_ref().map(|out| {
-            let before = carried.as_ref().map_or_else(|| out.narrow(0, 0, 1).zeros_like(), |c| c.shallow_clone());
+            let before = carried.as_ref().map_or_else(|| zeros.shallow_clone(), Tensor::shallow_clone);
             Tensor::cat(&[before, out.narrow(0, 0, w - 1)], 0)
         });
-        let drift = table.apply(begin, &x, &eps, memory.as_ref(), Some(&noises)) - &x;
-        let start = states.narrow(0, 0, 1);
-        let picard = match opts.solver {
-            ParallelSolver::Newton => newton_sweep(table, begin, &x, &drift, &x0),
-            // Picard: x_{j+1} = x_b + Σ_{k=b..j} drift_k.
-            _ => &start + drift.cumsum(0, drift.kind()),
+        let drift = columns.apply(begin, &x, &eps, memory.as_ref(), Some(&window.noise())) - &x;
+        let mut ends = window.ends();
+        // The solver's image of the window: Picard's x_{j+1} = x_b + Σ_{k=b..j} drift_k, or
+        // the quasi-Newton sweep's x_{j+1} + d_{j+1} with d_{j+1} = J_j·d_j + Φ_j(x_j) − x_{j+1}.
+        let image = match opts.solver {
+            ParallelSolver::Newton => {
+                let lambda = x0.var_dim(1, false, false).mean(Kind::Double).clamp_min(1e-6).to_kind(x.kind());
+                &ends + affine_scan(&columns.gaussian_jacobian(begin, w, &lambda), &(&x + &drift - &ends))
+            }
+            _ => x.narrow(0, 0, 1) + drift.cumsum(0, drift.kind()),
         };
-        let old = states.narrow(0, 1, w);
-        let moved = match anderson.as_mut() {
-            Some(acc) => acc.next(&old, &picard),
-            None => picard.shallow_clone(),
-        };
-        // The Picard residual of each state in units of its step's noise, worst sample: [W]. It
-        // is zero exactly at the fixed point, whichever solver proposed the next iterate.
-        let scale: Vec<f64> = (begin..begin + width).map(|j| dim * table.tolerance_scale(j)).collect();
+        let moved = anderson.as_mut().map(|acc| acc.next(&ends.copy(), &image));
+        // The residual of each state in units of its step's noise, worst sample: [w]. It is zero
+        // exactly at the fixed point, whichever solver proposed the next iterate; NaN counts as
+        // not converged. The leading run of converged states, and whether x_{b+1} (taken in
+        // any case) is finite, come back in one read.
         let errors =
-            (&picard - &old).square().reshape([w, n, -1]).sum_dim_intlist(2, false, Kind::Double).amax(1, false)
-                / Tensor::from_slice(&scale).to_device(x_t.device());
-        let errors = Vec::<f64>::try_from(errors.to_device(tch::Device::Cpu))?;
-        // NaN counts as not converged.
-        let converged = errors.iter().position(|&e| e.is_nan() || e > opts.tol * opts.tol).unwrap_or(width);
-        let stride = converged.max(1);
-        // Converged states take their Picard image (exact given the states before them).
+            (&image - &ends).square().reshape([w, n, -1]).sum_dim_intlist(2, false, Kind::Double).amax(1, false)
+                * columns.inv_scale(begin, w);
+        let converged = errors.le(opts.tol * opts.tol).to_kind(Kind::Int64).cumprod(0, Kind::Int64).sum(Kind::Int64);
+        let finite = image.get(0).isfinite().all().to_kind(Kind::Int64);
+        let read = Vec::<i64>::try_from(Tensor::stack(&[converged, finite], 0).to_device(tch::Device::Cpu))?;
+        if read[1] == 0 {
+            return Err(Error::NonFiniteSample { step: begin, level: levels[begin] });
+        }
+        // Converged states take their image (exact given the states before them), the others
+        // the solver's next iterate; a converged image is finite, as its residual is.
+        let stride = (read[0] as usize).max(1);
         let s = stride as i64;
-        let next = Tensor::cat(&[start, picard.narrow(0, 0, s), moved.narrow(0, s, w - s)], 0);
+        match &moved {
+            Some(moved) => {
+                ends.copy_(moved);
+                ends.narrow(0, 0, s).copy_(&image.narrow(0, 0, s));
+            }
+            None => ends.copy_(&image),
+        }
+        let done = ends.narrow(0, 0, s).copy();
         for k in 0..stride {
-            let state = next.get(k as i64 + 1);
-            check_finite(&state, begin + k, levels[begin + k])?;
-            on_step(&Step { i: begin + k, t: levels[begin + k], x_t: &state, x0: &x0.get(k as i64) });
+            on_step(&Step::new(begin + k, levels[begin + k], &done, &x0, k as i64));
         }
         carried = outputs.as_ref().map(|out| out.narrow(0, s - 1, 1));
         if opts.trace {
-            trace.push(next.get(w));
+            trace.push(ends.get(w - 1).copy());
         }
-        let end = begin + width;
-        begin += stride;
-        if begin == num_steps {
-            return Ok(ParallelRun { x: next.get(s), stats, trace });
+        if begin + stride == num_steps {
+            return Ok(ParallelRun { x: done.get(s - 1), stats, trace, windows });
         }
-        // Slide: keep the unconverged states; a new step's state starts from the one before it
+        // Slide past the converged steps; a new step's state starts from the one before it
         // moved by that step with x̂0 held at the window's last estimate (no network call).
-        let new_width = opts.window.min(num_steps - begin);
-        let mut kept = vec![next.narrow(0, s, w + 1 - s)];
-        let (last_x0, last_memory) = (x0.narrow(0, w - 1, 1), outputs.map(|out| out.narrow(0, w - 1, 1)));
-        let mut fresh = vec![noises.narrow(0, s, w - s)];
-        let mut tail = next.narrow(0, w, 1);
-        for j in end..begin + new_width {
-            let z = draw(j).unsqueeze(0);
-            if guess {
-                let eps = table.eps_given_x0(j, &tail, &last_x0);
-                tail = table.apply(j, &tail, &eps, last_memory.as_ref(), Some(&z));
-            }
-            kept.push(tail.shallow_clone());
-            fresh.push(z);
-        }
-        states = Tensor::cat(&kept, 0);
-        noises = Tensor::cat(&fresh, 0);
+        window.slide(stride);
+        let width = opts.window.min(num_steps - window.begin);
+        let last_memory = outputs.map_or_else(|| zeros.shallow_clone(), |out| out.narrow(0, w - 1, 1));
+        window.extend(table, noise, width, &|_| guess, &x0.narrow(0, w - 1, 1), &last_memory);
         if let Some(acc) = anderson.as_mut() {
-            acc.slide(s, new_width as i64);
+            acc.slide(s, width as i64);
         }
-        width = new_width;
     }
 }

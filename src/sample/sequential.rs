@@ -1,11 +1,11 @@
-//! The sequential samplers: one network evaluation per step, each step taken by
-//! [`StepTable::apply`] as a window of one.
+//! The sequential samplers: one network evaluation per step, each step taken by the table's
+//! [`super::steps::Columns::apply`] as a window of one.
 use tch::Tensor;
 
 use super::steps::StepTable;
 use super::{Noise, SamplerKind, Step};
 use crate::predictor::NoisePredictor;
-use crate::schedule::{levels_like, Schedule};
+use crate::schedule::Schedule;
 use crate::{Error, Result};
 
 /// DDIM settings.
@@ -25,30 +25,29 @@ impl Default for DdimOptions {
 /// Fails with [`Error::NonFiniteSample`] at the first step whose state is not finite.
 pub fn sequential(
     model: &dyn NoisePredictor,
-    schedule: &Schedule,
     table: &StepTable,
     x_t: Tensor,
     noise: &mut Noise,
     on_step: &mut dyn FnMut(&Step),
 ) -> Result<Tensor> {
-    let mut x = x_t;
+    let columns = table.columns(&x_t);
+    let mut x = x_t.unsqueeze(0);
     let mut memory: Option<Tensor> = None;
     for (i, &t) in table.levels()[..table.num_steps()].iter().enumerate() {
-        let level = levels_like(t, &x);
-        let eps = model.eps(&x, &level)?;
-        let x0 = schedule.x0_from_eps(&x, &eps, &level);
-        let z = table.draws_noise(i).then(|| noise.normal(&x.size()[1..], x.kind(), x.device()).unsqueeze(0));
-        let next = table.apply(i, &x.unsqueeze(0), &eps.unsqueeze(0), memory.as_ref(), z.as_ref()).squeeze_dim(0);
+        let eps = model.eps(&x.squeeze_dim(0), &columns.levels(i, 1))?.unsqueeze(0);
+        let x0 = columns.x0(i, &x, &eps);
+        let z = table.draws_noise(i).then(|| noise.steps(&[true], &x.size()[2..], x.kind(), x.device()));
+        let next = columns.apply(i, &x, &eps, memory.as_ref(), z.as_ref());
         check_finite(&next, i, t)?;
-        memory = table.memory(&eps, &x0).map(|m| m.unsqueeze(0));
+        memory = table.memory(&eps, &x0);
         x = next;
-        on_step(&Step { i, t, x_t: &x, x0: &x0 });
+        on_step(&Step::new(i, t, &x, &x0, 0));
     }
-    Ok(x)
+    Ok(x.squeeze_dim(0))
 }
 
 /// A sampler whose state overflows would otherwise return NaN images silently.
-pub(crate) fn check_finite(x: &Tensor, step: usize, level: usize) -> Result<()> {
+fn check_finite(x: &Tensor, step: usize, level: usize) -> Result<()> {
     match x.isfinite().all().int64_value(&[]) {
         1 => Ok(()),
         _ => Err(Error::NonFiniteSample { step, level }),
@@ -65,7 +64,7 @@ pub fn ddpm(
     on_step: &mut dyn FnMut(&Step),
 ) -> Result<Tensor> {
     let table = StepTable::new(SamplerKind::Ddpm, 0.0, schedule, levels)?;
-    sequential(model, schedule, &table, x_t, noise, on_step)
+    sequential(model, &table, x_t, noise, on_step)
 }
 
 /// DDIM from `x_t` at `levels[0]` down the decreasing grid `levels`.
@@ -79,7 +78,7 @@ pub fn ddim(
     on_step: &mut dyn FnMut(&Step),
 ) -> Result<Tensor> {
     let table = StepTable::new(SamplerKind::Ddim, opts.eta, schedule, levels)?;
-    sequential(model, schedule, &table, x_t, noise, on_step)
+    sequential(model, &table, x_t, noise, on_step)
 }
 
 /// DPM-Solver-2M (noise form) down the decreasing grid `levels`; deterministic.
@@ -114,5 +113,5 @@ fn deterministic(
     on_step: &mut dyn FnMut(&Step),
 ) -> Result<Tensor> {
     let table = StepTable::new(sampler, 0.0, schedule, levels)?;
-    sequential(model, schedule, &table, x_t, &mut Noise::new(0, 0, 0), on_step)
+    sequential(model, &table, x_t, &mut Noise::new(0, 0, 0), on_step)
 }

@@ -13,6 +13,8 @@
 //! - DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095, Algorithm 2), data form.
 //!
 //! The multistep solvers take a first-order step first, and a first-order step onto ᾱ = 1.
+use std::ops::Range;
+
 use tch::{Kind, Tensor};
 
 use super::SamplerKind;
@@ -51,11 +53,12 @@ fn lambda(abar: f64) -> f64 {
 }
 
 impl StepTable {
-    /// The steps of `sampler` over `levels` (decreasing, ending at 0, every level ≤ T); `eta` is
-    /// DDIM's η and ignored by the others.
+    /// The steps of `sampler` over `levels` (decreasing, every level ≤ T); `eta` is DDIM's η and
+    /// ignored by the others. The grid may stop above level 0 (diffusers' DPM-Solver++ ends at
+    /// its smallest σ): its last step is then an ordinary step onto that level.
     pub fn new(sampler: SamplerKind, eta: f64, schedule: &Schedule, levels: &[usize]) -> Result<Self> {
-        if levels.len() < 2 || levels.windows(2).any(|w| w[1] >= w[0]) || levels.last() != Some(&0) {
-            return Err(Error::Config(format!("sampling levels must decrease to 0, got {levels:?}")));
+        if levels.len() < 2 || levels.windows(2).any(|w| w[1] >= w[0]) {
+            return Err(Error::Config(format!("sampling levels must decrease, got {levels:?}")));
         }
         if levels[0] > schedule.timesteps() {
             return Err(Error::Config(format!(
@@ -139,7 +142,7 @@ impl StepTable {
         self.levels.len() - 1
     }
 
-    /// The level grid t_0 > … > t_N = 0.
+    /// The level grid t_0 > … > t_N.
     pub fn levels(&self) -> &[usize] {
         &self.levels
     }
@@ -160,19 +163,6 @@ impl StepTable {
         }
     }
 
-    /// d x_{j+1} / d x_j of step `j` if the data were N(0, λI): then ε̂ = σ_t x/(ᾱ_t λ + σ_t²),
-    /// so the step's Jacobian is a_j + b_j·σ_t/(ᾱ_t λ + σ_t²) (the multistep memory ignored).
-    pub fn gaussian_jacobian(&self, j: usize, lambda: f64) -> f64 {
-        let abar = self.alpha_bar[j];
-        self.a[j] + self.b[j] * (1.0 - abar).sqrt() / (abar * lambda + 1.0 - abar)
-    }
-
-    /// The ε̂ that step `j`'s state `x` would have if its x̂0 were `x0`: (x − √ᾱ_j·x0)/√(1 − ᾱ_j).
-    pub fn eps_given_x0(&self, j: usize, x: &Tensor, x0: &Tensor) -> Tensor {
-        let abar = self.alpha_bar[j];
-        (x - x0 * abar.sqrt()) / (1.0 - abar).sqrt()
-    }
-
     /// What step j + 1 needs from step j (its ε̂ or x̂0), for a multistep solver.
     pub fn memory(&self, eps: &Tensor, x0: &Tensor) -> Option<Tensor> {
         match self.memory {
@@ -182,11 +172,109 @@ impl StepTable {
         }
     }
 
+    /// The states after the steps of `range` taken in turn from a state x_e, each with x̂0 held
+    /// at one estimate (its ε̂ re-derived from it, so x_{j+1} = A_j·x_j + B_j·x̂0 + C_j·m + S_j·z_j
+    /// with A_j = a_j + b_j/σ_j and B_j = −b_j·√ᾱ_j/σ_j), or copying the state before where
+    /// `moves(j)` is false: a parallel sampler's guess for steps it has not refined yet. As the
+    /// rows of a [k, 3 + k] matrix over the inputs (x_e, x̂0, m, z_e, …, z_{e+k−1}), so that
+    /// the k dependent steps are one matrix product on the device.
+    pub(crate) fn held_x0_map(&self, range: Range<usize>, moves: &dyn Fn(usize) -> bool) -> Vec<f64> {
+        let inputs = 3 + range.len();
+        let mut row = vec![0.0; inputs];
+        row[0] = 1.0;
+        let mut rows = Vec::with_capacity(range.len() * inputs);
+        for (i, j) in range.enumerate() {
+            if moves(j) {
+                let (alpha, sigma) = (self.alpha_bar[j].sqrt(), (1.0 - self.alpha_bar[j]).sqrt());
+                let a = self.a[j] + self.b[j] / sigma;
+                row.iter_mut().for_each(|v| *v *= a);
+                row[1] -= self.b[j] * alpha / sigma;
+                row[2] += self.c[j];
+                row[3 + i] += self.noise_std[j];
+            }
+            rows.extend_from_slice(&row);
+        }
+        rows
+    }
+
+    /// The table as columns on the device of `like` ([n, ..], the states) in its kind.
+    pub(crate) fn columns(&self, like: &Tensor) -> Columns<'_> {
+        let (kind, device, n) = (like.kind(), like.device(), like.size()[0]);
+        let steps = self.num_steps() as i64;
+        let alpha: Vec<f64> = self.alpha_bar.iter().map(|a| a.sqrt()).collect();
+        let sigma: Vec<f64> = self.alpha_bar.iter().map(|a| (1.0 - a).sqrt()).collect();
+        let rows = [&self.a, &self.b, &self.c, &self.noise_std, &alpha, &sigma].map(|r| r.as_slice()).concat();
+        let mut shape = vec![steps];
+        shape.resize(like.dim() + 1, 1);
+        let table = Tensor::from_slice(&rows).reshape([6, steps]).to_device(device).to_kind(kind);
+        let [a, b, c, noise_std, alpha, sigma] = [0, 1, 2, 3, 4, 5].map(|r| table.get(r).reshape(&shape[..]));
+        let dim = like.size()[1..].iter().product::<i64>() as f64;
+        let inv_scale: Vec<f64> = (0..self.num_steps()).map(|j| 1.0 / (dim * self.tolerance_scale(j))).collect();
+        Columns {
+            table: self,
+            a,
+            b,
+            c,
+            noise_std,
+            alpha,
+            sigma,
+            levels: window_levels(&self.levels[..self.num_steps()], n, device).reshape([steps, n]),
+            inv_scale: Tensor::from_slice(&inv_scale).to_device(device),
+        }
+    }
+}
+
+/// A table's coefficients as columns [N, 1, ..] on the states' device and in their kind,
+/// uploaded once per run: a range of steps is then a view of them, not an upload per call,
+/// and a window of steps a few batched operations.
+pub(crate) struct Columns<'a> {
+    table: &'a StepTable,
+    a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    noise_std: Tensor,
+    /// √ᾱ and √(1 − ᾱ) at the level each step starts from.
+    alpha: Tensor,
+    sigma: Tensor,
+    /// Each step's level for each of the n samples: [N, n] Int64.
+    levels: Tensor,
+    /// 1/(D·v_j), Picard's squared residual at the state after step j in units of that
+    /// step's noise ([`StepTable::tolerance_scale`]): [N] Double.
+    inv_scale: Tensor,
+}
+
+impl Columns<'_> {
+    /// The levels of steps `first..first + w` laid out [w·n], matching a window flattened
+    /// from [w, n, ..].
+    pub(crate) fn levels(&self, first: usize, w: i64) -> Tensor {
+        self.levels.narrow(0, first as i64, w).flatten(0, 1)
+    }
+
+    /// x̂0 = (x − √(1 − ᾱ)·ε̂)/√ᾱ of steps `first..first + W`, `x` and `eps` [W, n, ..].
+    pub(crate) fn x0(&self, first: usize, x: &Tensor, eps: &Tensor) -> Tensor {
+        let w = x.size()[0];
+        (x - eps * self.sigma.narrow(0, first as i64, w)) / self.alpha.narrow(0, first as i64, w)
+    }
+
+    /// 1/(D·v_j) of steps `first..first + w`: [w] Double.
+    pub(crate) fn inv_scale(&self, first: usize, w: i64) -> Tensor {
+        self.inv_scale.narrow(0, first as i64, w)
+    }
+
+    /// d x_{j+1} / d x_j of steps `first..first + w` if the data were N(0, λI), `lambda` a
+    /// scalar tensor: then ε̂ = σ_t x/(ᾱ_t λ + σ_t²), so the step's Jacobian is
+    /// a_j + b_j·σ_t/(ᾱ_t λ + σ_t²) (the multistep memory ignored). [w, 1, ..].
+    pub(crate) fn gaussian_jacobian(&self, first: usize, w: i64, lambda: &Tensor) -> Tensor {
+        let at = |c: &Tensor| c.narrow(0, first as i64, w);
+        let sigma = at(&self.sigma);
+        at(&self.a) + at(&self.b) * &sigma / (at(&self.alpha).square() * lambda + sigma.square())
+    }
+
     /// Steps `first..first + W` at once. `x`, `eps`: [W, n, ..], the states at their levels and
     /// their ε̂; `memory`: [W, n, ..], what each step remembers from the step before (unused by
     /// single-step samplers and by the first step); `noise`: [W, n, ..] draws z_j (read only
     /// where the step draws noise). Returns the states after each step, [W, n, ..].
-    pub fn apply(
+    pub(crate) fn apply(
         &self,
         first: usize,
         x: &Tensor,
@@ -194,19 +282,15 @@ impl StepTable {
         memory: Option<&Tensor>,
         noise: Option<&Tensor>,
     ) -> Tensor {
-        let w = x.size()[0] as usize;
-        let range = first..first + w;
-        let column = |values: &[f64]| {
-            let mut shape = vec![w as i64];
-            shape.resize(x.dim(), 1);
-            Tensor::from_slice(&values[range.clone()]).reshape(&shape[..]).to_kind(x.kind()).to_device(x.device())
-        };
-        let mut next = x * column(&self.a) + eps * column(&self.b);
-        if let Some(m) = memory.filter(|_| self.c[range.clone()].iter().any(|&c| c != 0.0)) {
-            next += m * column(&self.c);
+        let w = x.size()[0];
+        let range = first..first + w as usize;
+        let at = |c: &Tensor| c.narrow(0, first as i64, w);
+        let mut next = x * at(&self.a) + eps * at(&self.b);
+        if let Some(m) = memory.filter(|_| self.table.c[range.clone()].iter().any(|&c| c != 0.0)) {
+            next += m * at(&self.c);
         }
-        if let Some(z) = noise.filter(|_| self.noise_std[range.clone()].iter().any(|&s| s > 0.0)) {
-            next += z * column(&self.noise_std);
+        if let Some(z) = noise.filter(|_| self.table.noise_std[range].iter().any(|&s| s > 0.0)) {
+            next += z * at(&self.noise_std);
         }
         next
     }
