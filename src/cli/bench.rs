@@ -83,7 +83,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     steps: u64,
     /// Rounds, each timing Rust and PyTorch (Rust first in even rounds, PyTorch in odd ones).
-    #[arg(long, default_value_t = 3, value_parser = super::positive)]
+    #[arg(long, default_value_t = 3, value_parser = super::positive::<usize>)]
     rounds: usize,
     /// Python interpreter that imports torch 2.11 (see `make bench`).
     #[arg(long, default_value = "python3")]

@@ -9,10 +9,12 @@ use cdm::data::{Dataset, DATA_SPECS};
 use cdm::loss::ZetaPrior;
 use cdm::model::{ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, ConvNetConfig, MlpConfig, UnetConfig};
+use cdm::run_lock::RunLock;
 use cdm::schedule::{Levels, ScheduleKind};
+use cdm::signals;
 use cdm::train::{Precision, RunConfig, TrainConfig, Trainer};
 
-use super::{progress_bar, spinner, DeviceArg};
+use super::{progress_bar, spinner, DeviceArg, Interrupted};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -25,8 +27,12 @@ pub struct TrainArgs {
     /// it. Without it, a run already in `--out` gives every setting, so resuming repeats no flag.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Total optimiser steps (raise it to extend a finished run) [default: 2000 for images, 5000 otherwise].
+    /// Delete the run in --out (its config.json, checkpoint and log.jsonl) and start a new one
+    /// there; without it a run in --out is only ever resumed.
     #[arg(long)]
+    restart: bool,
+    /// Total optimiser steps (raise it to extend a finished run) [default: 2000 for images, 5000 otherwise].
+    #[arg(long, value_parser = super::positive::<u64>)]
     steps: Option<u64>,
     /// Samples per step [default: 32 for images, 1024 otherwise].
     #[arg(long)]
@@ -122,8 +128,9 @@ pub struct TrainArgs {
     /// Steps between sample grids written to OUT/samples (image data) [default: 500 for images].
     #[arg(long)]
     sample_every: Option<u64>,
-    /// Steps between checkpoints [default: 500 for images, 1000 otherwise].
-    #[arg(long)]
+    /// Steps between checkpoints; the last step and a step stopped by Ctrl-C or SIGTERM are
+    /// always saved [default: 500 for images, 1000 otherwise].
+    #[arg(long, value_parser = super::positive::<u64>)]
     checkpoint_every: Option<u64>,
     /// A DDM's training levels: the integers 1..=T, or a continuous log SNR from a truncated
     /// logistic fitted to the data's variances (the CDL paper's recipe; its range must lie in
@@ -325,12 +332,25 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    // Held from before the saved run is read until the process ends.
+    let lock = RunLock::acquire(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
+    if args.restart {
+        lock.discard_run()?;
+    }
     let (config, data) = run_config(&args)?;
     let building = spinner(format!("building the model in {}", args.out.display()));
-    let trainer = Trainer::open_with_data(&args.out, config, data, args.device.device()?);
+    let trainer = Trainer::open_with_data(lock, config, data, args.device.device()?);
     building.finish_and_clear();
     let mut trainer = trainer?;
     let train = &trainer.config.train;
+    if trainer.step() == train.steps {
+        tracing::info!(
+            "{} is at its last step, {}, already: nothing to train (--steps N extends it)",
+            args.out.display(),
+            train.steps
+        );
+        return Ok(());
+    }
     tracing::info!(
         "training to step {}: batch {}, lr {}, checkpoints every {} steps in {}",
         train.steps,
@@ -345,6 +365,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if trainer.step() > 0 {
         tracing::info!("resuming {} at step {}", args.out.display(), trainer.step());
     }
+    signals::stop_on_interrupt().context("installing the Ctrl-C and SIGTERM handlers")?;
     trainer.run(&mut |r| {
         bar.set_position(r.step);
         let terms = match r.ce {
@@ -357,6 +378,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         });
     })?;
     bar.finish();
-    tracing::info!("checkpoint in {}", args.out.display());
+    if let Some(signal) = signals::received() {
+        return Err(Interrupted { signal, step: trainer.step(), out: args.out }.into());
+    }
+    tracing::info!("trained to step {}: checkpoint in {}", trainer.step(), args.out.display());
     Ok(())
 }

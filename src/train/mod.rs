@@ -1,7 +1,9 @@
 //! Training a classification diffusion model (Yadin et al. 2024, arXiv:2402.10095,
 //! Algorithm 1), or its DDM baseline: Adam with warm-up and decay, EMA weights, optional
 //! gradient clipping, atomic checkpoints and exact resume (each step's randomness is derived
-//! from the seed and the step number, and the optimiser state is saved). The settings are in
+//! from the seed and the step number, and the optimiser state is saved). A run holds its
+//! folder's lock ([`crate::run_lock`]) and stops at a checkpoint when a signal asks it to
+//! ([`crate::signals`]). The settings are in
 //! [`config`], loading trained models in [`loading`], the log in [`log`], and the optimiser in
 //! [`crate::optim`].
 use std::path::{Path, PathBuf};
@@ -16,7 +18,9 @@ use crate::model::{Model, ModelKind};
 use crate::optim::{ema_update, grad_norm, Adam, FlatVars};
 use crate::plot::image_grid;
 use crate::rng::Rng;
+use crate::run_lock::RunLock;
 use crate::sample::{draw, SampleOptions};
+use crate::signals::stop_requested;
 use crate::{Error, Result};
 
 pub mod config;
@@ -49,22 +53,30 @@ impl FirstNonFinite {
         FirstNonFinite(Tensor::full([3], -1.0, (Kind::Double, device)))
     }
 
-    /// Notes step `k` (0-based) if its loss or gradient norm is not finite and none was before.
-    fn observe(&mut self, k: u64, loss: &Tensor, norm: &Tensor) {
+    /// Notes `step` (1-based, as reported) if its loss or gradient norm is not finite and none
+    /// was before.
+    fn observe(&mut self, step: u64, loss: &Tensor, norm: &Tensor) {
         let seen = Tensor::stack(&[loss.detach().to_kind(Kind::Double), norm.shallow_clone()], 0);
         let first = seen.isfinite().all().logical_not().logical_and(&self.0.get(0).lt(0.0));
-        let now = Tensor::cat(&[Tensor::full([1], k as f64, (Kind::Double, seen.device())), seen], 0);
+        let now = Tensor::cat(&[Tensor::full([1], step as f64, (Kind::Double, seen.device())), seen], 0);
         self.0 = now.where_self(&first, &self.0);
     }
 
-    /// The error for a noted step, given the three values read back at step `read`.
+    /// The error for a noted step, given the three values read back at step `read`: it names
+    /// the value that overflowed (a finite loss with an infinite gradient norm is the gradient's
+    /// fault), and the step whose numbers were read, since the check waits for a read.
     fn check(&self, values: &[f64], read: u64) -> Result<()> {
         let &[step, loss, norm] = values else { return Ok(()) };
         if step < 0.0 {
             return Ok(());
         }
-        let what = if loss.is_finite() { format!("gradient norm = {norm}") } else { format!("loss = {loss}") };
-        Err(Error::NonFinite { step: step as u64, what: format!("{what} (read back after step {read})") })
+        let what = if loss.is_finite() {
+            format!("the gradient norm is {norm} (the loss was {loss})")
+        } else {
+            format!("the loss is {loss}")
+        };
+        let read = if read == step as u64 { String::new() } else { format!("; noticed at step {read}") };
+        Err(Error::NonFinite { step: step as u64, what: format!("{what}{read}") })
     }
 }
 
@@ -89,19 +101,26 @@ pub struct Trainer {
     seconds: f64,
     /// Loaded at the first FID step.
     fid: Option<FidMonitor>,
+    /// Held while the run is open: one writer per run folder.
+    _lock: RunLock,
 }
 
 impl Trainer {
-    /// Starts a run in `dir`, or resumes the one there. A run is resumed only with the same
-    /// settings; only `train.steps` (to extend a finished run) and the intervals of
-    /// checkpoints, log lines and sample grids may change.
+    /// Starts a run in `dir`, or resumes the one there (from its checkpoint, or from step 0
+    /// when only its `config.json` was written), holding the folder's lock. A run is resumed
+    /// only with the same settings; only `train.steps` (to extend a run, never below the step
+    /// it is at) and the intervals of checkpoints, log lines and sample grids may change.
     pub fn open(dir: &Path, config: RunConfig, device: Device) -> Result<Self> {
+        let lock = RunLock::acquire(dir)?;
         let data = Dataset::open(&config.data)?;
-        Self::open_with_data(dir, config, data, device)
+        Self::open_with_data(lock, config, data, device)
     }
 
-    /// [`Trainer::open`] with the data already opened from `config.data`.
-    pub fn open_with_data(dir: &Path, config: RunConfig, data: Dataset, device: Device) -> Result<Self> {
+    /// [`Trainer::open`] in the folder of `lock`, with the data already opened from
+    /// `config.data`.
+    pub fn open_with_data(lock: RunLock, config: RunConfig, data: Dataset, device: Device) -> Result<Self> {
+        let dir = lock.dir().to_path_buf();
+        let dir = dir.as_path();
         config.train.validate()?;
         if data.shape() != config.model.data_shape {
             return Err(Error::Config(format!(
@@ -133,8 +152,20 @@ impl Trainer {
                 config.data
             )));
         }
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let (config_path, weights_path) = checkpoint::paths(dir);
+        let saved = saved_run(dir)?;
+        if let Some(saved) = &saved {
+            let changes = config.changes_from(saved);
+            if !changes.is_empty() {
+                return Err(Error::Config(format!(
+                    "{} holds a run with other settings ({}); resume it with its own (`cdm train --out {0}` alone), \
+                     start it again with --restart, or choose another --out",
+                    dir.display(),
+                    changes.join("; ")
+                )));
+            }
+        }
+        let checkpointed = weights_path.exists();
         // tch's initialisers draw from libtorch's global generator: seed it (under a lock, as
         // other threads may build models too), so a run is reproducible from its config alone.
         let (mut vs, model, (mut ema_vs, ema_model)) = {
@@ -144,12 +175,11 @@ impl Trainer {
             let (vs, model) = build(&config, device)?;
             (vs, model, build(&config, device)?)
         };
-        let saved = saved_run(dir)?;
-        match (&saved, &config.train.init_from) {
+        match (checkpointed, &config.train.init_from) {
             // A resumed run restores its weights and base from the checkpoint below.
-            (Some(_), _) => {}
-            (None, Some(init)) => init_weights(&mut vs, &config, init)?,
-            (None, None) => {
+            (true, _) => {}
+            (false, Some(init)) => init_weights(&mut vs, &config, init)?,
+            (false, None) => {
                 if let Some(base) = model.base() {
                     base.fit(&data.eval_points(BASE_FIT_POINTS, config.train.seed), data.labels())?;
                 }
@@ -182,20 +212,18 @@ impl Trainer {
             step: 0,
             seconds: 0.0,
             fid: None,
+            _lock: lock,
         };
-        if let Some(saved) = saved {
-            // What a run computes must match; its length and bookkeeping may change.
-            let comparable = |c: &RunConfig| RunConfig {
-                train: TrainConfig { steps: 0, checkpoint_every: 0, log_every: 0, sample_every: 0, ..c.train.clone() },
-                ..c.clone()
-            };
-            if comparable(&saved) != comparable(&trainer.config) {
-                return Err(Error::Config(format!(
-                    "{} holds a run with other settings; resume it with the same settings or choose another --out",
-                    dir.display()
-                )));
-            }
+        if checkpointed {
             trainer.restore(&weights_path)?;
+        }
+        let (steps, step) = (trainer.config.train.steps, trainer.step);
+        if steps < step {
+            return Err(Error::Config(format!(
+                "train.steps {steps} is below step {step}, where the run in {} stands; pass --steps above {step} \
+                 to train it further, or --restart to start it again",
+                dir.display()
+            )));
         }
         checkpoint::write_json(&config_path, &trainer.config)?;
         Ok(trainer)
@@ -282,7 +310,8 @@ impl Trainer {
 
     /// Trains up to `train.steps`, calling `on_step` after each step that reads its numbers
     /// back (see [`Trainer::run_until`]). A non-finite loss or gradient stops training with an
-    /// error and leaves the last checkpoint in place.
+    /// error and leaves the last checkpoint in place; a signal (see [`crate::signals`]) stops
+    /// it after the current step, with a checkpoint of that step.
     pub fn run(&mut self, on_step: &mut dyn FnMut(&StepReport)) -> Result<()> {
         self.run_until(self.config.train.steps, on_step)
     }
@@ -298,7 +327,7 @@ impl Trainer {
     pub fn run_until(&mut self, stop: u64, on_step: &mut dyn FnMut(&StepReport)) -> Result<()> {
         let cfg = self.config.train.clone();
         let stop = stop.min(cfg.steps);
-        let log_path = self.dir.join("log.jsonl");
+        let log_path = self.dir.join(checkpoint::LOG_FILE);
         let mut log = LogFile::open(&log_path, self.step)?;
         let mut batches = Batches::new(&self.data, self.batch_options(), self.step..stop);
         let mut first_bad = FirstNonFinite::new(self.device);
@@ -331,14 +360,16 @@ impl Trainer {
             // report, log, checkpoint or sample.
             let norm = grad_norm(&self.params)?;
             let scale = cfg.grad_clip.map(|c| (norm.reciprocal() * c).clamp_max(1.0));
-            first_bad.observe(k, &loss.total, &norm);
+            first_bad.observe(k + 1, &loss.total, &norm);
             let lr = cfg.lr_at(k);
             self.adam.update(&self.params, lr, k + 1, scale.as_ref())?;
             ema_update(&self.ema, &self.params, cfg.ema_decay.min((1.0 + k as f64) / (10.0 + k as f64)));
             self.step += 1;
+            // A signal ends the run here, at a checkpoint, as if this were its last step.
+            let stopping = stop_requested();
             let fid_due = images && cfg.fid_every > 0 && self.step.is_multiple_of(cfg.fid_every);
-            let logged = self.step.is_multiple_of(cfg.log_every.max(1)) || self.step == cfg.steps || fid_due;
-            let saved = self.step.is_multiple_of(cfg.checkpoint_every.max(1)) || self.step == cfg.steps;
+            let logged = self.step.is_multiple_of(cfg.log_every) || self.step == cfg.steps || fid_due;
+            let saved = self.step.is_multiple_of(cfg.checkpoint_every) || self.step == cfg.steps || stopping;
             let sampled = images && cfg.sample_every > 0 && self.step.is_multiple_of(cfg.sample_every);
             if !(logged || saved || sampled || self.step == stop) {
                 continue;
@@ -376,7 +407,7 @@ impl Trainer {
                 if let Some(name) = self.params.first_non_finite() {
                     return Err(Error::NonFinite {
                         step: self.step,
-                        what: format!("weight '{name}' after the update"),
+                        what: format!("weight '{name}' is not finite after the update"),
                     });
                 }
                 self.save()?;
@@ -389,6 +420,9 @@ impl Trainer {
                 clock = std::time::Instant::now();
             }
             on_step(&report);
+            if stopping {
+                break;
+            }
         }
         Ok(())
     }
