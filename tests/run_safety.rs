@@ -182,6 +182,9 @@ fn a_run_without_a_checkpoint_resumes_from_its_config_and_is_replaced_only_when_
     assert_succeeds(&["train", "--out", s(&out), "--restart", "--data", "moons", "--steps", "2", "--hidden", "8"]);
     let restarted = load_model(&out, Device::Cpu, true).unwrap();
     assert_eq!((restarted.config.data.as_str(), restarted.step), ("moons", 2));
+    // A checkpoint whose settings are lost is not resumed with whatever the flags say.
+    std::fs::remove_file(out.join("config.json")).unwrap();
+    assert_fails(&["train", "--out", s(&out), "--data", "moons", "--steps", "3"], &["has no config.json beside it"]);
 }
 
 /// The byte offsets of tensor `name`'s data in a safetensors file, and its header.

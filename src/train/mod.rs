@@ -166,6 +166,15 @@ impl Trainer {
             }
         }
         let checkpointed = weights_path.exists();
+        if checkpointed && saved.is_none() {
+            return Err(Error::checkpoint(
+                &weights_path,
+                format!(
+                    "has no {} beside it to say what it was trained with; restore it, or --restart",
+                    checkpoint::CONFIG_FILE
+                ),
+            ));
+        }
         // tch's initialisers draw from libtorch's global generator: seed it (under a lock, as
         // other threads may build models too), so a run is reproducible from its config alone.
         let (mut vs, model, (mut ema_vs, ema_model)) = {
