@@ -27,13 +27,22 @@ pub enum Error {
     /// CUDA was asked for but cannot be used; says why (the missing library, or no device).
     #[error("CUDA is not available: {0}")]
     CudaUnavailable(String),
-    /// Training produced a non-finite loss; the last good checkpoint is kept.
-    #[error("non-finite loss at step {step}: {what}")]
+    /// Training produced a non-finite loss, gradient norm or weight at `step` (1-based, the
+    /// step whose update failed); the last good checkpoint is kept.
+    #[error("training diverged at step {step}: {what}")]
     NonFinite { step: u64, what: String },
     /// A rank of a data-parallel job could not join it, or a collective failed (another rank
     /// died or hung).
     #[error("rank {rank}: {what}")]
     Distributed { rank: usize, what: String },
+    /// Another process holds the run folder's lock (see [`crate::run_lock`]).
+    #[error(
+        "{} is in use by {}: a run folder takes one writer at a time; wait for it to finish, stop it, \
+         or choose another folder",
+        dir.display(),
+        holder.map_or("another process".to_string(), |pid| format!("another cdm process (PID {pid})"))
+    )]
+    Locked { dir: PathBuf, holder: Option<u32> },
     /// A sampler's state stopped being finite (a diverging model or sampler).
     #[error("sampler state became non-finite at step {step} (level {level})")]
     NonFiniteSample { step: usize, level: usize },

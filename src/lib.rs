@@ -21,7 +21,7 @@
 //! classifier or denoiser is built from), `input` (checks of a model's inputs), `classifier` (cumsum head, F, ε̂ by
 //! input gradient), `denoiser` (the DDM baseline), `model` (either kind behind one type; it alone depends on both),
 //! `predictor` (the one trait samplers use), `loss`, `likelihood`, `eval` (what `cdm eval` reports), `sample` (DDPM, DDIM,
-//! DPM-Solver, guidance, parallel sampling), `train`, `optim` (flat Adam and EMA), `precision` (f32, f64, bf16 autocast), `config_file` (`cdm train --config`), `checkpoint`, `data` (files, images, known densities), `metrics`
+//! DPM-Solver, guidance, parallel sampling), `train`, `optim` (flat Adam and EMA), `precision` (f32, f64, bf16 autocast), `config_file` (`cdm train --config`), `checkpoint`, `run_lock` (one writer per run folder), `signals` (Ctrl-C and SIGTERM stop training at a checkpoint), `data` (files, images, known densities), `metrics`
 //! (AUROC, confusion matrix, FID, MMD), `cache` (downloads kept per user), `plot`, `device` (CPU or a
 //! GPU, loading libtorch's CUDA backend at run time), `distributed` (data-parallel ranks on c10d).
 pub mod base;
@@ -47,8 +47,10 @@ pub mod plot;
 pub mod precision;
 pub mod predictor;
 pub mod rng;
+pub mod run_lock;
 pub mod sample;
 pub mod schedule;
+pub mod signals;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -1,5 +1,5 @@
 //! The `cdm` command line: train, evaluate and sample classification diffusion models.
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cli;
 
@@ -47,6 +47,12 @@ enum Command {
     Data(cli::data::DataArgs),
 }
 
+/// `cmd` and every subcommand in it taking `--lr -1` as a value (then refused for its sign,
+/// naming the flag) rather than as an unknown flag `-1`.
+fn allow_negative_numbers(cmd: clap::Command) -> clap::Command {
+    cmd.allow_negative_numbers(true).mut_subcommands(allow_negative_numbers)
+}
+
 fn main() -> std::process::ExitCode {
     // The ranks of a data-parallel job but the first say only what goes wrong.
     let quiet = std::env::var("RANK").is_ok_and(|rank| rank.trim() != "0");
@@ -55,7 +61,11 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr)
         .init();
-    let command = Cli::parse().command;
+    let matches = allow_negative_numbers(Cli::command()).get_matches();
+    let command = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()).command;
+    if let Err(err) = cdm::signals::fail_writes_past_file_limit() {
+        tracing::warn!("a write past `ulimit -f` will end the process without a message: {err}");
+    }
     // Before anything touches libtorch: it looks up its CUDA backend only once (cdm::device).
     let _ = cdm::device::load_cuda();
     let result = match command {
@@ -73,6 +83,11 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) if err.is::<cli::Interrupted>() => {
+            eprintln!("{err}");
+            let signal = err.downcast_ref::<cli::Interrupted>().map_or(libc::SIGINT, |i| i.signal);
+            std::process::ExitCode::from(cdm::signals::exit_status(signal))
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             if err.chain().any(|e| e.is::<cli::Usage>()) {

@@ -232,7 +232,17 @@ fn conditional_sampling_checks_its_classes() {
     let plain = dir.path().join("plain");
     tiny_run(&plain);
     assert_error(
-        &["sample", "--ckpt", path_str(&plain), "--n", "2", "--class", "1", "--out", path_str(&grid)],
+        &[
+            "sample",
+            "--ckpt",
+            path_str(&plain),
+            "--n",
+            "2",
+            "--class",
+            "1",
+            "--out",
+            path_str(&dir.path().join("x.npy")),
+        ],
         &["need a conditional model"],
     );
 }

@@ -111,7 +111,7 @@ fn divergence_stops_with_an_error_and_keeps_the_last_good_checkpoint() {
     let err = Trainer::open(dir.path(), cfg, Device::Cpu).unwrap().run(&mut |_| {}).unwrap_err();
     let cdm::Error::NonFinite { step, .. } = err else { panic!("expected a non-finite error, got {err}") };
     let loaded = load_model(dir.path(), Device::Cpu, false).unwrap();
-    assert_eq!(loaded.step, step, "the checkpoint is the last step before the bad one");
+    assert_eq!(loaded.step + 1, step, "the error names the failing step; the checkpoint is the one before it");
     for (name, v) in loaded.vs.variables() {
         assert!(v.isfinite().all().int64_value(&[]) == 1, "{name} is not finite in the kept checkpoint");
     }

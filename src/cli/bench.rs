@@ -85,7 +85,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     steps: u64,
     /// Rounds, each timing Rust and PyTorch (Rust first in even rounds, PyTorch in odd ones).
-    #[arg(long, default_value_t = 3, value_parser = super::positive)]
+    #[arg(long, default_value_t = 3, value_parser = super::positive::<usize>)]
     rounds: usize,
     /// Python interpreter that imports torch 2.11 (see `make bench`).
     #[arg(long, default_value = "python3")]
@@ -112,7 +112,7 @@ pub struct BenchArgs {
     reference_best: bool,
     /// Time Rust's step as N data-parallel ranks on this host, the size's batch split among
     /// them (with --no-reference), and the gradient all-reduce alone; rank 0 reports.
-    #[arg(long, value_name = "N", value_parser = super::positive)]
+    #[arg(long, value_name = "N", value_parser = super::positive::<usize>)]
     nproc: Option<usize>,
 }
 
@@ -316,7 +316,8 @@ fn time_rust(
         None => Trainer::open(&dir, config.clone(), device)?,
         Some(group) => {
             let data = cdm::data::Dataset::open(&config.data)?;
-            Trainer::open_in_job(&dir, config.clone(), data, device, group.clone())?
+            let lock = (group.rank() == 0).then(|| cdm::run_lock::RunLock::acquire(&dir)).transpose()?;
+            Trainer::open_in_job(&dir, lock, config.clone(), data, device, group.clone())?
         }
     };
     trainer.run_until(3, &mut |_| {})?;

@@ -32,7 +32,7 @@ struct ThroughputArgs {
     #[arg(value_name = "SPEC", help = format!("Data spec: {DATA_SPECS}"))]
     spec: String,
     /// Images per batch.
-    #[arg(long, default_value_t = 128, value_parser = positive)]
+    #[arg(long, default_value_t = 128, value_parser = positive::<usize>)]
     batch: usize,
     /// Flip each image left-right with probability 1/2.
     #[arg(long)]
@@ -41,7 +41,7 @@ struct ThroughputArgs {
     #[arg(long)]
     dequantize: bool,
     /// Batches to time (after one of warm-up).
-    #[arg(long, default_value_t = 200, value_parser = positive)]
+    #[arg(long, default_value_t = 200, value_parser = positive::<usize>)]
     batches: usize,
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,

@@ -26,6 +26,7 @@ use cdm::metrics::{frechet_distance, Typicality};
 use cdm::model::Model;
 use cdm::plot::{image_grid, line_chart, matrix_heatmap, Axes, Series};
 use cdm::rng::Rng;
+use cdm::run_lock::RunLock;
 use cdm::sample::{Noise, SampleOptions};
 use cdm::train::LoadedModel;
 
@@ -68,22 +69,22 @@ pub struct EvalArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Metric>,
     /// Images (or held-out points) for likelihood, denoising, diagnostics and OOD.
-    #[arg(long, default_value_t = 2000, value_parser = super::positive)]
+    #[arg(long, default_value_t = 2000, value_parser = super::positive::<usize>)]
     n: usize,
     /// A second run trained on the same data, e.g. the DDM to compare a CDM with.
     #[arg(long)]
     compare: Option<PathBuf>,
     /// Network evaluations per image for the DDM's I-MMSE likelihood (the largest is its NLL).
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4, 8, 16, 32, 64, 128], value_parser = super::positive)]
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4, 8, 16, 32, 64, 128], value_parser = super::positive::<usize>)]
     evaluations: Vec<usize>,
     /// Images for the likelihood-against-evaluations curve.
-    #[arg(long, default_value_t = 200, value_parser = super::positive)]
+    #[arg(long, default_value_t = 200, value_parser = super::positive::<usize>)]
     nfe_images: usize,
     /// Samples for FID (0: no FID).
     #[arg(long, default_value_t = 1000)]
     fid_samples: usize,
     /// Training images for the FID reference statistics (computed once, then cached).
-    #[arg(long, default_value_t = 10_000, value_parser = super::positive)]
+    #[arg(long, default_value_t = 10_000, value_parser = super::positive::<usize>)]
     fid_reference: usize,
     /// How FID samples are drawn; --seed also seeds every random draw of the evaluation.
     #[command(flatten)]
@@ -93,7 +94,7 @@ pub struct EvalArgs {
     #[arg(long)]
     ood: Vec<String>,
     /// Bandwidth h of the MMD's Gaussian kernel exp(−|a − b|²/(2h²)).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = super::positive_number)]
     mmd_bandwidth: f64,
     /// Where ζ is drawn for the noise classifier (default: as the run was trained with CDL, else
     /// logistic), so that runs with and without the term are scored alike.
@@ -124,6 +125,8 @@ struct Section {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    // One writer per report folder, as per run folder; held until the report is written.
+    let _lock = RunLock::acquire(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
     let model = args.ckpt.load()?;
     let compare = match &args.compare {
         Some(dir) => Some((run_name(dir), args.ckpt.load_from(dir)?)),
@@ -142,7 +145,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let dataset = Dataset::open(&data).with_context(|| format!("--data {data}"))?;
     let x = dataset.first_points(args.n, args.sampling.seed);
     model.model.check_input(&x).with_context(|| format!("--data {data}"))?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
     let eight_bit = is_8bit(&x);
     let ctx =
         Eval { args: &args, model: &model, name: run_name(&args.ckpt.ckpt), compare, data, dataset, x, eight_bit };

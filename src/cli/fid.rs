@@ -18,7 +18,7 @@ pub struct FidArgs {
     #[arg(long)]
     reference: String,
     /// Images of --reference in its statistics (its first N).
-    #[arg(long, default_value_t = 50_000, value_parser = super::positive)]
+    #[arg(long, default_value_t = 50_000, value_parser = super::positive::<usize>)]
     reference_n: usize,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,

@@ -16,7 +16,7 @@ use cdm::sample::{draw, time_windows, Noise, SampleOptions, Samples, SamplingSta
 use cdm::schedule::levels_like;
 use cdm::train::{load_model, LoadedModel, Precision};
 
-use super::{check_count, progress_bar, DeviceArg};
+use super::{check_count, output_file, progress_bar, DeviceArg};
 
 /// Flags every command that reads a checkpoint shares.
 #[derive(Args)]
@@ -28,7 +28,7 @@ pub struct CkptArgs {
     #[arg(long)]
     pub raw_weights: bool,
     /// Points per forward pass.
-    #[arg(long, default_value_t = 1024, value_parser = super::positive)]
+    #[arg(long, default_value_t = 1024, value_parser = super::positive::<usize>)]
     pub batch: usize,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
@@ -94,13 +94,13 @@ pub struct NllArgs {
     #[arg(long, default_value_t = 0)]
     level: usize,
     /// Points to draw from a built-in density (files are scored whole).
-    #[arg(long, default_value_t = 10_000, value_parser = super::positive)]
+    #[arg(long, default_value_t = 10_000, value_parser = super::positive::<usize>)]
     n: usize,
     /// Seed of the held-out points drawn from a built-in density.
     #[arg(long, default_value_t = 12345)]
     seed: u64,
-    /// Write the per-sample log-likelihoods (nats) here.
-    #[arg(long)]
+    /// Write the per-sample log-likelihoods (nats) here (.npy).
+    #[arg(long, value_parser = super::npy_file)]
     out: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -218,7 +218,7 @@ pub struct DenoiseArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Where to write E[x0 | x_t] (.npy).
-    #[arg(long, default_value = "denoised.npy")]
+    #[arg(long, default_value = "denoised.npy", value_parser = super::npy_file)]
     out: PathBuf,
 }
 
@@ -299,9 +299,38 @@ fn noised_start(loaded: &LoadedModel, spec: &str, level: usize, n: usize, seed: 
     Ok((x, start))
 }
 
+/// What `cdm sample --out` writes.
+enum SampleOut {
+    /// FILE.npy: the array.
+    Array,
+    /// FILE.png: a grid of images.
+    Grid,
+    /// A folder of PNGs, one per image.
+    Folder,
+}
+
+/// What `out` asks for, checked against the data before any sampling: images may go to any of
+/// them, vector data only to an array.
+fn sample_out(out: &std::path::Path, is_image: bool) -> Result<SampleOut> {
+    let kind = match (out.extension().and_then(|e| e.to_str()), is_image) {
+        (Some("npy"), _) => SampleOut::Array,
+        (Some("png"), true) => SampleOut::Grid,
+        (None, true) => return Ok(SampleOut::Folder),
+        (_, true) => bail!("--out {}: expected FILE.npy, FILE.png or a folder", out.display()),
+        (_, false) => bail!("--out {}: expected FILE.npy (the model's data are vectors, not images)", out.display()),
+    };
+    output_file(out, &["npy", "png"]).map_err(|e| anyhow::anyhow!("--out {e}"))?;
+    Ok(kind)
+}
+
 pub fn sample(args: SampleArgs) -> Result<()> {
     let loaded = args.ckpt.load()?;
     check_count("--n", args.n, loaded.model.data_shape())?;
+    let is_image = loaded.model.data_shape().len() == 3;
+    let out = sample_out(&args.out, is_image)?;
+    if args.compare_sequential && args.options.parallel.is_none() {
+        bail!("--compare-sequential compares a --parallel run with the sequential one; add --parallel P");
+    }
     let init = match (&args.init, args.from_level) {
         (Some(spec), Some(level)) => Some(noised_start(&loaded, spec, level, args.n, args.options.seed)?),
         _ => None,
@@ -316,9 +345,6 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         draw_samples(&loaded, args.n, &args.options, args.ckpt.batch, start, &mut |_| {})?;
     let mut report = json!({"n": args.n, "options": args.options, "cost": stats});
     if args.compare_sequential {
-        if args.options.parallel.is_none() {
-            bail!("--compare-sequential compares a --parallel run with the sequential one; add --parallel P");
-        }
         let sequential = SampleOptions { parallel: None, ..args.options.clone() };
         let reference = draw_samples(&loaded, args.n, &sequential, args.ckpt.batch, start, &mut |_| {})?;
         let gap = (&samples - &reference.x).to_kind(Kind::Double);
@@ -332,11 +358,9 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     } else {
         print_cost(&report);
     }
-    let ext = args.out.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let is_image = loaded.model.data_shape().len() == 3;
-    match (ext, &init) {
-        ("npy", _) => npy::write_npy(&args.out, &samples)?,
-        ("png", Some((clean, start))) if is_image => {
+    match (out, &init) {
+        (SampleOut::Array, _) => npy::write_npy(&args.out, &samples)?,
+        (SampleOut::Grid, Some((clean, start))) => {
             let cols = args.n.min(SDEDIT_COLUMNS) as i64;
             let mut rows = Vec::new();
             for first in (0..args.n as i64).step_by(cols as usize) {
@@ -347,7 +371,7 @@ pub fn sample(args: SampleArgs) -> Result<()> {
             }
             image_grid(&args.out, &Tensor::cat(&rows, 0), cols as usize)?;
         }
-        ("png", None) if is_image => {
+        (SampleOut::Grid, None) => {
             // Every class in turn: lay the grid out with one row per class.
             let rows = labels
                 .as_ref()
@@ -371,13 +395,12 @@ pub fn sample(args: SampleArgs) -> Result<()> {
             };
             image_grid(&args.out, &grid.0, grid.1)?;
         }
-        ("", _) if is_image => {
+        (SampleOut::Folder, _) => {
             std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
             for i in 0..args.n as i64 {
                 image_grid(&args.out.join(format!("{i:05}.png")), &samples.narrow(0, i, 1), 1)?;
             }
         }
-        _ => bail!("--out {}: expected FILE.npy, or for image data FILE.png or a directory", args.out.display()),
     }
     if !args.json {
         println!("{} samples written to {}", args.n, args.out.display());
@@ -482,7 +505,7 @@ pub struct MmseArgs {
     #[arg(long, value_delimiter = ',')]
     levels: Vec<usize>,
     /// Held-out points per level.
-    #[arg(long, default_value_t = 10_000, value_parser = super::positive)]
+    #[arg(long, default_value_t = 10_000, value_parser = super::positive::<usize>)]
     n: usize,
     #[arg(long, default_value_t = 12345)]
     seed: u64,

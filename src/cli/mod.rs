@@ -52,6 +52,29 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
+/// Training stopped by SIGINT or SIGTERM after writing a checkpoint: the binary says so and
+/// exits with 128 + the signal's number, as a shell reports a process the signal ended.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub signal: i32,
+    pub step: u64,
+    pub out: std::path::PathBuf,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = if self.signal == libc::SIGINT { "SIGINT (Ctrl-C)" } else { "SIGTERM" };
+        write!(
+            f,
+            "stopped by {name} after step {}, with a checkpoint of it in {}; `cdm train --out {1}` resumes it",
+            self.step,
+            self.out.display()
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// Checks that the count `n` given by `flag` of points shaped `point_shape` fits in memory
 /// ([`cdm::data::check_held`]), as a [`Usage`] error.
 pub fn check_count(flag: &str, n: usize, point_shape: &[i64]) -> Result<()> {
@@ -59,12 +82,51 @@ pub fn check_count(flag: &str, n: usize, point_shape: &[i64]) -> Result<()> {
 }
 
 /// Parses a count that must be at least 1 (`--n 0` would leave nothing to compute).
-pub fn positive(s: &str) -> std::result::Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
+pub fn positive<T>(s: &str) -> std::result::Result<T, String>
+where
+    T: std::str::FromStr + Default + PartialEq,
+    T::Err: std::fmt::Display,
+{
+    match s.parse::<T>() {
+        Ok(n) if n != T::default() => Ok(n),
         Ok(_) => Err("must be at least 1".into()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Parses a positive finite number (a bandwidth, a width).
+pub fn positive_number(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
+        Ok(_) => Err("must be a positive finite number".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Checks an output file before any work: its extension is one of `extensions` and its folder
+/// exists, so that a long command does not fail only when it writes.
+pub fn output_file(path: &std::path::Path, extensions: &[&str]) -> std::result::Result<(), String> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if !extensions.contains(&ext) {
+        let list: Vec<String> = extensions.iter().map(|e| format!(".{e}")).collect();
+        return Err(format!("{}: expected a {} file", path.display(), list.join(" or ")));
+    }
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) if !dir.is_dir() => Err(format!("{}: the folder {} does not exist", path.display(), dir.display())),
+        _ => Ok(()),
+    }
+}
+
+/// Parses an output path that must be a PNG file in an existing folder.
+pub fn png_file(s: &str) -> std::result::Result<std::path::PathBuf, String> {
+    let path = std::path::PathBuf::from(s);
+    output_file(&path, &["png"]).map(|()| path)
+}
+
+/// Parses an output path that must be a `.npy` file in an existing folder.
+pub fn npy_file(s: &str) -> std::result::Result<std::path::PathBuf, String> {
+    let path = std::path::PathBuf::from(s);
+    output_file(&path, &["npy"]).map(|()| path)
 }
 
 /// A spinner on stderr for work of unknown length (opening data, building a model).

@@ -31,16 +31,16 @@ enum PlotCommand {
         #[arg(long)]
         ckpt: PathBuf,
         /// Output PNG.
-        #[arg(long)]
+        #[arg(long, value_parser = super::png_file)]
         out: PathBuf,
         /// Grid cells per side.
-        #[arg(long, default_value_t = 120, value_parser = super::positive)]
+        #[arg(long, default_value_t = 120, value_parser = super::positive::<usize>)]
         grid: usize,
         /// Half-width of the square shown.
         #[arg(long, default_value_t = 3.0)]
         extent: f64,
         /// Samples to overlay (DDPM, 200 steps).
-        #[arg(long, default_value_t = 1000, value_parser = super::positive)]
+        #[arg(long, default_value_t = 1000, value_parser = super::positive::<usize>)]
         samples: usize,
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceArg,
@@ -54,10 +54,10 @@ enum PlotCommand {
         /// Images to denoise (default: the model's training data).
         #[arg(long)]
         data: Option<String>,
-        #[arg(long)]
+        #[arg(long, value_parser = super::png_file)]
         out: PathBuf,
         /// Rows (images).
-        #[arg(long, default_value_t = 6, value_parser = super::positive)]
+        #[arg(long, default_value_t = 6, value_parser = super::positive::<usize>)]
         n: usize,
         /// Levels (default: 10%, 30%, 50%, 70%, 90% and 100% of T).
         #[arg(long, value_delimiter = ',')]
@@ -72,7 +72,7 @@ enum PlotCommand {
         /// `cdm nll --json` outputs, one per cube width (the spec must be uniform:...,g=G).
         #[arg(required = true)]
         reports: Vec<PathBuf>,
-        #[arg(long)]
+        #[arg(long, value_parser = super::png_file)]
         out: PathBuf,
     },
     /// Training curves of one or more runs from their `log.jsonl`: OUT_loss.png (the loss
@@ -92,7 +92,7 @@ enum PlotCommand {
         /// `report.json` files, each labelled by its folder's parent (the run) and folder.
         #[arg(required = true)]
         reports: Vec<PathBuf>,
-        #[arg(long)]
+        #[arg(long, value_parser = super::png_file)]
         out: PathBuf,
     },
 }

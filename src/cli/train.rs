@@ -11,10 +11,12 @@ use cdm::distributed::{Launch, ProcessGroup};
 use cdm::loss::ZetaPrior;
 use cdm::model::{ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, ConvNetConfig, MlpConfig, UnetConfig};
+use cdm::run_lock::RunLock;
 use cdm::schedule::{Levels, ScheduleKind};
+use cdm::signals;
 use cdm::train::{Precision, RunConfig, TrainConfig, Trainer};
 
-use super::{progress_bar, spinner, DeviceArg};
+use super::{progress_bar, spinner, DeviceArg, Interrupted};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -27,8 +29,12 @@ pub struct TrainArgs {
     /// it. Without it, a run already in `--out` gives every setting, so resuming repeats no flag.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Total optimiser steps (raise it to extend a finished run) [default: 2000 for images, 5000 otherwise].
+    /// Delete the run in --out (its config.json, checkpoint and log.jsonl) and start a new one
+    /// there; without it a run in --out is only ever resumed.
     #[arg(long)]
+    restart: bool,
+    /// Total optimiser steps (raise it to extend a finished run) [default: 2000 for images, 5000 otherwise].
+    #[arg(long, value_parser = super::positive::<u64>)]
     steps: Option<u64>,
     /// Samples per step [default: 32 for images, 1024 otherwise].
     #[arg(long)]
@@ -124,8 +130,9 @@ pub struct TrainArgs {
     /// Steps between sample grids written to OUT/samples (image data) [default: 500 for images].
     #[arg(long)]
     sample_every: Option<u64>,
-    /// Steps between checkpoints [default: 500 for images, 1000 otherwise].
-    #[arg(long)]
+    /// Steps between checkpoints; the last step and a step stopped by Ctrl-C or SIGTERM are
+    /// always saved [default: 500 for images, 1000 otherwise].
+    #[arg(long, value_parser = super::positive::<u64>)]
     checkpoint_every: Option<u64>,
     /// A DDM's training levels: the integers 1..=T, or a continuous log SNR from a truncated
     /// logistic fitted to the data's variances (the CDL paper's recipe; its range must lie in
@@ -153,19 +160,12 @@ pub struct TrainArgs {
     /// Data-parallel ranks to start on this host (one per GPU with CUDA; on a CPU the cores are
     /// split among them); --batch stays the global batch. A launcher's environment (torchrun's
     /// RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) starts a rank without it.
-    #[arg(long, value_name = "N", value_parser = super::positive)]
+    #[arg(long, value_name = "N", value_parser = super::positive::<usize>)]
     nproc: Option<usize>,
     /// Seconds a rank of a data-parallel job waits for the others in a collective before it
     /// stops with an error (a rank that dies is noticed at once).
-    #[arg(long, value_name = "SECONDS", default_value_t = cdm::distributed::DEFAULT_TIMEOUT.as_secs_f64(), value_parser = positive_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value_t = cdm::distributed::DEFAULT_TIMEOUT.as_secs_f64(), value_parser = super::positive_number)]
     dist_timeout: f64,
-}
-
-fn positive_seconds(s: &str) -> std::result::Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("expected a positive number of seconds, got '{s}'")),
-    }
 }
 
 /// A setting given as a number, or switched off.
@@ -351,14 +351,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let program = std::env::current_exe().context("finding this program to start the ranks")?;
             let argv: Vec<String> = std::env::args().skip(1).collect();
             tracing::info!("starting {n} data-parallel ranks on this host");
+            // Ctrl-C from a terminal reaches every rank: this process waits while they save.
+            signals::stop_on_interrupt().context("installing the Ctrl-C and SIGTERM handlers")?;
             return Ok(cdm::distributed::spawn_local(&program, &argv, n, RANK_GRACE)?);
         }
     }
     let device = args.device.device()?;
     let Some(launch) = launch else {
+        let lock = lock_run(&args)?;
         let (config, data) = run_config(&args)?;
         return train(&args, |building| {
-            let trainer = Trainer::open_with_data(&args.out, config, data, device);
+            let trainer = Trainer::open_with_data(lock, config, data, device);
             building.finish_and_clear();
             trainer
         });
@@ -371,6 +374,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // Rank 0 reads the saved run and opens (perhaps downloads) the data first; the others
     // follow from the cache it filled.
     let first = group.rank() == 0;
+    let lock = if first { Some(lock_run(&args)?) } else { None };
     if !first {
         group.barrier()?;
     }
@@ -381,10 +385,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let (config, data) = resolved?;
     let device = launch.device(device);
     train(&args, |building| {
-        let trainer = Trainer::open_in_job(&args.out, config, data, device, group.into());
+        let trainer = Trainer::open_in_job(&args.out, lock, config, data, device, group.into());
         building.finish_and_clear();
         trainer
     })
+}
+
+/// The run folder's lock, held from before the saved run is read until the process ends; with
+/// --restart, the run there discarded.
+fn lock_run(args: &TrainArgs) -> Result<RunLock> {
+    let lock = RunLock::acquire(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
+    if args.restart {
+        lock.discard_run()?;
+    }
+    Ok(lock)
 }
 
 /// How long the ranks started by --nproc have to stop on their own once one has failed.
@@ -396,6 +410,14 @@ fn train(args: &TrainArgs, open: impl FnOnce(&indicatif::ProgressBar) -> cdm::Re
     let building = spinner(format!("building the model in {}", args.out.display()));
     let mut trainer = open(&building)?;
     let train = &trainer.config.train;
+    if trainer.step() == train.steps {
+        tracing::info!(
+            "{} is at its last step, {}, already: nothing to train (--steps N extends it)",
+            args.out.display(),
+            train.steps
+        );
+        return Ok(());
+    }
     tracing::info!(
         "training to step {}: batch {}, lr {}, checkpoints every {} steps in {}",
         train.steps,
@@ -410,6 +432,7 @@ fn train(args: &TrainArgs, open: impl FnOnce(&indicatif::ProgressBar) -> cdm::Re
     if trainer.step() > 0 {
         tracing::info!("resuming {} at step {}", args.out.display(), trainer.step());
     }
+    signals::stop_on_interrupt().context("installing the Ctrl-C and SIGTERM handlers")?;
     trainer.run(&mut |r| {
         bar.set_position(r.step);
         let terms = match r.ce {
@@ -422,6 +445,9 @@ fn train(args: &TrainArgs, open: impl FnOnce(&indicatif::ProgressBar) -> cdm::Re
         });
     })?;
     bar.finish();
-    tracing::info!("checkpoint in {}", args.out.display());
+    if let Some(signal) = signals::received() {
+        return Err(Interrupted { signal, step: trainer.step(), out: args.out.clone() }.into());
+    }
+    tracing::info!("trained to step {}: checkpoint in {}", trainer.step(), args.out.display());
     Ok(())
 }

@@ -276,7 +276,15 @@ pub fn decode_image(bytes: &[u8], path: &Path) -> Result<image::RgbImage> {
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(256 << 20);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| bad(&e))?.to_rgb8();
+    let img = reader
+        .decode()
+        .map_err(|e| match e {
+            image::ImageError::Limits(_) => {
+                bad(&format!("larger than an image may be here ({MAX_IMAGE_SIDE} pixels a side, 256 MiB decoded): {e}"))
+            }
+            e => bad(&e),
+        })?
+        .to_rgb8();
     if img.width() == 0 || img.height() == 0 {
         return Err(bad(&"an image without pixels"));
     }

@@ -85,6 +85,11 @@ impl Dataset {
     /// `gmm:d=16,k=4,seed=0`, `checkerboard` or `rings`.
     pub fn open(spec: &str) -> Result<Self> {
         let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
+        if (name == "npy" || name == "folder") && args.split(',').next().is_none_or(str::is_empty) {
+            let what =
+                if name == "npy" { "npy:PATH (a .npy file)" } else { "folder:DIR[,size=N] (a folder of images)" };
+            return Err(Error::Data(format!("'{spec}' names no file or folder: expected {what}")));
+        }
         if name == "npy" {
             return Ok(Dataset::Points { x: npy::read_npy(&PathBuf::from(args))?, labels: None });
         }

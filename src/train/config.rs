@@ -175,6 +175,18 @@ impl TrainConfig {
     /// Checks every field, naming the first bad one.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, why: &str| Err(Error::Config(format!("train.{field} {why}")));
+        if self.steps == 0 {
+            return bad("steps", "must be at least 1");
+        }
+        if self.checkpoint_every == 0 {
+            return bad(
+                "checkpoint_every",
+                "must be at least 1 (the last step is always saved: a value above the steps saves only it)",
+            );
+        }
+        if self.log_every == 0 {
+            return bad("log_every", "must be at least 1");
+        }
         if !(1..=1 << 20).contains(&self.batch_size) {
             return bad("batch_size", "must be in 1..=1048576");
         }
@@ -225,4 +237,36 @@ pub struct RunConfig {
     pub data: String,
     pub model: ModelConfig,
     pub train: TrainConfig,
+}
+
+impl RunConfig {
+    /// How `self` differs from `run` in what the run computes, one "field: value in the run,
+    /// value here" each; its length and bookkeeping (steps, the intervals of checkpoints, log
+    /// lines and sample grids) may change and are not compared.
+    pub fn changes_from(&self, run: &RunConfig) -> Vec<String> {
+        let computed = |c: &RunConfig| {
+            let train = TrainConfig { steps: 0, checkpoint_every: 0, log_every: 0, sample_every: 0, ..c.train.clone() };
+            serde_json::to_value(RunConfig { train, ..c.clone() }).unwrap_or_default()
+        };
+        let mut changes = Vec::new();
+        differences("", &computed(run), &computed(self), &mut changes);
+        changes
+    }
+}
+
+/// Appends to `out` each leaf where `run` and `now` differ, named by its dotted path below
+/// `path`.
+fn differences(path: &str, run: &serde_json::Value, now: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (run, now) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let name = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                differences(&name, a.get(key).unwrap_or(&Value::Null), b.get(key).unwrap_or(&Value::Null), out);
+            }
+        }
+        _ if run != now => out.push(format!("{path}: {run} in the run, {now} here")),
+        _ => {}
+    }
 }

@@ -57,10 +57,11 @@ pub(crate) fn build(config: &RunConfig, device: Device) -> Result<(VarStore, Mod
     Ok((vs, model))
 }
 
-/// The settings of the run already checkpointed in `dir`, if there is one.
+/// The settings of the run in `dir`, if there is one: its `config.json`, written when it
+/// starts, so that a run stopped before its first checkpoint resumes with them too.
 pub fn saved_run(dir: &Path) -> Result<Option<RunConfig>> {
-    let (config_path, weights_path) = checkpoint::paths(dir);
-    if !weights_path.exists() {
+    let (config_path, _) = checkpoint::paths(dir);
+    if !config_path.exists() {
         return Ok(None);
     }
     checkpoint::read_json(&config_path).map(Some)

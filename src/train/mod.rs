@@ -1,7 +1,9 @@
 //! Training a classification diffusion model (Yadin et al. 2024, arXiv:2402.10095,
 //! Algorithm 1), or its DDM baseline: Adam with warm-up and decay, EMA weights, optional
 //! gradient clipping, atomic checkpoints and exact resume (each step's randomness is derived
-//! from the seed and the step number, and the optimiser state is saved). The settings are in
+//! from the seed and the step number, and the optimiser state is saved). A run holds its
+//! folder's lock ([`crate::run_lock`]) and stops at a checkpoint when a signal asks it to
+//! ([`crate::signals`]). The settings are in
 //! [`config`], loading trained models in [`loading`], the log in [`log`], and the optimiser in
 //! [`crate::optim`].
 use std::path::{Path, PathBuf};
@@ -18,7 +20,9 @@ use crate::model::{Model, ModelKind};
 use crate::optim::{ema_update, grad_norm, Adam, FlatVars};
 use crate::plot::image_grid;
 use crate::rng::Rng;
+use crate::run_lock::RunLock;
 use crate::sample::{draw, SampleOptions};
+use crate::signals::stop_requested;
 use crate::{Error, Result};
 
 pub mod config;
@@ -51,22 +55,30 @@ impl FirstNonFinite {
         FirstNonFinite(Tensor::full([3], -1.0, (Kind::Double, device)))
     }
 
-    /// Notes step `k` (0-based) if its loss or gradient norm is not finite and none was before.
-    fn observe(&mut self, k: u64, loss: &Tensor, norm: &Tensor) {
+    /// Notes `step` (1-based, as reported) if its loss or gradient norm is not finite and none
+    /// was before.
+    fn observe(&mut self, step: u64, loss: &Tensor, norm: &Tensor) {
         let seen = Tensor::stack(&[loss.detach().to_kind(Kind::Double), norm.shallow_clone()], 0);
         let first = seen.isfinite().all().logical_not().logical_and(&self.0.get(0).lt(0.0));
-        let now = Tensor::cat(&[Tensor::full([1], k as f64, (Kind::Double, seen.device())), seen], 0);
+        let now = Tensor::cat(&[Tensor::full([1], step as f64, (Kind::Double, seen.device())), seen], 0);
         self.0 = now.where_self(&first, &self.0);
     }
 
-    /// The error for a noted step, given the three values read back at step `read`.
+    /// The error for a noted step, given the three values read back at step `read`: it names
+    /// the value that overflowed (a finite loss with an infinite gradient norm is the gradient's
+    /// fault), and the step whose numbers were read, since the check waits for a read.
     fn check(&self, values: &[f64], read: u64) -> Result<()> {
         let &[step, loss, norm] = values else { return Ok(()) };
         if step < 0.0 {
             return Ok(());
         }
-        let what = if loss.is_finite() { format!("gradient norm = {norm}") } else { format!("loss = {loss}") };
-        Err(Error::NonFinite { step: step as u64, what: format!("{what} (read back after step {read})") })
+        let what = if loss.is_finite() {
+            format!("the gradient norm is {norm} (the loss was {loss})")
+        } else {
+            format!("the loss is {loss}")
+        };
+        let read = if read == step as u64 { String::new() } else { format!("; noticed at step {read}") };
+        Err(Error::NonFinite { step: step as u64, what: format!("{what}{read}") })
     }
 }
 
@@ -96,36 +108,47 @@ pub struct Trainer {
     group: Option<Arc<ProcessGroup>>,
     /// The rows of each step's batch this process computes.
     shard: Shard,
+    /// Held while the run is open: one writer per run folder.
+    /// Held while the run is open (by the writer): one writer per run folder.
+    _lock: Option<RunLock>,
 }
 
 impl Trainer {
-    /// Starts a run in `dir`, or resumes the one there. A run is resumed only with the same
-    /// settings; only `train.steps` (to extend a finished run) and the intervals of
-    /// checkpoints, log lines and sample grids may change.
+    /// Starts a run in `dir`, or resumes the one there (from its checkpoint, or from step 0
+    /// when only its `config.json` was written), holding the folder's lock. A run is resumed
+    /// only with the same settings; only `train.steps` (to extend a run, never below the step
+    /// it is at) and the intervals of checkpoints, log lines and sample grids may change.
     pub fn open(dir: &Path, config: RunConfig, device: Device) -> Result<Self> {
+        let lock = RunLock::acquire(dir)?;
         let data = Dataset::open(&config.data)?;
-        Self::open_with_data(dir, config, data, device)
+        Self::open_with_data(lock, config, data, device)
     }
 
-    /// [`Trainer::open`] with the data already opened from `config.data`.
-    pub fn open_with_data(dir: &Path, config: RunConfig, data: Dataset, device: Device) -> Result<Self> {
-        Self::open_as(dir, config, data, device, true)
+    /// [`Trainer::open`] in the folder of `lock`, with the data already opened from
+    /// `config.data`.
+    pub fn open_with_data(lock: RunLock, config: RunConfig, data: Dataset, device: Device) -> Result<Self> {
+        let dir = lock.dir().to_path_buf();
+        Self::open_as(&dir, Some(lock), config, data, device)
     }
 
     /// [`Trainer::open_with_data`] for one rank of a data-parallel job, every rank given the
-    /// same settings: rank 0 opens or resumes the run in `dir` as a single process would, and
-    /// sends its settings (checked against each rank's own) and its state (weights, EMA, Adam's
-    /// moments, step) to the others, which never touch `dir`. Each rank then trains on its
-    /// [`Shard`] of every batch.
+    /// same settings: rank 0, holding the folder's `lock`, opens or resumes the run in `dir` as
+    /// a single process would, and sends its settings (checked against each rank's own) and its
+    /// state (weights, EMA, Adam's moments, step) to the others, which hold no lock and never
+    /// touch `dir`. Each rank then trains on its [`Shard`] of every batch.
     pub fn open_in_job(
         dir: &Path,
+        lock: Option<RunLock>,
         config: RunConfig,
         data: Dataset,
         device: Device,
         group: Arc<ProcessGroup>,
     ) -> Result<Self> {
         let shard = Shard::of(config.train.batch_size, group.rank(), group.world_size())?;
-        let opened = Self::open_as(dir, config, data, device, group.rank() == 0);
+        if lock.is_some() != (group.rank() == 0) {
+            return Err(Error::Config("rank 0 of a job, and it alone, holds the run folder's lock".into()));
+        }
+        let opened = Self::open_as(dir, lock, config, data, device);
         // Every rank learns whether all could open the run before anyone waits for rank 0's state.
         let failures = Tensor::from_slice(&[opened.is_err() as i64]);
         group.all_reduce_sum(&failures)?;
@@ -171,9 +194,10 @@ impl Trainer {
         Ok(trainer)
     }
 
-    /// Opens the run; a `writer` reads and writes `dir` (the checkpoint, config.json), any
-    /// other rank builds the model alone and is sent the rest.
-    fn open_as(dir: &Path, config: RunConfig, data: Dataset, device: Device, writer: bool) -> Result<Self> {
+    /// Opens the run; the holder of the folder's `lock` reads and writes `dir` (the checkpoint,
+    /// config.json), any other rank of a job builds the model alone and is sent the rest.
+    fn open_as(dir: &Path, lock: Option<RunLock>, config: RunConfig, data: Dataset, device: Device) -> Result<Self> {
+        let writer = lock.is_some();
         config.train.validate()?;
         if data.shape() != config.model.data_shape {
             return Err(Error::Config(format!(
@@ -205,10 +229,29 @@ impl Trainer {
                 config.data
             )));
         }
-        if writer {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
         let (config_path, weights_path) = checkpoint::paths(dir);
+        let saved = if writer { saved_run(dir)? } else { None };
+        if let Some(saved) = &saved {
+            let changes = config.changes_from(saved);
+            if !changes.is_empty() {
+                return Err(Error::Config(format!(
+                    "{} holds a run with other settings ({}); resume it with its own (`cdm train --out {0}` alone), \
+                     start it again with --restart, or choose another --out",
+                    dir.display(),
+                    changes.join("; ")
+                )));
+            }
+        }
+        let checkpointed = writer && weights_path.exists();
+        if checkpointed && saved.is_none() {
+            return Err(Error::checkpoint(
+                &weights_path,
+                format!(
+                    "has no {} beside it to say what it was trained with; restore it, or --restart",
+                    checkpoint::CONFIG_FILE
+                ),
+            ));
+        }
         // tch's initialisers draw from libtorch's global generator: seed it (under a lock, as
         // other threads may build models too), so a run is reproducible from its config alone.
         let (mut vs, model, (mut ema_vs, ema_model)) = {
@@ -218,14 +261,13 @@ impl Trainer {
             let (vs, model) = build(&config, device)?;
             (vs, model, build(&config, device)?)
         };
-        let saved = if writer { saved_run(dir)? } else { None };
-        match (&saved, &config.train.init_from) {
+        match (checkpointed, &config.train.init_from) {
             // A resumed run restores its weights and base from the checkpoint below, and the
             // ranks of a job that do not write are sent theirs.
-            (Some(_), _) => {}
+            (true, _) => {}
             _ if !writer => {}
-            (None, Some(init)) => init_weights(&mut vs, &config, init)?,
-            (None, None) => {
+            (false, Some(init)) => init_weights(&mut vs, &config, init)?,
+            (false, None) => {
                 if let Some(base) = model.base() {
                     base.fit(&data.eval_points(BASE_FIT_POINTS, config.train.seed), data.labels())?;
                 }
@@ -261,20 +303,18 @@ impl Trainer {
             fid: None,
             group: None,
             shard: Shard::whole(config_batch),
+            _lock: lock,
         };
-        if let Some(saved) = saved {
-            // What a run computes must match; its length and bookkeeping may change.
-            let comparable = |c: &RunConfig| RunConfig {
-                train: TrainConfig { steps: 0, checkpoint_every: 0, log_every: 0, sample_every: 0, ..c.train.clone() },
-                ..c.clone()
-            };
-            if comparable(&saved) != comparable(&trainer.config) {
-                return Err(Error::Config(format!(
-                    "{} holds a run with other settings; resume it with the same settings or choose another --out",
-                    dir.display()
-                )));
-            }
+        if checkpointed {
             trainer.restore(&weights_path)?;
+        }
+        let (steps, step) = (trainer.config.train.steps, trainer.step);
+        if steps < step {
+            return Err(Error::Config(format!(
+                "train.steps {steps} is below step {step}, where the run in {} stands; pass --steps above {step} \
+                 to train it further, or --restart to start it again",
+                dir.display()
+            )));
         }
         if writer {
             checkpoint::write_json(&config_path, &trainer.config)?;
@@ -373,7 +413,8 @@ impl Trainer {
 
     /// Trains up to `train.steps`, calling `on_step` after each step that reads its numbers
     /// back (see [`Trainer::run_until`]). A non-finite loss or gradient stops training with an
-    /// error and leaves the last checkpoint in place.
+    /// error and leaves the last checkpoint in place; a signal (see [`crate::signals`]) stops
+    /// it after the current step, with a checkpoint of that step.
     pub fn run(&mut self, on_step: &mut dyn FnMut(&StepReport)) -> Result<()> {
         self.run_until(self.config.train.steps, on_step)
     }
@@ -389,7 +430,7 @@ impl Trainer {
     pub fn run_until(&mut self, stop: u64, on_step: &mut dyn FnMut(&StepReport)) -> Result<()> {
         let cfg = self.config.train.clone();
         let stop = stop.min(cfg.steps);
-        let log_path = self.dir.join("log.jsonl");
+        let log_path = self.dir.join(checkpoint::LOG_FILE);
         let writer = self.is_writer();
         let mut log = if writer { Some(LogFile::open(&log_path, self.step)?) } else { None };
         let mut batches = Batches::new(&self.data, self.batch_options(), self.step..stop);
@@ -429,14 +470,20 @@ impl Trainer {
             // report, log, checkpoint or sample.
             let norm = grad_norm(&self.params)?;
             let scale = cfg.grad_clip.map(|c| (norm.reciprocal() * c).clamp_max(1.0));
-            first_bad.observe(k, &loss.total, &norm);
+            first_bad.observe(k + 1, &loss.total, &norm);
             let lr = cfg.lr_at(k);
             self.adam.update(&self.params, lr, k + 1, scale.as_ref())?;
             ema_update(&self.ema, &self.params, cfg.ema_decay.min((1.0 + k as f64) / (10.0 + k as f64)));
             self.step += 1;
+            // A signal ends the run here, at a checkpoint, as if this were its last step.
+            // The ranks of a job agree, so that all stop after the same step.
+            let stopping = match &self.group {
+                Some(group) => group.any(stop_requested())?,
+                None => stop_requested(),
+            };
             let fid_due = images && cfg.fid_every > 0 && self.step.is_multiple_of(cfg.fid_every);
-            let logged = self.step.is_multiple_of(cfg.log_every.max(1)) || self.step == cfg.steps || fid_due;
-            let saved = self.step.is_multiple_of(cfg.checkpoint_every.max(1)) || self.step == cfg.steps;
+            let logged = self.step.is_multiple_of(cfg.log_every) || self.step == cfg.steps || fid_due;
+            let saved = self.step.is_multiple_of(cfg.checkpoint_every) || self.step == cfg.steps || stopping;
             let sampled = images && cfg.sample_every > 0 && self.step.is_multiple_of(cfg.sample_every);
             if !(logged || saved || sampled || self.step == stop) {
                 continue;
@@ -480,7 +527,7 @@ impl Trainer {
                 if let Some(name) = self.params.first_non_finite() {
                     return Err(Error::NonFinite {
                         step: self.step,
-                        what: format!("weight '{name}' after the update"),
+                        what: format!("weight '{name}' is not finite after the update"),
                     });
                 }
                 self.save()?;
@@ -493,6 +540,9 @@ impl Trainer {
                 clock = std::time::Instant::now();
             }
             on_step(&report);
+            if stopping {
+                break;
+            }
         }
         Ok(())
     }
