@@ -205,3 +205,40 @@ fn shard_losses_add_up_to_the_batch_loss() {
         assert!(off < 1e-4 * whole_grad.abs().max().double_value(&[]).max(1.0), "{kind:?}: gradients off by {off}");
     }
 }
+
+/// Ctrl-C from a terminal reaches every process of the job: the ranks agree on one step, rank 0
+/// writes its checkpoint, and the job resumes from it.
+#[test]
+fn ctrl_c_stops_every_rank_at_one_checkpointed_step() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let flags = ["--data", "gmm2d", "--batch", "32", "--checkpoint-every", "1000000"];
+    let mut job = Command::new(CDM)
+        .args(["train", "--device", "cpu", "--nproc", "2", "--steps", "1000000", "--out"])
+        .arg(&run)
+        .args(flags)
+        .env("OMP_NUM_THREADS", "1")
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::fs::read_to_string(run.join("log.jsonl")).map_or(true, |l| l.is_empty()) {
+        assert!(started.elapsed() < Duration::from_secs(120), "the job never started training");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let group = format!("-{}", job.id());
+    assert!(Command::new("kill").args(["-INT", "--", &group]).status().unwrap().success());
+    let status = job.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success() && stderr.contains("stopped by SIGINT"), "{stderr}");
+    assert!(!stderr.contains("another rank has stopped"), "the ranks stopped together:\n{stderr}");
+    let step: u64 = checkpoint(&run).metadata["step"].parse().unwrap();
+    assert!(step >= 50, "stopped at step {step}, before the first log line");
+    // Resumed by the same job: to a few steps further, without complaint.
+    let further = (step + 3).to_string();
+    train(&run, &[&flags[..], &["--nproc", "2", "--steps", &further]].concat(), &[]);
+    assert_eq!(checkpoint(&run).metadata["step"], further);
+}
