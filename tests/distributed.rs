@@ -28,6 +28,24 @@ fn train(out: &Path, flags: &[&str], extra_env: &[(&str, String)]) -> std::proce
     output
 }
 
+/// Rank `rank` of a two-rank job meeting at `port`, started from torchrun's variables.
+fn spawn_rank(rank: usize, port: u16, out: &Path, flags: &[&str]) -> std::process::Child {
+    Command::new(CDM)
+        .args(["train", "--device", "cpu", "--out"])
+        .arg(out)
+        .args(flags)
+        .envs([
+            ("RANK", rank.to_string()),
+            ("WORLD_SIZE", "2".into()),
+            ("MASTER_ADDR", "127.0.0.1".into()),
+            ("MASTER_PORT", port.to_string()),
+            ("OMP_NUM_THREADS", "1".into()),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn checkpoint(run: &Path) -> TensorFile {
     TensorFile::load(&run.join("checkpoint.safetensors")).unwrap()
 }
@@ -104,24 +122,7 @@ fn two_ranks_resume_exactly_and_launch_from_the_environment() {
     assert_eq!(largest_difference(&checkpoint(&straight), &checkpoint(&resumed)), 0.0, "resume is exact");
 
     let port = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port();
-    let ranks: Vec<_> = (0..2)
-        .map(|rank| {
-            Command::new(CDM)
-                .args(["train", "--device", "cpu", "--out"])
-                .arg(&launched)
-                .args(args("40"))
-                .envs([
-                    ("RANK", rank.to_string()),
-                    ("WORLD_SIZE", "2".into()),
-                    ("MASTER_ADDR", "127.0.0.1".into()),
-                    ("MASTER_PORT", port.to_string()),
-                    ("OMP_NUM_THREADS", "1".into()),
-                ])
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let ranks: Vec<_> = (0..2).map(|rank| spawn_rank(rank, port, &launched, &args("40"))).collect();
     for rank in ranks {
         let output = rank.wait_with_output().unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -136,22 +137,10 @@ fn a_dead_rank_stops_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port();
     let timeout = 120;
-    let spawn = |rank: usize| {
-        Command::new(CDM)
-            .args(["train", "--device", "cpu", "--data", "gmm2d", "--steps", "1000000", "--batch", "32", "--out"])
-            .arg(dir.path().join("run"))
-            .args(["--dist-timeout", &timeout.to_string(), "--checkpoint-every", "1000000"])
-            .envs([
-                ("RANK", rank.to_string()),
-                ("WORLD_SIZE", "2".into()),
-                ("MASTER_ADDR", "127.0.0.1".into()),
-                ("MASTER_PORT", port.to_string()),
-                ("OMP_NUM_THREADS", "1".into()),
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let timeout_flag = timeout.to_string();
+    let flags = ["--data", "gmm2d", "--steps", "1000000", "--batch", "32", "--checkpoint-every", "1000000"];
+    let flags = [&flags[..], &["--dist-timeout", &timeout_flag]].concat();
+    let spawn = |rank: usize| spawn_rank(rank, port, &dir.path().join("run"), &flags);
     let (first, mut second) = (spawn(0), spawn(1));
     // Training has begun once rank 0 has logged a step.
     let log = dir.path().join("run/log.jsonl");
