@@ -31,7 +31,7 @@ fn immse_terms(
 
 /// log p(x) per sample ([B]) of the model behind a noise predictor, by the pointwise I-MMSE
 /// identity (Kong et al. 2023, arXiv:2302.03792; the estimator of Wu et al. 2024,
-/// arXiv:2407.08946, DESIGN.md section 3): with z_γ = √σ(γ)·x + √σ(−γ)·ε,
+/// arXiv:2407.08946, section 3): with z_γ = √σ(γ)·x + √σ(−γ)·ε,
 ///
 /// −log p(x) = h_G + ½ ∫ (E_ε‖ε − ε̂(z_γ, γ)‖² − mmse_G(γ)) dγ,
 ///

@@ -1,4 +1,4 @@
-//! Two adapters of a noise predictor (DESIGN.md section 3): the predictor of the data after
+//! Two adapters of a noise predictor (Wu et al. 2024, arXiv:2407.08946, section 3): the predictor of the data after
 //! extra noise at log SNR α, and the noise classifier inside a denoiser, log p_ζ(z) − log p(z),
 //! by I-MMSE with shared draws (Wu et al. 2024, arXiv:2407.08946).
 use tch::Tensor;
@@ -9,7 +9,7 @@ use crate::Result;
 
 /// γ′ = logit(σ(γ)·σ(α)) and √(σ(−γ)/σ(−γ′)) per sample (γ [B], α broadcast against it):
 /// noising p_α at γ is noising the data at γ′ < min(γ, α), and E[ε | z] = √(σ(−γ)/σ(−γ′))·ε̂(z, γ′)
-/// (DESIGN.md section 3).
+/// (the CDL paper's section 3).
 fn noised_logsnr(gamma: &Tensor, alpha: &Tensor) -> (Tensor, Tensor) {
     let signal = gamma.sigmoid() * alpha.to_device(gamma.device()).to_kind(gamma.kind()).sigmoid();
     let inner = (&signal / (signal.ones_like() - &signal)).log();

@@ -1,4 +1,4 @@
-//! The Gaussian an I-MMSE likelihood is taken relative to (DESIGN.md section 3): its entropy,
+//! The Gaussian an I-MMSE likelihood is taken relative to (Wu et al. 2024, arXiv:2407.08946, section 3): its entropy,
 //! its MMSE curve, its density and its optimal noise prediction, all in closed form.
 use tch::{Kind, Tensor};
 

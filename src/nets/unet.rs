@@ -47,7 +47,7 @@ impl Default for UnetConfig {
 }
 
 impl UnetConfig {
-    /// Trains on two CPU cores in minutes (28×28: about 1 M parameters; DESIGN.md section 4).
+    /// Trains on two CPU cores in minutes (28×28: about 1 M parameters).
     pub fn tiny() -> Self {
         UnetConfig {
             channels: 32,
