@@ -43,6 +43,9 @@ pub enum Error {
         holder.map_or("another process".to_string(), |pid| format!("another cdm process (PID {pid})"))
     )]
     Locked { dir: PathBuf, holder: Option<u32> },
+    /// What failed, and in which part of a larger task (the `--data` spec, a report's section).
+    #[error("{what}: {cause}")]
+    In { what: String, cause: Box<Error> },
     /// A sampler's state stopped being finite (a diverging model or sampler).
     #[error("sampler state became non-finite at step {step} (level {level})")]
     NonFiniteSample { step: usize, level: usize },
@@ -53,6 +56,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
+    }
+    /// This error, as part of `what`.
+    pub fn within(self, what: impl Into<String>) -> Self {
+        Error::In { what: what.into(), cause: Box::new(self) }
     }
     pub(crate) fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Checkpoint { path: path.into(), msg: msg.into() }

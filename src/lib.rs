@@ -25,6 +25,7 @@
 //! (AUROC, confusion matrix, FID, MMD), `cache` (downloads kept per user), `plot`, `device` (CPU or a
 //! GPU, loading libtorch's CUDA backend at run time), `distributed` (data-parallel ranks on c10d).
 pub mod base;
+pub mod batches;
 pub mod cache;
 pub mod checkpoint;
 pub mod classifier;

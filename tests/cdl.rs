@@ -350,7 +350,7 @@ fn init_from_starts_from_a_runs_weights_with_a_fresh_optimiser() {
         train: TrainConfig { steps: 20, batch_size: 64, ..Default::default() },
     };
     Trainer::open(first.path(), config.clone(), Device::Cpu).unwrap().run(&mut |_| {}).unwrap();
-    let trained = cdm::train::load_model(first.path(), Device::Cpu, true).unwrap();
+    let trained = cdm::checkpoint::load_model(first.path(), Device::Cpu, true).unwrap();
     let second = tempfile::tempdir().unwrap();
     // Fine-tuned on continuous levels with CDL: the model may change how its levels are drawn.
     model.schedule.levels = Levels::Continuous(LogSnrProposal { loc: 0.0, scale: 3.0 });

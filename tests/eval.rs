@@ -7,13 +7,13 @@ use std::path::Path;
 use std::process::Command;
 
 use cdm::cache::file_stem;
+use cdm::checkpoint::load_model;
 use cdm::data::npy::{read_npy, write_npy};
 use cdm::data::Dataset;
-use cdm::eval::{denoising_mse, first, level_classifier, noise_classifier, Batches};
+use cdm::eval::{denoising_mse, first, level_classifier, noise_classifier, Batches, Report, Stream};
 use cdm::loss::CdlConfig;
 use cdm::rng::Rng;
 use cdm::sample::Noise;
-use cdm::train::load_model;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
@@ -112,10 +112,11 @@ fn eval_writes_every_section_of_the_report() {
     assert!(by_file("nll_bpd_cdm_uniform.npy")["convention"].as_str().unwrap().starts_with("uniform dequantization"));
     assert!(by_file("nll_bpd_ddm_uniform.npy")["estimator"].as_str().unwrap().starts_with("I-MMSE, 3 evaluations"));
     // The CDM's single pass and the DDM at each budget.
-    let curve = report["likelihood_vs_evaluations"].as_array().unwrap();
+    let curve = report["likelihood_vs_evaluations"]["rows"].as_array().unwrap();
     assert_eq!(curve.iter().map(|r| r["evaluations"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 1, 3]);
     // Denoising: each model's MSE at each level is the library's, with the noise of seed 0.
-    let denoising = report["denoising_mse"].as_array().unwrap();
+    assert_eq!(report["denoising_mse"]["models"], serde_json::json!(["cdm", "ddm"]));
+    let denoising = report["denoising_mse"]["rows"].as_array().unwrap();
     assert_eq!(
         denoising.iter().map(|r| r["level"].as_u64().unwrap()).collect::<Vec<_>>(),
         [1, 3, 5, 10, 15, 25, 35, 45, 50]
@@ -123,22 +124,29 @@ fn eval_writes_every_section_of_the_report() {
     let eps = Noise::new(0, 0, 40).normal(&x.size()[1..], Kind::Double, Device::Cpu);
     for row in denoising {
         let t = row["level"].as_u64().unwrap() as usize;
-        for (name, run) in [("cdm", &cdm_run), ("ddm", &ddm_run)] {
+        for (k, (name, run)) in [("cdm", &cdm_run), ("ddm", &ddm_run)].into_iter().enumerate() {
             let batches = Batches::new(1024, run.options());
             let mse = denoising_mse(&run.model, &x, t, &eps, &batches).unwrap();
             // float32 weights: the binary runs on one thread, this test on several.
-            assert!((number(&row[name]) - mse).abs() <= 1e-9 * mse, "{name} at level {t}: {row} against {mse}");
+            let reported = number(&row["mse"][k]);
+            assert!((reported - mse).abs() <= 1e-9 * mse, "{name} at level {t}: {row} against {mse}");
         }
     }
     // Classifier: the library's metrics for the same points and the seed's stream.
     let classifier = &report["classifier"];
     let batches = Batches::new(1024, cdm_run.options());
-    let metrics = level_classifier(cdm_run.model.classifier().unwrap(), &x, &mut Rng::new(0xd1a6), &batches).unwrap();
+    let metrics = level_classifier(
+        cdm_run.model.classifier().unwrap(),
+        &x,
+        &mut Rng::new(Stream::LevelClassifier.seed(0)),
+        &batches,
+    )
+    .unwrap();
     assert_eq!(number(&classifier["accuracy"]), metrics.accuracy);
     assert!((number(&classifier["cross_entropy"]) - metrics.cross_entropy).abs() < 1e-9, "{classifier}");
     assert_eq!(classifier["confusion"], serde_json::to_value(&metrics.confusion).unwrap());
     // Sampler drift: one row per sampler step, down to the clean level, read levels in 0..=T+1.
-    let drift = classifier["sampler_drift"].as_array().unwrap();
+    let drift = classifier["sampler_drift"]["rows"].as_array().unwrap();
     assert_eq!(drift.len(), 10);
     assert_eq!(drift.last().unwrap()["level"].as_u64(), Some(0));
     for key in ["sampler_states", "real_points"] {
@@ -166,13 +174,17 @@ fn eval_writes_every_section_of_the_report() {
             .sum::<f64>()
             / (a.len() * b.len()) as f64
     };
-    let ood = &report["ood"][0];
+    let ood = &report["ood"]["rows"][0];
     assert_eq!(number(&ood["auroc_likelihood"]), share_above(0));
     let by_level = ood["auroc_log_p_t_by_level"].as_array().unwrap();
     assert_eq!(by_level.len(), 21);
     for (j, pair) in by_level.iter().enumerate() {
         assert_eq!(number(&pair[1]), share_above(j as i64), "level {}", pair[0]);
     }
+    // The typed report reads back whole: its Markdown is report.md.
+    let typed = Report::read(&report_dir.join("report.json")).unwrap();
+    assert_eq!(typed.markdown(), std::fs::read_to_string(report_dir.join("report.md")).unwrap());
+    assert_eq!(serde_json::to_value(&typed).unwrap(), report);
     for file in [
         "report.md",
         "likelihood_vs_nfe.png",

@@ -20,7 +20,7 @@ use cdm::metrics::{GaussianStats, Typicality};
 use cdm::model::{Model, ModelKind};
 use cdm::nets::{BackboneConfig, MlpConfig};
 use cdm::rng::Rng;
-use cdm::sample::SampleOptions;
+use cdm::sample::{ParallelOptions, SampleOptions};
 use common::{assert_close, base_model, gaussian_ddim_gain, max_abs_diff};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -267,7 +267,8 @@ fn the_mmd_of_exact_ddim_samples_is_the_closed_form() {
     assert!(got.per_iteration.is_empty());
     // In parallel with every step in one window, the trace scores each iteration's samples:
     // the last iterate is the sample set, and the first, x_T moved once, is not.
-    let parallel = SampleOptions { parallel: Some(10), tol: 1e-6, trace: true, ..opts };
+    let window = ParallelOptions { window: 10, tol: 1e-6, trace: true, ..Default::default() };
+    let parallel = SampleOptions { parallel: Some(window), ..opts };
     let traced = samples_mmd(&model, &held_out, &parallel, h2.sqrt(), &batches()).unwrap();
     // Three batches: as long as the slowest one.
     let len = traced.per_iteration.len();

@@ -5,6 +5,7 @@
 //! closed-form mixture denoisers, and small untrained conditional CDMs and DDMs.
 mod common;
 
+use cdm::batches::Batches;
 use cdm::classifier::Classifier;
 use cdm::model::{Model, ModelKind};
 use cdm::predictor::{Conditioned, NoisePredictor};
@@ -161,10 +162,10 @@ fn labels_guidance_and_clipping_inside_a_window_match_the_sequential_samples() {
         let (_vs, model) = conditional_model(kind);
         for sampler in [SamplerKind::Ddpm, SamplerKind::Ddim] {
             let sequential = SampleOptions { sampler, guidance: 1.5, clip_x0: Some(1.0), ..SampleOptions::ddim(20) };
-            let windowed = SampleOptions { parallel: Some(8), tol: 0.0, ..sequential.clone() };
-            let options = (Kind::Double, Device::Cpu);
-            let a = draw(&model, options, 6, &sequential, 6, None, &mut |_| {}).unwrap();
-            let b = draw(&model, options, 6, &windowed, 6, None, &mut |_| {}).unwrap();
+            let windowed = SampleOptions { parallel: Some(picard(8, 0.0)), ..sequential.clone() };
+            let batches = Batches::new(6, (Kind::Double, Device::Cpu));
+            let a = draw(&model, 6, &sequential, &batches).unwrap();
+            let b = draw(&model, 6, &windowed, &batches).unwrap();
             assert_eq!(a.labels, Some(vec![0, 1, 2, 0, 1, 2]));
             let gap = max_abs_diff(&a.x, &b.x);
             assert!(gap < 1e-9, "{kind:?} {sampler:?}: parallel samples {gap} off the sequential ones");
@@ -194,14 +195,9 @@ fn a_trace_holds_the_samples_of_every_iteration_budget() {
     assert!(max_abs_diff(&run.trace[0], &expected) > 0.1);
 
     let (_vs, model) = conditional_model(ModelKind::Ddm);
-    let opts = SampleOptions {
-        sampler: SamplerKind::Ddpm,
-        parallel: Some(20),
-        parallel_init: ParallelInit::Copy,
-        trace: true,
-        ..SampleOptions::ddim(20)
-    };
-    let samples = draw(&model, (Kind::Double, Device::Cpu), 6, &opts, 4, None, &mut |_| {}).unwrap();
+    let window = ParallelOptions { init: ParallelInit::Copy, trace: true, ..picard(20, 0.1) };
+    let opts = SampleOptions { sampler: SamplerKind::Ddpm, parallel: Some(window), ..SampleOptions::ddim(20) };
+    let samples = draw(&model, 6, &opts, &Batches::new(4, (Kind::Double, Device::Cpu))).unwrap();
     assert!(!samples.trace.is_empty() && samples.trace.len() <= samples.stats.iterations, "{:?}", samples.stats);
     assert!(samples.trace.iter().all(|x| x.size() == [6, 2]));
     assert_eq!(max_abs_diff(samples.trace.last().unwrap(), &samples.x), 0.0);

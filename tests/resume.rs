@@ -2,9 +2,10 @@
 //! run, and a saved model reloads to identical logits.
 mod common;
 
+use cdm::checkpoint::load_model;
 use cdm::model::ModelKind;
 use cdm::nets::{BackboneConfig, MlpConfig};
-use cdm::train::{load_model, Precision, RunConfig, TrainConfig, Trainer};
+use cdm::train::{Precision, RunConfig, TrainConfig, Trainer};
 use common::mlp_config;
 use tch::{Device, Kind};
 

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cdm::checkpoint::load_model;
 use cdm::checkpoint::TensorFile;
-use cdm::train::load_model;
 use tch::Device;
 
 fn cdm() -> Command {

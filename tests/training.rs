@@ -11,11 +11,12 @@
 //! point to 0.07 (commit 79a4f9f).
 mod common;
 
+use cdm::checkpoint::load_model;
 use cdm::data::Dataset;
 use cdm::likelihood::log_prob;
 use cdm::model::ModelKind;
 use cdm::nets::MlpConfig;
-use cdm::train::{load_model, RunConfig, TrainConfig, Trainer};
+use cdm::train::{RunConfig, TrainConfig, Trainer};
 use common::mlp_config;
 use tch::{Device, Kind};
 

@@ -6,16 +6,17 @@ use clap::Args;
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-use cdm::data::{is_8bit, npy, Dataset, DATA_SPECS};
-use cdm::eval::{against_posterior_mean, posterior_mean_levels, Batches};
-use cdm::likelihood::{bits_per_dim, bits_per_dim_8bit, dequantize, log_prob, Dequantization};
-use cdm::plot::image_grid;
+use cdm::checkpoint::{load_model, LoadedModel};
+use cdm::data::{npy, Dataset, DATA_SPECS};
+use cdm::eval::{against_posterior_mean, posterior_mean_levels, score_points, Batches, PointsToScore};
+use cdm::likelihood::{bits_per_dim, Dequantization};
+use cdm::plot::{image_grid, interleaved_rows, rows_by_class};
+use cdm::precision::Precision;
 use cdm::predictor::{Conditioned, NoisePredictor};
-use cdm::rng::Rng;
-use cdm::sample::{draw, time_windows, Noise, SampleOptions, Samples, SamplingStats, Start};
+use cdm::sample::{draw_from, Conditioning, Latency, Noise, SampleOptions, Samples, SamplingStats, Start};
 use cdm::schedule::levels_like;
-use cdm::train::{load_model, LoadedModel, Precision};
 
+use super::sampling::SamplingArgs;
 use super::{check_count, output_file, progress_bar, DeviceArg};
 
 /// Flags every command that reads a checkpoint shares.
@@ -119,84 +120,36 @@ pub fn nll(args: NllArgs) -> Result<()> {
     let loaded = args.ckpt.load()?;
     let data = Dataset::open(&args.data).with_context(|| format!("--data {}", args.data))?;
     check_count("--n", args.n, loaded.model.data_shape())?;
-    let clean = data.eval_points(args.n, args.seed);
-    let schedule = loaded.model.schedule();
-    schedule.check_level(args.level)?;
-    // Built-in data are clean samples; at t > 0 score them noised to level t.
-    let x = match data.density() {
-        Some(_) if args.level > 0 => {
-            let eps = Noise::new(args.seed, 0, clean.size()[0] as usize).normal(
-                &clean.size()[1..],
-                Kind::Double,
-                tch::Device::Cpu,
-            );
-            schedule.add_noise(&clean, &eps, &levels_like(args.level, &clean))
-        }
-        _ => clean,
+    let which = PointsToScore {
+        level: args.level,
+        n: args.n,
+        seed: args.seed,
+        dequantize: args.dequantize,
+        continuous: args.continuous,
     };
-    // 8-bit images get the 8-bit figure unless told otherwise.
-    let how = match args.dequantize {
-        Some(_) if x.dim() != 4 || args.level != 0 => bail!("--dequantize applies to 8-bit image data at level 0"),
-        Some(how) => Some(how),
-        None if !args.continuous && args.level == 0 && is_8bit(&x) => Some(Dequantization::Uniform),
-        None => None,
-    };
-    let x = match how {
-        Some(how) => dequantize(&x, how, &mut Rng::new(args.seed)),
-        None => x,
-    };
-    let log_p = batched(&loaded, &x, args.ckpt.batch, |chunk, _| {
-        log_prob(loaded.model.classifier()?, chunk, args.level, None)
-    })?
-    .to_kind(Kind::Double);
-    let dim = x.size()[1..].iter().product::<i64>() as f64;
-    let nats_per_dim = log_p.mean(Kind::Double).double_value(&[]) / dim;
-    let mut report = json!({
-        "ckpt": args.ckpt.ckpt, "data": args.data, "level": args.level, "n": x.size()[0], "dim": dim,
-        "log_likelihood_nats_per_dim": nats_per_dim, "nll_bits_per_dim": bits_per_dim(nats_per_dim),
-    });
-    if let Some(how) = how {
-        report["continuous_points"] = json!(match how {
-            Dequantization::Uniform => "the dequantized points on the [−1, 1] scale",
-            Dequantization::Paper => "the 8-bit grid points on the [−1, 1] scale",
-        });
-        report["bits_per_dim_8bit"] = json!(bits_per_dim_8bit(nats_per_dim));
-        report["bits_per_dim_8bit_convention"] = json!(match how {
-            Dequantization::Uniform => "uniform dequantization (upper bound on the discrete NLL)",
-            Dequantization::Paper => "paper convention: no dequantization, +7 (not a bound)",
-        });
-    }
-    let abar = schedule.alpha_bar(args.level);
-    let exact =
-        data.density().and_then(|d| if args.level == 0 { Some(d.log_prob(&x)) } else { d.log_prob_noisy(&x, abar) });
-    if let Some(exact) = exact {
-        let exact_per_dim = exact.mean(Kind::Double).double_value(&[]) / dim;
-        report["exact_nats_per_dim"] = json!(exact_per_dim);
-        report["mean_abs_error_nats"] = json!((&log_p - &exact).abs().mean(Kind::Double).double_value(&[]));
-    }
+    let (scores, log_p) = with_progress(&loaded, args.ckpt.batch, |b| score_points(&loaded.model, &data, &which, b))?;
     if let Some(out) = &args.out {
         npy::write_npy(out, &log_p).with_context(|| format!("--out {}", out.display()))?;
     }
     if args.json {
-        println!("{report}");
-    } else {
-        println!("{} points, D = {dim}, level {}", x.size()[0], args.level);
-        if let (Some(bpd), Some(how)) =
-            (report["bits_per_dim_8bit"].as_f64(), report["bits_per_dim_8bit_convention"].as_str())
+        let mut report = json!({"ckpt": args.ckpt.ckpt, "data": args.data});
+        if let (Some(fields), serde_json::Value::Object(more)) =
+            (report.as_object_mut(), serde_json::to_value(&scores)?)
         {
-            println!("8-bit images:   {bpd:.4} bits/dim, {how}");
+            fields.extend(more);
         }
-        let scale = match report["continuous_points"].as_str() {
-            Some(points) => format!(", continuous density of {points}"),
-            None => String::new(),
-        };
-        println!("log-likelihood: {nats_per_dim:.5} nats/dim ({:.5} bits/dim NLL){scale}", bits_per_dim(nats_per_dim));
-        if let Some(exact) = report["exact_nats_per_dim"].as_f64() {
-            println!(
-                "exact:          {exact:.5} nats/dim; mean |error| per point {:.5} nats",
-                report["mean_abs_error_nats"]
-            );
-        }
+        println!("{report}");
+        return Ok(());
+    }
+    println!("{} points, D = {}, level {}", scores.n, scores.dim, scores.level);
+    if let (Some(bpd), Some(how)) = (scores.bits_per_dim_8bit, &scores.bits_per_dim_8bit_convention) {
+        println!("8-bit images:   {bpd:.4} bits/dim, {how}");
+    }
+    let scale = scores.continuous_points.as_ref().map_or(String::new(), |p| format!(", continuous density of {p}"));
+    let nats = scores.log_likelihood_nats_per_dim;
+    println!("log-likelihood: {nats:.5} nats/dim ({:.5} bits/dim NLL){scale}", bits_per_dim(nats));
+    if let (Some(exact), Some(error)) = (scores.exact_nats_per_dim, scores.mean_abs_error_nats) {
+        println!("exact:          {exact:.5} nats/dim; mean |error| per point {error:.5} nats");
     }
     Ok(())
 }
@@ -258,10 +211,10 @@ pub struct SampleArgs {
     #[command(flatten)]
     ckpt: CkptArgs,
     /// Number of samples.
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive::<usize>)]
     n: usize,
     #[command(flatten)]
-    options: SampleOptions,
+    sampling: SamplingArgs,
     /// Start from data instead of pure noise (SDEdit, Meng et al. 2022): the first --n points
     /// of this data spec (e.g. `mnist:split=test`, `npy:FILE`), noised to --from-level; a
     /// conditional model gets their labels unless --class or --unconditional says otherwise.
@@ -277,7 +230,7 @@ pub struct SampleArgs {
     out: PathBuf,
     /// With --parallel: also draw the same samples sequentially, and report both runs' cost and
     /// how far apart their samples are.
-    #[arg(long)]
+    #[arg(long, requires = "parallel")]
     compare_sequential: bool,
     /// Print what the run cost as one JSON object.
     #[arg(long)]
@@ -323,77 +276,63 @@ fn sample_out(out: &std::path::Path, is_image: bool) -> Result<SampleOut> {
     Ok(kind)
 }
 
+/// Images per row of an SDEdit grid (its clean, noised and sampled rows come in turn).
+const SDEDIT_COLUMNS: usize = 10;
+
 pub fn sample(args: SampleArgs) -> Result<()> {
     let loaded = args.ckpt.load()?;
     check_count("--n", args.n, loaded.model.data_shape())?;
-    let is_image = loaded.model.data_shape().len() == 3;
-    let out = sample_out(&args.out, is_image)?;
-    if args.compare_sequential && args.options.parallel.is_none() {
-        bail!("--compare-sequential compares a --parallel run with the sequential one; add --parallel P");
-    }
+    let out = sample_out(&args.out, loaded.model.data_shape().len() == 3)?;
+    let opts = args.sampling.options();
     let init = match (&args.init, args.from_level) {
-        (Some(spec), Some(level)) => Some(noised_start(&loaded, spec, level, args.n, args.options.seed)?),
+        (Some(spec), Some(level)) => Some(noised_start(&loaded, spec, level, args.n, opts.seed)?),
         _ => None,
     };
     let start = init.as_ref().map(|(_, start)| start);
+    let batches = Batches::new(args.ckpt.batch, loaded.options());
     if args.compare_sequential {
         // One step for one sample first, so neither timed run pays libtorch's warm-up.
-        let warm_up = SampleOptions { steps: 1, parallel: None, ..args.options.clone() };
-        draw(&loaded.model, loaded.options(), 1, &warm_up, 1, None, &mut |_| {})?;
+        let warm_up = SampleOptions { steps: 1, ..opts.sequential() };
+        draw_from(&loaded.model, 1, &warm_up, &batches, None, &mut |_| {})?;
     }
-    let Samples { x: samples, labels, stats, windows, .. } =
-        draw_samples(&loaded, args.n, &args.options, args.ckpt.batch, start, &mut |_| {})?;
-    let mut report = json!({"n": args.n, "options": args.options, "cost": stats});
+    let drawn = draw_samples(&loaded, args.n, &opts, args.ckpt.batch, start)?;
+    let mut report = json!({"n": args.n, "options": opts, "cost": drawn.stats});
+    let what = match &opts.parallel {
+        Some(p) => format!("parallel ({:?}, window {}, tol {})", p.solver, p.window, p.tol).to_lowercase(),
+        None => "sequential".into(),
+    };
+    if !args.json {
+        print_cost(&what, &drawn.stats);
+    }
     if args.compare_sequential {
-        let sequential = SampleOptions { parallel: None, ..args.options.clone() };
-        let reference = draw_samples(&loaded, args.n, &sequential, args.ckpt.batch, start, &mut |_| {})?;
-        let gap = (&samples - &reference.x).to_kind(Kind::Double);
+        let reference = draw_samples(&loaded, args.n, &opts.sequential(), args.ckpt.batch, start)?;
+        let gap = (&drawn.x - &reference.x).to_kind(Kind::Double);
+        let latency = Latency::of(&loaded.model, &opts, &drawn, &reference, &batches)?;
         report["sequential_cost"] = json!(reference.stats);
-        report["latency"] = latency(&loaded, &args, &stats, &windows, &reference.stats)?;
+        report["latency"] = json!(latency);
         report["max_abs_difference"] = json!(gap.abs().max().double_value(&[]));
         report["rms_difference"] = json!(gap.square().mean(Kind::Double).sqrt().double_value(&[]));
+        if !args.json {
+            print_cost("sequential", &reference.stats);
+            print_comparison(&latency, &gap);
+        }
     }
     if args.json {
         println!("{report}");
-    } else {
-        print_cost(&report);
     }
+    let samples = &drawn.x;
     match (out, &init) {
-        (SampleOut::Array, _) => npy::write_npy(&args.out, &samples)?,
+        (SampleOut::Array, _) => npy::write_npy(&args.out, samples)?,
         (SampleOut::Grid, Some((clean, start))) => {
-            let cols = args.n.min(SDEDIT_COLUMNS) as i64;
-            let mut rows = Vec::new();
-            for first in (0..args.n as i64).step_by(cols as usize) {
-                let len = cols.min(args.n as i64 - first);
-                for images in [clean, &start.x_t, &samples] {
-                    rows.push(pad_row(&images.narrow(0, first, len).to_kind(Kind::Double), cols));
-                }
-            }
-            image_grid(&args.out, &Tensor::cat(&rows, 0), cols as usize)?;
+            let cols = args.n.min(SDEDIT_COLUMNS);
+            image_grid(&args.out, &interleaved_rows(&[clean, &start.x_t, samples], cols), cols)?
         }
         (SampleOut::Grid, None) => {
-            // Every class in turn: lay the grid out with one row per class.
-            let rows = labels
-                .as_ref()
-                .filter(|_| args.options.class.is_none())
-                .map_or(0, |l| l.iter().max().map_or(0, |m| m + 1));
-            let grid = match (rows, &labels) {
-                (r, Some(labels)) if r > 0 => {
-                    // A row per class, padded where n is not a multiple of the classes.
-                    let cols = args.n.div_ceil(r as usize) as i64;
-                    let rows: Vec<Tensor> = (0..r)
-                        .map(|c| {
-                            let index: Vec<i64> =
-                                (0..labels.len() as i64).filter(|&i| labels[i as usize] == c).collect();
-                            let index = Tensor::from_slice(&index).to_device(samples.device());
-                            pad_row(&samples.index_select(0, &index).to_kind(Kind::Double), cols)
-                        })
-                        .collect();
-                    (Tensor::cat(&rows, 0), cols as usize)
-                }
+            let (grid, cols) = match &drawn.labels {
+                Some(labels) if !matches!(opts.conditioning, Conditioning::Class(_)) => rows_by_class(samples, labels),
                 _ => (samples.shallow_clone(), (args.n as f64).sqrt().ceil() as usize),
             };
-            image_grid(&args.out, &grid.0, grid.1)?;
+            image_grid(&args.out, &grid, cols)?;
         }
         (SampleOut::Folder, _) => {
             std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
@@ -408,91 +347,45 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     Ok(())
 }
 
-/// Where a parallel run's time goes: the run against its network calls replayed alone (each
-/// iteration's window evaluated in one batch, nothing else), so that their ratio is the cost
-/// of one iteration over one batched evaluation of its window; and the parallel run against
-/// the sequential one by the clock.
-fn latency(
-    loaded: &LoadedModel,
-    args: &SampleArgs,
-    parallel: &SamplingStats,
-    windows: &[usize],
-    sequential: &SamplingStats,
-) -> Result<serde_json::Value> {
-    let n = args.n.min(args.ckpt.batch.max(1));
-    let network = time_windows(&loaded.model, loaded.options(), n, &args.options, windows)?;
-    let iterations = parallel.iterations.max(1) as f64;
-    Ok(json!({
-        "iteration_seconds": parallel.seconds / iterations,
-        "window_evaluation_seconds": network / iterations,
-        "iteration_over_evaluation": parallel.seconds / network,
-        "sequential_step_seconds": sequential.seconds / sequential.iterations.max(1) as f64,
-        "speed_up": sequential.seconds / parallel.seconds,
-    }))
+/// One line for a run: rounds of evaluation, states per trajectory and the largest batch.
+fn print_cost(what: &str, c: &SamplingStats) {
+    println!(
+        "{what}: {} iterations, {} network evaluations per sample, largest batch {}, {:.2} s",
+        c.iterations, c.evaluations, c.largest_batch, c.seconds
+    );
 }
 
-/// One line per run: rounds of evaluation, states per trajectory and the largest batch.
-fn print_cost(report: &serde_json::Value) {
-    let line = |what: &str, c: &serde_json::Value| {
-        println!(
-            "{what}: {} iterations, {} network evaluations per sample, largest batch {}, {:.2} s",
-            c["iterations"],
-            c["evaluations"],
-            c["largest_batch"],
-            c["seconds"].as_f64().unwrap_or(f64::NAN)
-        )
-    };
-    match report["options"]["parallel"].as_u64() {
-        Some(p) => line(
-            &format!("parallel ({}, window {p}, tol {})", report["options"]["solver"], report["options"]["tol"]),
-            &report["cost"],
-        ),
-        None => line("sequential", &report["cost"]),
-    }
-    if !report["sequential_cost"].is_null() {
-        line("sequential", &report["sequential_cost"]);
-        println!(
-            "parallel against sequential samples: max |difference| {:.3e}, rms {:.3e}",
-            report["max_abs_difference"].as_f64().unwrap_or(f64::NAN),
-            report["rms_difference"].as_f64().unwrap_or(f64::NAN)
-        );
-        let latency = &report["latency"];
-        let seconds = |key: &str| latency[key].as_f64().unwrap_or(f64::NAN);
-        println!(
-            "one iteration {:.2} ms against {:.2} ms for one evaluation of its window ({:.2}x); {:.2}x faster than sequential",
-            seconds("iteration_seconds") * 1e3,
-            seconds("window_evaluation_seconds") * 1e3,
-            seconds("iteration_over_evaluation"),
-            seconds("speed_up")
-        );
-    }
+/// How far apart a parallel run's samples are from the sequential ones, and where its time goes.
+fn print_comparison(latency: &Latency, gap: &Tensor) {
+    println!(
+        "parallel against sequential samples: max |difference| {:.3e}, rms {:.3e}",
+        gap.abs().max().double_value(&[]),
+        gap.square().mean(Kind::Double).sqrt().double_value(&[])
+    );
+    println!(
+        "one iteration {:.2} ms against {:.2} ms for one evaluation of its window ({:.2}x); {:.2}x faster than sequential",
+        latency.iteration_seconds * 1e3,
+        latency.window_evaluation_seconds * 1e3,
+        latency.iteration_over_evaluation,
+        latency.speed_up
+    );
 }
 
-/// Images per row of an SDEdit grid (its clean, noised and sampled rows come in turn).
-const SDEDIT_COLUMNS: usize = 10;
-
-/// `images` [len, ..] padded with white images to `cols`, so grid rows line up.
-fn pad_row(images: &Tensor, cols: i64) -> Tensor {
-    let mut size = images.size();
-    let len = size[0];
-    size[0] = cols - len;
-    Tensor::cat(&[images.shallow_clone(), Tensor::ones(&size, (images.kind(), images.device()))], 0)
-}
-
-/// `n` samples from a loaded model with a progress bar (see [`cdm::sample::draw`]).
+/// `n` samples from a loaded model with a progress bar (see [`cdm::sample::draw_from`]).
 pub fn draw_samples(
     loaded: &LoadedModel,
     n: usize,
     opts: &SampleOptions,
     batch: usize,
     start: Option<&Start>,
-    on_step: &mut dyn FnMut(&cdm::sample::Step),
 ) -> Result<Samples> {
-    let bar = progress_bar((n.div_ceil(batch.max(1)) * opts.steps) as u64, "sample");
-    let samples = draw(&loaded.model, loaded.options(), n, opts, batch, start, &mut |step| {
-        bar.inc(1);
-        on_step(step)
-    })?;
+    let bar = progress_bar(0, "sample");
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let batches = Batches { progress: Some(&progress), ..Batches::new(batch, loaded.options()) };
+    let samples = draw_from(&loaded.model, n, opts, &batches, start, &mut |_| {})?;
     bar.finish_and_clear();
     Ok(samples)
 }

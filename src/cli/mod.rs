@@ -10,6 +10,7 @@ pub mod eval;
 pub mod fid;
 pub mod infer;
 pub mod plot;
+pub mod sampling;
 pub mod train;
 
 /// Where tensors live.

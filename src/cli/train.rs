@@ -1,20 +1,19 @@
 //! `cdm train`.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use cdm::config_file::ConfigFile;
 use cdm::data::{Dataset, DATA_SPECS};
 use cdm::distributed::{Launch, ProcessGroup};
 use cdm::loss::ZetaPrior;
-use cdm::model::{ModelConfig, ModelKind};
-use cdm::nets::{BackboneConfig, ConvNetConfig, MlpConfig, UnetConfig};
+use cdm::model::ModelKind;
 use cdm::run_lock::RunLock;
-use cdm::schedule::{Levels, ScheduleKind};
+use cdm::schedule::ScheduleKind;
 use cdm::signals;
-use cdm::train::{Precision, RunConfig, TrainConfig, Trainer};
+use cdm::train::resolve::{resolve, BackboneChoice, LevelsChoice, Overrides, UnetPreset};
+use cdm::train::{Precision, RunConfig, Trainer};
 
 use super::{progress_bar, spinner, DeviceArg, Interrupted};
 
@@ -90,7 +89,7 @@ pub struct TrainArgs {
     model: Option<ModelKind>,
     /// Backbone (default: the UNet for [C, H, W] data, the MLP otherwise).
     #[arg(long, value_enum)]
-    backbone: Option<BackboneArg>,
+    backbone: Option<BackboneChoice>,
     /// UNet size: tiny (about 1 M parameters at 28×28), mnist (6 M), cifar10 (the DDPM/CDM paper's 35.7 M),
     /// celeba64 (DDIM's CelebA 64×64 network).
     #[arg(long, value_enum)]
@@ -138,7 +137,7 @@ pub struct TrainArgs {
     /// logistic fitted to the data's variances (the CDL paper's recipe; its range must lie in
     /// the schedule's, which `--schedule logsnr` widens).
     #[arg(long, value_enum)]
-    levels: Option<LevelsArg>,
+    levels: Option<LevelsChoice>,
     /// Add the contrastive diffusion loss with this weight (a DDM; 1 in the CDL paper).
     #[arg(long, value_name = "W")]
     cdl_weight: Option<f64>,
@@ -179,167 +178,62 @@ fn number_or_off(s: &str) -> std::result::Result<NumberOrOff, String> {
     }
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum BackboneArg {
-    /// Residual MLP (`MlpConfig::default()`).
-    Mlp,
-    /// Encoder-only ConvNet (`ConvNetConfig::default()`; CDM only).
-    Convnet,
-    /// The DDPM UNet (`--preset`, default tiny).
-    Unet,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum LevelsArg {
-    /// t ~ U{1..T}.
-    Discrete,
-    /// Log SNR from a truncated logistic, with the importance weight.
-    Continuous,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum UnetPreset {
-    Tiny,
-    Mnist,
-    Cifar10,
-    Celeba64,
-}
-
-impl UnetPreset {
-    fn config(self) -> UnetConfig {
-        match self {
-            UnetPreset::Tiny => UnetConfig::tiny(),
-            UnetPreset::Mnist => UnetConfig::mnist(),
-            UnetPreset::Cifar10 => UnetConfig::cifar10(),
-            UnetPreset::Celeba64 => UnetConfig::celeba64(),
+impl TrainArgs {
+    /// The flags given, as the library's overrides of a run's settings.
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            data: self.data.clone(),
+            model: self.model,
+            backbone: self.backbone,
+            preset: self.preset,
+            hidden: self.hidden,
+            channels: self.channels,
+            blocks: self.blocks,
+            head_channels: self.head_channels,
+            fourier: self.fourier.clone(),
+            schedule: self.schedule,
+            timesteps: self.timesteps,
+            levels: self.levels,
+            gaussian_base: self.gaussian_base,
+            base_per_class: self.base_per_class,
+            conditional: self.conditional,
+            steps: self.steps,
+            batch_size: self.batch,
+            lr: self.lr,
+            seed: self.seed,
+            ce_weight: self.ce_weight,
+            mse_weight: self.mse_weight,
+            min_snr: self.min_snr.map(|m| m.0),
+            grad_clip: self.grad_clip.map(|c| c.0),
+            fid_every: self.fid_every,
+            fid_samples: self.fid_samples,
+            low_levels: self.low_levels,
+            level_strides: self.level_strides.clone(),
+            precision: self.precision,
+            hflip: self.hflip,
+            dequantize: self.dequantize,
+            sample_every: self.sample_every,
+            checkpoint_every: self.checkpoint_every,
+            cdl_weight: self.cdl_weight,
+            cdl_images: self.cdl_images,
+            cdl_draws: self.cdl_draws,
+            cdl_zeta: self.cdl_zeta,
+            init_from: self.init_from.clone(),
         }
     }
 }
 
-/// The settings of the run already in `dir`, if there is one, as a config file would give them.
-fn saved_run(dir: &Path) -> Result<Option<ConfigFile>> {
-    let Some(saved) = cdm::train::saved_run(dir)? else { return Ok(None) };
-    Ok(Some(ConfigFile {
-        data: Some(saved.data),
-        model: Some(saved.model.kind),
-        gaussian_base: Some(saved.model.gaussian_base),
-        base_per_class: Some(saved.model.base_per_class),
-        schedule: Some(saved.model.schedule),
-        backbone: Some(saved.model.backbone),
-        train: Some(serde_json::to_value(saved.train)?),
-    }))
-}
-
-/// Defaults, then the config file (or the run being resumed), then flags; and the opened
-/// data, which set the shape.
+/// The run's settings ([`resolve`]) and its opened data, with a spinner while the data opens.
 fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
-    let file = match (&args.config, saved_run(&args.out)?, &args.init_from) {
-        (Some(path), _, _) => ConfigFile::read(path)?,
-        (None, Some(saved), _) => saved,
-        (None, None, Some(init)) => {
-            saved_run(init)?.with_context(|| format!("--init-from {}: no trained run there", init.display()))?
-        }
-        (None, None, None) => ConfigFile::default(),
-    };
-    let data = args
-        .data
-        .clone()
-        .or(file.data.clone())
-        .context("no training data: pass --data SPEC or set `data` in --config")?;
-    let preparing = spinner(format!("preparing --data {data} (the first use of a dataset downloads it)"));
-    let dataset = Dataset::open(&data).with_context(|| format!("--data {data}"));
-    preparing.finish_and_clear();
-    let dataset = dataset?;
-    tracing::info!("data {data}: {}", dataset.describe(&data));
-    let shape = dataset.shape();
-    let images = shape.len() == 3;
-    let defaults = if images { TrainConfig::images() } else { TrainConfig::default() };
-    let mut train = file.train_over(defaults).with_context(|| match &args.config {
-        Some(path) => format!("--config {}", path.display()),
-        None => format!("the run in {}", args.out.display()),
-    })?;
-    let mut schedule = file.schedule.unwrap_or_default();
-    schedule.kind = args.schedule.unwrap_or(schedule.kind);
-    schedule.timesteps = args.timesteps.unwrap_or(schedule.timesteps);
-    schedule.levels = match args.levels {
-        None => schedule.levels,
-        Some(LevelsArg::Discrete) => Levels::Discrete,
-        Some(LevelsArg::Continuous) => {
-            let seed = args.seed.or(file.train.as_ref().and_then(|t| t["seed"].as_u64())).unwrap_or_default();
-            Levels::Continuous(cdm::train::data_logsnr_proposal(&dataset, seed)?)
-        }
-    };
-    let unet = || BackboneConfig::Unet(args.preset.unwrap_or(UnetPreset::Tiny).config());
-    let mut backbone = match (args.backbone, file.backbone) {
-        (Some(BackboneArg::Mlp), _) => BackboneConfig::Mlp(MlpConfig::default()),
-        (Some(BackboneArg::Convnet), _) => BackboneConfig::ConvNet(ConvNetConfig::default()),
-        (Some(BackboneArg::Unet), _) => unet(),
-        (None, Some(b)) => b,
-        (None, None) if images => unet(),
-        (None, None) => BackboneConfig::Mlp(MlpConfig::default()),
-    };
-    if args.preset.is_some() && !matches!(backbone, BackboneConfig::Unet(_)) {
-        bail!("--preset applies to the UNet only");
-    }
-    match &mut backbone {
-        BackboneConfig::Mlp(mlp) => {
-            mlp.hidden = args.hidden.unwrap_or(mlp.hidden);
-            mlp.blocks = args.blocks.unwrap_or(mlp.blocks);
-            mlp.fourier = args.fourier.clone().unwrap_or(std::mem::take(&mut mlp.fourier));
-        }
-        BackboneConfig::ConvNet(conv) => {
-            conv.channels = args.channels.unwrap_or(conv.channels);
-            conv.blocks = args.blocks.unwrap_or(conv.blocks);
-            conv.fourier = args.fourier.clone().unwrap_or(std::mem::take(&mut conv.fourier));
-        }
-        BackboneConfig::Unet(_) if args.fourier.is_some() => bail!("--fourier applies to the MLP and the ConvNet"),
-        BackboneConfig::Unet(unet) => {
-            unet.channels = args.channels.unwrap_or(unet.channels);
-            unet.res_blocks = args.blocks.unwrap_or(unet.res_blocks);
-            unet.head_channels = args.head_channels.unwrap_or(unet.head_channels);
-        }
-    }
-    if args.conditional {
-        let n = dataset.num_labels().with_context(|| format!("--conditional: '{data}' has no labels"))?;
-        backbone.set_num_labels(n);
-    }
-    train.steps = args.steps.unwrap_or(train.steps);
-    train.batch_size = args.batch.unwrap_or(train.batch_size);
-    train.lr = args.lr.unwrap_or(train.lr);
-    train.seed = args.seed.unwrap_or(train.seed);
-    train.ce_weight = args.ce_weight.unwrap_or(train.ce_weight);
-    train.mse_weight = args.mse_weight.unwrap_or(train.mse_weight);
-    train.min_snr = args.min_snr.map_or(train.min_snr, |m| m.0);
-    train.grad_clip = args.grad_clip.map_or(train.grad_clip, |c| c.0);
-    train.fid_every = args.fid_every.unwrap_or(train.fid_every);
-    train.fid_samples = args.fid_samples.unwrap_or(train.fid_samples);
-    train.low_levels = args.low_levels.unwrap_or(train.low_levels);
-    train.level_strides = args.level_strides.clone().unwrap_or(train.level_strides);
-    train.precision = args.precision.unwrap_or(train.precision);
-    train.hflip |= args.hflip;
-    train.dequantize |= args.dequantize;
-    train.sample_every = args.sample_every.unwrap_or(train.sample_every);
-    train.checkpoint_every = args.checkpoint_every.unwrap_or(train.checkpoint_every);
-    train.init_from = args.init_from.clone().or(train.init_from);
-    let cdl_flags =
-        args.cdl_weight.is_some() || args.cdl_images.is_some() || args.cdl_draws.is_some() || args.cdl_zeta.is_some();
-    if cdl_flags {
-        let mut cdl = train.cdl.unwrap_or_default();
-        cdl.weight = args.cdl_weight.unwrap_or(cdl.weight);
-        cdl.images = args.cdl_images.unwrap_or(cdl.images);
-        cdl.draws = args.cdl_draws.unwrap_or(cdl.draws);
-        cdl.zeta = args.cdl_zeta.unwrap_or(cdl.zeta);
-        train.cdl = Some(cdl);
-    }
-    let model = ModelConfig {
-        kind: args.model.or(file.model).unwrap_or_default(),
-        schedule,
-        backbone,
-        data_shape: shape,
-        gaussian_base: args.gaussian_base || args.base_per_class || file.gaussian_base.unwrap_or(false),
-        base_per_class: args.base_per_class || file.base_per_class.unwrap_or(false),
-    };
-    Ok((RunConfig { data, model, train }, dataset))
+    resolve(&args.out, args.config.as_deref(), &args.overrides(), |data| {
+        let preparing = spinner(format!("preparing --data {data} (the first use of a dataset downloads it)"));
+        let dataset = Dataset::open(data).map_err(|e| e.within(format!("--data {data}")));
+        preparing.finish_and_clear();
+        let dataset = dataset?;
+        tracing::info!("data {data}: {}", dataset.describe(data));
+        Ok(dataset)
+    })
+    .map_err(Into::into)
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {

@@ -2,7 +2,7 @@
 //! Fig. 6): accuracy, cross-entropy and confusion over noise levels, the mean log-softmax
 //! profile at a true level, and where a sampler takes it (the level it reads off a sampler's
 //! states against real points noised to the same level).
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::{mean, Batches};
@@ -10,12 +10,12 @@ use crate::classifier::Classifier;
 use crate::metrics::confusion_matrix;
 use crate::model::Model;
 use crate::rng::Rng;
-use crate::sample::{draw, SampleOptions};
+use crate::sample::{draw_from, SampleOptions};
 use crate::schedule::levels_like;
 use crate::{Error, Result};
 
 /// How well a classifier tells the noise level, on points noised to known levels.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LevelMetrics {
     /// Points scored.
     pub n: usize,
@@ -116,7 +116,7 @@ pub fn logit_profile(
 }
 
 /// One step of a sampling run, as the classifier reads it.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DriftRow {
     /// The level the sampler says its state is at.
     pub level: usize,
@@ -145,7 +145,8 @@ pub fn sampler_drift(
     let levels = schedule.sampling_levels(opts.steps)?;
     let n = samples.min(x0.size()[0] as usize);
     let mut states: Vec<(usize, Tensor)> = Vec::new();
-    draw(model, (batches.kind, batches.device), n, opts, n, None, &mut |step| {
+    let at_once = Batches { batch_size: n, ..*batches };
+    draw_from(model, n, opts, &at_once, None, &mut |step| {
         states.push((levels[step.i + 1], step.x_t().to_device(Device::Cpu)))
     })?;
     let read_level = |x: &Tensor| -> Result<f64> { Ok(mean(&logits(classifier, x, batches)?.argmax(1, false))) };

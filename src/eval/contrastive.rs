@@ -17,7 +17,7 @@ use crate::schedule::LogSnrProposal;
 use crate::{Error, Result};
 
 /// The contrastive diffusion loss on held-out points, without its gradient.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NoiseClassifierScore {
     /// Points scored, each kept or noised by a fair coin.
     pub n: usize,

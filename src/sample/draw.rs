@@ -6,90 +6,102 @@ use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
-use super::{
-    parallel, sequential, ClipX0, GuidedPair, Noise, ParallelInit, ParallelOptions, ParallelSolver, SamplerKind, Step,
-    StepTable,
-};
+use super::{parallel, sequential, ClipX0, GuidedPair, Noise, ParallelOptions, SamplerKind, Step, StepTable};
+use crate::batches::Batches;
 use crate::model::Model;
 use crate::predictor::{Conditioned, NoisePredictor};
 use crate::schedule::levels_like;
 use crate::{Error, Result};
 
-/// How to draw samples (the `cdm sample` flags, shared by `cdm eval`).
-#[derive(clap::Args, Clone, Debug, serde::Serialize)]
+/// Which labels a conditional model's samples get (an unconditional model ignores this).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Conditioning {
+    /// Every class in turn, or the labels of the starting points where a run starts from data.
+    #[default]
+    Classes,
+    /// This one class.
+    Class(i64),
+    /// The null label: the unconditional model that label dropout trained alongside.
+    Unconditional,
+}
+
+/// How to draw samples: the sampler, its grid, the seed, the conditioning, and optionally a
+/// parallel (Picard) run instead of the sequential loop.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SampleOptions {
-    #[arg(long, value_enum, default_value = "ddim")]
     pub sampler: SamplerKind,
     /// Sampling steps (levels visited, from T down to 0).
-    #[arg(long, default_value_t = 100)]
     pub steps: usize,
     /// DDIM η (0: deterministic).
-    #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Conditional models: draw this class (default: every class in turn).
-    #[arg(long)]
-    pub class: Option<i64>,
+    pub conditioning: Conditioning,
     /// Classifier-free guidance weight w: ε = (1 + w) ε(x, c) − w ε(x, ∅).
-    #[arg(long, default_value_t = 0.0)]
     pub guidance: f64,
     /// Clip x̂0 to [-C, C] at every step (images in [-1, 1]: 1).
-    #[arg(long)]
     pub clip_x0: Option<f64>,
-    /// Conditional models: sample with the null label (the unconditional model that label
-    /// dropout trained alongside).
-    #[arg(long, conflicts_with_all = ["class", "guidance"])]
-    pub unconditional: bool,
-    /// Parallel sampling: refine a window of P steps at once by fixed-point iteration
-    /// (ParaDiGMS); each iteration evaluates P·batch states in one pass. For a deterministic
-    /// sampler a window of about a third of the steps needs far fewer evaluations than one of
-    /// all of them, in about as many iterations (DDIM-50 at P = 16: docs/results.md §13).
-    #[arg(long, value_name = "P")]
-    pub parallel: Option<usize>,
-    /// Parallel sampling: tolerance τ, in units of each step's noise standard deviation.
-    #[arg(long, default_value_t = 0.1)]
-    pub tol: f64,
-    /// Parallel sampling: plain Picard iteration, or with triangular Anderson acceleration.
-    #[arg(long, value_enum, default_value = "picard")]
-    pub solver: ParallelSolver,
-    /// Parallel sampling with `--solver anderson`: iterates remembered.
-    #[arg(long, default_value_t = 3)]
-    pub history: usize,
-    /// Parallel sampling: where the states of steps not yet refined start.
-    #[arg(long, value_enum, default_value = "guess")]
-    pub parallel_init: ParallelInit,
-    /// Parallel sampling: keep the samples each iteration budget would give (a window of every
-    /// step); set by commands that score quality per iteration.
-    #[arg(skip)]
-    #[serde(skip)]
-    pub trace: bool,
+    /// Refine windows of steps at once by fixed-point iteration (ParaDiGMS) instead of one step
+    /// after another.
+    pub parallel: Option<ParallelOptions>,
+}
+
+impl Default for SampleOptions {
+    /// Sequential deterministic DDIM with 100 steps, every class in turn, seed 0.
+    fn default() -> Self {
+        SampleOptions {
+            sampler: SamplerKind::Ddim,
+            steps: 100,
+            eta: 0.0,
+            seed: 0,
+            conditioning: Conditioning::Classes,
+            guidance: 0.0,
+            clip_x0: None,
+            parallel: None,
+        }
+    }
 }
 
 impl SampleOptions {
     /// Sequential DDPM with `steps` steps, unconditional, seed 1.
     pub fn ddpm(steps: usize) -> Self {
-        SampleOptions { sampler: SamplerKind::Ddpm, steps, seed: 1, ..SampleOptions::ddim(steps) }
+        SampleOptions { sampler: SamplerKind::Ddpm, steps, seed: 1, ..Default::default() }
     }
 
     /// Sequential deterministic DDIM with `steps` steps, seed 0.
     pub fn ddim(steps: usize) -> Self {
-        SampleOptions {
-            sampler: SamplerKind::Ddim,
-            steps,
-            eta: 0.0,
-            seed: 0,
-            class: None,
-            guidance: 0.0,
-            clip_x0: None,
-            unconditional: false,
-            parallel: None,
-            tol: 0.1,
-            solver: ParallelSolver::Picard,
-            history: 3,
-            parallel_init: ParallelInit::Guess,
-            trace: false,
+        SampleOptions { steps, ..Default::default() }
+    }
+
+    /// The same draw without the parallel run: the sequential samples it approximates.
+    pub fn sequential(&self) -> Self {
+        SampleOptions { parallel: None, ..self.clone() }
+    }
+
+    /// In words, for reports: "ddim 50 steps, class-conditional, classes in turn, guidance w =
+    /// 1, parallel picard (window 16, tol 0.1)".
+    pub fn describe(&self, num_labels: usize) -> String {
+        let mut text = format!("{} {} steps", format!("{:?}", self.sampler).to_lowercase(), self.steps);
+        let conditioning = match (num_labels, self.conditioning) {
+            (0, _) | (_, Conditioning::Unconditional) => "unconditional".to_string(),
+            (_, Conditioning::Class(c)) => format!("class {c}"),
+            (_, Conditioning::Classes) => "class-conditional, classes in turn".to_string(),
+        };
+        text += &format!(", {conditioning}");
+        if self.guidance != 0.0 {
+            text += &format!(", guidance w = {}", self.guidance);
         }
+        if let Some(p) = &self.parallel {
+            text += &format!(
+                ", parallel {} (window {}, tol {}, init {})",
+                format!("{:?}", p.solver).to_lowercase(),
+                p.window,
+                p.tol,
+                format!("{:?}", p.init).to_lowercase()
+            );
+        }
+        text
     }
 }
 
@@ -122,7 +134,7 @@ impl Start {
 }
 
 /// What a sampling run cost, summed over its batches.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplingStats {
     /// Sampler steps per trajectory.
     pub steps: usize,
@@ -166,14 +178,16 @@ pub struct Samples {
 }
 
 /// The labels of `n` samples of a conditional model (none for an unconditional one, or when
-/// drawn with the null label): `opts.class`, else the starting points' labels, else every class
-/// in turn.
+/// drawn with the null label): the one class asked for, else the starting points' labels, else
+/// every class in turn.
 fn labels_for(model: &Model, opts: &SampleOptions, n: usize, start_labels: Option<&Vec<i64>>) -> Option<Vec<i64>> {
     let num_labels = model.num_labels() as i64;
-    (num_labels > 0 && !opts.unconditional).then(|| match (opts.class, start_labels) {
-        (None, Some(data_labels)) => data_labels.iter().copied().take(n).collect(),
-        _ => (0..n as i64).map(|i| opts.class.unwrap_or(i % num_labels)).collect(),
-    })
+    match (num_labels, opts.conditioning, start_labels) {
+        (0, _, _) | (_, Conditioning::Unconditional, _) => None,
+        (_, Conditioning::Class(c), _) => Some(vec![c; n]),
+        (_, Conditioning::Classes, Some(data_labels)) => Some(data_labels.iter().copied().take(n).collect()),
+        (_, Conditioning::Classes, None) => Some((0..n as i64).map(|i| i % num_labels).collect()),
+    }
 }
 
 /// What a batch is sampled from: the model with the batch's labels, under classifier-free
@@ -216,14 +230,8 @@ impl NoisePredictor for Predictor<'_> {
 /// steps of `n` samples per call, in turn (at the grid's first levels, with `draw`'s labels,
 /// guidance and clipping), after one untimed call of the largest, the device's queue drained
 /// around each. Against the run's own time, what the sampler adds to its network.
-pub fn time_windows(
-    model: &Model,
-    options: (Kind, Device),
-    n: usize,
-    opts: &SampleOptions,
-    windows: &[usize],
-) -> Result<f64> {
-    let (kind, device) = options;
+pub fn time_windows(model: &Model, n: usize, opts: &SampleOptions, windows: &[usize], on: &Batches) -> Result<f64> {
+    let (kind, device) = (on.kind, on.device);
     let levels = model.schedule().sampling_levels(opts.steps)?;
     let largest = windows.iter().copied().max().unwrap_or(1).min(opts.steps);
     let labels = labels_for(model, opts, n, None);
@@ -244,6 +252,43 @@ pub fn time_windows(
     Ok(seconds)
 }
 
+/// Where a parallel run's time goes, against the sequential run it approximates.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Latency {
+    /// Seconds per parallel iteration.
+    pub iteration_seconds: f64,
+    /// Seconds the network alone takes per iteration ([`time_windows`]).
+    pub window_evaluation_seconds: f64,
+    /// The cost of one iteration over one batched evaluation of its window.
+    pub iteration_over_evaluation: f64,
+    pub sequential_step_seconds: f64,
+    /// The sequential run's seconds over the parallel run's.
+    pub speed_up: f64,
+}
+
+impl Latency {
+    /// Times the network calls of `parallel` (a run of `opts` with up to `batches.batch_size`
+    /// samples a batch) alone, and sets its time against them and against `sequential`.
+    pub fn of(
+        model: &Model,
+        opts: &SampleOptions,
+        parallel: &Samples,
+        sequential: &Samples,
+        batches: &Batches,
+    ) -> Result<Self> {
+        let n = (parallel.x.size()[0] as usize).min(batches.batch_size.max(1));
+        let network = time_windows(model, n, opts, &parallel.windows, batches)?;
+        let (p, s) = (&parallel.stats, &sequential.stats);
+        Ok(Latency {
+            iteration_seconds: p.seconds / p.iterations.max(1) as f64,
+            window_evaluation_seconds: network / p.iterations.max(1) as f64,
+            iteration_over_evaluation: p.seconds / network,
+            sequential_step_seconds: s.seconds / s.iterations.max(1) as f64,
+            speed_up: s.seconds / p.seconds,
+        })
+    }
+}
+
 /// Waits for the device's queued work, so that a time is the work's own.
 fn synchronize(device: Device) {
     if let Device::Cuda(i) = device {
@@ -254,28 +299,39 @@ fn synchronize(device: Device) {
 /// Separates the step-noise streams of a seed from its starting-point streams.
 const STEP_NOISE_SALT: u64 = 0x5eed_0f57_e900_015e;
 
-/// Draws `n` samples from `model` (its weights in `options` = (precision, device)), `batch` at a
-/// time; from pure noise at level T, or from `start`. Sample i uses streams i of `opts.seed`,
-/// so it does not depend on `batch`. `on_step` sees every step of every batch.
-pub fn draw(
+/// Draws `n` samples from `model` from pure noise at level T, `batches.batch_size` at a time
+/// (its progress counts steps of all batches). Sample i uses streams i of `opts.seed`, so it
+/// does not depend on the batch size.
+pub fn draw(model: &Model, n: usize, opts: &SampleOptions, batches: &Batches) -> Result<Samples> {
+    draw_from(model, n, opts, batches, None, &mut |_| {})
+}
+
+/// [`draw`] from `start` where given (SDEdit), with `on_step` seeing every step of every batch.
+pub fn draw_from(
     model: &Model,
-    options: (Kind, Device),
     n: usize,
     opts: &SampleOptions,
-    batch: usize,
+    batches: &Batches,
     start: Option<&Start>,
     on_step: &mut dyn FnMut(&Step),
 ) -> Result<Samples> {
-    let (kind, device) = options;
+    let (kind, device) = (batches.kind, batches.device);
     let schedule = model.schedule();
     if n == 0 {
         return Err(Error::Config("the number of samples must be at least 1".into()));
     }
     let num_labels = model.num_labels() as i64;
-    if num_labels == 0 && (opts.class.is_some() || opts.guidance != 0.0) {
+    let class = match opts.conditioning {
+        Conditioning::Class(c) => Some(c),
+        _ => None,
+    };
+    if num_labels == 0 && (class.is_some() || opts.guidance != 0.0) {
         return Err(Error::Config("a class and guidance need a conditional model (trained with --conditional)".into()));
     }
-    if let Some(c) = opts.class.filter(|c| !(0..num_labels).contains(c)) {
+    if opts.conditioning == Conditioning::Unconditional && opts.guidance != 0.0 {
+        return Err(Error::Config("guidance needs a class to guide towards, not the null label".into()));
+    }
+    if let Some(c) = class.filter(|c| !(0..num_labels).contains(c)) {
         return Err(Error::Config(format!("class {c}: the model knows classes 0..{}", num_labels - 1)));
     }
     if !opts.guidance.is_finite() || opts.clip_x0.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
@@ -299,17 +355,18 @@ pub fn draw(
     if labels.as_ref().is_some_and(|l| l.len() < n) {
         return Err(Error::Config(format!("the start has fewer labels than the {n} samples asked for")));
     }
-    let parallel_opts = opts.parallel.map(|window| ParallelOptions {
-        window,
-        tol: opts.tol,
-        solver: opts.solver,
-        history: opts.history,
-        init: opts.parallel_init,
-        trace: opts.trace,
-    });
     let clock = Instant::now();
     let mut stats = SamplingStats { steps: table.num_steps(), ..SamplingStats::default() };
-    let batch = batch.max(1);
+    let batch = batches.batch_size.max(1);
+    let total_steps = (n.div_ceil(batch) * table.num_steps()) as u64;
+    let mut steps_done = 0;
+    let mut on_step = |step: &Step| {
+        steps_done += 1;
+        if let Some(progress) = batches.progress {
+            progress(steps_done, total_steps);
+        }
+        on_step(step)
+    };
     let mut parts = Vec::new();
     let mut traces = Vec::new();
     let mut windows = Vec::new();
@@ -322,9 +379,9 @@ pub fn draw(
             None => Noise::new(opts.seed, first as u64, len).normal(model.data_shape(), kind, device),
         };
         let mut noise = Noise::new(opts.seed ^ STEP_NOISE_SALT, first as u64, len);
-        let x0 = match &parallel_opts {
+        let x0 = match &opts.parallel {
             Some(p) => {
-                let run = parallel(predictor, &table, x_t, &mut noise, p, on_step)?;
+                let run = parallel(predictor, &table, x_t, &mut noise, p, &mut on_step)?;
                 stats.iterations += run.stats.iterations;
                 stats.evaluations += run.stats.evaluations;
                 stats.largest_batch = stats.largest_batch.max(run.stats.largest_batch);
@@ -337,7 +394,7 @@ pub fn draw(
                 stats.evaluations += table.num_steps();
                 stats.largest_batch = stats.largest_batch.max(len);
                 windows.extend(std::iter::repeat_n(1, table.num_steps()));
-                sequential(predictor, &table, x_t, &mut noise, on_step)?
+                sequential(predictor, &table, x_t, &mut noise, &mut on_step)?
             }
         };
         stats.batches += 1;

@@ -15,7 +15,7 @@ pub mod sequential;
 pub mod steps;
 
 pub use clip::ClipX0;
-pub use draw::{draw, time_windows, SampleOptions, Samples, SamplingStats, Start};
+pub use draw::{draw, draw_from, time_windows, Conditioning, Latency, SampleOptions, Samples, SamplingStats, Start};
 pub use guidance::{Guided, GuidedPair};
 pub use parallel::{parallel, ParallelInit, ParallelOptions, ParallelRun, ParallelSolver, ParallelStats};
 pub use sequential::{ddim, ddpm, dpm_solver_2m, dpm_solver_pp_2m, sequential, DdimOptions};

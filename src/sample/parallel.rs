@@ -58,7 +58,8 @@ pub enum ParallelInit {
 }
 
 /// Settings of a parallel run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ParallelOptions {
     /// p, the number of steps refined together (1 is the sequential sampler).
     pub window: usize,

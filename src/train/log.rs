@@ -3,20 +3,24 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
 use crate::{Error, Result};
 
 /// Losses of one step, for progress display and the log.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StepReport {
     pub step: u64,
+    #[serde(default)]
     pub loss: f64,
     /// The CDM's cross-entropy (absent for a DDM).
     pub ce: Option<f64>,
+    #[serde(default)]
     pub mse: f64,
+    #[serde(default)]
     pub lr: f64,
+    #[serde(default)]
     pub grad_norm: f64,
     /// The contrastive diffusion loss, when training with it (ln 2 is chance).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -26,10 +30,24 @@ pub struct StepReport {
     pub cdl_accuracy: Option<f64>,
     /// Wall-clock seconds spent training up to this step, over every session of the run
     /// (sample grids and FIDs not counted).
+    #[serde(default)]
     pub seconds: f64,
     /// FID of EMA samples at this step, on the steps `train.fid_every` asks for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fid: Option<f64>,
+}
+
+/// The steps recorded in the `log.jsonl` at `path`; a line that is not a step names the file
+/// and the line.
+pub fn read_log(path: &Path) -> Result<Vec<StepReport>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .map_err(|e| Error::Data(format!("{}: line {} is not a logged step: {e}", path.display(), i + 1)))
+        })
+        .collect()
 }
 
 /// `log.jsonl`: one JSON line per logged step. On resume, lines past the checkpoint (and a

@@ -30,12 +30,15 @@ pub mod loading;
 pub mod log;
 pub mod monitor;
 
+pub mod resolve;
+
 pub use config::{LrDecay, Precision, RunConfig, TrainConfig};
-pub use loading::{data_logsnr_proposal, load_model, saved_run, LoadedModel};
-pub use log::StepReport;
+pub use loading::data_logsnr_proposal;
+pub use log::{read_log, StepReport};
 pub use monitor::FidMonitor;
 
-use loading::{build, checkpoint_step, init_weights, BASE_FIT_POINTS};
+use crate::checkpoint::run::{build, saved_run, step_of};
+use loading::{init_weights, BASE_FIT_POINTS};
 use log::LogFile;
 
 /// Trained variables of `vs` (not a Gaussian base's statistics) sorted by name, so every
@@ -333,7 +336,7 @@ impl Trainer {
             }
             Ok(())
         })?;
-        self.step = checkpoint_step(&file, path)?;
+        self.step = step_of(&file, path)?;
         // Checkpoints from before the clock was kept resume at zero seconds.
         self.seconds = file.metadata.get("seconds").and_then(|s| s.parse().ok()).unwrap_or(0.0);
         Ok(())
@@ -362,8 +365,8 @@ impl Trainer {
         let dir = self.dir.join("samples");
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let opts = SampleOptions::ddim(50.min(self.ema_model.schedule().timesteps()));
-        let options = (self.config.train.precision.kind(), self.device);
-        let samples = draw(&self.ema_model, options, 16, &opts, 16, None, &mut |_| {})?;
+        let batches = crate::batches::Batches::new(16, (self.config.train.precision.kind(), self.device));
+        let samples = draw(&self.ema_model, 16, &opts, &batches)?;
         image_grid(&dir.join(format!("step_{}.png", self.step)), &samples.x, 4)
     }
 

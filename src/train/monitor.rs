@@ -2,6 +2,7 @@
 //! the figure a paper-scale run is judged by while it trains.
 use tch::{Device, Kind};
 
+use crate::batches::Batches;
 use crate::metrics::fid::{reference_stats, Inception};
 use crate::metrics::{frechet_distance, GaussianStats};
 use crate::model::Model;
@@ -32,7 +33,7 @@ impl FidMonitor {
     /// across steps.
     pub fn measure(&self, model: &Model, options: (Kind, Device)) -> Result<f64> {
         let opts = SampleOptions::ddim(50.min(model.schedule().timesteps()));
-        let samples = draw(model, options, self.samples, &opts, BATCH, None, &mut |_| {})?;
+        let samples = draw(model, self.samples, &opts, &Batches::new(BATCH, options))?;
         frechet_distance(&self.reference, &self.inception.stats(&samples.x, 50)?)
     }
 }

@@ -9,6 +9,10 @@ use tch::{Kind, Tensor};
 
 use crate::{Error, Result};
 
+pub mod figures;
+
+pub use figures::{cubes_figure, denoising_strip, density_figure, iterations_figure, strip_levels, training_curves};
+
 fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Data(format!("drawing {}: {e}", path.display()))
 }
@@ -89,6 +93,44 @@ pub fn cube_likelihoods(path: &Path, points: &[(f64, f64, f64)]) -> Result<()> {
         .legend(|(x, y)| Circle::new((x + 10, y), 5, RED.filled()));
     draw_legend(&mut chart, path)?;
     root.present().map_err(|e| plot_err(path, e))
+}
+
+/// Images [len, ..] padded with white images to `cols`, so grid rows line up.
+fn pad_row(images: &Tensor, cols: i64) -> Tensor {
+    let mut size = images.size();
+    size[0] = cols - size[0];
+    Tensor::cat(&[images.shallow_clone(), Tensor::ones(&size, (images.kind(), images.device()))], 0)
+}
+
+/// Samples [N, ..] of a conditional model laid out one row per class (`labels[i]` is sample
+/// i's, classes 0..=max), rows padded where N is not a multiple of the classes; returns the
+/// grid's images and its columns, for [`image_grid`].
+pub fn rows_by_class(samples: &Tensor, labels: &[i64]) -> (Tensor, usize) {
+    let classes = labels.iter().max().map_or(0, |m| m + 1);
+    let cols = labels.len().div_ceil(classes.max(1) as usize) as i64;
+    let rows: Vec<Tensor> = (0..classes)
+        .map(|c| {
+            let index: Vec<i64> = (0..labels.len() as i64).filter(|&i| labels[i as usize] == c).collect();
+            let index = Tensor::from_slice(&index).to_device(samples.device());
+            pad_row(&samples.index_select(0, &index).to_kind(Kind::Double), cols)
+        })
+        .collect();
+    (Tensor::cat(&rows, 0), cols as usize)
+}
+
+/// Sets of N images each ([N, ..], e.g. clean, noised and sampled) laid out in blocks of
+/// `cols` columns: for each block, one row from each set in turn; for [`image_grid`].
+pub fn interleaved_rows(sets: &[&Tensor], cols: usize) -> Tensor {
+    let n = sets.first().map_or(0, |s| s.size()[0]);
+    let cols = cols.max(1) as i64;
+    let mut rows = Vec::new();
+    for first in (0..n).step_by(cols as usize) {
+        let len = cols.min(n - first);
+        for images in sets {
+            rows.push(pad_row(&images.narrow(0, first, len).to_kind(Kind::Double), cols));
+        }
+    }
+    Tensor::cat(&rows, 0)
 }
 
 /// Images [N, C, H, W] in [-1, 1] (C = 1 or 3) tiled `cols` to a row with a 2-pixel gap, as PNG.

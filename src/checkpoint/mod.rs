@@ -13,6 +13,10 @@ use tch::{nn::VarStore, Kind, Tensor};
 
 use crate::{Error, Result};
 
+pub mod run;
+
+pub use run::{load_model, saved_run, LoadedModel};
+
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "checkpoint.safetensors";
 pub const LOG_FILE: &str = "log.jsonl";
