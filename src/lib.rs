@@ -26,6 +26,7 @@
 //! GPU, loading libtorch's CUDA backend at run time), `distributed` (data-parallel ranks on c10d).
 pub mod base;
 pub mod batches;
+pub mod bench;
 pub mod cache;
 pub mod checkpoint;
 pub mod classifier;
