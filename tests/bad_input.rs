@@ -110,7 +110,7 @@ fn wrong_shapes_and_levels() {
     write_npy(&right, &Tensor::zeros([5, 3], (Kind::Double, tch::Device::Cpu))).unwrap();
     assert_error(
         &["denoise", "--ckpt", path_str(&run), "--input", path_str(&right), "--level", "11"],
-        &["--level 11 must be in 1..=10"],
+        &["--level 11", "must be in 1..=10"],
     );
     assert_error(
         &["nll", "--ckpt", path_str(&run), "--data", "gmm:d=3,k=2", "--level", "12"],

@@ -12,9 +12,7 @@ use cdm::eval::{against_posterior_mean, posterior_mean_levels, score_points, Bat
 use cdm::likelihood::{bits_per_dim, Dequantization};
 use cdm::plot::{image_grid, interleaved_rows, rows_by_class};
 use cdm::precision::Precision;
-use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::sample::{draw_from, Conditioning, Latency, Noise, SampleOptions, Samples, SamplingStats, Start};
-use cdm::schedule::levels_like;
 
 use super::sampling::SamplingArgs;
 use super::{check_count, output_file, progress_bar, DeviceArg};
@@ -71,17 +69,6 @@ pub fn with_progress<T>(
     let out = f(&Batches { progress: Some(&progress), ..Batches::new(batch, loaded.options()) });
     bar.finish_and_clear();
     out
-}
-
-/// Runs `f` over chunks of `x` (on the model's device, in its precision) and concatenates the
-/// results on the CPU.
-pub fn batched(
-    loaded: &LoadedModel,
-    x: &Tensor,
-    batch: usize,
-    f: impl FnMut(&Tensor, i64) -> cdm::Result<Tensor>,
-) -> Result<Tensor> {
-    Ok(with_progress(loaded, batch, |b| b.map(x, f))?)
 }
 
 #[derive(Args)]
@@ -177,27 +164,12 @@ pub struct DenoiseArgs {
 
 pub fn denoise(args: DenoiseArgs) -> Result<()> {
     let loaded = args.ckpt.load()?;
-    let schedule = loaded.model.schedule();
-    if args.level == 0 || args.level > schedule.timesteps() {
-        bail!("--level {} must be in 1..={}", args.level, schedule.timesteps());
-    }
     let input = npy::read_npy(&args.input).with_context(|| format!("--input {}", args.input.display()))?;
-    loaded.model.check_input(&input).with_context(|| format!("--input {}", args.input.display()))?;
-    let denoiser = Conditioned { model: &loaded.model, labels: None };
-    let x0 = batched(&loaded, &input, args.ckpt.batch, |chunk, start| {
-        let level = levels_like(args.level, chunk);
-        let x_t = if args.add_noise {
-            let eps = Noise::new(args.seed, start as u64, chunk.size()[0] as usize).normal(
-                &chunk.size()[1..],
-                chunk.kind(),
-                chunk.device(),
-            );
-            schedule.add_noise(chunk, &eps, &level)
-        } else {
-            chunk.shallow_clone()
-        };
-        Ok(schedule.x0_from_eps(&x_t, &denoiser.eps(&x_t, &level)?, &level))
-    })?;
+    let noise_seed = args.add_noise.then_some(args.seed);
+    let x0 = with_progress(&loaded, args.ckpt.batch, |b| {
+        cdm::eval::denoise(&loaded.model, &input, args.level, noise_seed, b)
+    })
+    .with_context(|| format!("--input {} --level {}", args.input.display(), args.level))?;
     npy::write_npy(&args.out, &x0).with_context(|| format!("--out {}", args.out.display()))?;
     if args.add_noise {
         let mse = (&x0 - input.to_kind(x0.kind())).square().mean(Kind::Double).double_value(&[]);

@@ -6,6 +6,7 @@ use super::{mean, Batches};
 use crate::data::KnownDensity;
 use crate::model::Model;
 use crate::predictor::{Conditioned, NoisePredictor};
+use crate::sample::Noise;
 use crate::schedule::levels_like;
 use crate::{Error, Result};
 
@@ -22,6 +23,29 @@ fn fractions_of(timesteps: usize, fractions: &[f64]) -> Vec<usize> {
         fractions.iter().map(|f| ((f * timesteps as f64).round() as usize).clamp(1, timesteps)).collect();
     levels.dedup();
     levels
+}
+
+/// x̂0 = E[x0 | x_t] of the model for inputs `x` ([N, ..], on the CPU) at level `t` (1..=T):
+/// `x` is x_t itself, or with `noise_seed` clean points noised to level t first (sample i
+/// with stream i of the seed, so the noise does not depend on the batch size).
+pub fn denoise(model: &Model, x: &Tensor, t: usize, noise_seed: Option<u64>, batches: &Batches) -> Result<Tensor> {
+    let schedule = model.schedule();
+    if t == 0 || t > schedule.timesteps() {
+        return Err(Error::Config(format!("the level must be in 1..={}, got {t}", schedule.timesteps())));
+    }
+    model.check_input(x)?;
+    let denoiser = Conditioned { model, labels: None };
+    batches.map(x, |chunk, start| {
+        let level = levels_like(t, chunk);
+        let x_t = match noise_seed {
+            Some(seed) => {
+                let mut noise = Noise::new(seed, start as u64, chunk.size()[0] as usize);
+                schedule.add_noise(chunk, &noise.normal(&chunk.size()[1..], chunk.kind(), chunk.device()), &level)
+            }
+            None => chunk.shallow_clone(),
+        };
+        Ok(schedule.x0_from_eps(&x_t, &denoiser.eps(&x_t, &level)?, &level))
+    })
 }
 
 /// Mean squared error per dimension of the model's x̂0 for `x0` ([N, ..]) noised to level `t`
