@@ -20,9 +20,9 @@
 //! `schedule` (ᾱ_t), `base` (a Gaussian fit's exact outputs, added to a network's), `nets` (MLP, ConvNet encoder, UNet), `network` (what a
 //! classifier or denoiser is built from), `input` (checks of a model's inputs), `classifier` (cumsum head, F, ε̂ by
 //! input gradient), `denoiser` (the DDM baseline), `model` (either kind behind one type; it alone depends on both),
-//! `predictor` (the one trait samplers use), `loss`, `likelihood`, `eval` (what `cdm eval` reports), `sample` (DDPM, DDIM,
-//! DPM-Solver, guidance, parallel sampling), `train`, `optim` (flat Adam and EMA), `precision` (f32, f64, bf16 autocast), `config_file` (`cdm train --config`), `checkpoint`, `run_lock` (one writer per run folder), `signals` (Ctrl-C and SIGTERM stop training at a checkpoint), `data` (files, images, known densities), `metrics`
-//! (AUROC, confusion matrix, FID, MMD), `cache` (downloads kept per user), `plot`, `device` (CPU or a
+//! `predictor` (the one trait samplers use), `loss`, `likelihood`, `batches` (points through a model in chunks), `eval` (what `cdm eval` reports, as a typed `Report`), `sample` (DDPM, DDIM,
+//! DPM-Solver, guidance, parallel sampling), `train` (and `train::resolve`, a run's settings), `optim` (flat Adam and EMA), `precision` (f32, f64, bf16 autocast), `config_file` (`cdm train --config`), `checkpoint` (and loading a trained run), `run_lock` (one writer per run folder), `signals` (Ctrl-C and SIGTERM stop training at a checkpoint), `data` (files, images, known densities), `metrics`
+//! (AUROC, confusion matrix, FID, MMD), `cache` (downloads kept per user), `plot` (and the figures of `cdm plot`), `bench` (what `cdm bench` times), `device` (CPU or a
 //! GPU, loading libtorch's CUDA backend at run time), `distributed` (data-parallel ranks on c10d).
 pub mod base;
 pub mod batches;

@@ -209,21 +209,6 @@ pub struct SampleArgs {
     json: bool,
 }
 
-/// The first `n` points of `spec` ([n, ..], CPU) and the SDEdit start made by noising them to
-/// `level` with the seed's starting-point streams.
-fn noised_start(loaded: &LoadedModel, spec: &str, level: usize, n: usize, seed: u64) -> Result<(Tensor, Start)> {
-    let data = Dataset::open(spec).with_context(|| format!("--init {spec}"))?;
-    let (x, labels) = (data.first_points(n, seed), data.labels().map(Tensor::shallow_clone));
-    if (x.size()[0] as usize) < n {
-        bail!("--init {spec}: has {} points, --n asks for {n}", x.size()[0]);
-    }
-    let x = x.narrow(0, 0, n as i64).to_kind(Kind::Double);
-    let labels = labels.map(|l| l.narrow(0, 0, n as i64));
-    let start = Start::sdedit(&loaded.model, &x, labels.as_ref(), level, seed)
-        .with_context(|| format!("--init {spec} --from-level {level}"))?;
-    Ok((x, start))
-}
-
 /// What `cdm sample --out` writes.
 enum SampleOut {
     /// FILE.npy: the array.
@@ -257,7 +242,11 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     let out = sample_out(&args.out, loaded.model.data_shape().len() == 3)?;
     let opts = args.sampling.options();
     let init = match (&args.init, args.from_level) {
-        (Some(spec), Some(level)) => Some(noised_start(&loaded, spec, level, args.n, opts.seed)?),
+        (Some(spec), Some(level)) => {
+            let data = Dataset::open(spec).with_context(|| format!("--init {spec}"))?;
+            let start = Start::from_data(&loaded.model, &data, args.n, level, opts.seed);
+            Some(start.with_context(|| format!("--init {spec} --from-level {level}"))?)
+        }
         _ => None,
     };
     let start = init.as_ref().map(|(_, start)| start);

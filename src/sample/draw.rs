@@ -8,6 +8,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::{parallel, sequential, ClipX0, GuidedPair, Noise, ParallelOptions, SamplerKind, Step, StepTable};
 use crate::batches::Batches;
+use crate::data::Dataset;
 use crate::model::Model;
 use crate::predictor::{Conditioned, NoisePredictor};
 use crate::schedule::levels_like;
@@ -114,6 +115,19 @@ pub struct Start {
 }
 
 impl Start {
+    /// SDEdit from the first `n` points of `data` (and their labels): [`Start::sdedit`]; also
+    /// returns the clean points, [n, ..] on the CPU.
+    pub fn from_data(model: &Model, data: &Dataset, n: usize, level: usize, seed: u64) -> Result<(Tensor, Self)> {
+        let x = data.first_points(n, seed);
+        if (x.size()[0] as usize) < n {
+            return Err(Error::Data(format!("{} points, {n} asked for", x.size()[0])));
+        }
+        let x = x.narrow(0, 0, n as i64).to_kind(Kind::Double);
+        let labels = data.labels().map(|l| l.narrow(0, 0, n as i64));
+        let start = Start::sdedit(model, &x, labels.as_ref(), level, seed)?;
+        Ok((x, start))
+    }
+
     /// SDEdit (Meng et al., arXiv:2108.01073): data points `x0` [n, ..] noised to `level`
     /// (1..=T) with the starting-point streams of `seed`, and their labels.
     pub fn sdedit(model: &Model, x0: &Tensor, labels: Option<&Tensor>, level: usize, seed: u64) -> Result<Self> {
