@@ -6,6 +6,7 @@ use cdm::checkpoint::{write_atomic, CONFIG_FILE};
 use cdm::data::Dataset;
 use cdm::model::ModelKind;
 use cdm::nets::{BackboneConfig, MlpConfig, UnetConfig};
+use cdm::train::config::VECTOR_FOURIER;
 use cdm::train::resolve::{resolve, BackboneChoice, Overrides, UnetPreset};
 use cdm::train::{RunConfig, TrainConfig};
 
@@ -21,9 +22,16 @@ fn data(spec: &str) -> Overrides {
 fn each_data_kind_gets_its_defaults() {
     let out = tempfile::tempdir().unwrap();
     let points = resolved(out.path(), None, &data("gmm2d")).unwrap();
-    assert_eq!(points.train, TrainConfig::default());
-    assert_eq!(points.model.backbone, BackboneConfig::Mlp(MlpConfig::default()));
+    assert_eq!(points.train, TrainConfig::vectors());
+    let mlp = MlpConfig { fourier: VECTOR_FOURIER.to_vec(), ..MlpConfig::default() };
+    assert_eq!(points.model.backbone, BackboneConfig::Mlp(mlp));
     assert_eq!((points.model.kind, points.model.data_shape.as_slice()), (ModelKind::Cdm, &[2][..]));
+    assert_eq!(points.model.schedule.timesteps, 50);
+    // The levers are a CDM's: a DDM of the same data keeps the settings it had.
+    let ddm = resolved(out.path(), None, &Overrides { model: Some(ModelKind::Ddm), ..data("gmm2d") }).unwrap();
+    assert_eq!(ddm.train, TrainConfig::default());
+    assert_eq!(ddm.model.backbone, BackboneConfig::Mlp(MlpConfig::default()));
+    assert_eq!(ddm.model.schedule.timesteps, 1000);
     let images = resolved(out.path(), None, &data("uniform:d=1x8x8,g=2")).unwrap();
     assert_eq!(images.train, TrainConfig::images());
     assert_eq!(images.model.backbone, BackboneConfig::Unet(UnetConfig::tiny()));

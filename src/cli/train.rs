@@ -44,7 +44,8 @@ pub struct TrainArgs {
     /// Noise schedule.
     #[arg(long, value_enum)]
     schedule: Option<ScheduleKind>,
-    /// T, the number of noisy levels.
+    /// T, the number of noisy levels [default: for a CDM of D-dimensional vectors the fewest
+    /// whose neighbours overlap, 10·√(D/2), but at least 50; 1000 otherwise].
     #[arg(long)]
     timesteps: Option<usize>,
     /// Seed of all randomness.
@@ -71,9 +72,10 @@ pub struct TrainArgs {
     #[arg(long, value_name = "N")]
     fid_samples: Option<usize>,
     /// Share of a CDM's batch drawn at low levels, with π(t) ∝ 1/(t+1) (the rest uniform); the
-    /// cross-entropy is corrected for it, so the model stays exact [default: 0]
-    #[arg(long, value_name = "SHARE")]
-    low_levels: Option<f64>,
+    /// cross-entropy is corrected for it, so the model stays exact; 0 or `off`: uniform levels
+    /// [default: 0.5 for a CDM of vector data, 0 otherwise]
+    #[arg(long, value_name = "SHARE|off", value_parser = number_or_off)]
+    low_levels: Option<NumberOrOff>,
     /// Strides of the level subsets a CDM's cross-entropy runs over, taken in turn per sample
     /// (e.g. 1,8,64): stride k makes a level compete with the levels k apart, so log p_0 is
     /// pinned by a short chain of ratios instead of T+1 adjacent ones [default: 1]
@@ -81,9 +83,10 @@ pub struct TrainArgs {
     level_strides: Option<Vec<usize>>,
     /// Fourier features sin(π 2^k x), cos(π 2^k x) of the MLP's or ConvNet's input for each
     /// exponent k listed (e.g. 0,1,2,3,4,5): sharp log-density ratios near the data's edges
-    /// become cheap to learn
-    #[arg(long, value_delimiter = ',', allow_hyphen_values = true, value_name = "K,..")]
-    fourier: Option<Vec<i32>>,
+    /// become cheap to learn; `off`: none [default: 0,1,2,3,4,5 for a CDM's MLP on vector data,
+    /// none otherwise]
+    #[arg(long, allow_hyphen_values = true, value_name = "K,..|off", value_parser = exponents_or_off)]
+    fourier: Option<Exponents>,
     /// A classification diffusion model, or the denoising baseline.
     #[arg(long, value_enum)]
     model: Option<ModelKind>,
@@ -178,6 +181,18 @@ fn number_or_off(s: &str) -> std::result::Result<NumberOrOff, String> {
     }
 }
 
+/// Fourier exponents, none for `off`.
+#[derive(Clone)]
+struct Exponents(Vec<i32>);
+
+fn exponents_or_off(s: &str) -> std::result::Result<Exponents, String> {
+    if s == "off" {
+        return Ok(Exponents(Vec::new()));
+    }
+    let exponent = |k: &str| k.trim().parse().map_err(|_| format!("expected exponents like 0,1,2 or 'off', got '{s}'"));
+    s.split(',').map(exponent).collect::<std::result::Result<_, _>>().map(Exponents)
+}
+
 impl TrainArgs {
     /// The flags given, as the library's overrides of a run's settings.
     fn overrides(&self) -> Overrides {
@@ -190,7 +205,7 @@ impl TrainArgs {
             channels: self.channels,
             blocks: self.blocks,
             head_channels: self.head_channels,
-            fourier: self.fourier.clone(),
+            fourier: self.fourier.as_ref().map(|f| f.0.clone()),
             schedule: self.schedule,
             timesteps: self.timesteps,
             levels: self.levels,
@@ -207,7 +222,7 @@ impl TrainArgs {
             grad_clip: self.grad_clip.map(|c| c.0),
             fid_every: self.fid_every,
             fid_samples: self.fid_samples,
-            low_levels: self.low_levels,
+            low_levels: self.low_levels.map(|l| l.0.unwrap_or(0.0)),
             level_strides: self.level_strides.clone(),
             precision: self.precision,
             hflip: self.hflip,

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::loss::CdlConfig;
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, ModelKind};
+use crate::nets::MlpConfig;
 pub use crate::precision::Precision;
+use crate::schedule::{ScheduleConfig, ScheduleKind};
 use crate::{Error, Result};
 
 /// How the learning rate falls after warm-up.
@@ -156,6 +158,12 @@ impl TrainConfig {
         }
     }
 
+    /// Vector data on the MLP: the known-density settings with half of each batch at the low
+    /// levels, where the likelihood's error is made (docs/results.md §9.2, §15).
+    pub fn vectors() -> Self {
+        TrainConfig { low_levels: VECTOR_LOW_LEVELS, ..TrainConfig::default() }
+    }
+
     /// Learning rate at step `k` (0-based).
     pub fn lr_at(&self, k: u64) -> f64 {
         if k < self.warmup_steps {
@@ -227,6 +235,56 @@ impl TrainConfig {
         }
         self.cdl.as_ref().map_or(Ok(()), CdlConfig::validate)
     }
+}
+
+/// Share of a batch at the low levels on vector data by default (docs/results.md §15).
+pub const VECTOR_LOW_LEVELS: f64 = 0.5;
+
+/// Fourier exponents of the MLP on vector data by default: octaves up to 2^5π sharpen the
+/// log-density at hard edges, finer ones cost the input gradient more than they give
+/// (docs/results.md §9.1, §15).
+pub const VECTOR_FOURIER: [i32; 6] = [0, 1, 2, 3, 4, 5];
+
+/// What a fresh run gets where neither a config file nor a flag says otherwise: per data kind,
+/// because the likelihood levers were measured to help a CDM on vector data and are not yet
+/// measured on images (docs/results.md §15). Runs already saved keep their own settings, and a field missing
+/// from an old `config.json` reads as the old default (levers off, T = 1000).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataDefaults {
+    pub train: TrainConfig,
+    pub schedule: ScheduleConfig,
+    /// The MLP, when it is the network (chosen, or the default for vector data).
+    pub mlp: MlpConfig,
+}
+
+impl DataDefaults {
+    /// The defaults for a `kind` of model of data of `shape`, [C, H, W] images or vectors; the
+    /// levers are a CDM's, so a DDM keeps the settings it had.
+    pub fn new(shape: &[i64], kind: ModelKind) -> Self {
+        let images = shape.len() == 3;
+        if images || kind == ModelKind::Ddm {
+            return DataDefaults {
+                train: if images { TrainConfig::images() } else { TrainConfig::default() },
+                schedule: ScheduleConfig::default(),
+                mlp: MlpConfig::default(),
+            };
+        }
+        let dim = shape.iter().product::<i64>().max(1) as usize;
+        DataDefaults {
+            train: TrainConfig::vectors(),
+            schedule: ScheduleConfig::new(ScheduleKind::Linear, vector_levels(dim)),
+            mlp: MlpConfig { fourier: VECTOR_FOURIER.to_vec(), ..MlpConfig::default() },
+        }
+    }
+}
+
+/// T for vector data of `dim` coordinates: the fewest levels whose neighbours still overlap,
+/// 10 at D = 2 (docs/results.md §1), growing as √D because adjacent levels separate by √D times
+/// their per-coordinate difference; but at least 50, the fewest whose sampler lands on the
+/// modes (§9.2).
+pub fn vector_levels(dim: usize) -> usize {
+    let overlap = (10.0 * (dim as f64 / 2.0).sqrt()).ceil() as usize;
+    overlap.clamp(50, 1000)
 }
 
 /// Everything a run needs; saved as `config.json` in the run directory.

@@ -32,7 +32,7 @@ pub mod monitor;
 
 pub mod resolve;
 
-pub use config::{LrDecay, Precision, RunConfig, TrainConfig};
+pub use config::{DataDefaults, LrDecay, Precision, RunConfig, TrainConfig};
 pub use loading::data_logsnr_proposal;
 pub use log::{read_log, StepReport};
 pub use monitor::FidMonitor;

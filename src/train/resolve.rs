@@ -3,7 +3,7 @@
 //! line's flags, a Python call's keywords). Typed throughout; checked once, at the end.
 use std::path::{Path, PathBuf};
 
-use super::{data_logsnr_proposal, RunConfig, TrainConfig};
+use super::{data_logsnr_proposal, DataDefaults, RunConfig, TrainConfig};
 use crate::checkpoint::saved_run;
 use crate::config_file::ConfigFile;
 use crate::data::Dataset;
@@ -17,7 +17,7 @@ use crate::{Error, Result};
 /// Which network to build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackboneChoice {
-    /// Residual MLP (`MlpConfig::default()`).
+    /// Residual MLP (a CDM's on vector data with Fourier features; see `DataDefaults`).
     Mlp,
     /// Encoder-only ConvNet (`ConvNetConfig::default()`; CDM only).
     Convnet,
@@ -142,22 +142,26 @@ pub fn resolve(
     };
     let dataset = open(&data)?;
     let images = dataset.shape().len() == 3;
+    let below = match &base {
+        Base::File(file, _) => file.model,
+        Base::Run(run) => Some(run.model.kind),
+    };
+    let defaults = DataDefaults::new(&dataset.shape(), overrides.model.or(below).unwrap_or_default());
     let (kind, schedule, backbone, gaussian_base, base_per_class, train) = match base {
         Base::Run(run) => {
             let m = run.model;
             (m.kind, m.schedule, Some(m.backbone), m.gaussian_base, m.base_per_class, run.train)
         }
         Base::File(file, source) => {
-            let defaults = if images { TrainConfig::images() } else { TrainConfig::default() };
-            let train = file.train_over(defaults).map_err(|e| e.within(&source))?;
+            let train = file.train_over(defaults.train.clone()).map_err(|e| e.within(&source))?;
             let bases = (file.gaussian_base.unwrap_or(false), file.base_per_class.unwrap_or(false));
             let kind = file.model.unwrap_or_default();
-            (kind, file.schedule.unwrap_or_default(), file.backbone, bases.0, bases.1, train)
+            (kind, file.schedule.unwrap_or(defaults.schedule), file.backbone, bases.0, bases.1, train)
         }
     };
     let o = overrides;
     let schedule = schedule_over(schedule, o, &dataset, train.seed)?;
-    let mut backbone = backbone_over(backbone, o, images)?;
+    let mut backbone = backbone_over(backbone, o, images, &defaults.mlp)?;
     if o.conditional {
         let n = dataset.num_labels().ok_or_else(|| Error::Config(format!("conditional: '{data}' has no labels")))?;
         backbone.set_num_labels(n);
@@ -188,16 +192,21 @@ fn schedule_over(mut schedule: ScheduleConfig, o: &Overrides, data: &Dataset, se
 }
 
 /// The backbone chosen (or the one below), with the sizes given over it; the UNet for images
-/// and the MLP otherwise when nothing chose one.
-fn backbone_over(below: Option<BackboneConfig>, o: &Overrides, images: bool) -> Result<BackboneConfig> {
+/// and the MLP otherwise when nothing chose one, an MLP chosen afresh being the data's `mlp`.
+fn backbone_over(
+    below: Option<BackboneConfig>,
+    o: &Overrides,
+    images: bool,
+    mlp: &MlpConfig,
+) -> Result<BackboneConfig> {
     let unet = || BackboneConfig::Unet(o.preset.unwrap_or(UnetPreset::Tiny).config());
     let mut backbone = match (o.backbone, below) {
-        (Some(BackboneChoice::Mlp), _) => BackboneConfig::Mlp(MlpConfig::default()),
+        (Some(BackboneChoice::Mlp), _) => BackboneConfig::Mlp(mlp.clone()),
         (Some(BackboneChoice::Convnet), _) => BackboneConfig::ConvNet(ConvNetConfig::default()),
         (Some(BackboneChoice::Unet), _) => unet(),
         (None, Some(b)) => b,
         (None, None) if images => unet(),
-        (None, None) => BackboneConfig::Mlp(MlpConfig::default()),
+        (None, None) => BackboneConfig::Mlp(mlp.clone()),
     };
     if o.preset.is_some() && !matches!(backbone, BackboneConfig::Unet(_)) {
         return Err(Error::Config("the UNet preset applies to the UNet only".into()));
