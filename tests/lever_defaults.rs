@@ -1,6 +1,7 @@
-//! The likelihood levers are the defaults of a CDM on vector data (docs/results.md §15): a fresh
-//! `cdm train` records them in config.json, a flag or a config file switches each off, image data
-//! keeps them off, and a run saved before them resumes without them.
+//! The likelihood levers are the defaults of a CDM on vector data, Fourier features where the
+//! density has hard edges (docs/results.md §15): a fresh `cdm train` records them in config.json,
+//! a flag or a config file switches each off, image data keeps them off, and a run saved before
+//! them resumes without them.
 use std::path::Path;
 use std::process::Command;
 
@@ -31,24 +32,38 @@ fn levers(config: &Value) -> (f64, Value, u64) {
 #[test]
 fn a_fresh_cdm_of_vectors_records_the_levers_and_each_switches_off() {
     let dir = tempfile::tempdir().unwrap();
-    let on = train(&dir.path().join("on"), &["--data", "gmm2d", "--hidden", "8"]);
-    assert_eq!(levers(&on), (0.5, json!([0, 1, 2, 3, 4, 5]), 50));
+    // A smooth density: the low levels and T = 50; a cube's hard faces add Fourier features.
+    let smooth = train(&dir.path().join("smooth"), &["--data", "gmm2d", "--hidden", "8"]);
+    assert_eq!(levers(&smooth), (0.5, json!([]), 50));
+    let cube = train(&dir.path().join("cube"), &["--data", "uniform:d=4,g=1", "--hidden", "8"]);
+    assert_eq!(levers(&cube), (0.5, json!([0, 1, 2, 3, 4, 5]), 50));
     // A 200-dimensional cube: the overlap rule's 10·√(D/2) = 100 levels.
     let wide = train(&dir.path().join("wide"), &["--data", "uniform:d=200,g=1", "--hidden", "8"]);
     assert_eq!(levers(&wide).2, 100);
 
-    let flags = ["--data", "gmm2d", "--hidden", "8", "--low-levels", "off", "--fourier", "off", "--timesteps", "1000"];
+    let flags = [
+        "--data",
+        "uniform:d=4,g=1",
+        "--hidden",
+        "8",
+        "--low-levels",
+        "off",
+        "--fourier",
+        "off",
+        "--timesteps",
+        "1000",
+    ];
     assert_eq!(levers(&train(&dir.path().join("off"), &flags)), (0.0, json!([]), 1000));
     let zero = train(&dir.path().join("zero"), &["--data", "gmm2d", "--hidden", "8", "--low-levels", "0"]);
     assert_eq!(levers(&zero).0, 0.0);
 
     let file = dir.path().join("off.toml");
     std::fs::write(&file, "[train]\nlow_levels = 0\n[backbone]\ntype = \"mlp\"\nhidden = 8\nfourier = []\n").unwrap();
-    let from_file = train(&dir.path().join("file"), &["--data", "gmm2d", "--config", file.to_str().unwrap()]);
+    let from_file = train(&dir.path().join("file"), &["--data", "uniform:d=4,g=1", "--config", file.to_str().unwrap()]);
     assert_eq!(levers(&from_file), (0.0, json!([]), 50));
 
     // The levers are a CDM's: a DDM keeps the settings it had.
-    let ddm = train(&dir.path().join("ddm"), &["--data", "gmm2d", "--hidden", "8", "--model", "ddm"]);
+    let ddm = train(&dir.path().join("ddm"), &["--data", "uniform:d=4,g=1", "--hidden", "8", "--model", "ddm"]);
     assert_eq!(levers(&ddm), (0.0, json!([]), 1000));
 }
 
@@ -64,7 +79,7 @@ fn image_data_keeps_the_levers_off() {
 fn a_run_saved_before_the_levers_resumes_without_them() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("old");
-    let mut config = train(&out, &["--data", "gmm2d", "--hidden", "8", "--timesteps", "1000"]);
+    let mut config = train(&out, &["--data", "uniform:d=4,g=1", "--hidden", "8", "--timesteps", "1000"]);
     // config.json as written before the fields existed; the checkpoint goes, so the run restarts
     // from its config.json.
     config["train"].as_object_mut().unwrap().remove("low_levels");

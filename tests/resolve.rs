@@ -6,7 +6,7 @@ use cdm::checkpoint::{write_atomic, CONFIG_FILE};
 use cdm::data::Dataset;
 use cdm::model::ModelKind;
 use cdm::nets::{BackboneConfig, MlpConfig, UnetConfig};
-use cdm::train::config::VECTOR_FOURIER;
+use cdm::train::config::EDGE_FOURIER;
 use cdm::train::resolve::{resolve, BackboneChoice, Overrides, UnetPreset};
 use cdm::train::{RunConfig, TrainConfig};
 
@@ -23,10 +23,13 @@ fn each_data_kind_gets_its_defaults() {
     let out = tempfile::tempdir().unwrap();
     let points = resolved(out.path(), None, &data("gmm2d")).unwrap();
     assert_eq!(points.train, TrainConfig::vectors());
-    let mlp = MlpConfig { fourier: VECTOR_FOURIER.to_vec(), ..MlpConfig::default() };
-    assert_eq!(points.model.backbone, BackboneConfig::Mlp(mlp));
+    assert_eq!(points.model.backbone, BackboneConfig::Mlp(MlpConfig::default()));
     assert_eq!((points.model.kind, points.model.data_shape.as_slice()), (ModelKind::Cdm, &[2][..]));
     assert_eq!(points.model.schedule.timesteps, 50);
+    // A box's faces are hard edges: Fourier features too.
+    let cube = resolved(out.path(), None, &data("uniform:d=4,g=1")).unwrap();
+    let mlp = MlpConfig { fourier: EDGE_FOURIER.to_vec(), ..MlpConfig::default() };
+    assert_eq!((cube.train, cube.model.backbone), (TrainConfig::vectors(), BackboneConfig::Mlp(mlp)));
     // The levers are a CDM's: a DDM of the same data keeps the settings it had.
     let ddm = resolved(out.path(), None, &Overrides { model: Some(ModelKind::Ddm), ..data("gmm2d") }).unwrap();
     assert_eq!(ddm.train, TrainConfig::default());

@@ -83,8 +83,8 @@ pub struct TrainArgs {
     level_strides: Option<Vec<usize>>,
     /// Fourier features sin(π 2^k x), cos(π 2^k x) of the MLP's or ConvNet's input for each
     /// exponent k listed (e.g. 0,1,2,3,4,5): sharp log-density ratios near the data's edges
-    /// become cheap to learn; `off`: none [default: 0,1,2,3,4,5 for a CDM's MLP on vector data,
-    /// none otherwise]
+    /// become cheap to learn; `off`: none [default: 0,1,2,3,4,5 for a CDM's MLP on data with hard
+    /// edges (uniform cubes), none otherwise]
     #[arg(long, allow_hyphen_values = true, value_name = "K,..|off", value_parser = exponents_or_off)]
     fourier: Option<Exponents>,
     /// A classification diffusion model, or the denoising baseline.

@@ -27,6 +27,12 @@ pub trait KnownDensity: Send {
     fn posterior_mean(&self, _x_t: &Tensor, _alpha_bar: f64) -> Option<Tensor> {
         None
     }
+    /// Whether the density jumps at its support's edges, as a box's does at its faces: there
+    /// Fourier features sharpen the learned log-density (docs/results.md §9.1, §15); on smooth
+    /// densities they cost accuracy.
+    fn hard_edges(&self) -> bool {
+        false
+    }
 }
 
 /// U[-g/2, g/2]^D, log p = -D ln g inside (the paper's Fig. 3).
@@ -38,6 +44,9 @@ pub struct UniformCube {
 impl KnownDensity for UniformCube {
     fn shape(&self) -> Vec<i64> {
         self.shape.clone()
+    }
+    fn hard_edges(&self) -> bool {
+        true
     }
     fn sample(&self, n: usize, rng: &mut Rng) -> Tensor {
         let mut shape = vec![n as i64];

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::Dataset;
 use crate::loss::CdlConfig;
 use crate::model::{ModelConfig, ModelKind};
 use crate::nets::MlpConfig;
@@ -240,14 +241,15 @@ impl TrainConfig {
 /// Share of a batch at the low levels on vector data by default (docs/results.md §15).
 pub const VECTOR_LOW_LEVELS: f64 = 0.5;
 
-/// Fourier exponents of the MLP on vector data by default: octaves up to 2^5π sharpen the
-/// log-density at hard edges, finer ones cost the input gradient more than they give
-/// (docs/results.md §9.1, §15).
-pub const VECTOR_FOURIER: [i32; 6] = [0, 1, 2, 3, 4, 5];
+/// Fourier exponents of the MLP by default on data with hard edges (a uniform cube): octaves up
+/// to 2^5π sharpen the log-density there, finer ones cost the input gradient more than they
+/// give (docs/results.md §9.1, §15).
+pub const EDGE_FOURIER: [i32; 6] = [0, 1, 2, 3, 4, 5];
 
 /// What a fresh run gets where neither a config file nor a flag says otherwise: per data kind,
-/// because the likelihood levers were measured to help a CDM on vector data and are not yet
-/// measured on images (docs/results.md §15). Runs already saved keep their own settings, and a field missing
+/// because the likelihood levers were measured to help a CDM on vector data (Fourier features
+/// only where the density has hard edges) and are not yet measured on images (docs/results.md
+/// §15). Runs already saved keep their own settings, and a field missing
 /// from an old `config.json` reads as the old default (levers off, T = 1000).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DataDefaults {
@@ -258,9 +260,10 @@ pub struct DataDefaults {
 }
 
 impl DataDefaults {
-    /// The defaults for a `kind` of model of data of `shape`, [C, H, W] images or vectors; the
-    /// levers are a CDM's, so a DDM keeps the settings it had.
-    pub fn new(shape: &[i64], kind: ModelKind) -> Self {
+    /// The defaults for a `kind` of model of `data`, [C, H, W] images or vectors; the levers are
+    /// a CDM's, so a DDM keeps the settings it had.
+    pub fn new(data: &Dataset, kind: ModelKind) -> Self {
+        let shape = data.shape();
         let images = shape.len() == 3;
         if images || kind == ModelKind::Ddm {
             return DataDefaults {
@@ -273,7 +276,14 @@ impl DataDefaults {
         DataDefaults {
             train: TrainConfig::vectors(),
             schedule: ScheduleConfig::new(ScheduleKind::Linear, vector_levels(dim)),
-            mlp: MlpConfig { fourier: VECTOR_FOURIER.to_vec(), ..MlpConfig::default() },
+            mlp: MlpConfig {
+                fourier: if data.density().is_some_and(|d| d.hard_edges()) {
+                    EDGE_FOURIER.to_vec()
+                } else {
+                    Vec::new()
+                },
+                ..MlpConfig::default()
+            },
         }
     }
 }

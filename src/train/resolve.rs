@@ -17,7 +17,7 @@ use crate::{Error, Result};
 /// Which network to build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackboneChoice {
-    /// Residual MLP (a CDM's on vector data with Fourier features; see `DataDefaults`).
+    /// Residual MLP (a CDM's with Fourier features on data with hard edges; see `DataDefaults`).
     Mlp,
     /// Encoder-only ConvNet (`ConvNetConfig::default()`; CDM only).
     Convnet,
@@ -146,7 +146,7 @@ pub fn resolve(
         Base::File(file, _) => file.model,
         Base::Run(run) => Some(run.model.kind),
     };
-    let defaults = DataDefaults::new(&dataset.shape(), overrides.model.or(below).unwrap_or_default());
+    let defaults = DataDefaults::new(&dataset, overrides.model.or(below).unwrap_or_default());
     let (kind, schedule, backbone, gaussian_base, base_per_class, train) = match base {
         Base::Run(run) => {
             let m = run.model;
