@@ -11,10 +11,11 @@ setup:
 
 # Main job on built-in data: train a CDM on a 2-D Gaussian mixture, score held-out points
 # against the exact log-density, draw the learned and exact densities side by side with samples.
-# Fifty levels, half of each batch drawn at the low ones: within 0.05 nats of the exact density,
-# and enough levels for the sampler to land on the modes (docs/results.md §9.2).
+# The defaults for 2-D data, fifty levels with half of each batch drawn at the low ones: within
+# 0.05 nats of the exact density, and enough levels for the sampler to land on the modes
+# (docs/results.md §9.2, §15).
 demo: setup
-	$(CARGO) run --release -- train --data gmm2d --out runs/demo --steps 3000 --timesteps 50 --low-levels 0.5
+	$(CARGO) run --release -- train --data gmm2d --out runs/demo --steps 3000
 	$(CARGO) run --release -- nll --ckpt runs/demo --data gmm2d
 	$(CARGO) run --release -- plot density --ckpt runs/demo --out runs/demo/density.png
 
