@@ -335,7 +335,7 @@ fn a_grid_may_end_above_level_zero() {
 /// (no model error), the samplers, several windows; it asserts the bounds it shows.
 /// `cargo test --release --test parallel -- --ignored --nocapture`
 #[test]
-#[ignore]
+#[ignore = "minutes: prints docs/results.md §8.1's table (with asserts on its bounds); run with --ignored --nocapture"]
 fn solver_table_on_a_mixture() {
     let schedule = schedule(1000);
     let model = mixture_eps(&schedule, 1.0, 0.2);
