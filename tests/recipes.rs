@@ -261,7 +261,7 @@ fn training_curves_are_drawn_from_the_log_and_a_bad_line_is_named() {
     }
     std::fs::write(run.join("log.jsonl"), format!("{}\nnot json\n", lines[0])).unwrap();
     let (ok, stderr) = cdm(&["plot", "training", run.to_str().unwrap(), "--out", prefix.to_str().unwrap()]);
-    assert!(!ok && stderr.contains("log.jsonl: line 2 is not JSON"), "{stderr}");
+    assert!(!ok && stderr.contains("log.jsonl: line 2 is not a logged step"), "{stderr}");
 }
 
 #[test]

@@ -6,7 +6,9 @@ use tch::{Kind, Tensor};
 
 use super::{mean, Batches};
 use crate::data::{is_8bit, Dataset};
-use crate::likelihood::{bits_per_dim, bits_per_dim_8bit, ddm_log_prob, dequantize, log_prob, Dequantization};
+use crate::likelihood::{
+    bits_per_dim, bits_per_dim_8bit, ddm_log_prob, dequantize, dequantize_rows, log_prob, Dequantization,
+};
 use crate::model::Model;
 use crate::rng::Rng;
 use crate::sample::Noise;
@@ -87,7 +89,7 @@ pub fn nll_bits_per_dim(
     seed: u64,
 ) -> Result<Tensor> {
     let points = match convention {
-        Some(c) => dequantize(x, c, &mut Rng::new(seed)),
+        Some(c) => dequantize_rows(x, c, &mut Rng::new(seed), batches.first_row),
         None => x.shallow_clone(),
     };
     let bpd = log_likelihood(model, &points, how, batches, seed)? / (-super::dim_of(x) * std::f64::consts::LN_2);

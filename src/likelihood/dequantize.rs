@@ -19,11 +19,19 @@ pub enum Dequantization {
 }
 
 /// The points to score under `how`: for `Uniform`, k is recovered from x = k/127.5 − 1 and
-/// spread uniformly over its bin, (k + u)/128 − 1; for `Paper`, `x` itself.
+/// spread uniformly over its bin, (k + u)/128 − 1, each point from a stream of its own; for
+/// `Paper`, `x` itself.
 pub fn dequantize(x: &Tensor, how: Dequantization, rng: &mut crate::rng::Rng) -> Tensor {
+    dequantize_rows(x, how, rng, 0)
+}
+
+/// [`dequantize`] for the points `x` that start at index `first_row` of a larger set: each
+/// point is spread as it is in the whole set's [`dequantize`].
+pub fn dequantize_rows(x: &Tensor, how: Dequantization, rng: &mut crate::rng::Rng, first_row: usize) -> Tensor {
+    let rows = first_row..first_row + x.size()[0] as usize;
     match how {
         Dequantization::Paper => x.shallow_clone(),
-        Dequantization::Uniform => spread_points_in_bins(x, &rng.uniform(&x.size(), Kind::Double)),
+        Dequantization::Uniform => spread_points_in_bins(x, &rng.uniform_rows(&x.size(), rows, Kind::Double)),
     }
 }
 

@@ -194,13 +194,19 @@ pub struct Samples {
 /// The labels of `n` samples of a conditional model (none for an unconditional one, or when
 /// drawn with the null label): the one class asked for, else the starting points' labels, else
 /// every class in turn.
-fn labels_for(model: &Model, opts: &SampleOptions, n: usize, start_labels: Option<&Vec<i64>>) -> Option<Vec<i64>> {
+fn labels_for(
+    model: &Model,
+    opts: &SampleOptions,
+    rows: std::ops::Range<usize>,
+    start_labels: Option<&Vec<i64>>,
+) -> Option<Vec<i64>> {
+    let n = rows.len();
     let num_labels = model.num_labels() as i64;
     match (num_labels, opts.conditioning, start_labels) {
         (0, _, _) | (_, Conditioning::Unconditional, _) => None,
         (_, Conditioning::Class(c), _) => Some(vec![c; n]),
         (_, Conditioning::Classes, Some(data_labels)) => Some(data_labels.iter().copied().take(n).collect()),
-        (_, Conditioning::Classes, None) => Some((0..n as i64).map(|i| i % num_labels).collect()),
+        (_, Conditioning::Classes, None) => Some(rows.map(|i| i as i64 % num_labels).collect()),
     }
 }
 
@@ -248,7 +254,7 @@ pub fn time_windows(model: &Model, n: usize, opts: &SampleOptions, windows: &[us
     let (kind, device) = (on.kind, on.device);
     let levels = model.schedule().sampling_levels(opts.steps)?;
     let largest = windows.iter().copied().max().unwrap_or(1).min(opts.steps);
-    let labels = labels_for(model, opts, n, None);
+    let labels = labels_for(model, opts, 0..n, None);
     let predictor = Predictor::new(model, labels.as_deref(), opts, device);
     let states = Noise::new(opts.seed, 0, largest * n).normal(model.data_shape(), kind, device);
     let t = super::steps::window_levels(&levels[..largest], n as i64, device);
@@ -314,8 +320,9 @@ fn synchronize(device: Device) {
 const STEP_NOISE_SALT: u64 = 0x5eed_0f57_e900_015e;
 
 /// Draws `n` samples from `model` from pure noise at level T, `batches.batch_size` at a time
-/// (its progress counts steps of all batches). Sample i uses streams i of `opts.seed`, so it
-/// does not depend on the batch size.
+/// (its progress counts steps of all batches). Sample i uses streams i of `opts.seed` (counted
+/// from `batches.first_row`, for a share of a larger set), so it does not depend on the batch
+/// size, nor on how the set was shared out.
 pub fn draw(model: &Model, n: usize, opts: &SampleOptions, batches: &Batches) -> Result<Samples> {
     draw_from(model, n, opts, batches, None, &mut |_| {})
 }
@@ -359,7 +366,8 @@ pub fn draw_from(
         None => schedule.sampling_levels(opts.steps)?,
     };
     let table = StepTable::new(opts.sampler, opts.eta, schedule, &levels)?;
-    let labels = labels_for(model, opts, n, start.and_then(|s| s.labels.as_ref()));
+    let rows = batches.first_row..batches.first_row + n;
+    let labels = labels_for(model, opts, rows, start.and_then(|s| s.labels.as_ref()));
     if let Some(bad) = labels.iter().flatten().find(|l| !(0..num_labels).contains(*l)) {
         return Err(Error::Config(format!(
             "label {bad} of the starting points: the model knows classes 0..{}",
@@ -390,9 +398,9 @@ pub fn draw_from(
         // One stream per sample for x_T, and another for the noise of its steps.
         let x_t = match start {
             Some(s) => s.x_t.narrow(0, first as i64, len as i64).to_kind(kind).to_device(device),
-            None => Noise::new(opts.seed, first as u64, len).normal(model.data_shape(), kind, device),
+            None => Noise::new(opts.seed, (batches.first_row + first) as u64, len).normal(model.data_shape(), kind, device),
         };
-        let mut noise = Noise::new(opts.seed ^ STEP_NOISE_SALT, first as u64, len);
+        let mut noise = Noise::new(opts.seed ^ STEP_NOISE_SALT, (batches.first_row + first) as u64, len);
         let x0 = match &opts.parallel {
             Some(p) => {
                 let run = parallel(predictor, &table, x_t, &mut noise, p, &mut on_step)?;
