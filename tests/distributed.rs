@@ -231,3 +231,55 @@ fn ctrl_c_stops_every_rank_at_one_checkpointed_step() {
     train(&run, &[&flags[..], &["--nproc", "2", "--steps", &further]].concat(), &[]);
     assert_eq!(checkpoint(&run).metadata["step"], further);
 }
+
+/// `cdm eval` with `--nproc` shares the bits/dim (a CDM's one pass with uniform
+/// dequantization, a DDM's I-MMSE) and the FID samples among the ranks, in uneven shares of
+/// whole chunks, and reports what one process reports.
+#[test]
+fn eval_ranks_share_bits_per_dim_and_fid_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cdm_run, ddm_run) = (dir.path().join("cdm"), dir.path().join("ddm"));
+    // 8-bit images, k/127.5 − 1: the bits/dim come in both 8-bit conventions.
+    let images = dir.path().join("images.npy");
+    let pixels = Rng::new(7).integers(64 * 64, 256).reshape([64, 1, 8, 8]).to_kind(tch::Kind::Double) / 127.5 - 1.0;
+    cdm::data::npy::write_npy(&images, &pixels).unwrap();
+    let data = format!("npy:{}", images.display());
+    let common = ["--data", &data, "--channels", "8", "--steps", "2", "--timesteps", "10", "--batch", "8"];
+    train(&cdm_run, &[&common[..], &["--model", "cdm"]].concat(), &[]);
+    train(&ddm_run, &[&common[..], &["--model", "ddm"]].concat(), &[]);
+    let eval = |out: &Path, nproc: &[&str]| {
+        let output = Command::new(CDM)
+            .args(["eval", "--device", "cpu", "--only", "nll,fid", "--n", "40", "--batch", "8", "--nfe-images", "20"])
+            .args(["--evaluations", "2", "--fid-samples", "12", "--fid-reference", "16", "--steps", "4", "--ckpt"])
+            .arg(&cdm_run)
+            .arg("--compare")
+            .arg(&ddm_run)
+            .arg("--out")
+            .arg(out)
+            .args(nproc)
+            .env("OMP_NUM_THREADS", "1")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "cdm eval {nproc:?}: {}", String::from_utf8_lossy(&output.stderr));
+        cdm::eval::Report::read(&out.join("report.json")).unwrap()
+    };
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    std::fs::create_dir_all(&one).unwrap();
+    std::fs::create_dir_all(&two).unwrap();
+    let (alone, shared) = (eval(&one, &[]), eval(&two, &["--nproc", "2"]));
+    let (rows, shared_rows) = (alone.nll.unwrap(), shared.nll.unwrap());
+    assert_eq!(rows.len(), 4, "two models, two 8-bit conventions: {rows:?}");
+    for (a, b) in rows.iter().zip(&shared_rows) {
+        assert_eq!((&a.model, &a.convention, a.n), (&b.model, &b.convention, b.n));
+        let per_point = |dir: &Path| tch::Tensor::read_npy(dir.join(&a.per_point)).unwrap();
+        let gap = (per_point(&one) - per_point(&two)).abs().max().double_value(&[]);
+        assert!(gap <= 1e-9 * a.bits_per_dim.abs(), "{}: per-point bits/dim differ by {gap:e}", a.per_point);
+    }
+    let (fid, shared_fid) = (alone.fid.unwrap(), shared.fid.unwrap());
+    assert!(
+        fid.fid.is_finite() && (fid.fid - shared_fid.fid).abs() <= 1e-6 * fid.fid,
+        "{fid:?} against {shared_fid:?}"
+    );
+    let (a, b) = (fid.sampling_cost, shared_fid.sampling_cost);
+    assert_eq!((a.batches, a.iterations, a.evaluations), (b.batches, b.iterations, b.evaluations));
+}

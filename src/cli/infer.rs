@@ -40,12 +40,26 @@ pub struct CkptArgs {
 
 impl CkptArgs {
     pub fn load(&self) -> Result<LoadedModel> {
-        self.load_from(&self.ckpt)
+        self.load_on(None)
     }
 
-    /// Another run directory, with the same weights choice and device.
-    pub fn load_from(&self, dir: &std::path::Path) -> Result<LoadedModel> {
-        let mut loaded = load_model(dir, self.device.device()?, !self.raw_weights)
+    /// The run on `device` instead of the one --device picks (a rank's own GPU).
+    pub fn load_on(&self, device: Option<tch::Device>) -> Result<LoadedModel> {
+        self.load_from(&self.ckpt, device)
+    }
+
+    /// The device --device picks.
+    pub fn device(&self) -> Result<tch::Device> {
+        self.device.device()
+    }
+
+    /// Another run directory, with the same weights choice, on `device` or the one --device picks.
+    pub fn load_from(&self, dir: &std::path::Path, device: Option<tch::Device>) -> Result<LoadedModel> {
+        let device = match device {
+            Some(device) => device,
+            None => self.device()?,
+        };
+        let mut loaded = load_model(dir, device, !self.raw_weights)
             .with_context(|| format!("loading checkpoint {}", dir.display()))?;
         if let Some(precision) = self.precision {
             loaded.set_precision(precision);

@@ -25,7 +25,7 @@ pub use contrastive::{cdm_noise_classifier, exact_noise_classifier, noise_classi
 pub use denoising::{
     against_posterior_mean, denoise, denoising_levels, denoising_mse, posterior_mean_levels, PosteriorMeanRow,
 };
-pub use evaluate::{evaluate, Plan, Stream};
+pub use evaluate::{evaluate, evaluate_in_job, Plan, Stream};
 pub use likelihood::{
     log_likelihood, nll_bits_per_dim, score_points, Estimator, NllReport, PointScores, PointsToScore,
 };

@@ -398,7 +398,9 @@ pub fn draw_from(
         // One stream per sample for x_T, and another for the noise of its steps.
         let x_t = match start {
             Some(s) => s.x_t.narrow(0, first as i64, len as i64).to_kind(kind).to_device(device),
-            None => Noise::new(opts.seed, (batches.first_row + first) as u64, len).normal(model.data_shape(), kind, device),
+            None => {
+                Noise::new(opts.seed, (batches.first_row + first) as u64, len).normal(model.data_shape(), kind, device)
+            }
         };
         let mut noise = Noise::new(opts.seed ^ STEP_NOISE_SALT, (batches.first_row + first) as u64, len);
         let x0 = match &opts.parallel {
