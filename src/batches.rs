@@ -2,6 +2,7 @@
 //! device, with a progress callback; shared by evaluation, likelihood and sampling.
 use tch::{Device, Kind, Tensor};
 
+use crate::distributed::ProcessGroup;
 use crate::{Error, Result};
 
 /// How points pass through a model: in chunks of `batch_size`, cast to the weights' kind and
@@ -20,12 +21,15 @@ pub struct Batches<'a> {
     /// Index of the first point given within a larger set (a rank's share of it), so that the
     /// random draws made per point or per chunk are those of the whole set: 0 for a whole set.
     pub first_row: usize,
+    /// Ranks of a job that share each network call of a sampler (each computes whole window
+    /// slots of it, the results gathered): every rank runs the same sampler in step.
+    pub group: Option<&'a ProcessGroup>,
 }
 
 impl<'a> Batches<'a> {
     /// Chunks of `batch_size` for weights of `options` = (kind, device), without progress.
     pub fn new(batch_size: usize, options: (Kind, Device)) -> Self {
-        Batches { batch_size, kind: options.0, device: options.1, progress: None, first_row: 0 }
+        Batches { batch_size, kind: options.0, device: options.1, progress: None, first_row: 0, group: None }
     }
 
     /// Runs `f(chunk, start)` over chunks of `x` ([N, ..], N ≥ 1) and concatenates its results

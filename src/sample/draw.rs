@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 use super::{parallel, sequential, ClipX0, GuidedPair, Noise, ParallelOptions, SamplerKind, Step, StepTable};
 use crate::batches::Batches;
 use crate::data::Dataset;
+use crate::distributed::{ProcessGroup, Shard};
 use crate::model::Model;
 use crate::predictor::{Conditioned, NoisePredictor};
 use crate::schedule::levels_like;
@@ -218,10 +219,21 @@ struct Predictor<'a> {
     guided: Option<GuidedPair<'a, Model>>,
     model: &'a Model,
     clip: Option<f64>,
+    /// Ranks that share each call, in whole slots of `slot` rows (one per sample of the batch,
+    /// the rows a window repeats its labels over).
+    group: Option<&'a ProcessGroup>,
+    slot: usize,
 }
 
 impl<'a> Predictor<'a> {
-    fn new(model: &'a Model, labels: Option<&[i64]>, opts: &SampleOptions, device: Device) -> Self {
+    /// The predictor of a batch of `slot` samples with `labels`, its calls shared by `group`.
+    fn new(
+        model: &'a Model,
+        labels: Option<&[i64]>,
+        opts: &SampleOptions,
+        device: Device,
+        (group, slot): (Option<&'a ProcessGroup>, usize),
+    ) -> Self {
         let labels = labels.map(|l| Tensor::from_slice(l).to_device(device));
         let guided = labels.as_ref().filter(|_| opts.guidance != 0.0).map(|labels| GuidedPair {
             model,
@@ -229,12 +241,11 @@ impl<'a> Predictor<'a> {
             null_label: model.num_labels() as i64,
             weight: opts.guidance,
         });
-        Predictor { conditional: Conditioned { model, labels }, guided, model, clip: opts.clip_x0 }
+        Predictor { conditional: Conditioned { model, labels }, guided, model, clip: opts.clip_x0, group, slot }
     }
-}
 
-impl NoisePredictor for Predictor<'_> {
-    fn eps(&self, x_t: &Tensor, t: &Tensor) -> Result<Tensor> {
+    /// ε̂ of this process's rows.
+    fn local(&self, x_t: &Tensor, t: &Tensor) -> Result<Tensor> {
         let inner: &dyn NoisePredictor = match &self.guided {
             Some(guided) => guided,
             None => &self.conditional,
@@ -243,6 +254,25 @@ impl NoisePredictor for Predictor<'_> {
             Some(limit) => ClipX0 { inner, schedule: self.model.schedule(), limit }.eps(x_t, t),
             None => inner.eps(x_t, t),
         }
+    }
+}
+
+impl NoisePredictor for Predictor<'_> {
+    fn eps(&self, x_t: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let Some(group) = self.group else { return self.local(x_t, t) };
+        // This rank's whole slots, zeros elsewhere: the sum over the ranks is the whole call.
+        let shard = Shard::chunks(x_t.size()[0] as usize, self.slot, group.rank(), group.world_size());
+        let part = (shard.len > 0).then(|| self.local(&shard.rows(x_t), &shard.rows(t))).transpose();
+        if group.any(part.is_err())? {
+            let elsewhere = || Error::Distributed { rank: group.rank(), what: "another rank failed".into() };
+            return Err(part.err().unwrap_or_else(elsewhere));
+        }
+        let whole = x_t.zeros_like();
+        if let Ok(Some(part)) = part {
+            shard.rows(&whole).copy_(&part);
+        }
+        group.all_reduce_sum(&whole)?;
+        Ok(whole)
     }
 }
 
@@ -255,7 +285,7 @@ pub fn time_windows(model: &Model, n: usize, opts: &SampleOptions, windows: &[us
     let levels = model.schedule().sampling_levels(opts.steps)?;
     let largest = windows.iter().copied().max().unwrap_or(1).min(opts.steps);
     let labels = labels_for(model, opts, 0..n, None);
-    let predictor = Predictor::new(model, labels.as_deref(), opts, device);
+    let predictor = Predictor::new(model, labels.as_deref(), opts, device, (on.group, n));
     let states = Noise::new(opts.seed, 0, largest * n).normal(model.data_shape(), kind, device);
     let t = super::steps::window_levels(&levels[..largest], n as i64, device);
     let mut seconds = 0.0;
@@ -394,7 +424,8 @@ pub fn draw_from(
     let mut windows = Vec::new();
     for first in (0..n).step_by(batch) {
         let len = batch.min(n - first);
-        let predictor = &Predictor::new(model, labels.as_ref().map(|l| &l[first..first + len]), opts, device);
+        let labels = labels.as_ref().map(|l| &l[first..first + len]);
+        let predictor = &Predictor::new(model, labels, opts, device, (batches.group, len));
         // One stream per sample for x_T, and another for the noise of its steps.
         let x_t = match start {
             Some(s) => s.x_t.narrow(0, first as i64, len as i64).to_kind(kind).to_device(device),
