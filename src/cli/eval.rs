@@ -3,7 +3,6 @@
 //! [`cdm::eval::evaluate`]. `--only` runs any one metric on its own; `--compare` adds a second
 //! run on the same data (a DDM against a CDM).
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -72,13 +71,8 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let launch = Launch::from_env()?;
-    if let (Some(n), None) = (args.nproc, &launch) {
-        if n > 1 {
-            let program = std::env::current_exe().context("finding this program to start the ranks")?;
-            let argv: Vec<String> = std::env::args().skip(1).collect();
-            tracing::info!("starting {n} ranks on this host");
-            return Ok(cdm::distributed::spawn_local(&program, &argv, n, Duration::from_secs(30))?);
-        }
+    if super::start_ranks(args.nproc, launch.as_ref(), false)? {
+        return Ok(());
     }
     let group = launch.as_ref().map(|l| ProcessGroup::join(l, DEFAULT_TIMEOUT)).transpose()?;
     let writes = group.as_ref().is_none_or(|g| g.rank() == 0);

@@ -1,8 +1,6 @@
 //! `cdm nll`, `cdm denoise` and `cdm sample`: what a trained checkpoint is for.
 use std::path::PathBuf;
 
-use std::time::Duration;
-
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
@@ -260,15 +258,11 @@ const SDEDIT_COLUMNS: usize = 10;
 
 pub fn sample(args: SampleArgs) -> Result<()> {
     let launch = Launch::from_env()?;
-    if let (Some(n), None) = (args.nproc, &launch) {
-        if args.sampling.parallel.is_none() {
-            bail!("--nproc shares the windows of a parallel run among ranks: add --parallel P");
-        }
-        if n > 1 {
-            let program = std::env::current_exe().context("finding this program to start the ranks")?;
-            let argv: Vec<String> = std::env::args().skip(1).collect();
-            return Ok(cdm::distributed::spawn_local(&program, &argv, n, Duration::from_secs(30))?);
-        }
+    if args.nproc.is_some_and(|n| n > 1) && args.sampling.parallel.is_none() {
+        bail!("--nproc shares the windows of a parallel run among ranks: add --parallel P");
+    }
+    if super::start_ranks(args.nproc, launch.as_ref(), false)? {
+        return Ok(());
     }
     let group = launch.as_ref().map(|l| ProcessGroup::join(l, DEFAULT_TIMEOUT)).transpose()?;
     // Rank 0 alone prints and writes; every rank draws the same samples in step.

@@ -238,17 +238,9 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let launch = Launch::from_env()?;
-    if let (Some(n), None) = (args.nproc, &launch) {
-        if n > 1 {
-            // The ranks run this same command line; the launcher's environment tells each
-            // which it is.
-            let program = std::env::current_exe().context("finding this program to start the ranks")?;
-            let argv: Vec<String> = std::env::args().skip(1).collect();
-            tracing::info!("starting {n} data-parallel ranks on this host");
-            // Ctrl-C from a terminal reaches every rank: this process waits while they save.
-            signals::stop_on_interrupt().context("installing the Ctrl-C and SIGTERM handlers")?;
-            return Ok(cdm::distributed::spawn_local(&program, &argv, n, RANK_GRACE)?);
-        }
+    // Ctrl-C from a terminal reaches every rank: this process waits while they save.
+    if super::start_ranks(args.nproc, launch.as_ref(), true)? {
+        return Ok(());
     }
     let device = args.device.device()?;
     let Some(launch) = launch else {
@@ -294,9 +286,6 @@ fn lock_run(args: &TrainArgs) -> Result<RunLock> {
     }
     Ok(lock)
 }
-
-/// How long the ranks started by --nproc have to stop on their own once one has failed.
-const RANK_GRACE: Duration = Duration::from_secs(30);
 
 /// Opens the trainer with `open` (given the spinner to clear) and trains, with a progress bar
 /// where this process writes the run.
