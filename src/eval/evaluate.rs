@@ -495,11 +495,11 @@ fn fid(ctx: &Context) -> Result<Fid> {
         Ok(drawn.x)
     })?;
     if let Some(group) = ctx.group {
-        // The cost of every rank's share: counts summed, the largest call the largest.
+        // The cost of every rank's share: the counts summed (the largest call is this rank's).
         let counts = Tensor::from_slice(&[cost.batches, cost.iterations, cost.evaluations].map(|c| c as f64));
         group.all_reduce_sum(&counts)?;
         let [batches, iterations, evaluations] = [0, 1, 2].map(|i| counts.double_value(&[i]) as usize);
-        cost = SamplingStats { batches, iterations, evaluations, steps: cost.steps.max(1), ..cost };
+        cost = SamplingStats { batches, iterations, evaluations, ..cost };
     }
     let sampling_seconds = start.elapsed().as_secs_f64();
     cost.seconds = sampling_seconds;
