@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use cdm::config_file::ConfigFile;
 use cdm::data::{Dataset, DATA_SPECS};
 use cdm::distributed::{Launch, ProcessGroup};
 use cdm::loss::ZetaPrior;
@@ -225,7 +226,8 @@ impl TrainArgs {
 
 /// The run's settings ([`resolve`]) and its opened data, with a spinner while the data opens.
 fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
-    resolve(&args.out, args.config.as_deref(), &args.overrides(), |data| {
+    let file = args.config.as_ref().map(|path| ConfigFile::read(path)).transpose()?;
+    resolve(&args.out, file.as_ref(), &args.overrides(), |data| {
         let preparing = spinner(format!("preparing --data {data} (the first use of a dataset downloads it)"));
         let dataset = Dataset::open(data).map_err(|e| e.within(format!("--data {data}")));
         preparing.finish_and_clear();

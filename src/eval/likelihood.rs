@@ -5,9 +5,10 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::{mean, Batches};
-use crate::data::{is_8bit, Dataset};
+use crate::data::Dataset;
 use crate::likelihood::{
-    bits_per_dim, bits_per_dim_8bit, ddm_log_prob, dequantize, dequantize_rows, log_prob, Dequantization,
+    bits_per_dim, bits_per_dim_8bit, convention_for, ddm_log_prob, dequantize, dequantize_rows, log_prob,
+    Dequantization,
 };
 use crate::model::Model;
 use crate::rng::Rng;
@@ -175,14 +176,7 @@ pub fn score_points(
         }
         _ => clean,
     };
-    let how = match which.dequantize {
-        Some(_) if x.dim() != 4 || which.level != 0 => {
-            return Err(Error::Config("dequantization applies to 8-bit image data at level 0".into()))
-        }
-        Some(how) => Some(how),
-        None if !which.continuous && which.level == 0 && is_8bit(&x) => Some(Dequantization::Uniform),
-        None => None,
-    };
+    let how = convention_for(&x, which.level, which.dequantize, which.continuous)?;
     let x = match how {
         Some(how) => dequantize(&x, how, &mut Rng::new(which.seed)),
         None => x,

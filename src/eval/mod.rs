@@ -23,7 +23,8 @@ pub mod report;
 pub use classifier::{level_classifier, logit_profile, sampler_drift, DriftRow, LevelMetrics};
 pub use contrastive::{cdm_noise_classifier, exact_noise_classifier, noise_classifier, NoiseClassifierScore};
 pub use denoising::{
-    against_posterior_mean, denoise, denoising_levels, denoising_mse, posterior_mean_levels, PosteriorMeanRow,
+    against_posterior_mean, denoise, denoising_levels, denoising_mse, posterior_mean_levels, predict_eps,
+    PosteriorMeanRow,
 };
 pub use evaluate::{evaluate, evaluate_in_job, Plan, Stream};
 pub use likelihood::{
