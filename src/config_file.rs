@@ -13,7 +13,7 @@ use crate::train::TrainConfig;
 use crate::{Error, Result};
 
 /// The optional parts of a run config that a `--config` file may give.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     pub data: Option<String>,

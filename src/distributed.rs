@@ -114,6 +114,18 @@ impl Shard {
         Ok(Shard { start: rank * len, len, total })
     }
 
+    /// Rank `rank`'s share of a set of `total` points passed through a model `chunk` at a time:
+    /// a contiguous run of whole chunks, as even as whole chunks allow (empty for a rank past
+    /// the last chunk). The set is chunked as it is in one process, so what a chunk draws is
+    /// the same.
+    pub fn chunks(total: usize, chunk: usize, rank: usize, world_size: usize) -> Self {
+        let (chunk, world_size) = (chunk.max(1), world_size.max(1));
+        let count = total.div_ceil(chunk);
+        let at = |r: usize| (count * r / world_size * chunk).min(total);
+        let (start, end) = (at(rank), at(rank + 1));
+        Shard { start, len: end - start, total }
+    }
+
     /// The examples this shard holds.
     pub fn range(&self) -> Range<usize> {
         self.start..self.start + self.len

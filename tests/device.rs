@@ -2,6 +2,11 @@
 //! library, `--device auto` picks the CPU and says why on stderr, `--device cuda` fails with a
 //! named error, and the CUDA backend is looked for beside the libtorch the loader found, which
 //! is how `scripts/gpu-check.sh` points a copied binary at a GPU host's own libraries.
+//!
+//! On a host with an NVIDIA device these tests do not apply (tests/gpu.rs does) and each says
+//! `SKIPPED` on the test output. The tools they use, `readelf` and a C compiler, are the
+//! binutils and compiler that linked this binary, so their absence fails rather than skips.
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -28,11 +33,19 @@ fn torch_lib() -> PathBuf {
     loaded_library_dir(CPU_LIBRARY).expect("tests link libtorch_cpu")
 }
 
-/// These tests describe a host without a GPU; on one with a GPU, tests/gpu.rs applies.
-fn gpu_host() -> bool {
+/// Says on the test output that `test` did not run, and why. Written to stderr directly: the
+/// test harness captures and hides `eprintln!` of a passing test, so a skip said that way
+/// would read as a pass.
+fn skip(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED: device::{test}: {why}");
+}
+
+/// These tests describe a host without a GPU; on one with a GPU, tests/gpu.rs applies, and
+/// `test` is reported skipped.
+fn gpu_host(test: &str) -> bool {
     let gpu = Path::new("/dev/nvidiactl").exists();
     if gpu {
-        eprintln!("skipped: this host has an NVIDIA device");
+        skip(test, "this host has an NVIDIA device (tests/gpu.rs checks it)");
     }
     gpu
 }
@@ -44,11 +57,13 @@ fn cuda_libraries_installed() -> bool {
 
 #[test]
 fn the_binary_does_not_link_libtorch_cuda() {
-    let out = Command::new("readelf").arg("-d").arg(env!("CARGO_BIN_EXE_cdm")).output();
-    let Ok(out) = out else {
-        eprintln!("skipped: no readelf");
-        return;
-    };
+    // readelf is binutils', which linked this binary: missing, it is a broken host, not a skip.
+    let out = Command::new("readelf")
+        .arg("-d")
+        .arg(env!("CARGO_BIN_EXE_cdm"))
+        .output()
+        .expect("readelf (binutils) runs: it reads the binary's dynamic section");
+    assert!(out.status.success(), "readelf -d failed: {}", String::from_utf8_lossy(&out.stderr));
     let dynamic = String::from_utf8_lossy(&out.stdout);
     assert!(dynamic.contains("[libtorch_cpu.so]"), "{dynamic}");
     assert!(
@@ -59,7 +74,7 @@ fn the_binary_does_not_link_libtorch_cuda() {
 
 #[test]
 fn auto_picks_the_cpu_and_says_why() {
-    if gpu_host() {
+    if gpu_host("auto_picks_the_cpu_and_says_why") {
         return;
     }
     let (ok, stdout, stderr) = cdm(&["device"], &[]);
@@ -82,7 +97,7 @@ fn auto_picks_the_cpu_and_says_why() {
 
 #[test]
 fn cuda_fails_with_a_named_error() {
-    if gpu_host() {
+    if gpu_host("cuda_fails_with_a_named_error") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -113,7 +128,7 @@ fn cuda_fails_with_a_named_error() {
 
 #[test]
 fn every_command_says_its_device() {
-    if gpu_host() {
+    if gpu_host("every_command_says_its_device") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -128,8 +143,9 @@ fn every_command_says_its_device() {
 }
 
 /// A stand-in libtorch_cuda built with the C compiler: dlopen runs its constructor, which says
-/// so, and it registers no CUDA backend.
-fn build_stub(dir: &Path) -> bool {
+/// so, and it registers no CUDA backend. The compiler is the one that linked this crate (and
+/// built torch-sys's C++ wrapper), so its absence fails the test.
+fn build_stub(dir: &Path) {
     let source = dir.join("stub.c");
     std::fs::write(
         &source,
@@ -141,25 +157,20 @@ fn build_stub(dir: &Path) -> bool {
         .arg(dir.join(CUDA_LIBRARY))
         .arg(&source)
         .status()
-        .is_ok_and(|s| s.success());
-    if !built {
-        eprintln!("skipped: no C compiler to build the stub");
-    }
-    built
+        .expect("cc runs: the C compiler builds the stub libtorch_cuda");
+    assert!(built.success(), "cc could not build the stub libtorch_cuda");
 }
 
 #[test]
 fn libtorch_cuda_is_found_beside_libtorch_cpu_through_ld_library_path() {
-    if gpu_host() {
+    if gpu_host("libtorch_cuda_is_found_beside_libtorch_cpu_through_ld_library_path") {
         return;
     }
     // A torch/lib as a GPU host has it: every real library, and a libtorch_cuda that loads.
     let dir = tempfile::tempdir().unwrap();
     let lib = dir.path().join("torch/lib");
     std::fs::create_dir_all(&lib).unwrap();
-    if !build_stub(&lib) {
-        return;
-    }
+    build_stub(&lib);
     for entry in std::fs::read_dir(torch_lib()).unwrap() {
         let path = entry.unwrap().path();
         if path.file_name() != Some(CUDA_LIBRARY.as_ref()) {

@@ -231,3 +231,97 @@ fn ctrl_c_stops_every_rank_at_one_checkpointed_step() {
     train(&run, &[&flags[..], &["--nproc", "2", "--steps", &further]].concat(), &[]);
     assert_eq!(checkpoint(&run).metadata["step"], further);
 }
+
+/// `cdm eval` with `--nproc` shares the bits/dim (a CDM's one pass with uniform
+/// dequantization, a DDM's I-MMSE) and the FID samples among the ranks, in uneven shares of
+/// whole chunks, and reports what one process reports.
+#[test]
+fn eval_ranks_share_bits_per_dim_and_fid_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cdm_run, ddm_run) = (dir.path().join("cdm"), dir.path().join("ddm"));
+    // 8-bit images, k/127.5 − 1: the bits/dim come in both 8-bit conventions.
+    let images = dir.path().join("images.npy");
+    let pixels = Rng::new(7).integers(64 * 64, 256).reshape([64, 1, 8, 8]).to_kind(tch::Kind::Double) / 127.5 - 1.0;
+    cdm::data::npy::write_npy(&images, &pixels).unwrap();
+    let data = format!("npy:{}", images.display());
+    let common = ["--data", &data, "--channels", "8", "--steps", "2", "--timesteps", "10", "--batch", "8"];
+    train(&cdm_run, &[&common[..], &["--model", "cdm"]].concat(), &[]);
+    train(&ddm_run, &[&common[..], &["--model", "ddm"]].concat(), &[]);
+    let eval = |out: &Path, nproc: &[&str]| {
+        let output = Command::new(CDM)
+            .args(["eval", "--device", "cpu", "--only", "nll,fid", "--n", "40", "--batch", "8", "--nfe-images", "20"])
+            .args(["--evaluations", "2", "--fid-samples", "12", "--fid-reference", "16", "--steps", "4", "--ckpt"])
+            .arg(&cdm_run)
+            .arg("--compare")
+            .arg(&ddm_run)
+            .arg("--out")
+            .arg(out)
+            .args(nproc)
+            .env("OMP_NUM_THREADS", "1")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "cdm eval {nproc:?}: {}", String::from_utf8_lossy(&output.stderr));
+        cdm::eval::Report::read(&out.join("report.json")).unwrap()
+    };
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    std::fs::create_dir_all(&one).unwrap();
+    std::fs::create_dir_all(&two).unwrap();
+    let (alone, shared) = (eval(&one, &[]), eval(&two, &["--nproc", "2"]));
+    let (rows, shared_rows) = (alone.nll.unwrap(), shared.nll.unwrap());
+    assert_eq!(rows.len(), 4, "two models, two 8-bit conventions: {rows:?}");
+    for (a, b) in rows.iter().zip(&shared_rows) {
+        assert_eq!((&a.model, &a.convention, a.n), (&b.model, &b.convention, b.n));
+        let per_point = |dir: &Path| tch::Tensor::read_npy(dir.join(&a.per_point)).unwrap();
+        let gap = (per_point(&one) - per_point(&two)).abs().max().double_value(&[]);
+        assert!(gap <= 1e-9 * a.bits_per_dim.abs(), "{}: per-point bits/dim differ by {gap:e}", a.per_point);
+    }
+    let (fid, shared_fid) = (alone.fid.unwrap(), shared.fid.unwrap());
+    assert!(
+        fid.fid.is_finite() && (fid.fid - shared_fid.fid).abs() <= 1e-6 * fid.fid,
+        "{fid:?} against {shared_fid:?}"
+    );
+    let (a, b) = (fid.sampling_cost, shared_fid.sampling_cost);
+    assert_eq!((a.batches, a.iterations, a.evaluations), (b.batches, b.iterations, b.evaluations));
+}
+
+/// `cdm sample --parallel P --nproc 2`: each rank evaluates its share of every iteration's
+/// window slots, the results gathered, and the ranks draw what one process draws (a CDM on 2-D
+/// data; a class-conditional DDM on images with guidance, whose labels repeat over the slots).
+#[test]
+fn sample_ranks_share_the_window_and_draw_what_one_process_draws() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs: [(&str, &[&str], &[&str]); 2] = [
+        ("cdm-2d", &["--data", "gmm2d", "--timesteps", "20"], &["--n", "6"]),
+        (
+            "ddm-digits",
+            &["--data", "digits", "--model", "ddm", "--conditional", "--channels", "8", "--timesteps", "20"],
+            &["--n", "5", "--guidance", "1"],
+        ),
+    ];
+    for (name, train_flags, sample_flags) in runs {
+        let run = dir.path().join(name);
+        train(&run, &[train_flags, &["--steps", "3", "--batch", "16"]].concat(), &[]);
+        let sample = |out: &str, nproc: &[&str]| {
+            let out = dir.path().join(out);
+            let output = Command::new(CDM)
+                .args(["sample", "--device", "cpu", "--steps", "12", "--parallel", "5", "--tol", "0.01", "--json"])
+                .args(sample_flags)
+                .arg("--ckpt")
+                .arg(&run)
+                .arg("--out")
+                .arg(&out)
+                .args(nproc)
+                .env("OMP_NUM_THREADS", "1")
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{name} {nproc:?}: {}", String::from_utf8_lossy(&output.stderr));
+            let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            (cdm::data::npy::read_npy(&out).unwrap(), report["cost"]["iterations"].as_u64().unwrap())
+        };
+        let ((alone, iterations), (shared, shared_iterations)) =
+            (sample(&format!("{name}-1.npy"), &[]), sample(&format!("{name}-2.npy"), &["--nproc", "2"]));
+        assert_eq!(iterations, shared_iterations, "{name}");
+        let gap = (&alone - &shared).abs().max().double_value(&[]);
+        assert!(gap < 1e-5, "{name}: samples differ by {gap:e}");
+    }
+}

@@ -171,27 +171,60 @@ type Outcome = Result<(), String>;
 
 /// Runs `parse` on the regression inputs of `name`, on every seed, and on `n` mutants; fails
 /// listing every input that panicked, or whose error lacks `names` (the file the parser was
-/// told it reads), each written to `target/fuzz-findings/`.
+/// told it reads), each written to `target/fuzz-findings/`. Every seed must be accepted: a
+/// parser that rejects everything would otherwise pass, its mutants all "rejected with an
+/// error".
 fn fuzz(name: &str, seeds: &[Vec<u8>], n: usize, names: Option<&str>, parse: impl Fn(&[u8]) -> Outcome) {
+    fuzz_from(name, seeds, &[], n, names, parse)
+}
+
+/// [`fuzz`] with `bad_seeds` as well: inputs that must be rejected with an error (a path to a
+/// file that does not exist, say), mutated like the others so that the error paths are fuzzed
+/// too.
+fn fuzz_from(
+    name: &str,
+    seeds: &[Vec<u8>],
+    bad_seeds: &[Vec<u8>],
+    n: usize,
+    names: Option<&str>,
+    parse: impl Fn(&[u8]) -> Outcome,
+) {
+    assert!(!seeds.is_empty(), "{name}: no seed the parser accepts");
     let trace = std::env::var_os("CDM_FUZZ_TRACE").is_some();
     let mut rng = StdRng::seed_from_u64(fuzz_seed() ^ name.bytes().fold(0u64, |h, b| h.wrapping_mul(31) ^ b as u64));
     let regressions = regression_inputs(name);
+    let all_seeds: Vec<&Vec<u8>> = seeds.iter().chain(bad_seeds).collect();
     let mut tally = Tally::default();
     let start = Instant::now();
-    let total = regressions.len() + seeds.len() + n;
+    let total = regressions.len() + all_seeds.len() + n;
     for i in 0..total {
+        // Which seed this input is, if it is one, and whether it must be accepted.
+        let seed = (regressions.len()..regressions.len() + all_seeds.len())
+            .contains(&i)
+            .then(|| i - regressions.len())
+            .map(|k| (k, k < seeds.len()));
         let input = if i < regressions.len() {
             regressions[i].clone()
-        } else if i < regressions.len() + seeds.len() {
-            seeds[i - regressions.len()].clone()
+        } else if let Some((k, _)) = seed {
+            all_seeds[k].clone()
         } else {
-            mutate(&seeds[rng.gen_range(0..seeds.len())], &mut rng)
+            mutate(all_seeds[rng.gen_range(0..all_seeds.len())], &mut rng)
         };
         if trace {
             eprintln!("{name} input {i}: {input:02x?}");
         }
         let began = Instant::now();
-        match catch_unwind(AssertUnwindSafe(|| parse(&input))) {
+        let result = catch_unwind(AssertUnwindSafe(|| parse(&input)));
+        match (&result, seed) {
+            (Ok(Ok(())), Some((k, false))) => {
+                tally.findings.push((input.clone(), format!("bad seed {k} was accepted; it must be rejected")))
+            }
+            (Ok(Err(msg)), Some((k, true))) => {
+                tally.findings.push((input.clone(), format!("seed {k} was rejected; every seed must parse: {msg}")))
+            }
+            _ => {}
+        }
+        match result {
             Ok(Ok(())) => tally.accepted += 1,
             Ok(Err(msg)) if names.is_some_and(|file| !msg.contains(file)) => {
                 tally.findings.push((input, format!("error without the file name: {msg}")))
@@ -209,10 +242,12 @@ fn fuzz(name: &str, seeds: &[Vec<u8>], n: usize, names: Option<&str>, parse: imp
         tally.slowest = tally.slowest.max(began.elapsed());
     }
     eprintln!(
-        "fuzz {name}: {total} inputs ({} regressions, {} seeds) in {:.1} s: {} accepted, {} rejected with an error, \
-         {} findings; slowest input {:.1} ms; largest allocation in this binary so far {} bytes",
+        "fuzz {name}: {total} inputs ({} regressions, {} seeds, each accepted, and {} bad seeds, each rejected) in \
+         {:.1} s: {} accepted, {} rejected with an error, {} findings; slowest input {:.1} ms; largest allocation in \
+         this binary so far {} bytes",
         regressions.len(),
         seeds.len(),
+        bad_seeds.len(),
         start.elapsed().as_secs_f64(),
         tally.accepted,
         tally.rejected,
@@ -229,6 +264,19 @@ fn fuzz(name: &str, seeds: &[Vec<u8>], n: usize, names: Option<&str>, parse: imp
         let first: Vec<_> = tally.findings.iter().take(5).map(|(i, m)| format!("{m}\n  input {i:02x?}")).collect();
         panic!("{name}: {} findings (inputs saved in {}):\n{}", tally.findings.len(), dir.display(), first.join("\n"));
     }
+}
+
+#[test]
+#[should_panic(expected = "every seed must parse")]
+fn a_parser_that_rejects_everything_fails_the_harness() {
+    // Its mutants would all count as "rejected with an error"; the seeds are what catch it.
+    fuzz("reject-all", &[b"anything".to_vec()], 10, None, |_| Err("no".into()));
+}
+
+#[test]
+#[should_panic(expected = "it must be rejected")]
+fn a_bad_seed_that_parses_fails_the_harness() {
+    fuzz_from("accept-all", &[b"good".to_vec()], &[b"bad".to_vec()], 10, None, |_| Ok(()));
 }
 
 /// Earlier findings for `name`, from `tests/fuzz_inputs/NAME/`.
@@ -456,21 +504,16 @@ const NO_SUCH_DIR: &str = "/nonexistent-cdm-fuzz";
 
 #[test]
 fn data_specs() {
-    let seeds: Vec<Vec<u8>> = [
-        "uniform:d=3x32x32,g=0.5",
-        "uniform:d=4,g=2",
-        "gmm:d=16,k=4,seed=0",
-        "gmm2d",
-        "checkerboard",
-        "rings",
+    let bytes = |specs: &[&str]| specs.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
+    let seeds =
+        bytes(&["uniform:d=3x32x32,g=0.5", "uniform:d=4,g=2", "gmm:d=16,k=4,seed=0", "gmm2d", "checkerboard", "rings"]);
+    // Well-formed specs of files that do not exist: their mutants reach the file readers' errors.
+    let missing = bytes(&[
         "npy:/nonexistent-cdm-fuzz/x.npy",
         "folder:/nonexistent-cdm-fuzz/images,size=8",
         "cifar10:/nonexistent-cdm-fuzz/cifar,split=test",
-    ]
-    .iter()
-    .map(|s| s.as_bytes().to_vec())
-    .collect();
-    fuzz("data-spec", &seeds, inputs_per_parser(), None, |bytes| {
+    ]);
+    fuzz_from("data-spec", &seeds, &missing, inputs_per_parser(), None, |bytes| {
         let spec = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
         let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
         // The image sets download on first use, and other paths are the user's own files.

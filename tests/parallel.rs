@@ -330,8 +330,9 @@ fn a_grid_may_end_above_level_zero() {
 /// The table of docs/results.md §8.1: the solvers on the exact denoiser of a two-mode mixture
 /// (no model error), the samplers, several windows; it asserts the bounds it shows.
 /// `cargo test --release --test parallel -- --ignored --nocapture`
+/// docs/results.md §8.1's table, printed (`cargo test --release --test parallel solver_table --
+/// --nocapture`) and its bounds asserted; about a second, so it runs with the others.
 #[test]
-#[ignore]
 fn solver_table_on_a_mixture() {
     let schedule = schedule(1000);
     let model = mixture_eps(&schedule, 1.0, 0.2);

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use cdm::checkpoint::{write_atomic, CONFIG_FILE};
+use cdm::config_file::ConfigFile;
 use cdm::data::Dataset;
 use cdm::model::ModelKind;
 use cdm::nets::{BackboneConfig, MlpConfig, UnetConfig};
@@ -11,7 +12,8 @@ use cdm::train::resolve::{resolve, BackboneChoice, Overrides, UnetPreset};
 use cdm::train::{RunConfig, TrainConfig};
 
 fn resolved(out: &Path, config: Option<&Path>, overrides: &Overrides) -> cdm::Result<RunConfig> {
-    resolve(out, config, overrides, Dataset::open).map(|(config, _)| config)
+    let file = config.map(ConfigFile::read).transpose()?;
+    resolve(out, file.as_ref(), overrides, Dataset::open).map(|(config, _)| config)
 }
 
 fn data(spec: &str) -> Overrides {

@@ -1,6 +1,10 @@
 //! `make setup CUDA=1` installs the CUDA packages that the torch wheel's own metadata pins for
 //! this platform (scripts/cuda-requirements.py): markers evaluated, extras kept, Python-only
 //! packages and other platforms' left out.
+//!
+//! `make setup` always installs libtorch from the torch 2.11.0 wheel, so the wheel's metadata
+//! is there to read; a libtorch without it fails `reads_the_installed_wheel` with the reason,
+//! rather than passing it unchecked.
 use std::path::Path;
 use std::process::Command;
 
@@ -33,13 +37,15 @@ fn keeps_this_platforms_cuda_packages_only() {
 
 #[test]
 fn reads_the_installed_wheel() {
-    let Some(dist_info) = cdm::device::loaded_library_dir(cdm::device::CPU_LIBRARY)
-        .map(|lib| lib.join("../../torch-2.11.0.dist-info"))
-        .filter(|d| d.exists())
-    else {
-        eprintln!("skipped: libtorch was not installed from the torch 2.11.0 wheel");
-        return;
-    };
+    let lib = cdm::device::loaded_library_dir(cdm::device::CPU_LIBRARY).expect("tests link libtorch_cpu");
+    let dist_info = lib.join("../../torch-2.11.0.dist-info");
+    assert!(
+        dist_info.exists(),
+        "{} is missing: this libtorch ({}) was not installed from the torch 2.11.0 wheel, as `make setup` \
+         installs it (scripts/setup-libtorch.sh), so the CUDA packages it pins cannot be read",
+        dist_info.display(),
+        lib.display()
+    );
     let requirements = cuda_requirements(&dist_info);
     // What torch 2.11.0 pins on Linux (its METADATA); libtorch_cuda.so needs each of them.
     for pinned in [

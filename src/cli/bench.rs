@@ -1,9 +1,8 @@
 //! `cdm bench`: [`cdm::bench`] from the command line, its ranks started here with --nproc.
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 
 use cdm::bench::{BenchSize, Plan};
@@ -59,15 +58,11 @@ pub struct BenchArgs {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let launch = Launch::from_env()?;
-    if let (Some(n), None) = (args.nproc, &launch) {
-        if !args.no_reference {
-            bail!("--nproc times Rust's ranks alone: add --no-reference");
-        }
-        if n > 1 {
-            let program = std::env::current_exe().context("finding this program to start the ranks")?;
-            let argv: Vec<String> = std::env::args().skip(1).collect();
-            return Ok(cdm::distributed::spawn_local(&program, &argv, n, Duration::from_secs(30))?);
-        }
+    if args.nproc.is_some() && launch.is_none() && !args.no_reference {
+        bail!("--nproc times Rust's ranks alone: add --no-reference");
+    }
+    if super::start_ranks(args.nproc, launch.as_ref(), false)? {
+        return Ok(());
     }
     let group = launch.as_ref().map(|l| ProcessGroup::join(l, DEFAULT_TIMEOUT).map(Arc::new)).transpose()?;
     let device = match &launch {

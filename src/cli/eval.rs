@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use cdm::data::DATA_SPECS;
-use cdm::eval::{evaluate, Metric, Plan};
+use cdm::distributed::{Launch, ProcessGroup, DEFAULT_TIMEOUT};
+use cdm::eval::{evaluate_in_job, Metric, Plan};
 use cdm::loss::ZetaPrior;
 use cdm::run_lock::RunLock;
 
@@ -61,13 +62,28 @@ pub struct EvalArgs {
     /// logistic), so that runs with and without the term are scored alike.
     #[arg(long, value_enum)]
     cdl_zeta: Option<ZetaPrior>,
+    /// Ranks to start on this host that share the bits/dim and the FID samples (the same
+    /// figures as one process); a launcher's environment (torchrun's RANK, WORLD_SIZE,
+    /// LOCAL_RANK, MASTER_ADDR, MASTER_PORT) starts a rank without it.
+    #[arg(long, value_name = "N", value_parser = super::positive::<usize>)]
+    nproc: Option<usize>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    let launch = Launch::from_env()?;
+    if super::start_ranks(args.nproc, launch.as_ref(), false)? {
+        return Ok(());
+    }
+    let group = launch.as_ref().map(|l| ProcessGroup::join(l, DEFAULT_TIMEOUT)).transpose()?;
+    let writes = group.as_ref().is_none_or(|g| g.rank() == 0);
     // One writer per report folder, as per run folder; held until the report is written.
-    let _lock = RunLock::acquire(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
-    let model = args.ckpt.load()?;
-    let compare = args.compare.as_ref().map(|dir| args.ckpt.load_from(dir)).transpose()?;
+    let _lock = match writes {
+        true => Some(RunLock::acquire(&args.out).with_context(|| format!("--out {}", args.out.display()))?),
+        false => None,
+    };
+    let device = launch.as_ref().map(|l| args.ckpt.device().map(|d| l.device(d))).transpose()?;
+    let model = args.ckpt.load_on(device)?;
+    let compare = args.compare.as_ref().map(|dir| args.ckpt.load_from(dir, device)).transpose()?;
     let shape = model.model.data_shape();
     check_count("--n", args.n, shape)?;
     check_count("--fid-samples", args.fid_samples, shape)?;
@@ -86,16 +102,18 @@ pub fn run(args: EvalArgs) -> Result<()> {
         cdl_zeta: args.cdl_zeta,
         batch: args.ckpt.batch,
     };
-    let bar = super::progress_bar(0, "eval");
+    let bar = if writes { super::progress_bar(0, "eval") } else { indicatif::ProgressBar::hidden() };
     let progress = |done: u64, total: u64| {
         bar.set_length(total);
         bar.set_position(done);
     };
-    let report = evaluate(&model, compare.as_ref(), &plan, &args.out, Some(&progress));
+    let report = evaluate_in_job(&model, compare.as_ref(), &plan, &args.out, Some(&progress), group.as_ref());
     bar.finish_and_clear();
     let report = report?;
-    report.write(&args.out)?;
-    println!("{}", report.markdown());
-    println!("report written to {}", args.out.display());
+    if writes {
+        report.write(&args.out)?;
+        println!("{}", report.markdown());
+        println!("report written to {}", args.out.display());
+    }
     Ok(())
 }

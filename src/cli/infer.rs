@@ -8,6 +8,7 @@ use tch::{Kind, Tensor};
 
 use cdm::checkpoint::{load_model, LoadedModel};
 use cdm::data::{npy, Dataset, DATA_SPECS};
+use cdm::distributed::{Launch, ProcessGroup, DEFAULT_TIMEOUT};
 use cdm::eval::{against_posterior_mean, posterior_mean_levels, score_points, Batches, PointsToScore};
 use cdm::likelihood::{bits_per_dim, Dequantization};
 use cdm::plot::{image_grid, interleaved_rows, rows_by_class};
@@ -40,12 +41,26 @@ pub struct CkptArgs {
 
 impl CkptArgs {
     pub fn load(&self) -> Result<LoadedModel> {
-        self.load_from(&self.ckpt)
+        self.load_on(None)
     }
 
-    /// Another run directory, with the same weights choice and device.
-    pub fn load_from(&self, dir: &std::path::Path) -> Result<LoadedModel> {
-        let mut loaded = load_model(dir, self.device.device()?, !self.raw_weights)
+    /// The run on `device` instead of the one --device picks (a rank's own GPU).
+    pub fn load_on(&self, device: Option<tch::Device>) -> Result<LoadedModel> {
+        self.load_from(&self.ckpt, device)
+    }
+
+    /// The device --device picks.
+    pub fn device(&self) -> Result<tch::Device> {
+        self.device.device()
+    }
+
+    /// Another run directory, with the same weights choice, on `device` or the one --device picks.
+    pub fn load_from(&self, dir: &std::path::Path, device: Option<tch::Device>) -> Result<LoadedModel> {
+        let device = match device {
+            Some(device) => device,
+            None => self.device()?,
+        };
+        let mut loaded = load_model(dir, device, !self.raw_weights)
             .with_context(|| format!("loading checkpoint {}", dir.display()))?;
         if let Some(precision) = self.precision {
             loaded.set_precision(precision);
@@ -207,6 +222,11 @@ pub struct SampleArgs {
     /// Print what the run cost as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Ranks to start on this host that share each iteration of a --parallel run: each
+    /// evaluates its share of the window's slots in one batch, the results gathered (the same
+    /// samples as one process); a launcher's environment starts a rank without it.
+    #[arg(long, value_name = "N", value_parser = super::positive::<usize>)]
+    nproc: Option<usize>,
 }
 
 /// What `cdm sample --out` writes.
@@ -237,7 +257,18 @@ fn sample_out(out: &std::path::Path, is_image: bool) -> Result<SampleOut> {
 const SDEDIT_COLUMNS: usize = 10;
 
 pub fn sample(args: SampleArgs) -> Result<()> {
-    let loaded = args.ckpt.load()?;
+    let launch = Launch::from_env()?;
+    if args.nproc.is_some_and(|n| n > 1) && args.sampling.parallel.is_none() {
+        bail!("--nproc shares the windows of a parallel run among ranks: add --parallel P");
+    }
+    if super::start_ranks(args.nproc, launch.as_ref(), false)? {
+        return Ok(());
+    }
+    let group = launch.as_ref().map(|l| ProcessGroup::join(l, DEFAULT_TIMEOUT)).transpose()?;
+    // Rank 0 alone prints and writes; every rank draws the same samples in step.
+    let writes = group.as_ref().is_none_or(|g| g.rank() == 0);
+    let device = launch.as_ref().map(|l| args.ckpt.device().map(|d| l.device(d))).transpose()?;
+    let loaded = args.ckpt.load_on(device)?;
     check_count("--n", args.n, loaded.model.data_shape())?;
     let out = sample_out(&args.out, loaded.model.data_shape().len() == 3)?;
     let opts = args.sampling.options();
@@ -250,33 +281,37 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         _ => None,
     };
     let start = init.as_ref().map(|(_, start)| start);
-    let batches = Batches::new(args.ckpt.batch, loaded.options());
+    let batches = Batches { group: group.as_ref(), ..Batches::new(args.ckpt.batch, loaded.options()) };
     if args.compare_sequential {
         // One step for one sample first, so neither timed run pays libtorch's warm-up.
         let warm_up = SampleOptions { steps: 1, ..opts.sequential() };
         draw_from(&loaded.model, 1, &warm_up, &batches, None, &mut |_| {})?;
     }
-    let drawn = draw_samples(&loaded, args.n, &opts, args.ckpt.batch, start)?;
+    let drawn = draw_samples(&loaded, args.n, &opts, &batches, start, writes)?;
     let mut report = json!({"n": args.n, "options": opts, "cost": drawn.stats});
     let what = match &opts.parallel {
         Some(p) => format!("parallel ({:?}, window {}, tol {})", p.solver, p.window, p.tol).to_lowercase(),
         None => "sequential".into(),
     };
-    if !args.json {
+    let quiet = args.json || !writes;
+    if !quiet {
         print_cost(&what, &drawn.stats);
     }
     if args.compare_sequential {
-        let reference = draw_samples(&loaded, args.n, &opts.sequential(), args.ckpt.batch, start)?;
+        let reference = draw_samples(&loaded, args.n, &opts.sequential(), &batches, start, writes)?;
         let gap = (&drawn.x - &reference.x).to_kind(Kind::Double);
         let latency = Latency::of(&loaded.model, &opts, &drawn, &reference, &batches)?;
         report["sequential_cost"] = json!(reference.stats);
         report["latency"] = json!(latency);
         report["max_abs_difference"] = json!(gap.abs().max().double_value(&[]));
         report["rms_difference"] = json!(gap.square().mean(Kind::Double).sqrt().double_value(&[]));
-        if !args.json {
+        if !quiet {
             print_cost("sequential", &reference.stats);
             print_comparison(&latency, &gap);
         }
+    }
+    if !writes {
+        return Ok(());
     }
     if args.json {
         println!("{report}");
@@ -333,19 +368,20 @@ fn print_comparison(latency: &Latency, gap: &Tensor) {
 }
 
 /// `n` samples from a loaded model with a progress bar (see [`cdm::sample::draw_from`]).
-pub fn draw_samples(
+fn draw_samples(
     loaded: &LoadedModel,
     n: usize,
     opts: &SampleOptions,
-    batch: usize,
+    batches: &Batches,
     start: Option<&Start>,
+    shown: bool,
 ) -> Result<Samples> {
-    let bar = progress_bar(0, "sample");
+    let bar = if shown { progress_bar(0, "sample") } else { indicatif::ProgressBar::hidden() };
     let progress = |done: u64, total: u64| {
         bar.set_length(total);
         bar.set_position(done);
     };
-    let batches = Batches { progress: Some(&progress), ..Batches::new(batch, loaded.options()) };
+    let batches = Batches { progress: Some(&progress), ..*batches };
     let samples = draw_from(&loaded.model, n, opts, &batches, start, &mut |_| {})?;
     bar.finish_and_clear();
     Ok(samples)

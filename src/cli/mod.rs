@@ -130,6 +130,29 @@ pub fn npy_file(s: &str) -> std::result::Result<std::path::PathBuf, String> {
     output_file(&path, &["npy"]).map(|()| path)
 }
 
+/// How long the ranks started by --nproc have to stop on their own once one has failed.
+const RANK_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// With `--nproc N` (N > 1) and no launcher's environment (`launch`), runs this same command
+/// line as N ranks on this host, the variables it gives each telling it which rank it is, and
+/// returns true once they have ended. With `wait_on_interrupt`, Ctrl-C leaves this process
+/// waiting while the ranks stop on their own (training saves first).
+pub fn start_ranks(
+    nproc: Option<usize>,
+    launch: Option<&cdm::distributed::Launch>,
+    wait_on_interrupt: bool,
+) -> Result<bool> {
+    let Some(n) = nproc.filter(|&n| n > 1 && launch.is_none()) else { return Ok(false) };
+    let program = std::env::current_exe().context("finding this program to start the ranks")?;
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    tracing::info!("starting {n} ranks on this host");
+    if wait_on_interrupt {
+        cdm::signals::stop_on_interrupt().context("installing the Ctrl-C and SIGTERM handlers")?;
+    }
+    cdm::distributed::spawn_local(&program, &argv, n, RANK_GRACE)?;
+    Ok(true)
+}
+
 /// A spinner on stderr for work of unknown length (opening data, building a model).
 pub fn spinner(message: String) -> indicatif::ProgressBar {
     let spinner = indicatif::ProgressBar::new_spinner();

@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use cdm::config_file::ConfigFile;
 use cdm::data::{Dataset, DATA_SPECS};
 use cdm::distributed::{Launch, ProcessGroup};
 use cdm::loss::ZetaPrior;
@@ -240,7 +241,8 @@ impl TrainArgs {
 
 /// The run's settings ([`resolve`]) and its opened data, with a spinner while the data opens.
 fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
-    resolve(&args.out, args.config.as_deref(), &args.overrides(), |data| {
+    let file = args.config.as_ref().map(|path| ConfigFile::read(path)).transpose()?;
+    resolve(&args.out, file.as_ref(), &args.overrides(), |data| {
         let preparing = spinner(format!("preparing --data {data} (the first use of a dataset downloads it)"));
         let dataset = Dataset::open(data).map_err(|e| e.within(format!("--data {data}")));
         preparing.finish_and_clear();
@@ -253,17 +255,9 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let launch = Launch::from_env()?;
-    if let (Some(n), None) = (args.nproc, &launch) {
-        if n > 1 {
-            // The ranks run this same command line; the launcher's environment tells each
-            // which it is.
-            let program = std::env::current_exe().context("finding this program to start the ranks")?;
-            let argv: Vec<String> = std::env::args().skip(1).collect();
-            tracing::info!("starting {n} data-parallel ranks on this host");
-            // Ctrl-C from a terminal reaches every rank: this process waits while they save.
-            signals::stop_on_interrupt().context("installing the Ctrl-C and SIGTERM handlers")?;
-            return Ok(cdm::distributed::spawn_local(&program, &argv, n, RANK_GRACE)?);
-        }
+    // Ctrl-C from a terminal reaches every rank: this process waits while they save.
+    if super::start_ranks(args.nproc, launch.as_ref(), true)? {
+        return Ok(());
     }
     let device = args.device.device()?;
     let Some(launch) = launch else {
@@ -309,9 +303,6 @@ fn lock_run(args: &TrainArgs) -> Result<RunLock> {
     }
     Ok(lock)
 }
-
-/// How long the ranks started by --nproc have to stop on their own once one has failed.
-const RANK_GRACE: Duration = Duration::from_secs(30);
 
 /// Opens the trainer with `open` (given the spinner to clear) and trains, with a progress bar
 /// where this process writes the run.

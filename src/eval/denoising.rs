@@ -25,27 +25,34 @@ fn fractions_of(timesteps: usize, fractions: &[f64]) -> Vec<usize> {
     levels
 }
 
-/// x̂0 = E[x0 | x_t] of the model for inputs `x` ([N, ..], on the CPU) at level `t` (1..=T):
-/// `x` is x_t itself, or with `noise_seed` clean points noised to level t first (sample i
-/// with stream i of the seed, so the noise does not depend on the batch size).
-pub fn denoise(model: &Model, x: &Tensor, t: usize, noise_seed: Option<u64>, batches: &Batches) -> Result<Tensor> {
+/// The model's ε̂(x_t, t) for `x_t` ([N, ..]) at level `t` (1..=T), unconditional, in chunks.
+pub fn predict_eps(model: &Model, x_t: &Tensor, t: usize, batches: &Batches) -> Result<Tensor> {
     let schedule = model.schedule();
     if t == 0 || t > schedule.timesteps() {
         return Err(Error::Config(format!("the level must be in 1..={}, got {t}", schedule.timesteps())));
     }
-    model.check_input(x)?;
-    let denoiser = Conditioned { model, labels: None };
-    batches.map(x, |chunk, start| {
-        let level = levels_like(t, chunk);
-        let x_t = match noise_seed {
-            Some(seed) => {
-                let mut noise = Noise::new(seed, start as u64, chunk.size()[0] as usize);
-                schedule.add_noise(chunk, &noise.normal(&chunk.size()[1..], chunk.kind(), chunk.device()), &level)
-            }
-            None => chunk.shallow_clone(),
-        };
-        Ok(schedule.x0_from_eps(&x_t, &denoiser.eps(&x_t, &level)?, &level))
-    })
+    model.check_input(x_t)?;
+    let predictor = Conditioned { model, labels: None };
+    batches.map(x_t, |chunk, _| predictor.eps(chunk, &levels_like(t, chunk)))
+}
+
+/// x̂0 = E[x0 | x_t] of the model for inputs `x` ([N, ..], on the CPU) at level `t` (1..=T),
+/// Tweedie's formula on [`predict_eps`]: `x` is x_t itself, or with `noise_seed` clean points
+/// noised to level t first (point i with stream i of the seed, counted from
+/// `batches.first_row`).
+pub fn denoise(model: &Model, x: &Tensor, t: usize, noise_seed: Option<u64>, batches: &Batches) -> Result<Tensor> {
+    let schedule = model.schedule();
+    schedule.check_level(t)?;
+    let x_t = match noise_seed {
+        Some(seed) => {
+            let mut noise = Noise::new(seed, batches.first_row as u64, x.size()[0] as usize);
+            schedule.add_noise(x, &noise.normal(&x.size()[1..], x.kind(), x.device()), &levels_like(t, x))
+        }
+        None => x.shallow_clone(),
+    };
+    let eps = predict_eps(model, &x_t, t, batches)?;
+    let x_t = x_t.to_kind(eps.kind());
+    Ok(schedule.x0_from_eps(&x_t, &eps, &levels_like(t, &x_t)))
 }
 
 /// Mean squared error per dimension of the model's x̂0 for `x0` ([N, ..]) noised to level `t`

@@ -14,6 +14,7 @@ use super::{
 use crate::cache::file_stem;
 use crate::checkpoint::LoadedModel;
 use crate::data::{is_8bit, npy, test_split, Dataset};
+use crate::distributed::{ProcessGroup, Shard};
 use crate::likelihood::{dequantize, Dequantization};
 use crate::loss::{CdlConfig, ZetaPrior};
 use crate::metrics::fid::{reference_stats, Inception};
@@ -21,7 +22,7 @@ use crate::metrics::{frechet_distance, Typicality};
 use crate::model::Model;
 use crate::plot::{image_grid, line_chart, matrix_heatmap, Axes, Series};
 use crate::rng::Rng;
-use crate::sample::{draw, Noise, ParallelOptions, SampleOptions};
+use crate::sample::{draw, Noise, ParallelOptions, SampleOptions, SamplingStats};
 use crate::{Error, Result};
 
 /// What to evaluate, on how much, and how samples are drawn.
@@ -112,9 +113,46 @@ struct Context<'a> {
     /// 8-bit images (x = k/127.5 − 1): bits/dim get the dequantization treatment.
     eight_bit: bool,
     progress: Option<&'a dyn Fn(u64, u64)>,
+    /// The ranks that share the bits/dim and the FID samples; rank 0 does the rest and writes.
+    group: Option<&'a ProcessGroup>,
 }
 
 impl Context<'_> {
+    /// This process writes the files and computes what is not shared (no job, or rank 0).
+    fn writes(&self) -> bool {
+        self.group.is_none_or(|g| g.rank() == 0)
+    }
+
+    /// `f` on this rank's share of `n` points (all of them without a job; whole chunks of the
+    /// plan's batch, so that per-chunk draws are those of one process), the shares gathered on
+    /// every rank: [n, ..row_shape] in `kind`, on the CPU.
+    fn shared(
+        &self,
+        n: usize,
+        row_shape: &[i64],
+        kind: Kind,
+        f: impl FnOnce(Shard) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let Some(group) = self.group else { return f(Shard::whole(n)) };
+        let shard = Shard::chunks(n, self.plan.batch, group.rank(), group.world_size());
+        let part = (shard.len > 0).then(|| f(shard)).transpose();
+        if group.any(part.is_err())? {
+            let elsewhere = || Error::Distributed { rank: group.rank(), what: "another rank failed".into() };
+            return Err(part.err().unwrap_or_else(elsewhere));
+        }
+        // Each rank's rows in place, zeros elsewhere: the sum over ranks is the whole set.
+        let whole = Tensor::zeros([&[n as i64][..], row_shape].concat(), (Kind::Double, Device::Cpu));
+        if let Ok(Some(part)) = part {
+            whole.narrow(0, shard.start as i64, shard.len as i64).copy_(&part.to_kind(Kind::Double));
+        }
+        group.all_reduce_sum(&whole)?;
+        Ok(whole.to_kind(kind))
+    }
+
+    /// `batches` for the points of `shard`, counted from its start.
+    fn for_shard<'b>(batches: Batches<'b>, shard: Shard) -> Batches<'b> {
+        Batches { first_row: shard.start, ..batches }
+    }
     /// The model under evaluation (the first; the second, if any, is compared with it).
     fn model(&self) -> &LoadedModel {
         self.models[0].1
@@ -139,6 +177,20 @@ pub fn evaluate(
     out: &Path,
     progress: Option<&dyn Fn(u64, u64)>,
 ) -> Result<Report> {
+    evaluate_in_job(model, compare, plan, out, progress, None)
+}
+
+/// [`evaluate`] as one rank of `group`: the ranks share the bits/dim and the FID samples (the
+/// same figures as one process), rank 0 computes the other sections and writes every file;
+/// the other ranks' reports hold only the header.
+pub fn evaluate_in_job(
+    model: &LoadedModel,
+    compare: Option<&LoadedModel>,
+    plan: &Plan,
+    out: &Path,
+    progress: Option<&dyn Fn(u64, u64)>,
+    group: Option<&ProcessGroup>,
+) -> Result<Report> {
     if let Some(other) = compare {
         if other.config.model.data_shape != model.config.model.data_shape {
             return Err(Error::Config(format!("{}: its data shape differs from {}'s", other.name(), model.name())));
@@ -151,7 +203,7 @@ pub fn evaluate(
     let eight_bit = is_8bit(&x);
     let mut models = vec![(model.name(), model)];
     models.extend(compare.map(|c| (c.name(), c)));
-    let ctx = Context { plan, out, models, data, dataset, x, eight_bit, progress };
+    let ctx = Context { plan, out, models, data, dataset, x, eight_bit, progress, group };
 
     let is_cdm = matches!(model.model, Model::Cdm(_));
     let has_ddm = !is_cdm || compare.is_some_and(|m| matches!(m.model, Model::Ddm(_)));
@@ -169,7 +221,10 @@ pub fn evaluate(
     if plan.only.contains(&Metric::Ood) && plan.ood.is_empty() {
         return Err(Error::Config("OOD detection needs other data to tell apart from the evaluation data".into()));
     }
-    let wanted = |m: Metric| (plan.only.is_empty() || plan.only.contains(&m)) && applies(m);
+    // Rank 0 computes every section; the others only help with the shared ones.
+    let shared = |m: Metric| matches!(m, Metric::Nll | Metric::Fid);
+    let wanted =
+        |m: Metric| (plan.only.is_empty() || plan.only.contains(&m)) && applies(m) && (ctx.writes() || shared(m));
     let section = |m: Metric| {
         tracing::info!("eval: {m:?}");
         move |e: Error| e.within(format!("eval {m:?}"))
@@ -233,14 +288,19 @@ fn nll(ctx: &Context) -> Result<Vec<NllRow>> {
             Estimator::Immse(_) => first(&ctx.x, plan.nfe_images),
         };
         for &convention in &conventions {
-            let bpd = nll_bits_per_dim(&model.model, &x, how, convention, &ctx.batches(model), seed)?;
+            let bpd = ctx.shared(x.size()[0] as usize, &[], Kind::Double, |shard| {
+                let batches = Context::for_shard(ctx.batches(model), shard);
+                nll_bits_per_dim(&model.model, &shard.rows(&x), how, convention, &batches, seed)
+            })?;
             let (label, suffix) = match convention {
                 Some(Dequantization::Uniform) => ("uniform dequantization, +7 (a bound)", "_uniform"),
                 Some(Dequantization::Paper) => ("paper: no dequantization, +7 (not a bound)", "_paper"),
                 None => ("continuous density", ""),
             };
             let file = format!("nll_bpd_{name}{suffix}.npy");
-            npy::write_npy(&ctx.file(&file), &bpd)?;
+            if ctx.writes() {
+                npy::write_npy(&ctx.file(&file), &bpd)?;
+            }
             rows.push(NllRow {
                 model: name.clone(),
                 estimator: how.describe(&model.model),
@@ -423,28 +483,50 @@ fn ood(ctx: &Context) -> Result<Ood> {
     Ok(Ood { points: n, levels, rows })
 }
 
+/// The FID of the plan's samples, drawn in shares by the ranks of a job; rank 0 alone scores
+/// them (the other ranks' figure is NaN).
 fn fid(ctx: &Context) -> Result<Fid> {
     let (plan, model) = (ctx.plan, ctx.model());
-    let inception = Inception::load(model.vs.device())?;
-    tracing::info!(
-        "FID reference statistics of {} images of {} (cached per user)",
-        plan.fid_reference,
-        model.config.data
-    );
-    let reference = reference_stats(&inception, &model.config.data, plan.fid_reference)?;
     let start = Instant::now();
-    let drawn = draw(&model.model, plan.fid_samples, &plan.sampling, &ctx.batches(model))?;
+    let mut cost = SamplingStats::default();
+    let samples = ctx.shared(plan.fid_samples, model.model.data_shape(), model.options().0, |shard| {
+        let drawn = draw(&model.model, shard.len, &plan.sampling, &Context::for_shard(ctx.batches(model), shard))?;
+        cost = drawn.stats;
+        Ok(drawn.x)
+    })?;
+    if let Some(group) = ctx.group {
+        // The cost of every rank's share: the counts summed (the largest call is this rank's).
+        let counts = Tensor::from_slice(&[cost.batches, cost.iterations, cost.evaluations].map(|c| c as f64));
+        group.all_reduce_sum(&counts)?;
+        let [batches, iterations, evaluations] = [0, 1, 2].map(|i| counts.double_value(&[i]) as usize);
+        cost = SamplingStats { batches, iterations, evaluations, ..cost };
+    }
     let sampling_seconds = start.elapsed().as_secs_f64();
-    image_grid(&ctx.file("fid_samples.png"), &first(&drawn.x, 100), 10)?;
-    Ok(Fid {
-        fid: frechet_distance(&reference, &inception.stats(&drawn.x, 50)?)?,
+    cost.seconds = sampling_seconds;
+    let sampler = plan.sampling.describe(model.config.model.backbone.num_labels());
+    let reference_data = model.config.data.clone();
+    let mut fid = Fid {
+        fid: f64::NAN,
         samples: plan.fid_samples,
-        sampler: plan.sampling.describe(model.config.model.backbone.num_labels()),
-        reference_images: reference.n as usize,
-        reference_data: model.config.data.clone(),
+        sampler,
+        reference_images: 0,
+        reference_data,
         sampling_seconds,
-        sampling_cost: drawn.stats,
-    })
+        sampling_cost: cost,
+    };
+    if ctx.writes() {
+        let inception = Inception::load(model.vs.device())?;
+        tracing::info!(
+            "FID reference statistics of {} images of {} (cached per user)",
+            plan.fid_reference,
+            fid.reference_data
+        );
+        let reference = reference_stats(&inception, &model.config.data, plan.fid_reference)?;
+        image_grid(&ctx.file("fid_samples.png"), &first(&samples, 100), 10)?;
+        fid.fid = frechet_distance(&reference, &inception.stats(&samples, 50)?)?;
+        fid.reference_images = reference.n as usize;
+    }
+    Ok(fid)
 }
 
 /// MMD² of each model's samples (as many as held-out points) against the held-out points; with

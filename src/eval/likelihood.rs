@@ -5,8 +5,11 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::{mean, Batches};
-use crate::data::{is_8bit, Dataset};
-use crate::likelihood::{bits_per_dim, bits_per_dim_8bit, ddm_log_prob, dequantize, log_prob, Dequantization};
+use crate::data::Dataset;
+use crate::likelihood::{
+    bits_per_dim, bits_per_dim_8bit, convention_for, ddm_log_prob, dequantize, dequantize_rows, log_prob,
+    Dequantization,
+};
 use crate::model::Model;
 use crate::rng::Rng;
 use crate::sample::Noise;
@@ -87,7 +90,7 @@ pub fn nll_bits_per_dim(
     seed: u64,
 ) -> Result<Tensor> {
     let points = match convention {
-        Some(c) => dequantize(x, c, &mut Rng::new(seed)),
+        Some(c) => dequantize_rows(x, c, &mut Rng::new(seed), batches.first_row),
         None => x.shallow_clone(),
     };
     let bpd = log_likelihood(model, &points, how, batches, seed)? / (-super::dim_of(x) * std::f64::consts::LN_2);
@@ -173,14 +176,7 @@ pub fn score_points(
         }
         _ => clean,
     };
-    let how = match which.dequantize {
-        Some(_) if x.dim() != 4 || which.level != 0 => {
-            return Err(Error::Config("dequantization applies to 8-bit image data at level 0".into()))
-        }
-        Some(how) => Some(how),
-        None if !which.continuous && which.level == 0 && is_8bit(&x) => Some(Dequantization::Uniform),
-        None => None,
-    };
+    let how = convention_for(&x, which.level, which.dequantize, which.continuous)?;
     let x = match how {
         Some(how) => dequantize(&x, how, &mut Rng::new(which.seed)),
         None => x,

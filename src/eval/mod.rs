@@ -23,9 +23,10 @@ pub mod report;
 pub use classifier::{level_classifier, logit_profile, sampler_drift, DriftRow, LevelMetrics};
 pub use contrastive::{cdm_noise_classifier, exact_noise_classifier, noise_classifier, NoiseClassifierScore};
 pub use denoising::{
-    against_posterior_mean, denoise, denoising_levels, denoising_mse, posterior_mean_levels, PosteriorMeanRow,
+    against_posterior_mean, denoise, denoising_levels, denoising_mse, posterior_mean_levels, predict_eps,
+    PosteriorMeanRow,
 };
-pub use evaluate::{evaluate, Plan, Stream};
+pub use evaluate::{evaluate, evaluate_in_job, Plan, Stream};
 pub use likelihood::{
     log_likelihood, nll_bits_per_dim, score_points, Estimator, NllReport, PointScores, PointsToScore,
 };

@@ -3,6 +3,8 @@
 //! and the official CDM code's points as they are.
 use tch::{Kind, Tensor};
 
+use crate::{Error, Result};
+
 /// Bits per dimension from a mean log-likelihood in nats per dimension (continuous data; for
 /// 8-bit images add the scaling term of the chosen dequantization).
 pub fn bits_per_dim(nats_per_dim: f64) -> f64 {
@@ -18,12 +20,39 @@ pub enum Dequantization {
     Paper,
 }
 
+/// How `x` is scored at `level`, as `cdm nll` chooses: `asked` (8-bit image data at level 0
+/// only); else 8-bit images at level 0 get uniform dequantization unless `continuous`. `None`:
+/// `x` is scored as the continuous points it is.
+pub fn convention_for(
+    x: &Tensor,
+    level: usize,
+    asked: Option<Dequantization>,
+    continuous: bool,
+) -> Result<Option<Dequantization>> {
+    match asked {
+        Some(_) if x.dim() != 4 || level != 0 => {
+            Err(Error::Config("dequantization applies to 8-bit image data at level 0".into()))
+        }
+        Some(how) => Ok(Some(how)),
+        None if !continuous && level == 0 && crate::data::is_8bit(x) => Ok(Some(Dequantization::Uniform)),
+        None => Ok(None),
+    }
+}
+
 /// The points to score under `how`: for `Uniform`, k is recovered from x = k/127.5 − 1 and
-/// spread uniformly over its bin, (k + u)/128 − 1; for `Paper`, `x` itself.
+/// spread uniformly over its bin, (k + u)/128 − 1, each point from a stream of its own; for
+/// `Paper`, `x` itself.
 pub fn dequantize(x: &Tensor, how: Dequantization, rng: &mut crate::rng::Rng) -> Tensor {
+    dequantize_rows(x, how, rng, 0)
+}
+
+/// [`dequantize`] for the points `x` that start at index `first_row` of a larger set: each
+/// point is spread as it is in the whole set's [`dequantize`].
+pub fn dequantize_rows(x: &Tensor, how: Dequantization, rng: &mut crate::rng::Rng, first_row: usize) -> Tensor {
+    let rows = first_row..first_row + x.size()[0] as usize;
     match how {
         Dequantization::Paper => x.shallow_clone(),
-        Dequantization::Uniform => spread_points_in_bins(x, &rng.uniform(&x.size(), Kind::Double)),
+        Dequantization::Uniform => spread_points_in_bins(x, &rng.uniform_rows(&x.size(), rows, Kind::Double)),
     }
 }
 

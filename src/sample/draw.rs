@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 use super::{parallel, sequential, ClipX0, GuidedPair, Noise, ParallelOptions, SamplerKind, Step, StepTable};
 use crate::batches::Batches;
 use crate::data::Dataset;
+use crate::distributed::{ProcessGroup, Shard};
 use crate::model::Model;
 use crate::predictor::{Conditioned, NoisePredictor};
 use crate::schedule::levels_like;
@@ -194,13 +195,19 @@ pub struct Samples {
 /// The labels of `n` samples of a conditional model (none for an unconditional one, or when
 /// drawn with the null label): the one class asked for, else the starting points' labels, else
 /// every class in turn.
-fn labels_for(model: &Model, opts: &SampleOptions, n: usize, start_labels: Option<&Vec<i64>>) -> Option<Vec<i64>> {
+fn labels_for(
+    model: &Model,
+    opts: &SampleOptions,
+    rows: std::ops::Range<usize>,
+    start_labels: Option<&Vec<i64>>,
+) -> Option<Vec<i64>> {
+    let n = rows.len();
     let num_labels = model.num_labels() as i64;
     match (num_labels, opts.conditioning, start_labels) {
         (0, _, _) | (_, Conditioning::Unconditional, _) => None,
         (_, Conditioning::Class(c), _) => Some(vec![c; n]),
         (_, Conditioning::Classes, Some(data_labels)) => Some(data_labels.iter().copied().take(n).collect()),
-        (_, Conditioning::Classes, None) => Some((0..n as i64).map(|i| i % num_labels).collect()),
+        (_, Conditioning::Classes, None) => Some(rows.map(|i| i as i64 % num_labels).collect()),
     }
 }
 
@@ -212,10 +219,21 @@ struct Predictor<'a> {
     guided: Option<GuidedPair<'a, Model>>,
     model: &'a Model,
     clip: Option<f64>,
+    /// Ranks that share each call, in whole slots of `slot` rows (one per sample of the batch,
+    /// the rows a window repeats its labels over).
+    group: Option<&'a ProcessGroup>,
+    slot: usize,
 }
 
 impl<'a> Predictor<'a> {
-    fn new(model: &'a Model, labels: Option<&[i64]>, opts: &SampleOptions, device: Device) -> Self {
+    /// The predictor of a batch of `slot` samples with `labels`, its calls shared by `group`.
+    fn new(
+        model: &'a Model,
+        labels: Option<&[i64]>,
+        opts: &SampleOptions,
+        device: Device,
+        (group, slot): (Option<&'a ProcessGroup>, usize),
+    ) -> Self {
         let labels = labels.map(|l| Tensor::from_slice(l).to_device(device));
         let guided = labels.as_ref().filter(|_| opts.guidance != 0.0).map(|labels| GuidedPair {
             model,
@@ -223,12 +241,11 @@ impl<'a> Predictor<'a> {
             null_label: model.num_labels() as i64,
             weight: opts.guidance,
         });
-        Predictor { conditional: Conditioned { model, labels }, guided, model, clip: opts.clip_x0 }
+        Predictor { conditional: Conditioned { model, labels }, guided, model, clip: opts.clip_x0, group, slot }
     }
-}
 
-impl NoisePredictor for Predictor<'_> {
-    fn eps(&self, x_t: &Tensor, t: &Tensor) -> Result<Tensor> {
+    /// ε̂ of this process's rows.
+    fn local(&self, x_t: &Tensor, t: &Tensor) -> Result<Tensor> {
         let inner: &dyn NoisePredictor = match &self.guided {
             Some(guided) => guided,
             None => &self.conditional,
@@ -240,6 +257,25 @@ impl NoisePredictor for Predictor<'_> {
     }
 }
 
+impl NoisePredictor for Predictor<'_> {
+    fn eps(&self, x_t: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let Some(group) = self.group else { return self.local(x_t, t) };
+        // This rank's whole slots, zeros elsewhere: the sum over the ranks is the whole call.
+        let shard = Shard::chunks(x_t.size()[0] as usize, self.slot, group.rank(), group.world_size());
+        let part = (shard.len > 0).then(|| self.local(&shard.rows(x_t), &shard.rows(t))).transpose();
+        if group.any(part.is_err())? {
+            let elsewhere = || Error::Distributed { rank: group.rank(), what: "another rank failed".into() };
+            return Err(part.err().unwrap_or_else(elsewhere));
+        }
+        let whole = x_t.zeros_like();
+        if let Ok(Some(part)) = part {
+            shard.rows(&whole).copy_(&part);
+        }
+        group.all_reduce_sum(&whole)?;
+        Ok(whole)
+    }
+}
+
 /// Seconds the network alone takes for a run's calls: one batched evaluation of `windows[i]`
 /// steps of `n` samples per call, in turn (at the grid's first levels, with `draw`'s labels,
 /// guidance and clipping), after one untimed call of the largest, the device's queue drained
@@ -248,8 +284,8 @@ pub fn time_windows(model: &Model, n: usize, opts: &SampleOptions, windows: &[us
     let (kind, device) = (on.kind, on.device);
     let levels = model.schedule().sampling_levels(opts.steps)?;
     let largest = windows.iter().copied().max().unwrap_or(1).min(opts.steps);
-    let labels = labels_for(model, opts, n, None);
-    let predictor = Predictor::new(model, labels.as_deref(), opts, device);
+    let labels = labels_for(model, opts, 0..n, None);
+    let predictor = Predictor::new(model, labels.as_deref(), opts, device, (on.group, n));
     let states = Noise::new(opts.seed, 0, largest * n).normal(model.data_shape(), kind, device);
     let t = super::steps::window_levels(&levels[..largest], n as i64, device);
     let mut seconds = 0.0;
@@ -314,8 +350,9 @@ fn synchronize(device: Device) {
 const STEP_NOISE_SALT: u64 = 0x5eed_0f57_e900_015e;
 
 /// Draws `n` samples from `model` from pure noise at level T, `batches.batch_size` at a time
-/// (its progress counts steps of all batches). Sample i uses streams i of `opts.seed`, so it
-/// does not depend on the batch size.
+/// (its progress counts steps of all batches). Sample i uses streams i of `opts.seed` (counted
+/// from `batches.first_row`, for a share of a larger set), so it does not depend on the batch
+/// size, nor on how the set was shared out.
 pub fn draw(model: &Model, n: usize, opts: &SampleOptions, batches: &Batches) -> Result<Samples> {
     draw_from(model, n, opts, batches, None, &mut |_| {})
 }
@@ -359,7 +396,8 @@ pub fn draw_from(
         None => schedule.sampling_levels(opts.steps)?,
     };
     let table = StepTable::new(opts.sampler, opts.eta, schedule, &levels)?;
-    let labels = labels_for(model, opts, n, start.and_then(|s| s.labels.as_ref()));
+    let rows = batches.first_row..batches.first_row + n;
+    let labels = labels_for(model, opts, rows, start.and_then(|s| s.labels.as_ref()));
     if let Some(bad) = labels.iter().flatten().find(|l| !(0..num_labels).contains(*l)) {
         return Err(Error::Config(format!(
             "label {bad} of the starting points: the model knows classes 0..{}",
@@ -386,13 +424,16 @@ pub fn draw_from(
     let mut windows = Vec::new();
     for first in (0..n).step_by(batch) {
         let len = batch.min(n - first);
-        let predictor = &Predictor::new(model, labels.as_ref().map(|l| &l[first..first + len]), opts, device);
+        let labels = labels.as_ref().map(|l| &l[first..first + len]);
+        let predictor = &Predictor::new(model, labels, opts, device, (batches.group, len));
         // One stream per sample for x_T, and another for the noise of its steps.
         let x_t = match start {
             Some(s) => s.x_t.narrow(0, first as i64, len as i64).to_kind(kind).to_device(device),
-            None => Noise::new(opts.seed, first as u64, len).normal(model.data_shape(), kind, device),
+            None => {
+                Noise::new(opts.seed, (batches.first_row + first) as u64, len).normal(model.data_shape(), kind, device)
+            }
         };
-        let mut noise = Noise::new(opts.seed ^ STEP_NOISE_SALT, first as u64, len);
+        let mut noise = Noise::new(opts.seed ^ STEP_NOISE_SALT, (batches.first_row + first) as u64, len);
         let x0 = match &opts.parallel {
             Some(p) => {
                 let run = parallel(predictor, &table, x_t, &mut noise, p, &mut on_step)?;

@@ -110,40 +110,41 @@ pub struct Overrides {
 /// What lies under the overrides.
 enum Base {
     /// A config file's parts, over the defaults of the data.
-    File(Box<ConfigFile>, String),
+    File(Box<ConfigFile>),
     /// A run's own settings: the run being resumed, or fine-tuned from.
     Run(Box<RunConfig>),
 }
 
-/// The settings of a run in `out`: `config` (a config file) if given, else the run already in
-/// `out`, else the run `overrides.init_from` fine-tunes, else the defaults, each under the
-/// overrides; and the data set they name, opened by `open` (which may download it).
+/// The settings of a run in `out`: `config` (a config file's parts, read and checked) if
+/// given, else the run already in `out`, else the run `overrides.init_from` fine-tunes, else
+/// the defaults, each under the overrides; and the data set they name, opened by `open` (which
+/// may download it).
 pub fn resolve(
     out: &Path,
-    config: Option<&Path>,
+    config: Option<&ConfigFile>,
     overrides: &Overrides,
     open: impl FnOnce(&str) -> Result<Dataset>,
 ) -> Result<(RunConfig, Dataset)> {
     let base = match (config, saved_run(out)?, &overrides.init_from) {
-        (Some(path), _, _) => Base::File(Box::new(ConfigFile::read(path)?), format!("config {}", path.display())),
+        (Some(file), _, _) => Base::File(Box::new(file.clone())),
         (None, Some(saved), _) => Base::Run(Box::new(saved)),
         (None, None, Some(init)) => Base::Run(Box::new(
             saved_run(init)?
                 .ok_or_else(|| Error::Config(format!("init_from {}: no trained run there", init.display())))?,
         )),
-        (None, None, None) => Base::File(Box::default(), String::new()),
+        (None, None, None) => Base::File(Box::default()),
     };
     let data = match (&overrides.data, &base) {
         (Some(data), _) => data.clone(),
         (None, Base::Run(run)) => run.data.clone(),
-        (None, Base::File(file, _)) => file.data.clone().ok_or_else(|| {
+        (None, Base::File(file)) => file.data.clone().ok_or_else(|| {
             Error::Config("no training data: give the data spec or set `data` in the config file".into())
         })?,
     };
     let dataset = open(&data)?;
     let images = dataset.shape().len() == 3;
     let below = match &base {
-        Base::File(file, _) => file.model,
+        Base::File(file) => file.model,
         Base::Run(run) => Some(run.model.kind),
     };
     let defaults = DataDefaults::new(&dataset, overrides.model.or(below).unwrap_or_default());
@@ -152,8 +153,8 @@ pub fn resolve(
             let m = run.model;
             (m.kind, m.schedule, Some(m.backbone), m.gaussian_base, m.base_per_class, run.train)
         }
-        Base::File(file, source) => {
-            let train = file.train_over(defaults.train.clone()).map_err(|e| e.within(&source))?;
+        Base::File(file) => {
+            let train = file.train_over(defaults.train.clone()).map_err(|e| e.within("the config file"))?;
             let bases = (file.gaussian_base.unwrap_or(false), file.base_per_class.unwrap_or(false));
             let kind = file.model.unwrap_or_default();
             (kind, file.schedule.unwrap_or(defaults.schedule), file.backbone, bases.0, bases.1, train)
