@@ -6,10 +6,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::model::ModelKind;
-use crate::nets::BackboneConfig;
+use crate::data::Dataset;
+use crate::model::{ModelConfig, ModelKind};
+use crate::nets::{BackboneConfig, MlpConfig, UnetConfig};
 use crate::schedule::{Schedule, ScheduleConfig};
-use crate::train::TrainConfig;
+use crate::train::{RunConfig, TrainConfig};
 use crate::{Error, Result};
 
 /// The optional parts of a run config that a `--config` file may give.
@@ -56,6 +57,41 @@ impl ConfigFile {
         }
         file.train_over(TrainConfig::default()).map_err(named)?;
         Ok(file)
+    }
+
+    /// The settings of a saved run as a file would give them: resuming it repeats none of them.
+    pub fn from_run(saved: RunConfig) -> Result<Self> {
+        Ok(ConfigFile {
+            data: Some(saved.data),
+            model: Some(saved.model.kind),
+            gaussian_base: Some(saved.model.gaussian_base),
+            base_per_class: Some(saved.model.base_per_class),
+            schedule: Some(saved.model.schedule),
+            backbone: Some(saved.model.backbone),
+            train: Some(serde_json::to_value(saved.train).map_err(|e| Error::Config(format!("train: {e}")))?),
+        })
+    }
+
+    /// A run's settings: the defaults that suit `dataset` (opened from the spec `data`) with
+    /// this file's over them. Images get the tiny UNet and [`TrainConfig::images`], other data
+    /// the MLP and [`TrainConfig::default`].
+    pub fn run_config(&self, data: String, dataset: &Dataset) -> Result<RunConfig> {
+        let data_shape = dataset.shape();
+        let images = data_shape.len() == 3;
+        let train = self.train_over(if images { TrainConfig::images() } else { TrainConfig::default() })?;
+        let backbone = self.backbone.clone().unwrap_or_else(|| match images {
+            true => BackboneConfig::Unet(UnetConfig::tiny()),
+            false => BackboneConfig::Mlp(MlpConfig::default()),
+        });
+        let model = ModelConfig {
+            kind: self.model.unwrap_or_default(),
+            schedule: self.schedule.unwrap_or_default(),
+            backbone,
+            data_shape,
+            gaussian_base: self.gaussian_base.unwrap_or(false),
+            base_per_class: self.base_per_class.unwrap_or(false),
+        };
+        Ok(RunConfig { data, model, train })
     }
 
     /// The `[train]` table's fields over `defaults`, checked.

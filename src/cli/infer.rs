@@ -6,9 +6,9 @@ use clap::Args;
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-use cdm::data::{is_8bit, npy, Dataset, DATA_SPECS};
+use cdm::data::{npy, Dataset, DATA_SPECS};
 use cdm::eval::{against_posterior_mean, posterior_mean_levels, Batches};
-use cdm::likelihood::{bits_per_dim, bits_per_dim_8bit, dequantize, log_prob, Dequantization};
+use cdm::likelihood::{bits_per_dim, bits_per_dim_8bit, convention_for, dequantize, log_prob, Dequantization};
 use cdm::plot::image_grid;
 use cdm::predictor::{Conditioned, NoisePredictor};
 use cdm::rng::Rng;
@@ -135,12 +135,7 @@ pub fn nll(args: NllArgs) -> Result<()> {
         _ => clean,
     };
     // 8-bit images get the 8-bit figure unless told otherwise.
-    let how = match args.dequantize {
-        Some(_) if x.dim() != 4 || args.level != 0 => bail!("--dequantize applies to 8-bit image data at level 0"),
-        Some(how) => Some(how),
-        None if !args.continuous && args.level == 0 && is_8bit(&x) => Some(Dequantization::Uniform),
-        None => None,
-    };
+    let how = convention_for(&x, args.level, args.dequantize, args.continuous).context("--dequantize")?;
     let x = match how {
         Some(how) => dequantize(&x, how, &mut Rng::new(args.seed)),
         None => x,

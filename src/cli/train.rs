@@ -14,7 +14,7 @@ use cdm::nets::{BackboneConfig, ConvNetConfig, MlpConfig, UnetConfig};
 use cdm::run_lock::RunLock;
 use cdm::schedule::{Levels, ScheduleKind};
 use cdm::signals;
-use cdm::train::{Precision, RunConfig, TrainConfig, Trainer};
+use cdm::train::{Precision, RunConfig, Trainer};
 
 use super::{progress_bar, spinner, DeviceArg, Interrupted};
 
@@ -218,16 +218,7 @@ impl UnetPreset {
 
 /// The settings of the run already in `dir`, if there is one, as a config file would give them.
 fn saved_run(dir: &Path) -> Result<Option<ConfigFile>> {
-    let Some(saved) = cdm::train::saved_run(dir)? else { return Ok(None) };
-    Ok(Some(ConfigFile {
-        data: Some(saved.data),
-        model: Some(saved.model.kind),
-        gaussian_base: Some(saved.model.gaussian_base),
-        base_per_class: Some(saved.model.base_per_class),
-        schedule: Some(saved.model.schedule),
-        backbone: Some(saved.model.backbone),
-        train: Some(serde_json::to_value(saved.train)?),
-    }))
+    Ok(cdm::train::saved_run(dir)?.map(ConfigFile::from_run).transpose()?)
 }
 
 /// Defaults, then the config file (or the run being resumed), then flags; and the opened
@@ -251,14 +242,13 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
     preparing.finish_and_clear();
     let dataset = dataset?;
     tracing::info!("data {data}: {}", dataset.describe(&data));
-    let shape = dataset.shape();
-    let images = shape.len() == 3;
-    let defaults = if images { TrainConfig::images() } else { TrainConfig::default() };
-    let mut train = file.train_over(defaults).with_context(|| match &args.config {
-        Some(path) => format!("--config {}", path.display()),
-        None => format!("the run in {}", args.out.display()),
-    })?;
-    let mut schedule = file.schedule.unwrap_or_default();
+    let images = dataset.shape().len() == 3;
+    let RunConfig { model: defaults, mut train, .. } =
+        file.run_config(data.clone(), &dataset).with_context(|| match &args.config {
+            Some(path) => format!("--config {}", path.display()),
+            None => format!("the run in {}", args.out.display()),
+        })?;
+    let mut schedule = defaults.schedule;
     schedule.kind = args.schedule.unwrap_or(schedule.kind);
     schedule.timesteps = args.timesteps.unwrap_or(schedule.timesteps);
     schedule.levels = match args.levels {
@@ -270,13 +260,12 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
         }
     };
     let unet = || BackboneConfig::Unet(args.preset.unwrap_or(UnetPreset::Tiny).config());
-    let mut backbone = match (args.backbone, file.backbone) {
+    let mut backbone = match (args.backbone, &file.backbone) {
         (Some(BackboneArg::Mlp), _) => BackboneConfig::Mlp(MlpConfig::default()),
         (Some(BackboneArg::Convnet), _) => BackboneConfig::ConvNet(ConvNetConfig::default()),
         (Some(BackboneArg::Unet), _) => unet(),
-        (None, Some(b)) => b,
         (None, None) if images => unet(),
-        (None, None) => BackboneConfig::Mlp(MlpConfig::default()),
+        (None, _) => defaults.backbone,
     };
     if args.preset.is_some() && !matches!(backbone, BackboneConfig::Unet(_)) {
         bail!("--preset applies to the UNet only");
@@ -332,12 +321,12 @@ fn run_config(args: &TrainArgs) -> Result<(RunConfig, Dataset)> {
         train.cdl = Some(cdl);
     }
     let model = ModelConfig {
-        kind: args.model.or(file.model).unwrap_or_default(),
+        kind: args.model.unwrap_or(defaults.kind),
         schedule,
         backbone,
-        data_shape: shape,
-        gaussian_base: args.gaussian_base || args.base_per_class || file.gaussian_base.unwrap_or(false),
-        base_per_class: args.base_per_class || file.base_per_class.unwrap_or(false),
+        data_shape: defaults.data_shape,
+        gaussian_base: args.gaussian_base || args.base_per_class || defaults.gaussian_base,
+        base_per_class: args.base_per_class || defaults.base_per_class,
     };
     Ok((RunConfig { data, model, train }, dataset))
 }

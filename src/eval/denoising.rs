@@ -24,6 +24,25 @@ fn fractions_of(timesteps: usize, fractions: &[f64]) -> Vec<usize> {
     levels
 }
 
+/// The model's ε̂(x_t, t) for `x_t` ([N, ..]) at level `t` (1..=T), unconditional, in chunks.
+pub fn predict_eps(model: &Model, x_t: &Tensor, t: usize, batches: &Batches) -> Result<Tensor> {
+    let schedule = model.schedule();
+    if t == 0 || t > schedule.timesteps() {
+        return Err(Error::Config(format!("level {t}: denoising levels are 1..={}", schedule.timesteps())));
+    }
+    model.check_input(x_t)?;
+    let predictor = Conditioned { model, labels: None };
+    batches.map(x_t, |chunk, _| predictor.eps(chunk, &levels_like(t, chunk)))
+}
+
+/// The model's x̂0 = E[x0 | x_t] for `x_t` ([N, ..]) at level `t` (1..=T), unconditional, in
+/// chunks: Tweedie's formula on [`predict_eps`].
+pub fn denoise(model: &Model, x_t: &Tensor, t: usize, batches: &Batches) -> Result<Tensor> {
+    let eps = predict_eps(model, x_t, t, batches)?;
+    let x_t = x_t.to_kind(eps.kind()).to_device(eps.device());
+    Ok(model.schedule().x0_from_eps(&x_t, &eps, &levels_like(t, &x_t)))
+}
+
 /// Mean squared error per dimension of the model's x̂0 for `x0` ([N, ..]) noised to level `t`
 /// (1..=T) with noise `eps` (like `x0`).
 pub fn denoising_mse(model: &Model, x0: &Tensor, t: usize, eps: &Tensor, batches: &Batches) -> Result<f64> {

@@ -19,7 +19,10 @@ pub mod ood;
 
 pub use classifier::{level_classifier, logit_profile, sampler_drift, DriftRow, LevelMetrics};
 pub use contrastive::{cdm_noise_classifier, exact_noise_classifier, noise_classifier, NoiseClassifierScore};
-pub use denoising::{against_posterior_mean, denoising_levels, denoising_mse, posterior_mean_levels, PosteriorMeanRow};
+pub use denoising::{
+    against_posterior_mean, denoise, denoising_levels, denoising_mse, posterior_mean_levels, predict_eps,
+    PosteriorMeanRow,
+};
 pub use likelihood::{log_likelihood, nll_bits_per_dim, Estimator};
 pub use ood::{level_log_densities, ood_levels, OodScores};
 

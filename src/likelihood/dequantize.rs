@@ -3,6 +3,8 @@
 //! and the official CDM code's points as they are.
 use tch::{Kind, Tensor};
 
+use crate::{Error, Result};
+
 /// Bits per dimension from a mean log-likelihood in nats per dimension (continuous data; for
 /// 8-bit images add the scaling term of the chosen dequantization).
 pub fn bits_per_dim(nats_per_dim: f64) -> f64 {
@@ -16,6 +18,25 @@ pub enum Dequantization {
     Uniform,
     /// The official CDM code: x = k/127.5 − 1 as is. A density at grid points, not a bound.
     Paper,
+}
+
+/// How `x` is scored at `level`, as `cdm nll` chooses: `asked` (8-bit image data at level 0
+/// only); else 8-bit images at level 0 get uniform dequantization unless `continuous`. `None`:
+/// `x` is scored as the continuous points it is.
+pub fn convention_for(
+    x: &Tensor,
+    level: usize,
+    asked: Option<Dequantization>,
+    continuous: bool,
+) -> Result<Option<Dequantization>> {
+    match asked {
+        Some(_) if x.dim() != 4 || level != 0 => {
+            Err(Error::Config("dequantization applies to 8-bit image data at level 0".into()))
+        }
+        Some(how) => Ok(Some(how)),
+        None if !continuous && level == 0 && crate::data::is_8bit(x) => Ok(Some(Dequantization::Uniform)),
+        None => Ok(None),
+    }
 }
 
 /// The points to score under `how`: for `Uniform`, k is recovered from x = k/127.5 − 1 and

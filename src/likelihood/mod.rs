@@ -13,7 +13,7 @@ pub mod one_pass;
 pub mod reference;
 
 pub use dequantize::{
-    bits_per_dim, bits_per_dim_8bit, dequantize, spread_in_bins, spread_points_in_bins, Dequantization,
+    bits_per_dim, bits_per_dim_8bit, convention_for, dequantize, spread_in_bins, spread_points_in_bins, Dequantization,
 };
 pub use immse::{ddm_log_prob, immse_log_prob};
 pub use noised::{noise_logits, noised_predictor};
