@@ -62,8 +62,10 @@ class Model:
         level: int = 0,
         seed: int = 12345,
         batch: int = 1024,
-    ) -> float:
-        """Mean NLL of x in bits per dimension, as `cdm nll` reports it.
+        per_sample: bool = False,
+    ) -> Union[float, Array]:
+        """NLL of x in bits per dimension, as `cdm nll` reports it: the mean, or each point's
+        ([N], float64, the same kind of array as x) with per_sample=True.
 
         "auto": 8-bit images (x = k/127.5 - 1) at level 0 get the 8-bit figure with uniform
         dequantization (drawn from `seed`), other data the continuous one; "uniform" or "paper"

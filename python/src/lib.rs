@@ -202,8 +202,10 @@ impl Model {
         input.output(py, log_p)
     }
 
-    /// Mean NLL in bits per dimension, as `cdm nll` reports it.
-    #[pyo3(signature = (x, dequantize=Some("auto"), level=0, seed=12345, batch=1024))]
+    /// NLL in bits per dimension, as `cdm nll` reports it: the mean, or with `per_sample` each
+    /// point's (the same kind of array as `x`).
+    #[pyo3(signature = (x, dequantize=Some("auto"), level=0, seed=12345, batch=1024, per_sample=false))]
+    #[allow(clippy::too_many_arguments)]
     fn bits_per_dim(
         &self,
         py: Python<'_>,
@@ -212,7 +214,8 @@ impl Model {
         level: usize,
         seed: u64,
         batch: usize,
-    ) -> PyResult<f64> {
+        per_sample: bool,
+    ) -> PyResult<PyObject> {
         let input = Input::new(py, x)?;
         let (asked, continuous) = match dequantize {
             Some("auto") => (None, false),
@@ -232,7 +235,10 @@ impl Model {
         let bpd = lib(without_gil(py, || {
             nll_bits_per_dim(model, &input.x, Estimator::OnePass(level), convention, &batches, seed)
         }))?;
-        Ok(bpd.mean(tch::Kind::Double).double_value(&[]))
+        match per_sample {
+            true => input.output(py, bpd),
+            false => Ok(bpd.mean(tch::Kind::Double).double_value(&[]).into_pyobject(py)?.into_any().unbind()),
+        }
     }
 
     /// The MMSE denoiser E[x0 | x_t] at `level` (1..=T).

@@ -63,6 +63,8 @@ def test_bits_per_dim_of_8bit_images_is_cdm_nll(image_run, tmp_path):
         report = cli_json("nll", "--ckpt", image_run, "--data", f"npy:{path}", "--device", "cpu", *flags)
         expected = report["bits_per_dim_8bit"] if how else report["nll_bits_per_dim"]
         assert m.bits_per_dim(x, dequantize=how) == pytest.approx(expected, rel=1e-5), how
+    per_image = m.bits_per_dim(torch.from_numpy(x), per_sample=True)
+    assert per_image.shape == (40,) and per_image.mean().item() == pytest.approx(m.bits_per_dim(x), rel=1e-9)
 
 
 def test_denoise_is_cdm_denoise_and_eps_its_noise(points_run, points, tmp_path):
@@ -193,3 +195,21 @@ def test_a_mismatched_torch_is_refused_before_loading(tmp_path):
     assert run.returncode == 1, run.stderr
     assert "ImportError: cdm needs torch 2.11" in run.stderr
     assert "this Python has torch 2.10.0" in run.stderr
+
+
+def test_the_example_scores_a_folder(image_run, tmp_path):
+    from PIL import Image
+
+    from conftest import REPO
+
+    k = np.random.RandomState(3).randint(0, 256, size=(5, 8, 8)).astype(np.uint8)
+    for i, image in enumerate(k):
+        Image.fromarray(image, mode="L").save(tmp_path / f"{i}.png")
+    example = REPO / "python" / "examples" / "score_folder.py"
+    run = subprocess.run([sys.executable, example, image_run, tmp_path, "--text", "--device", "cpu"],
+                         capture_output=True, text=True, env=ENV)
+    assert run.returncode == 0, run.stderr
+    expected = cdm.load(image_run, device="cpu").bits_per_dim(k[:, None] / 127.5 - 1.0, per_sample=True)
+    printed = [float(line.split()[0]) for line in run.stdout.splitlines()[:5]]
+    np.testing.assert_allclose(printed, expected, atol=1e-4)
+    assert "5 images: mean" in run.stdout and "|" in run.stdout
