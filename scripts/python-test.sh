@@ -10,5 +10,5 @@ cargo build --quiet --bin cdm
 wheel=$(PROFILE=dev bash "$here/scripts/python-wheel.sh")
 site="$here/target/python"
 rm -rf "$site"
-python3 -m pip install --quiet --no-deps --no-warn-script-location --target "$site" "$wheel"
+python3 -m pip install --quiet --root-user-action=ignore --no-deps --no-warn-script-location --target "$site" "$wheel"
 CDM_BIN="$here/target/debug/cdm" PYTHONPATH="$site:$tools:$torch" python3 -m pytest -q -p no:cacheprovider "$here/python/tests" "$@"

@@ -61,7 +61,8 @@ fn named<T: serde::de::DeserializeOwned>(what: &str, value: &str, choices: &str)
         .map_err(|_| PyValueError::new_err(format!("{what} '{value}': expected {choices}")))
 }
 
-/// A tensor argument, and whether the caller gave a numpy array (and so gets arrays back).
+/// A tensor argument (detached: nothing here is differentiated for the caller), and whether the
+/// caller gave a numpy array (and so gets arrays back).
 struct Input {
     x: Tensor,
     numpy: bool,
@@ -71,7 +72,7 @@ impl Input {
     fn new(py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<Self> {
         let torch = py.import("torch")?;
         if x.is_instance(&torch.getattr("Tensor")?)? {
-            return Ok(Input { x: x.extract::<PyTensor>()?.0, numpy: false });
+            return Ok(Input { x: x.extract::<PyTensor>()?.0.detach(), numpy: false });
         }
         let is_array = py.import("numpy").and_then(|np| x.is_instance(&np.getattr("ndarray")?)).unwrap_or(false);
         if !is_array {

@@ -48,8 +48,8 @@ def test_torch_and_numpy_give_the_same_answer(points_run, points):
     from_torch = m.log_prob(torch.from_numpy(x))
     assert isinstance(from_torch, torch.Tensor)
     np.testing.assert_array_equal(from_torch.numpy(), from_numpy)
-    as_f32 = m.denoise(torch.from_numpy(x).float(), 5)
-    assert isinstance(as_f32, torch.Tensor)
+    as_f32 = m.denoise(torch.from_numpy(x).float().requires_grad_(), 5)
+    assert isinstance(as_f32, torch.Tensor) and not as_f32.requires_grad
     np.testing.assert_array_equal(as_f32.numpy(), m.denoise(x.astype(np.float32), 5))
 
 
