@@ -193,7 +193,9 @@ impl Model {
         ))
     }
 
-    /// log p_level(x) in nats per sample, from one forward pass of a CDM (Theorem 3.2).
+    /// log p_level(x) in nats per sample, from one forward pass of a CDM (Theorem 3.2): x is
+    /// [N, *data_shape], a torch tensor or a numpy array, and the result [N] float64 on the CPU
+    /// the same kind of array; as `cdm nll --out` writes it (level t > 0: x taken as x_t).
     #[pyo3(signature = (x, level=0, batch=1024))]
     fn log_prob(&self, py: Python<'_>, x: &Bound<'_, PyAny>, level: usize, batch: usize) -> PyResult<PyObject> {
         let input = Input::new(py, x)?;
@@ -242,7 +244,8 @@ impl Model {
         }
     }
 
-    /// The MMSE denoiser E[x0 | x_t] at `level` (1..=T).
+    /// The MMSE denoiser E[x0 | x_t] at `level` (1..=T), as `cdm denoise` writes it; for a CDM
+    /// from the classifier's input gradient (Theorem 3.1). Same kind of array out as in.
     #[pyo3(signature = (x_t, level, batch=1024))]
     fn denoise(&self, py: Python<'_>, x_t: &Bound<'_, PyAny>, level: usize, batch: usize) -> PyResult<PyObject> {
         let input = Input::new(py, x_t)?;
@@ -251,7 +254,8 @@ impl Model {
         input.output(py, x0)
     }
 
-    /// The predicted noise ε̂(x_t, level) at `level` (1..=T).
+    /// The predicted noise ε̂(x_t, level) at `level` (1..=T), unconditional. Same kind of array
+    /// out as in.
     #[pyo3(signature = (x_t, level, batch=1024))]
     fn eps(&self, py: Python<'_>, x_t: &Bound<'_, PyAny>, level: usize, batch: usize) -> PyResult<PyObject> {
         let input = Input::new(py, x_t)?;
@@ -260,7 +264,10 @@ impl Model {
         input.output(py, eps)
     }
 
-    /// `n` samples and what drawing them cost, as `cdm sample` draws them.
+    /// `n` samples and what drawing them cost, as `cdm sample` draws them with the same options
+    /// and seed: `sampler` ddpm, ddim, dpm2 or dpmpp2m; `parallel=P` refines windows of P steps
+    /// by fixed-point iteration to tolerance `tol`; `class_`, `guidance` and `unconditional` for
+    /// conditional models; `clip_x0` clips each step's x̂0.
     #[pyo3(signature = (
         n, sampler="ddim", steps=50, parallel=None, tol=0.1, guidance=0.0, class_=None, seed=0,
         eta=0.0, clip_x0=None, unconditional=false, batch=1024
@@ -324,7 +331,9 @@ impl Samples {
     }
 }
 
-/// Loads the trained model in the run folder `path`.
+/// Loads the trained model in the run folder `path` (written by `cdm train`): the EMA weights
+/// unless `ema=False`, on `device` ("auto", "cpu", "cuda"), optionally computing in another
+/// `precision` ("f32", "f64", "bf16").
 #[pyfunction]
 #[pyo3(signature = (path, device="auto", ema=true, precision=None))]
 fn load(path: PathBuf, device: &str, ema: bool, precision: Option<&str>) -> PyResult<Model> {
@@ -357,7 +366,10 @@ fn config_file(py: Python<'_>, config: Option<&Bound<'_, PyAny>>, out: &Path) ->
 }
 
 /// Trains the run in `out` (or resumes it), as `cdm train --config` does; returns the step
-/// reached.
+/// reached. `config`: a dict or the path of a TOML/JSON file in the `--config` format (data,
+/// model, schedule, backbone, train, ...), over the defaults that suit the data; None resumes
+/// the run in `out`. `progress(report)` is called at each logged step; an exception in it, or
+/// Ctrl-C, stops training after the next step with a checkpoint, and is raised.
 #[pyfunction]
 #[pyo3(signature = (config=None, *, out, progress=None, device="auto", restart=false))]
 fn train(
