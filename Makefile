@@ -5,7 +5,7 @@ CARGO ?= cargo
 CUDA ?=
 DRY_RUN ?=
 
-.PHONY: setup demo mnist cifar10 test lint bench fuzz gpu-bundle
+.PHONY: setup demo mnist cifar10 test python-test wheel lint bench fuzz gpu-bundle
 setup:
 	@CUDA=$(CUDA) DRY_RUN=$(DRY_RUN) bash scripts/setup-libtorch.sh
 
@@ -53,6 +53,16 @@ cifar10: setup
 
 test: setup
 	$(CARGO) test
+	bash scripts/python-test.sh
+
+# The Python package's tests alone (python/tests; torch 2.11, maturin, pytest and numpy are
+# installed once per user by scripts/setup-pytorch.sh and scripts/setup-python.sh).
+python-test: setup
+	bash scripts/python-test.sh
+
+# The Python package as a wheel in target/wheels (`pip install target/wheels/cdm-*.whl`).
+wheel: setup
+	bash scripts/python-wheel.sh
 
 # Every parser of outside bytes (.npy, IDX plain and gzip, CIFAR-10 batches, PNG/JPEG, safetensors,
 # config.json, TOML/JSON configs, data specs) on N mutated inputs each (tests/fuzz.rs); `make test`
@@ -65,6 +75,7 @@ fuzz: setup
 lint: setup
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	cd python && $(CARGO) fmt --check && CARGO_TARGET_DIR=../target $(CARGO) clippy -- -D warnings
 
 # Training and sampling steps against the same steps in PyTorch (bench/reference.py), every size,
 # on DEVICE (auto: the GPU if there is one). The paper's CIFAR-10 UNet at batch 8 on a CPU.

@@ -42,6 +42,13 @@ pub fn received() -> Option<i32> {
     }
 }
 
+/// Records `signal` as if it had arrived, so that the current work stops at its next check; for
+/// a host that handles signals itself (the Python module, on KeyboardInterrupt). `None` clears
+/// a past request before new work.
+pub fn set_received(signal: Option<i32>) {
+    RECEIVED.store(signal.map_or(0, |s| s.max(0) as usize), Ordering::SeqCst);
+}
+
 /// The conventional exit status of a process that stopped for `signal`: 128 + its number.
 pub fn exit_status(signal: i32) -> u8 {
     u8::try_from(128 + signal).unwrap_or(u8::MAX)

@@ -29,7 +29,7 @@ fn fractions_of(timesteps: usize, fractions: &[f64]) -> Vec<usize> {
 pub fn predict_eps(model: &Model, x_t: &Tensor, t: usize, batches: &Batches) -> Result<Tensor> {
     let schedule = model.schedule();
     if t == 0 || t > schedule.timesteps() {
-        return Err(Error::Config(format!("the level must be in 1..={}, got {t}", schedule.timesteps())));
+        return Err(Error::Config(format!("level {t} must be in 1..={}", schedule.timesteps())));
     }
     model.check_input(x_t)?;
     let predictor = Conditioned { model, labels: None };
