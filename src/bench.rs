@@ -195,19 +195,12 @@ struct Phases {
     step: f64,
 }
 
-/// Waits for the GPU's queued work, so that a step's time is its own.
-fn synchronize(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
-
 /// Milliseconds of one call of `f`, the device's queue drained before and after.
 fn time_once(device: Device, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
-    synchronize(device);
+    crate::device::synchronize(device);
     let start = Instant::now();
     f()?;
-    synchronize(device);
+    crate::device::synchronize(device);
     Ok(start.elapsed().as_secs_f64() * 1e3)
 }
 

@@ -192,6 +192,14 @@ fn driver_device_info() -> Option<(String, u64)> {
     }
 }
 
+/// Waits for `device`'s queued work (nothing to wait for on the CPU), so that a time measured
+/// around some work is that work's own.
+pub fn synchronize(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -272,6 +272,23 @@ impl ProcessGroup {
         Ok(count.int64_value(&[0]) > 0)
     }
 
+    /// The rows of one [total, ..] tensor that the ranks computed in shares, put together on
+    /// every rank: `whole` (zeros of the full shape, in the kind and on the device wanted) with
+    /// this rank's `part` (the rows of its `shard`; nothing for an empty shard) in place, summed
+    /// over the ranks. If any rank's part failed, every rank fails: with its own error, or a
+    /// named one where its part was fine.
+    pub fn gather_rows(&self, shard: Shard, part: Result<Option<Tensor>>, whole: Tensor) -> Result<Tensor> {
+        if self.any(part.is_err())? {
+            let elsewhere = || Error::Distributed { rank: self.rank, what: "another rank failed".into() };
+            return Err(part.err().unwrap_or_else(elsewhere));
+        }
+        if let Ok(Some(part)) = part {
+            shard.rows(&whole).copy_(&part);
+        }
+        self.all_reduce_sum(&whole)?;
+        Ok(whole)
+    }
+
     /// Rank 0's `bytes` on every rank (the others pass `None`).
     pub fn broadcast_bytes(&self, bytes: Option<&[u8]>) -> Result<Vec<u8>> {
         let len = Tensor::from_slice(&[bytes.map_or(0, |b| b.len() as i64)]);

@@ -103,10 +103,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         batch: args.ckpt.batch,
     };
     let bar = if writes { super::progress_bar(0, "eval") } else { indicatif::ProgressBar::hidden() };
-    let progress = |done: u64, total: u64| {
-        bar.set_length(total);
-        bar.set_position(done);
-    };
+    let progress = super::follow(&bar);
     let report = evaluate_in_job(&model, compare.as_ref(), &plan, &args.out, Some(&progress), group.as_ref());
     bar.finish_and_clear();
     let report = report?;

@@ -77,10 +77,7 @@ pub fn with_progress<T>(
     f: impl FnOnce(&Batches) -> cdm::Result<T>,
 ) -> cdm::Result<T> {
     let bar = progress_bar(0, "eval");
-    let progress = |done: u64, total: u64| {
-        bar.set_length(total);
-        bar.set_position(done);
-    };
+    let progress = super::follow(&bar);
     let out = f(&Batches { progress: Some(&progress), ..Batches::new(batch, loaded.options()) });
     bar.finish_and_clear();
     out
@@ -377,10 +374,7 @@ fn draw_samples(
     shown: bool,
 ) -> Result<Samples> {
     let bar = if shown { progress_bar(0, "sample") } else { indicatif::ProgressBar::hidden() };
-    let progress = |done: u64, total: u64| {
-        bar.set_length(total);
-        bar.set_position(done);
-    };
+    let progress = super::follow(&bar);
     let batches = Batches { progress: Some(&progress), ..*batches };
     let samples = draw_from(&loaded.model, n, opts, &batches, start, &mut |_| {})?;
     bar.finish_and_clear();

@@ -161,6 +161,14 @@ pub fn spinner(message: String) -> indicatif::ProgressBar {
     spinner
 }
 
+/// The library's progress callback (done, in all) shown on `bar`.
+pub fn follow(bar: &indicatif::ProgressBar) -> impl Fn(u64, u64) + '_ {
+    move |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    }
+}
+
 /// A progress bar with rate and ETA on stderr.
 pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);

@@ -136,17 +136,8 @@ impl Context<'_> {
         let Some(group) = self.group else { return f(Shard::whole(n)) };
         let shard = Shard::chunks(n, self.plan.batch, group.rank(), group.world_size());
         let part = (shard.len > 0).then(|| f(shard)).transpose();
-        if group.any(part.is_err())? {
-            let elsewhere = || Error::Distributed { rank: group.rank(), what: "another rank failed".into() };
-            return Err(part.err().unwrap_or_else(elsewhere));
-        }
-        // Each rank's rows in place, zeros elsewhere: the sum over ranks is the whole set.
         let whole = Tensor::zeros([&[n as i64][..], row_shape].concat(), (Kind::Double, Device::Cpu));
-        if let Ok(Some(part)) = part {
-            whole.narrow(0, shard.start as i64, shard.len as i64).copy_(&part.to_kind(Kind::Double));
-        }
-        group.all_reduce_sum(&whole)?;
-        Ok(whole.to_kind(kind))
+        Ok(group.gather_rows(shard, part, whole)?.to_kind(kind))
     }
 
     /// `batches` for the points of `shard`, counted from its start.

@@ -260,19 +260,10 @@ impl<'a> Predictor<'a> {
 impl NoisePredictor for Predictor<'_> {
     fn eps(&self, x_t: &Tensor, t: &Tensor) -> Result<Tensor> {
         let Some(group) = self.group else { return self.local(x_t, t) };
-        // This rank's whole slots, zeros elsewhere: the sum over the ranks is the whole call.
+        // This rank's whole slots of the call, gathered from every rank.
         let shard = Shard::chunks(x_t.size()[0] as usize, self.slot, group.rank(), group.world_size());
         let part = (shard.len > 0).then(|| self.local(&shard.rows(x_t), &shard.rows(t))).transpose();
-        if group.any(part.is_err())? {
-            let elsewhere = || Error::Distributed { rank: group.rank(), what: "another rank failed".into() };
-            return Err(part.err().unwrap_or_else(elsewhere));
-        }
-        let whole = x_t.zeros_like();
-        if let Ok(Some(part)) = part {
-            shard.rows(&whole).copy_(&part);
-        }
-        group.all_reduce_sum(&whole)?;
-        Ok(whole)
+        group.gather_rows(shard, part, x_t.zeros_like())
     }
 }
 
@@ -291,10 +282,10 @@ pub fn time_windows(model: &Model, n: usize, opts: &SampleOptions, windows: &[us
     let mut seconds = 0.0;
     for (k, &w) in std::iter::once(&largest).chain(windows).enumerate() {
         let rows = (w.min(largest) * n) as i64;
-        synchronize(device);
+        crate::device::synchronize(device);
         let clock = Instant::now();
         let _ = predictor.eps(&states.narrow(0, 0, rows), &t.narrow(0, 0, rows))?;
-        synchronize(device);
+        crate::device::synchronize(device);
         if k > 0 {
             seconds += clock.elapsed().as_secs_f64();
         }
@@ -336,13 +327,6 @@ impl Latency {
             sequential_step_seconds: s.seconds / s.iterations.max(1) as f64,
             speed_up: s.seconds / p.seconds,
         })
-    }
-}
-
-/// Waits for the device's queued work, so that a time is the work's own.
-fn synchronize(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
     }
 }
 
