@@ -1,8 +1,9 @@
 // PyTorch's own collective engine, c10d, for Rust: a TCPStore rendezvous and a Gloo process
-// group (CPU tensors), with the three collectives data-parallel training needs. tch 0.24 binds
-// none of c10d; everything called here is exported by libtorch_cpu, so a binary built with this
-// file still starts on a host without CUDA. Compiled by build.rs; the Gloo names its header
-// needs come from csrc/gloo-names (the torch wheel ships no Gloo headers).
+// group (CPU tensors) or, on GPU hosts, an NCCL one made by csrc/nccl.cpp, with the three
+// collectives data-parallel training needs. tch 0.24 binds none of c10d; everything called
+// here is exported by libtorch_cpu, so a binary built with this file still starts on a host
+// without CUDA. Compiled by build.rs; the Gloo names its header needs come from
+// csrc/gloo-names (the torch wheel ships no Gloo headers).
 // libtorch_cpu is built with Gloo; its header asks to be told.
 #define USE_C10D_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -11,11 +12,16 @@
 #include <chrono>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace {
-char* error_copy(const std::exception& e) { return strdup(e.what()); }
+// The message of a c10 error without the C++ backtrace libtorch appends to it.
+char* error_copy(const std::exception& e) {
+  auto c10_error = dynamic_cast<const c10::Error*>(&e);
+  return strdup(c10_error != nullptr ? c10_error->what_without_backtrace() : e.what());
+}
 
 // A rendezvous store and the process group built on it; the store must outlive the group.
 struct Group {
@@ -38,10 +44,17 @@ char* run(Group* group, F collective) {
 
 extern "C" {
 
+// Makes a backend other than Gloo on a store: csrc/nccl.cpp's cdm_nccl_backend, whose library
+// src/distributed.rs loads on GPU hosts only. Returns a c10d::Backend* holding one reference, or
+// null with *error set.
+typedef void* (*cdm_backend_factory)(void* store, int rank, int world, int device, int64_t timeout_ms, char** error);
+
 // Joins the group of `world` ranks that meets at master_addr:port (rank 0 serves the store
-// there), with Gloo as the backend. Every collective and the rendezvous itself fail after
-// `timeout_ms`. Returns the group, or null with *error set (free it with cdm_free_error).
-void* cdm_dist_new_gloo(const char* master_addr, int port, int rank, int world, int64_t timeout_ms, char** error) {
+// there), with Gloo as the backend, or the backend `make_backend` makes for CUDA device `device`
+// when it is not null. Every collective and the rendezvous itself fail after `timeout_ms`.
+// Returns the group, or null with *error set (free it with cdm_free_error).
+void* cdm_dist_new(const char* master_addr, int port, int rank, int world, int64_t timeout_ms,
+                   cdm_backend_factory make_backend, int device, char** error) {
   try {
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions options;
@@ -50,11 +63,17 @@ void* cdm_dist_new_gloo(const char* master_addr, int port, int rank, int world, 
     options.numWorkers = static_cast<std::size_t>(world);
     options.waitWorkers = true;
     options.timeout = timeout;
-    auto group = new Group;
+    std::unique_ptr<Group> group(new Group);
     group->store = c10::make_intrusive<c10d::TCPStore>(std::string(master_addr), options);
-    auto gloo = c10d::ProcessGroupGloo::Options::create_default(timeout);
-    group->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(group->store, rank, world, gloo);
-    return group;
+    if (make_backend == nullptr) {
+      auto gloo = c10d::ProcessGroupGloo::Options::create_default(timeout);
+      group->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(group->store, rank, world, gloo);
+    } else {
+      void* made = make_backend(&group->store, rank, world, device, timeout_ms, error);
+      if (made == nullptr) return nullptr;
+      group->backend = c10::intrusive_ptr<c10d::Backend>::reclaim(static_cast<c10d::Backend*>(made));
+    }
+    return group.release();
   } catch (const std::exception& e) {
     *error = error_copy(e);
     return nullptr;

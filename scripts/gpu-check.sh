@@ -10,6 +10,9 @@
 #   bench-SIZE-PREC.json      `cdm bench` against bench/reference.py on the same device, for the
 #                             CIFAR-10 CDM and DDM in bf16 and f32 and the tiny UNet's CDM in
 #                             bf16: times, FLOPs, TFLOP/s (f32 after the training)
+#   rank-bench-SIZE.json      the CIFAR-10 benches (bf16, Rust only) plain, then as the one rank
+#                             of a launcher's job: collectives on NCCL (Gloo where it could not
+#                             be loaded), the step with its all-reduce and the all-reduce alone
 #   mnist/                    `make mnist`'s training in bf16 (GPU_CHECK_TRAIN_STEPS, default its
 #                             2000 steps; GPU_CHECK_TRAIN_PRECISION), stopped by the clock if need
 #                             be and then resumable (from gpu-bundle/run.tar.xz: `make gpu-bundle
@@ -56,6 +59,15 @@ bench() {
   done
 }
 bench bf16
+
+# The data-parallel engine with a world of one against the plain step, for the sizes whose
+# gradients are large: its overhead, and the all-reduce of the whole gradient alone. Two JSON
+# lines in rank-bench-SIZE.json: the plain step, then the same as the one rank of a job.
+for size in cifar10-ddm cifar10-cdm; do
+  stage "rank-bench-$size" 90 60 bash -c '"$@" && WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 \
+    MASTER_PORT=29533 "$@"' _ "$cdm" bench --size "$size" --batch "$cifar_batch" --precision bf16 --no-reference \
+    --device "$device" --rounds "$rounds" --steps "$steps" && cp "$out/rank-bench-$size.out" "$out/rank-bench-$size.json"
+done
 
 # make mnist's recipe in bf16 (its cosine learning rate ends at --steps), stopped by the clock
 # if need be: checkpoints every 250 steps keep it resumable.
@@ -132,6 +144,13 @@ for path in sorted(out.glob("bench-*.json")):
         rate = (b.get("rust_train_rate") or {}).get("tflops")
         print(f"| {b.get('size')} | {b.get('precision')} | {b.get('batch')} | {f('rust_ms_per_step')} | {f('pytorch_ms_per_step')} | {r('rust_over_pytorch')} | "
               f"{f('rust_ms_per_sample_step')} | {f('pytorch_ms_per_sample_step')} | {r('rust_over_pytorch_sampling')} | {rate if rate is None else round(rate, 1)} |")
+for path in sorted(out.glob("rank-bench-*.json")):
+    lines = [json.loads(l) for l in path.read_text().split("\n") if l.strip()]
+    if len(lines) == 2 and "ranks" in lines[1]:
+        plain, rank = lines
+        r = rank["ranks"]
+        print(f"\n{path.stem}: world of one over {r['backend']}: {rank['rust_ms_per_step']:.1f} ms a step against "
+              f"{plain['rust_ms_per_step']:.1f} plain; the all-reduce alone {r['all_reduce_ms']:.2f} ms")
 t = load("train-last.json")
 if t:
     print(f"\nMNIST training (bf16) reached step {t.get('step')} (loss {t.get('loss')}) in {t.get('seconds')} s of training")

@@ -5,8 +5,8 @@
 # - points the loader at the host's own torch/lib and nvidia/*/lib (bench's reference=yes), or
 #   keeps the libtorch the binaries were built with (reference=no);
 # - unpacks gpu-bundle/ (`make gpu-bundle`) into a scratch folder $work: $cdm, $work/gpu-tests,
-#   MNIST as the per-user cache the binary reads (XDG_CACHE_HOME), the bundle's system
-#   libraries where the host lacks them;
+#   the NCCL backend (CDM_NCCL_LIBRARY), MNIST as the per-user cache the binary reads
+#   (XDG_CACHE_HOME), the bundle's system libraries where the host lacks them;
 # - writes OUT/host.txt, OUT/nvidia-smi.txt, OUT/device.json, and runs the rest on the CPU
 #   (device=cpu, every limit ×4) where CUDA cannot be used or GPU_CHECK_DEVICE=cpu asks;
 # - defines log, left, unpack and stage (each stage time-boxed, its exit code and seconds in
@@ -87,6 +87,11 @@ mkdir -p "$work/cache/cdm/data"
 unpack "$bundle/mnist.tar.xz" "$work/mnist.tar" && tar -C "$work/cache/cdm/data" -xf "$work/mnist.tar" && rm "$work/mnist.tar"
 export XDG_CACHE_HOME=$work/cache
 cdm=$work/cdm
+if [ -f "$bundle/libcdm_nccl.so.xz" ]; then
+  unpack "$bundle/libcdm_nccl.so.xz" "$work/libcdm_nccl.so" && export CDM_NCCL_LIBRARY=$work/libcdm_nccl.so
+else
+  log "the bundle has no libcdm_nccl.so: ranks on the GPU use Gloo"
+fi
 log "bundle of commit $(cat "$bundle/commit" 2>/dev/null || echo unknown)"
 # Only for what the host lacks (LD_LIBRARY_PATH would put them before its own).
 if [ -f "$bundle/syslib.tar.xz" ] && ldd "$cdm" | grep -q "not found"; then

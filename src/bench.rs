@@ -453,7 +453,7 @@ pub fn run(plan: &Plan, device: Device, group: Option<&Arc<ProcessGroup>>) -> Re
     if let Some(group) = group {
         let all_reduce = time_all_reduce(group, plan, params, device)?;
         report["ranks"] = json!({
-            "world_size": group.world_size(), "backend": "gloo", "batch_per_rank": batch / group.world_size(),
+            "world_size": group.world_size(), "backend": format!("{:?}", group.backend()).to_lowercase(), "batch_per_rank": batch / group.world_size(),
             "all_reduce_ms": all_reduce, "all_reduce_share_of_step": all_reduce / rust_train,
         });
     }

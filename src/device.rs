@@ -157,6 +157,19 @@ fn dlopen(path: &Path, flags: c_int) -> std::result::Result<*mut c_void, String>
     }
 }
 
+/// The address of `symbol` in the library at `path`, loaded (once; later calls find it loaded)
+/// with its own symbols kept to itself; or the loader's reason why not.
+pub(crate) fn library_symbol(path: &Path, symbol: &CStr) -> std::result::Result<*mut c_void, String> {
+    let handle =
+        dlopen(path, libc::RTLD_NOW | libc::RTLD_LOCAL).map_err(|why| format!("loading {}: {why}", path.display()))?;
+    // SAFETY: a live handle and a C string.
+    let address = unsafe { libc::dlsym(handle, symbol.as_ptr()) };
+    match address.is_null() {
+        true => Err(format!("{} has no symbol {}", path.display(), symbol.to_string_lossy())),
+        false => Ok(address),
+    }
+}
+
 /// Name and memory of CUDA device 0 from the driver API (`libcuda.so.1`, already loaded once
 /// libtorch has counted the devices); libtorch itself does not expose them.
 fn driver_device_info() -> Option<(String, u64)> {

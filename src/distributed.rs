@@ -1,6 +1,7 @@
 //! Data parallelism on PyTorch's own collective engine, c10d: the `TCPStore` rendezvous and the
-//! Gloo process group that PyTorch's DistributedDataParallel uses on CPU hosts, reached through
-//! `csrc/distributed.cpp` (tch binds none of c10d).
+//! process groups that PyTorch's DistributedDataParallel uses, Gloo on CPU hosts and NCCL on
+//! GPUs, reached through `csrc/distributed.cpp` and, for NCCL, `csrc/nccl.cpp` (tch binds none of
+//! c10d).
 //!
 //! A job is `world_size` ranks, each a process. They meet at `MASTER_ADDR:MASTER_PORT`, where
 //! rank 0 serves the store: the variables torchrun and cluster schedulers set ([`Launch`]), or
@@ -137,13 +138,76 @@ impl Shard {
     }
 }
 
+/// Which of c10d's backends runs a job's collectives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Gloo, on CPU tensors: a GPU's tensors go through host copies.
+    Gloo,
+    /// NCCL, on this rank's GPU, from [`NCCL_LIBRARY`].
+    Nccl,
+}
+
+/// The library `scripts/build-nccl.sh` builds from `csrc/nccl.cpp`: looked for at
+/// `$CDM_NCCL_LIBRARY`, else beside the running binary.
+pub const NCCL_LIBRARY: &str = "libcdm_nccl.so";
+
+/// `cdm_nccl_backend` of `csrc/nccl.cpp`.
+type BackendFactory = unsafe extern "C" fn(*mut c_void, c_int, c_int, c_int, i64, *mut *mut c_char) -> *mut c_void;
+
+impl Backend {
+    /// NCCL for ranks on CUDA devices where its library loads, Gloo otherwise (saying why on
+    /// stderr when a GPU rank falls back); `CDM_DIST_BACKEND=gloo` or `nccl` insists on one.
+    pub fn for_device(device: Device) -> Result<Backend> {
+        let forced = std::env::var("CDM_DIST_BACKEND").ok();
+        match (forced.as_deref(), device) {
+            (Some("gloo"), _) => Ok(Backend::Gloo),
+            (Some("nccl"), Device::Cuda(_)) => nccl_factory().map(|_| Backend::Nccl).map_err(Error::Config),
+            (Some("nccl"), _) => {
+                Err(Error::Config("CDM_DIST_BACKEND=nccl needs ranks on CUDA devices (--device cuda)".into()))
+            }
+            (Some(other), _) => Err(Error::Config(format!(
+                "CDM_DIST_BACKEND is '{other}'; expected gloo or nccl (or unset: NCCL on GPUs, else Gloo)"
+            ))),
+            (None, Device::Cuda(_)) => Ok(match nccl_factory() {
+                Ok(_) => Backend::Nccl,
+                Err(why) => {
+                    tracing::warn!("collectives on Gloo through host copies: {why}");
+                    Backend::Gloo
+                }
+            }),
+            (None, _) => Ok(Backend::Gloo),
+        }
+    }
+}
+
+/// Loads [`NCCL_LIBRARY`] once per process (after libtorch_cuda, which it needs), or says why not.
+fn nccl_factory() -> std::result::Result<BackendFactory, String> {
+    static LOADED: std::sync::OnceLock<std::result::Result<usize, String>> = std::sync::OnceLock::new();
+    let address = LOADED.get_or_init(|| {
+        crate::device::load_cuda().map_err(|why| format!("NCCL needs libtorch_cuda: {why}"))?;
+        let path = match std::env::var_os("CDM_NCCL_LIBRARY") {
+            Some(path) => std::path::PathBuf::from(path),
+            None => std::env::current_exe()
+                .map_err(|e| format!("locating {NCCL_LIBRARY} beside the binary: {e}"))?
+                .with_file_name(NCCL_LIBRARY),
+        };
+        crate::device::library_symbol(&path, c"cdm_nccl_backend")
+            .map(|symbol| symbol as usize)
+            .map_err(|why| format!("{why} (scripts/build-nccl.sh builds it; CDM_NCCL_LIBRARY names it)"))
+    });
+    // SAFETY: the address of cdm_nccl_backend, whose C signature BackendFactory spells out.
+    address.clone().map(|a| unsafe { std::mem::transmute::<usize, BackendFactory>(a) })
+}
+
 extern "C" {
-    fn cdm_dist_new_gloo(
+    fn cdm_dist_new(
         master_addr: *const c_char,
         port: c_int,
         rank: c_int,
         world: c_int,
         timeout_ms: i64,
+        make_backend: Option<BackendFactory>,
+        device: c_int,
         error: *mut *mut c_char,
     ) -> *mut c_void;
     fn cdm_dist_all_reduce_sum(group: *mut c_void, tensor: *mut c_void) -> *mut c_char;
@@ -163,44 +227,65 @@ fn take_message(message: *mut c_char) -> Option<String> {
     })
 }
 
-/// This rank's membership of a job: a c10d Gloo process group.
+/// This rank's membership of a job: a c10d process group.
 pub struct ProcessGroup {
     raw: NonNull<c_void>,
     rank: usize,
     world_size: usize,
+    backend: Backend,
+    /// Where the backend's collectives take their tensors: the CPU for Gloo, the rank's GPU for
+    /// NCCL.
+    device: Device,
 }
 
 impl ProcessGroup {
-    /// Joins the job `launch` describes; waits up to `timeout` for every rank to arrive, and
-    /// each later collective as long for every rank to take part.
-    pub fn join(launch: &Launch, timeout: Duration) -> Result<Self> {
+    /// Joins the job `launch` describes, for a rank computing on `device` (its backend from
+    /// [`Backend::for_device`]); waits up to `timeout` for every rank to arrive, and each later
+    /// collective as long for every rank to take part.
+    pub fn join(launch: &Launch, device: Device, timeout: Duration) -> Result<Self> {
+        let backend = Backend::for_device(device)?;
         let addr = CString::new(launch.master_addr.as_str())
             .map_err(|_| launch_error("MASTER_ADDR", "holds a NUL byte", "a host name"))?;
+        let (make_backend, device) = match (backend, device) {
+            (Backend::Nccl, Device::Cuda(index)) => (Some(nccl_factory().map_err(Error::Config)?), Device::Cuda(index)),
+            _ => (None, Device::Cpu),
+        };
+        let index = match device {
+            Device::Cuda(index) => index as c_int,
+            _ => -1,
+        };
         let mut error = std::ptr::null_mut();
         // SAFETY: the strings outlive the call; the shim returns a group or sets `error`.
         let raw = unsafe {
-            cdm_dist_new_gloo(
+            cdm_dist_new(
                 addr.as_ptr(),
                 launch.master_port as c_int,
                 launch.rank as c_int,
                 launch.world_size as c_int,
                 timeout.as_millis().min(i64::MAX as u128) as i64,
+                make_backend,
+                index,
                 &mut error,
             )
         };
         let rank = launch.rank;
         match NonNull::new(raw) {
-            Some(raw) => Ok(ProcessGroup { raw, rank, world_size: launch.world_size }),
+            Some(raw) => Ok(ProcessGroup { raw, rank, world_size: launch.world_size, backend, device }),
             None => Err(Error::Distributed {
                 rank,
                 what: format!(
-                    "could not join the job at {}:{} ({})",
+                    "could not join the job at {}:{} over {backend:?} ({})",
                     launch.master_addr,
                     launch.master_port,
                     take_message(error).unwrap_or_default()
                 ),
             }),
         }
+    }
+
+    /// The backend the collectives run on.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     pub fn rank(&self) -> usize {
@@ -238,21 +323,22 @@ impl ProcessGroup {
         })
     }
 
-    /// Runs a collective on `tensor` in place. Gloo moves CPU memory: a tensor elsewhere (a
-    /// GPU's) goes through a CPU copy.
+    /// Runs a collective on `tensor` in place. A tensor on another device than the backend's
+    /// (a GPU's under Gloo, the CPU's under NCCL) goes through a copy on the backend's.
     fn in_place(
         &self,
         tensor: &Tensor,
         what: &str,
         collective: impl Fn(*mut c_void, *mut c_void) -> *mut c_char,
     ) -> Result<()> {
-        let mut handle = match tensor.device() {
-            Device::Cpu => tensor.shallow_clone(),
-            _ => tensor.to_device(Device::Cpu),
+        let elsewhere = tensor.device() != self.device;
+        let mut handle = match elsewhere {
+            false => tensor.shallow_clone(),
+            true => tensor.to_device(self.device),
         };
         let message = collective(self.raw.as_ptr(), handle.as_mut_ptr().cast());
         self.check(what, message)?;
-        if tensor.device() != Device::Cpu {
+        if elsewhere {
             tch::no_grad(|| tensor.shallow_clone().copy_(&handle));
         }
         Ok(())
@@ -305,7 +391,7 @@ impl ProcessGroup {
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
-        // SAFETY: created by cdm_dist_new_gloo, freed once.
+        // SAFETY: created by cdm_dist_new, freed once.
         unsafe { cdm_dist_free(self.raw.as_ptr()) }
     }
 }

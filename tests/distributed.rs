@@ -325,3 +325,36 @@ fn sample_ranks_share_the_window_and_draw_what_one_process_draws() {
         assert!(gap < 1e-5, "{name}: samples differ by {gap:e}");
     }
 }
+
+/// Which backend a rank takes: Gloo on the CPU, whatever `CDM_DIST_BACKEND` says, save that NCCL
+/// is refused there by name, as is an unknown backend. (NCCL itself needs a GPU: tests/gpu.rs.)
+#[test]
+fn the_backend_is_gloo_on_the_cpu_and_a_wrong_choice_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |backend: Option<&str>| {
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port();
+        let mut command = Command::new(CDM);
+        command
+            .args(["train", "--device", "cpu", "--data", "gmm2d", "--steps", "2", "--batch", "8", "--restart", "--out"])
+            .arg(dir.path().join("run"))
+            .envs([("RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"), ("OMP_NUM_THREADS", "1")])
+            .env("MASTER_PORT", port.to_string())
+            .env_remove("CDM_DIST_BACKEND");
+        if let Some(backend) = backend {
+            command.env("CDM_DIST_BACKEND", backend);
+        }
+        command.output().unwrap()
+    };
+    for backend in [None, Some("gloo")] {
+        let output = run(backend);
+        assert!(output.status.success(), "{backend:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    for (backend, expected) in [
+        ("nccl", "CDM_DIST_BACKEND=nccl needs ranks on CUDA devices"),
+        ("mpi", "CDM_DIST_BACKEND is 'mpi'; expected gloo or nccl"),
+    ] {
+        let output = run(Some(backend));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(expected), "{backend}: {stderr}");
+    }
+}

@@ -15,6 +15,7 @@ mod common;
 use std::path::Path;
 
 use cdm::checkpoint::{paths, TensorFile};
+use cdm::distributed::{Backend, Launch, ProcessGroup, Shard};
 use cdm::likelihood::log_prob_at_levels;
 use cdm::model::{Model, ModelConfig, ModelKind};
 use cdm::nets::{BackboneConfig, UnetConfig};
@@ -290,4 +291,32 @@ fn a_bf16_training_step_on_the_gpu_is_f32_on_the_cpu_within_bf16_tolerance() {
             &format!("{kind:?} grad norm bf16"),
         );
     }
+}
+
+/// A world of one over NCCL on the GPU (the backend of csrc/nccl.cpp, built by
+/// scripts/build-nccl.sh and found at `CDM_NCCL_LIBRARY` or beside the test binary): every
+/// collective that training, the shared evaluation and the split sampler use leaves its tensor
+/// as it was, on the GPU and from the CPU. With `CDM_GPU_TEST_DEVICE=cpu` the same runs on Gloo.
+#[test]
+#[ignore = "needs a GPU"]
+fn nccl_collectives_with_a_world_of_one() {
+    let device = gpu();
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port();
+    let launch = Launch { rank: 0, world_size: 1, local_rank: 0, master_addr: "127.0.0.1".into(), master_port: port };
+    let group = ProcessGroup::join(&launch, device, std::time::Duration::from_secs(120)).unwrap();
+    let expected = if device == Device::Cpu { Backend::Gloo } else { Backend::Nccl };
+    assert_eq!(group.backend(), expected);
+    for on in [device, Device::Cpu] {
+        let x = Tensor::randn([3, 1000], (Kind::Float, on));
+        let y = x.copy();
+        group.all_reduce_sum(&y).unwrap();
+        assert_eq!(relative_difference(&y, &x.to_device(Device::Cpu), "all-reduce"), 0.0);
+        group.broadcast(&y, 0).unwrap();
+        assert_eq!(relative_difference(&y, &x.to_device(Device::Cpu), "broadcast"), 0.0);
+        let whole = group.gather_rows(Shard::whole(3), Ok(Some(x.copy())), x.zeros_like()).unwrap();
+        assert_eq!(relative_difference(&whole, &x.to_device(Device::Cpu), "gathered rows"), 0.0);
+    }
+    group.barrier().unwrap();
+    assert!(group.any(true).unwrap() && !group.any(false).unwrap());
+    assert_eq!(group.broadcast_bytes(Some(b"config")).unwrap(), b"config");
 }

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use cdm::bench::{BenchSize, Plan};
-use cdm::distributed::{Launch, ProcessGroup, DEFAULT_TIMEOUT};
+use cdm::distributed::Launch;
 use cdm::train::Precision;
 
 use super::{check_count, DeviceArg};
@@ -64,11 +64,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if super::start_ranks(args.nproc, launch.as_ref(), false)? {
         return Ok(());
     }
-    let group = launch.as_ref().map(|l| ProcessGroup::join(l, DEFAULT_TIMEOUT).map(Arc::new)).transpose()?;
     let device = match &launch {
         Some(launch) => launch.device(args.device.device()?),
         None => args.device.device()?,
     };
+    let group = super::join(launch.as_ref(), Some(device))?.map(Arc::new);
     let plan = Plan {
         size: args.size,
         batch: args.batch,

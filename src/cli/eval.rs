@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use cdm::data::DATA_SPECS;
-use cdm::distributed::{Launch, ProcessGroup, DEFAULT_TIMEOUT};
+use cdm::distributed::Launch;
 use cdm::eval::{evaluate_in_job, Metric, Plan};
 use cdm::loss::ZetaPrior;
 use cdm::run_lock::RunLock;
@@ -74,14 +74,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if super::start_ranks(args.nproc, launch.as_ref(), false)? {
         return Ok(());
     }
-    let group = launch.as_ref().map(|l| ProcessGroup::join(l, DEFAULT_TIMEOUT)).transpose()?;
+    let device = launch.as_ref().map(|l| args.ckpt.device().map(|d| l.device(d))).transpose()?;
+    let group = super::join(launch.as_ref(), device)?;
     let writes = group.as_ref().is_none_or(|g| g.rank() == 0);
     // One writer per report folder, as per run folder; held until the report is written.
     let _lock = match writes {
         true => Some(RunLock::acquire(&args.out).with_context(|| format!("--out {}", args.out.display()))?),
         false => None,
     };
-    let device = launch.as_ref().map(|l| args.ckpt.device().map(|d| l.device(d))).transpose()?;
     let model = args.ckpt.load_on(device)?;
     let compare = args.compare.as_ref().map(|dir| args.ckpt.load_from(dir, device)).transpose()?;
     let shape = model.model.data_shape();

@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 
 use cdm::checkpoint::{load_model, LoadedModel};
 use cdm::data::{npy, Dataset, DATA_SPECS};
-use cdm::distributed::{Launch, ProcessGroup, DEFAULT_TIMEOUT};
+use cdm::distributed::Launch;
 use cdm::eval::{against_posterior_mean, posterior_mean_levels, score_points, Batches, PointsToScore};
 use cdm::likelihood::{bits_per_dim, Dequantization};
 use cdm::plot::{image_grid, interleaved_rows, rows_by_class};
@@ -261,10 +261,10 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     if super::start_ranks(args.nproc, launch.as_ref(), false)? {
         return Ok(());
     }
-    let group = launch.as_ref().map(|l| ProcessGroup::join(l, DEFAULT_TIMEOUT)).transpose()?;
+    let device = launch.as_ref().map(|l| args.ckpt.device().map(|d| l.device(d))).transpose()?;
+    let group = super::join(launch.as_ref(), device)?;
     // Rank 0 alone prints and writes; every rank draws the same samples in step.
     let writes = group.as_ref().is_none_or(|g| g.rank() == 0);
-    let device = launch.as_ref().map(|l| args.ckpt.device().map(|d| l.device(d))).transpose()?;
     let loaded = args.ckpt.load_on(device)?;
     check_count("--n", args.n, loaded.model.data_shape())?;
     let out = sample_out(&args.out, loaded.model.data_shape().len() == 3)?;

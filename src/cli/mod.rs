@@ -153,6 +153,17 @@ pub fn start_ranks(
     Ok(true)
 }
 
+/// This rank's process group, where a launcher's environment (`launch`) makes this process one
+/// rank of a job, for a rank computing on `device`; the collectives wait c10d's default time.
+pub fn join(
+    launch: Option<&cdm::distributed::Launch>,
+    device: Option<Device>,
+) -> Result<Option<cdm::distributed::ProcessGroup>> {
+    let Some(launch) = launch else { return Ok(None) };
+    let device = device.unwrap_or(Device::Cpu);
+    Ok(Some(cdm::distributed::ProcessGroup::join(launch, device, cdm::distributed::DEFAULT_TIMEOUT)?))
+}
+
 /// A spinner on stderr for work of unknown length (opening data, building a model).
 pub fn spinner(message: String) -> indicatif::ProgressBar {
     let spinner = indicatif::ProgressBar::new_spinner();

@@ -273,7 +273,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         bail!("--nproc {n} disagrees with the launcher's WORLD_SIZE={}", launch.world_size);
     }
     let timeout = Duration::from_secs_f64(args.dist_timeout);
-    let group = ProcessGroup::join(&launch, timeout)?;
+    let group = ProcessGroup::join(&launch, launch.device(device), timeout)?;
     // Rank 0 reads the saved run and opens (perhaps downloads) the data first; the others
     // follow from the cache it filled.
     let first = group.rank() == 0;
