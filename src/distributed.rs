@@ -232,9 +232,8 @@ pub struct ProcessGroup {
     raw: NonNull<c_void>,
     rank: usize,
     world_size: usize,
-    backend: Backend,
     /// Where the backend's collectives take their tensors: the CPU for Gloo, the rank's GPU for
-    /// NCCL.
+    /// NCCL (which is how [`ProcessGroup::backend`] tells them apart).
     device: Device,
 }
 
@@ -270,7 +269,7 @@ impl ProcessGroup {
         };
         let rank = launch.rank;
         match NonNull::new(raw) {
-            Some(raw) => Ok(ProcessGroup { raw, rank, world_size: launch.world_size, backend, device }),
+            Some(raw) => Ok(ProcessGroup { raw, rank, world_size: launch.world_size, device }),
             None => Err(Error::Distributed {
                 rank,
                 what: format!(
@@ -285,7 +284,10 @@ impl ProcessGroup {
 
     /// The backend the collectives run on.
     pub fn backend(&self) -> Backend {
-        self.backend
+        match self.device {
+            Device::Cpu => Backend::Gloo,
+            _ => Backend::Nccl,
+        }
     }
 
     pub fn rank(&self) -> usize {
