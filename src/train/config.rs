@@ -248,8 +248,8 @@ pub const EDGE_FOURIER: [i32; 6] = [0, 1, 2, 3, 4, 5];
 
 /// What a fresh run gets where neither a config file nor a flag says otherwise: per data kind,
 /// because the likelihood levers were measured to help a CDM on vector data (Fourier features
-/// only where the density has hard edges) and are not yet measured on images (docs/results.md
-/// §15). Runs already saved keep their own settings, and a field missing
+/// only where the density has hard edges) and to cost samples on images, where `low_levels`
+/// starves the middle of 1000 levels (docs/results.md §15). Runs already saved keep their own settings, and a field missing
 /// from an old `config.json` reads as the old default (levers off, T = 1000).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DataDefaults {
