@@ -1,7 +1,7 @@
-// c10d's NCCL process group for Rust, in a shared library of its own (libcdm_nccl.so) because
+// c10d's NCCL process group for Rust, in a shared library of its own (libcdm_cuda.so) because
 // ProcessGroupNCCL lives in libtorch_cuda, which the binary loads only on GPU hosts
 // (src/device.rs), and because its header needs the CUDA toolkit's headers and nccl.h, which a
-// CPU build host need not have. scripts/build-nccl.sh compiles it; src/distributed.rs loads it
+// CPU build host need not have. scripts/build-cuda.sh compiles it; src/distributed.rs loads it
 // after libtorch_cuda and hands the backend it makes to csrc/distributed.cpp, which runs the
 // collectives through c10d's common Backend interface, as it does Gloo's.
 #define USE_C10D_NCCL

@@ -4,7 +4,7 @@
 # tracked files included). Builds here, then compresses:
 #   cdm.xz        the release binary (stripped)
 #   gpu-tests.xz  tests/gpu.rs, built as a test binary (its tests are #[ignore]d: run with --ignored)
-#   libcdm_nccl.so.xz  c10d's NCCL backend (scripts/build-nccl.sh), for ranks on GPUs; left out,
+#   libcdm_cuda.so.xz  c10d's NCCL backend and CUDA graphs (scripts/build-cuda.sh); left out,
 #                 with a warning, where its headers cannot be fetched (ranks then use Gloo)
 #   mnist.tar.xz  MNIST as cached under ~/.cache/cdm/data (fetched first if missing)
 #   cifar10-batch1.bin.xz  the first CIFAR-10 training batch (10 000 images, official layout;
@@ -48,10 +48,10 @@ mkdir -p "$out"
 strip -o "$out/cdm" target/release/cdm
 strip -o "$out/gpu-tests" "$tests"
 xz -9 -T2 "$out/cdm" "$out/gpu-tests"
-if bash scripts/build-nccl.sh "$out/libcdm_nccl.so"; then
-  xz -9 "$out/libcdm_nccl.so"
+if bash scripts/build-cuda.sh "$out/libcdm_cuda.so"; then
+  xz -9 "$out/libcdm_cuda.so"
 else
-  echo "gpu-bundle: no NCCL backend in the bundle (scripts/build-nccl.sh failed): GPU ranks will use Gloo" >&2
+  echo "gpu-bundle: no CUDA extension in the bundle (scripts/build-cuda.sh failed): GPU ranks will use Gloo, and no CUDA graphs" >&2
 fi
 tar -C "$data" -cf - mnist | xz -9 -T2 > "$out/mnist.tar.xz"
 xz -6 -T2 -c "$cifar" > "$out/cifar10-batch1.bin.xz"

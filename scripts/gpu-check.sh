@@ -9,7 +9,8 @@
 #   gpu-tests.txt             tests/gpu.rs: GPU against CPU, with tolerances
 #   bench-SIZE-PREC.json      `cdm bench` against bench/reference.py on the same device, for the
 #                             CIFAR-10 CDM and DDM in bf16 and f32 and the tiny UNet's CDM in
-#                             bf16: times, FLOPs, TFLOP/s (f32 after the training)
+#                             bf16: times, FLOPs, TFLOP/s (f32 after the training), the
+#                             sampling step also replayed from a CUDA graph
 #   rank-bench-SIZE.json      the CIFAR-10 benches (bf16, Rust only) plain, then as the one rank
 #                             of a launcher's job: collectives on NCCL (Gloo where it could not
 #                             be loaded), the step with its all-reduce and the all-reduce alone
@@ -20,7 +21,8 @@
 #   nll-PREC.json, denoising-PREC/  the trained weights scored in f32 and in bf16: test-set
 #                             bits/dim (uniform dequantization), the denoising MSE per level
 #   parallel-*.json           parallel sampling of the trained weights against sequential:
-#                             DDPM-1000 (p = 48) and DDIM-50 (p = 50, 16), one sample and 16;
+#                             DDPM-1000 (p = 48) and DDIM-50 (p = 50, 16), one sample and 16,
+#                             and one sample of each with the calls replayed from CUDA graphs;
 #                             iterations, evaluations, one iteration against its window's
 #                             network call replayed alone, the speed-up by the clock
 #   stages.txt, check.log     each stage's exit code and seconds; summary.md, the figures
@@ -107,14 +109,16 @@ if [ -f "$run/checkpoint.safetensors" ]; then
   # Parallel sampling's latency: each case (sampler, steps, window, samples) against the
   # sequential run with the same noise, one iteration against its windows' network calls
   # replayed alone (`latency` in parallel-*.json).
-  cases=("ddpm 1000 48 1" "ddpm 1000 48 16" "ddim 50 50 1" "ddim 50 16 1" "ddim 50 16 16")
-  [ "$device" = cpu ] && cases=("ddpm 20 8 1" "ddim 10 4 1")
+  # A case ending in "graphs" replays the network calls, sequential and parallel, from CUDA graphs.
+  cases=("ddpm 1000 48 1" "ddpm 1000 48 1 graphs" "ddpm 1000 48 16" "ddim 50 50 1" "ddim 50 16 1"
+    "ddim 50 16 1 graphs" "ddim 50 16 16")
+  [ "$device" = cpu ] && cases=("ddpm 20 8 1" "ddim 10 4 1" "ddim 10 4 1 graphs")
   for case in "${cases[@]}"; do
-    read -r sampler steps window n <<< "$case"
-    name=parallel-$sampler$steps-p$window-n$n
+    read -r sampler steps window n graphs <<< "$case"
+    name=parallel-$sampler$steps-p$window-n$n${graphs:+-$graphs}
     stage "$name" 40 125 "$cdm" sample --ckpt "$run" --n "$n" --sampler "$sampler" --steps "$steps" \
       --parallel "$window" --tol 0.1 --clip-x0 1 --seed 2 --compare-sequential --json --device "$device" \
-      --out "$work/$name.npy" && cp "$out/$name.out" "$out/$name.json"
+      ${graphs:+--cuda-graphs} --out "$work/$name.npy" && cp "$out/$name.out" "$out/$name.json"
   done
 else
   log "no checkpoint yet: no bits/dim or samples"
@@ -135,7 +139,7 @@ stages = (out / "stages.txt").read_text().split("\n")
 print("\n| stage | exit | seconds |\n|---|---|---|")
 for line in filter(None, stages):
     print("| " + " | ".join(line.split()) + " |")
-print("\n| bench | precision | batch | rust train ms | pytorch train ms | ratio | rust sample ms | pytorch sample ms | ratio | rust train TFLOP/s |\n|---|---|---|---|---|---|---|---|---|---|")
+print("\n| bench | precision | batch | rust train ms | pytorch train ms | ratio | rust sample ms | from a CUDA graph | pytorch sample ms | ratio | rust train TFLOP/s |\n|---|---|---|---|---|---|---|---|---|---|---|")
 for path in sorted(out.glob("bench-*.json")):
     b = load(path.name)
     if b:
@@ -143,7 +147,7 @@ for path in sorted(out.glob("bench-*.json")):
         r = lambda k: f"{b[k]:.2f}" if isinstance(b.get(k), (int, float)) else "-"
         rate = (b.get("rust_train_rate") or {}).get("tflops")
         print(f"| {b.get('size')} | {b.get('precision')} | {b.get('batch')} | {f('rust_ms_per_step')} | {f('pytorch_ms_per_step')} | {r('rust_over_pytorch')} | "
-              f"{f('rust_ms_per_sample_step')} | {f('pytorch_ms_per_sample_step')} | {r('rust_over_pytorch_sampling')} | {rate if rate is None else round(rate, 1)} |")
+              f"{f('rust_ms_per_sample_step')} | {f('rust_ms_per_sample_step_cuda_graph')} | {f('pytorch_ms_per_sample_step')} | {r('rust_over_pytorch_sampling')} | {rate if rate is None else round(rate, 1)} |")
 for path in sorted(out.glob("rank-bench-*.json")):
     lines = [json.loads(l) for l in path.read_text().split("\n") if l.strip()]
     if len(lines) == 2 and "ranks" in lines[1]:

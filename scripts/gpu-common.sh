@@ -5,7 +5,7 @@
 # - points the loader at the host's own torch/lib and nvidia/*/lib (bench's reference=yes), or
 #   keeps the libtorch the binaries were built with (reference=no);
 # - unpacks gpu-bundle/ (`make gpu-bundle`) into a scratch folder $work: $cdm, $work/gpu-tests,
-#   the NCCL backend (CDM_NCCL_LIBRARY), MNIST as the per-user cache the binary reads
+#   the CUDA extension library (CDM_CUDA_LIBRARY: NCCL, CUDA graphs), MNIST as the per-user cache the binary reads
 #   (XDG_CACHE_HOME), the bundle's system libraries where the host lacks them;
 # - writes OUT/host.txt, OUT/nvidia-smi.txt, OUT/device.json, and runs the rest on the CPU
 #   (device=cpu, every limit ×4) where CUDA cannot be used or GPU_CHECK_DEVICE=cpu asks;
@@ -87,10 +87,10 @@ mkdir -p "$work/cache/cdm/data"
 unpack "$bundle/mnist.tar.xz" "$work/mnist.tar" && tar -C "$work/cache/cdm/data" -xf "$work/mnist.tar" && rm "$work/mnist.tar"
 export XDG_CACHE_HOME=$work/cache
 cdm=$work/cdm
-if [ -f "$bundle/libcdm_nccl.so.xz" ]; then
-  unpack "$bundle/libcdm_nccl.so.xz" "$work/libcdm_nccl.so" && export CDM_NCCL_LIBRARY=$work/libcdm_nccl.so
+if [ -f "$bundle/libcdm_cuda.so.xz" ]; then
+  unpack "$bundle/libcdm_cuda.so.xz" "$work/libcdm_cuda.so" && export CDM_CUDA_LIBRARY=$work/libcdm_cuda.so
 else
-  log "the bundle has no libcdm_nccl.so: ranks on the GPU use Gloo"
+  log "the bundle has no libcdm_cuda.so: ranks on the GPU use Gloo, and no call is replayed from a CUDA graph"
 fi
 log "bundle of commit $(cat "$bundle/commit" 2>/dev/null || echo unknown)"
 # Only for what the host lacks (LD_LIBRARY_PATH would put them before its own).

@@ -24,12 +24,23 @@ pub struct Batches<'a> {
     /// Ranks of a job that share each network call of a sampler (each computes whole window
     /// slots of it, the results gathered): every rank runs the same sampler in step.
     pub group: Option<&'a ProcessGroup>,
+    /// Samplers replay their network calls from CUDA graphs on a CUDA device
+    /// ([`crate::cuda_graph::GraphedModel`]).
+    pub graphs: bool,
 }
 
 impl<'a> Batches<'a> {
     /// Chunks of `batch_size` for weights of `options` = (kind, device), without progress.
     pub fn new(batch_size: usize, options: (Kind, Device)) -> Self {
-        Batches { batch_size, kind: options.0, device: options.1, progress: None, first_row: 0, group: None }
+        Batches {
+            batch_size,
+            kind: options.0,
+            device: options.1,
+            progress: None,
+            first_row: 0,
+            group: None,
+            graphs: false,
+        }
     }
 
     /// Runs `f(chunk, start)` over chunks of `x` ([N, ..], N ≥ 1) and concatenates its results

@@ -20,11 +20,13 @@ use std::time::Instant;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
+use crate::cuda_graph::{GraphedModel, EAGER_CALLS};
 use crate::data::{check_held, Dataset};
 use crate::distributed::{ProcessGroup, Shard};
 use crate::loss::LossWeights;
 use crate::model::{Model, ModelConfig, ModelKind};
 use crate::nets::{BackboneConfig, ConvNetConfig, Head, MlpConfig, UnetConfig};
+use crate::predictor::LabelledPredictor;
 use crate::rng::Rng;
 use crate::run_lock::RunLock;
 use crate::schedule::{Schedule, ScheduleConfig};
@@ -250,7 +252,19 @@ fn time_phases(trainer: &mut Trainer, config: &RunConfig, steps: u64, device: De
 /// Rust's timings: median milliseconds of a training step and a sampling step, each waited
 /// for; and the mean of a training step in a run of `steps` that reads nothing back but at its
 /// end (the steps queue on a GPU as in a real run).
-fn time_rust(plan: &Plan, device: Device, group: Option<&Arc<ProcessGroup>>) -> Result<(Timing, f64, Option<Phases>)> {
+/// What one run of the Rust side measures.
+struct RustRun {
+    /// Median milliseconds of a training and a sampling step, each waited for.
+    timing: Timing,
+    /// Milliseconds per training step when steps are queued back to back.
+    queued: f64,
+    phases: Option<Phases>,
+    /// Median milliseconds of the sampling step replayed from a CUDA graph (CUDA only; none
+    /// when the capture failed, which the log says).
+    graphed_sample: Option<f64>,
+}
+
+fn time_rust(plan: &Plan, device: Device, group: Option<&Arc<ProcessGroup>>) -> Result<RustRun> {
     let (size, steps) = (plan.size, plan.steps);
     let config = run_config_in(size, plan.batch, plan.precision);
     check_held("batch", config.train.batch_size, &config.model.data_shape)?;
@@ -274,16 +288,31 @@ fn time_rust(plan: &Plan, device: Device, group: Option<&Arc<ProcessGroup>>) -> 
     let shape = [&[config.train.batch_size as i64][..], &config.model.data_shape].concat();
     let x = Rng::new(0).normal(&shape, config.train.precision.kind()).to_device(device);
     let level = Tensor::full([shape[0]], 500, (Kind::Int64, device));
-    let mut sample = Vec::new();
-    for _ in 0..steps {
-        let start = Instant::now();
-        let eps = tch::no_grad(|| trainer.model().eps(&x, &level, None))?;
-        eps.sum(Kind::Double).double_value(&[]);
-        sample.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    let phases = plan.profile.then(|| time_phases(&mut trainer, &config, steps, device)).transpose();
+    let time_sampling = |net: &dyn LabelledPredictor| -> Result<f64> {
+        let mut sample = Vec::new();
+        for _ in 0..steps {
+            let start = Instant::now();
+            let eps = tch::no_grad(|| net.eps_given(&x, &level, None))?;
+            eps.sum(Kind::Double).double_value(&[]);
+            sample.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(median(sample))
+    };
+    let sample = time_sampling(trainer.model())?;
+    let graphed_sample = match device.is_cuda() {
+        true => {
+            let graphed = GraphedModel::new(trainer.model(), device);
+            for _ in 0..=EAGER_CALLS {
+                let _ = tch::no_grad(|| graphed.eps_given(&x, &level, None))?;
+            }
+            let ms = time_sampling(&graphed)?;
+            (graphed.graphs() > 0).then_some(ms)
+        }
+        false => None,
+    };
+    let phases = plan.profile.then(|| time_phases(&mut trainer, &config, steps, device)).transpose()?;
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(((median(train), median(sample)), queued, phases?))
+    Ok(RustRun { timing: (median(train), sample), queued, phases, graphed_sample })
 }
 
 /// What one run of `bench/reference.py` reports.
@@ -362,17 +391,18 @@ pub fn run(plan: &Plan, device: Device, group: Option<&Arc<ProcessGroup>>) -> Re
     let speaks = group.is_none_or(|g| g.rank() == 0);
     let (mut rust, mut queued, mut torch, mut best) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut reference = None;
-    let mut phases = Vec::new();
+    let (mut phases, mut graphed) = (Vec::new(), Vec::new());
     for round in 0..plan.rounds.max(1) {
         // Odd rounds run PyTorch first, so that whatever the first run of a round meets (a
         // cold cache, a clock not yet boosted) falls on both sides alike.
         let rust_first = round % 2 == 0;
         for rust_turn in [rust_first, !rust_first] {
             if rust_turn {
-                let (timing, pipelined, round_phases) = time_rust(plan, device, group)?;
-                rust.push(timing);
-                queued.push(pipelined);
-                phases.extend(round_phases);
+                let run = time_rust(plan, device, group)?;
+                rust.push(run.timing);
+                queued.push(run.queued);
+                phases.extend(run.phases);
+                graphed.extend(run.graphed_sample);
             } else if plan.reference {
                 let run = time_reference(plan, device)?;
                 torch.push(run.timing);
@@ -415,6 +445,11 @@ pub fn run(plan: &Plan, device: Device, group: Option<&Arc<ProcessGroup>>) -> Re
         "rust_train_rate_queued": rate(train_flops, median(queued)),
         "rust_sample_rate": rate(sample_flops, rust_sample),
     });
+    if device.is_cuda() {
+        let graphed = (!graphed.is_empty()).then(|| median(graphed.clone()));
+        report["rust_ms_per_sample_step_cuda_graph"] = json!(graphed);
+        report["rust_sample_rate_cuda_graph"] = json!(graphed.map(|ms| rate(sample_flops, ms)));
+    }
     if !phases.is_empty() {
         let part = |f: fn(&Phases) -> f64| median(phases.iter().map(f).collect());
         let (forward, input_gradient, loss_backward, step) =

@@ -20,6 +20,11 @@ pub const CUDA_LIBRARY: &str = "libtorch_cuda.so";
 /// The libtorch library every binary links; [`CUDA_LIBRARY`] is looked for beside it.
 pub const CPU_LIBRARY: &str = "libtorch_cpu.so";
 
+/// What `cdm` uses of libtorch_cuda beyond its kernels, built by `scripts/build-cuda.sh` from
+/// `csrc/nccl.cpp` (c10d's NCCL backend) and `csrc/cuda_graph.cpp` (CUDA graphs): looked for at
+/// `$CDM_CUDA_LIBRARY`, else beside the running binary.
+pub const EXTENSION_LIBRARY: &str = "libcdm_cuda.so";
+
 /// Which device a command asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -168,6 +173,33 @@ pub(crate) fn library_symbol(path: &Path, symbol: &CStr) -> std::result::Result<
         true => Err(format!("{} has no symbol {}", path.display(), symbol.to_string_lossy())),
         false => Ok(address),
     }
+}
+
+/// The address of `symbol` in [`EXTENSION_LIBRARY`], loaded after libtorch_cuda (which it
+/// needs); or why not, saying how to get it.
+pub(crate) fn extension_symbol(symbol: &CStr) -> std::result::Result<*mut c_void, String> {
+    load_cuda().map_err(|why| format!("{EXTENSION_LIBRARY} needs libtorch_cuda: {why}"))?;
+    let path = match std::env::var_os("CDM_CUDA_LIBRARY") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::current_exe()
+            .map_err(|e| format!("locating {EXTENSION_LIBRARY} beside the binary: {e}"))?
+            .with_file_name(EXTENSION_LIBRARY),
+    };
+    library_symbol(&path, symbol)
+        .map_err(|why| format!("{why} (scripts/build-cuda.sh builds it; CDM_CUDA_LIBRARY names it)"))
+}
+
+/// A message a C++ shim allocated with strdup (null: none), taken and freed.
+pub(crate) fn take_message(message: *mut c_char) -> Option<String> {
+    extern "C" {
+        fn cdm_free_error(message: *mut c_char);
+    }
+    (!message.is_null()).then(|| {
+        // SAFETY: a NUL-terminated string from strdup, freed once, here.
+        let text = unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned();
+        unsafe { cdm_free_error(message) };
+        text
+    })
 }
 
 /// Name and memory of CUDA device 0 from the driver API (`libcuda.so.1`, already loaded once

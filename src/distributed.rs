@@ -7,7 +7,7 @@
 //! rank 0 serves the store: the variables torchrun and cluster schedulers set ([`Launch`]), or
 //! that [`spawn_local`] sets for ranks on this host. Each rank trains on its [`Shard`] of the
 //! global batch; the gradients are summed over ranks, so every rank takes the same step.
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CString};
 use std::ops::Range;
 use std::process::{Child, Command};
 use std::ptr::NonNull;
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::device::take_message;
 use crate::{Error, Result};
 
 /// How long a collective (or the rendezvous) waits for a rank that does not come: one that has
@@ -143,13 +144,9 @@ impl Shard {
 pub enum Backend {
     /// Gloo, on CPU tensors: a GPU's tensors go through host copies.
     Gloo,
-    /// NCCL, on this rank's GPU, from [`NCCL_LIBRARY`].
+    /// NCCL, on this rank's GPU, from [`crate::device::EXTENSION_LIBRARY`].
     Nccl,
 }
-
-/// The library `scripts/build-nccl.sh` builds from `csrc/nccl.cpp`: looked for at
-/// `$CDM_NCCL_LIBRARY`, else beside the running binary.
-pub const NCCL_LIBRARY: &str = "libcdm_nccl.so";
 
 /// `cdm_nccl_backend` of `csrc/nccl.cpp`.
 type BackendFactory = unsafe extern "C" fn(*mut c_void, c_int, c_int, c_int, i64, *mut *mut c_char) -> *mut c_void;
@@ -180,21 +177,11 @@ impl Backend {
     }
 }
 
-/// Loads [`NCCL_LIBRARY`] once per process (after libtorch_cuda, which it needs), or says why not.
+/// `cdm_nccl_backend` of the CUDA extension library, loaded once per process, or why not.
 fn nccl_factory() -> std::result::Result<BackendFactory, String> {
     static LOADED: std::sync::OnceLock<std::result::Result<usize, String>> = std::sync::OnceLock::new();
-    let address = LOADED.get_or_init(|| {
-        crate::device::load_cuda().map_err(|why| format!("NCCL needs libtorch_cuda: {why}"))?;
-        let path = match std::env::var_os("CDM_NCCL_LIBRARY") {
-            Some(path) => std::path::PathBuf::from(path),
-            None => std::env::current_exe()
-                .map_err(|e| format!("locating {NCCL_LIBRARY} beside the binary: {e}"))?
-                .with_file_name(NCCL_LIBRARY),
-        };
-        crate::device::library_symbol(&path, c"cdm_nccl_backend")
-            .map(|symbol| symbol as usize)
-            .map_err(|why| format!("{why} (scripts/build-nccl.sh builds it; CDM_NCCL_LIBRARY names it)"))
-    });
+    let address =
+        LOADED.get_or_init(|| crate::device::extension_symbol(c"cdm_nccl_backend").map(|symbol| symbol as usize));
     // SAFETY: the address of cdm_nccl_backend, whose C signature BackendFactory spells out.
     address.clone().map(|a| unsafe { std::mem::transmute::<usize, BackendFactory>(a) })
 }
@@ -214,17 +201,6 @@ extern "C" {
     fn cdm_dist_broadcast(group: *mut c_void, tensor: *mut c_void, root: c_int) -> *mut c_char;
     fn cdm_dist_barrier(group: *mut c_void) -> *mut c_char;
     fn cdm_dist_free(group: *mut c_void);
-    fn cdm_free_error(message: *mut c_char);
-}
-
-/// Takes a message the shim allocated.
-fn take_message(message: *mut c_char) -> Option<String> {
-    (!message.is_null()).then(|| {
-        // SAFETY: a NUL-terminated string from strdup, freed once, here.
-        let text = unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned();
-        unsafe { cdm_free_error(message) };
-        text
-    })
 }
 
 /// This rank's membership of a job: a c10d process group.

@@ -23,7 +23,7 @@
 //! `predictor` (the one trait samplers use), `loss`, `likelihood`, `batches` (points through a model in chunks), `eval` (what `cdm eval` reports, as a typed `Report`), `sample` (DDPM, DDIM,
 //! DPM-Solver, guidance, parallel sampling), `train` (and `train::resolve`, a run's settings), `optim` (flat Adam and EMA), `precision` (f32, f64, bf16 autocast), `config_file` (`cdm train --config`), `checkpoint` (and loading a trained run), `run_lock` (one writer per run folder), `signals` (Ctrl-C and SIGTERM stop training at a checkpoint), `data` (files, images, known densities), `metrics`
 //! (AUROC, confusion matrix, FID, MMD), `cache` (downloads kept per user), `plot` (and the figures of `cdm plot`), `bench` (what `cdm bench` times), `device` (CPU or a
-//! GPU, loading libtorch's CUDA backend at run time), `distributed` (data-parallel ranks on c10d).
+//! GPU, loading libtorch's CUDA backend at run time), `cuda_graph` (network calls replayed as CUDA graphs), `distributed` (data-parallel ranks on c10d).
 pub mod base;
 pub mod batches;
 pub mod bench;
@@ -31,6 +31,7 @@ pub mod cache;
 pub mod checkpoint;
 pub mod classifier;
 pub mod config_file;
+pub mod cuda_graph;
 pub mod data;
 pub mod denoiser;
 pub mod device;

@@ -9,11 +9,12 @@
 //! [`crate::denoiser`] cast the backbone's output back to the input's kind, so the cumsum head,
 //! F, ε̂, the losses and the likelihood read-out are f32, and so is the CDM's input gradient
 //! (autograd casts it back through the cast). docs/results.md §11 has the measurements.
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int};
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind};
 
+use crate::device::take_message;
 use crate::{Error, Result};
 
 /// Floating-point precision of weights, data and compute.
@@ -59,7 +60,6 @@ extern "C" {
     fn cdm_autocast_enabled(device_type: c_int) -> c_int;
     fn cdm_set_tf32_matmul(allow: c_int);
     fn cdm_tf32_matmul() -> c_int;
-    fn cdm_free_error(message: *mut c_char);
 }
 
 /// c10::DeviceType of a device.
@@ -101,9 +101,7 @@ impl Autocast {
         // SAFETY: the shim writes the two out-parameters before returning, and returns null or
         // a string it allocated, freed here.
         let error = unsafe { cdm_autocast_enter(device_type, dtype, &mut was_enabled, &mut was_dtype) };
-        if !error.is_null() {
-            let message = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
-            unsafe { cdm_free_error(error) };
+        if let Some(message) = take_message(error) {
             return Err(Error::Config(format!("autocast to {kind:?} on {device:?}: {message}")));
         }
         Ok(Autocast { device_type, was_enabled, was_dtype, _not_send: std::marker::PhantomData })

@@ -127,9 +127,10 @@ fn eval_writes_every_section_of_the_report() {
         for (k, (name, run)) in [("cdm", &cdm_run), ("ddm", &ddm_run)].into_iter().enumerate() {
             let batches = Batches::new(1024, run.options());
             let mse = denoising_mse(&run.model, &x, t, &eps, &batches).unwrap();
-            // float32 weights: the binary runs on one thread, this test on several.
+            // float32 weights: the binary runs on one thread, this test on several, so sums
+            // are reordered; f32 rounding (1e-7) bounds the difference, a wrong noise would not.
             let reported = number(&row["mse"][k]);
-            assert!((reported - mse).abs() <= 1e-9 * mse, "{name} at level {t}: {row} against {mse}");
+            assert!((reported - mse).abs() <= 1e-7 * mse, "{name} at level {t}: {row} against {mse}");
         }
     }
     // Classifier: the library's metrics for the same points and the seed's stream.

@@ -294,7 +294,7 @@ fn a_bf16_training_step_on_the_gpu_is_f32_on_the_cpu_within_bf16_tolerance() {
 }
 
 /// A world of one over NCCL on the GPU (the backend of csrc/nccl.cpp, built by
-/// scripts/build-nccl.sh and found at `CDM_NCCL_LIBRARY` or beside the test binary): every
+/// scripts/build-cuda.sh and found at `CDM_CUDA_LIBRARY` or beside the test binary): every
 /// collective that training, the shared evaluation and the split sampler use leaves its tensor
 /// as it was, on the GPU and from the CPU. With `CDM_GPU_TEST_DEVICE=cpu` the same runs on Gloo.
 #[test]
@@ -319,4 +319,52 @@ fn nccl_collectives_with_a_world_of_one() {
     group.barrier().unwrap();
     assert!(group.any(true).unwrap() && !group.any(false).unwrap());
     assert_eq!(group.broadcast_bytes(Some(b"config")).unwrap(), b"config");
+}
+
+/// Network calls replayed from CUDA graphs (`GraphedModel`, csrc/cuda_graph.cpp) give what the
+/// plain calls give, call after call with new inputs (a replay reads the captured call's input
+/// buffers, so a stale copy would show), for both kinds in f64 and in bf16; and a whole guided,
+/// parallel DDIM run through `draw` with `graphs` on gives the samples it gives without them.
+/// The same kernels run in the same order, so only kernels that sum in a varying order (atomics
+/// in some of cuDNN's backward passes) could differ: f64's tolerance, and in bf16 a fifth of
+/// bf16's, far below the O(1) gap that a stale input would leave. With `CDM_GPU_TEST_DEVICE=cpu` every call
+/// runs as it is and only the comparison's own code is checked.
+#[test]
+#[ignore = "needs a GPU"]
+fn cuda_graph_replays_match_the_plain_calls() {
+    use cdm::batches::Batches;
+    use cdm::cuda_graph::{GraphedModel, EAGER_CALLS};
+    use cdm::predictor::LabelledPredictor;
+    use cdm::sample::{draw, ParallelOptions, SampleOptions};
+    let device = gpu();
+    for kind in [ModelKind::Cdm, ModelKind::Ddm] {
+        for precision in [Precision::F64, Precision::Bf16] {
+            let weights = if precision == Precision::F64 { Kind::Double } else { Kind::Float };
+            let [_, (_vs, mut model)] = model_pair(kind, weights, device);
+            model.set_precision(precision);
+            let graphed = GraphedModel::new(&model, device);
+            for call in 0..EAGER_CALLS as u64 + 3 {
+                let x = Rng::new(20 + call).normal(&[4, 1, 16, 16], weights).to_device(device);
+                let t = Tensor::from_slice(&[1i64, 30, 500, 999]).roll([call as i64], [0]).to_device(device);
+                let labels = Tensor::from_slice(&[0i64, 10, 4, 7]).roll([call as i64], [0]).to_device(device);
+                let replayed = graphed.eps_given(&x, &t, Some(&labels)).unwrap();
+                let plain = model.eps(&x, &t, Some(&labels)).unwrap();
+                let what = format!("{kind:?} {precision:?} call {call}");
+                let tol = if precision == Precision::F64 { F64_TOLERANCE } else { BF16_TOLERANCE / 5.0 };
+                assert_equivalent(&replayed, &plain.to_device(Device::Cpu), tol, &what);
+            }
+            assert_eq!(graphed.graphs(), usize::from(device.is_cuda()), "{kind:?} {precision:?}: graphs captured");
+        }
+        let [_, (_vs, model)] = model_pair(kind, Kind::Double, device);
+        let opts = SampleOptions {
+            steps: 10,
+            guidance: 1.0,
+            parallel: Some(ParallelOptions { window: 4, ..ParallelOptions::default() }),
+            ..SampleOptions::ddim(10)
+        };
+        let plain = Batches::new(3, (Kind::Double, device));
+        let samples = |batches: &Batches| draw(&model, 5, &opts, batches).unwrap().x;
+        let what = format!("{kind:?} guided parallel DDIM-10, 5 samples in batches of 3");
+        assert_equivalent(&samples(&Batches { graphs: true, ..plain }), &samples(&plain), F64_TOLERANCE, &what);
+    }
 }

@@ -216,6 +216,12 @@ pub struct SampleArgs {
     /// how far apart their samples are.
     #[arg(long, requires = "parallel")]
     compare_sequential: bool,
+    /// On a CUDA device, replay each network call from a CUDA graph once its input shape has
+    /// run twice as it is: one launch instead of one per kernel, for models whose calls the
+    /// host's launches bound. Needs the CUDA extension library (scripts/build-cuda.sh); without
+    /// it, or if a capture fails, it says so and runs as without.
+    #[arg(long)]
+    cuda_graphs: bool,
     /// Print what the run cost as one JSON object.
     #[arg(long)]
     json: bool,
@@ -278,7 +284,8 @@ pub fn sample(args: SampleArgs) -> Result<()> {
         _ => None,
     };
     let start = init.as_ref().map(|(_, start)| start);
-    let batches = Batches { group: group.as_ref(), ..Batches::new(args.ckpt.batch, loaded.options()) };
+    let batches =
+        Batches { group: group.as_ref(), graphs: args.cuda_graphs, ..Batches::new(args.ckpt.batch, loaded.options()) };
     if args.compare_sequential {
         // One step for one sample first, so neither timed run pays libtorch's warm-up.
         let warm_up = SampleOptions { steps: 1, ..opts.sequential() };

@@ -8,10 +8,11 @@ use tch::{Device, Kind, Tensor};
 
 use super::{parallel, sequential, ClipX0, GuidedPair, Noise, ParallelOptions, SamplerKind, Step, StepTable};
 use crate::batches::Batches;
+use crate::cuda_graph::GraphedModel;
 use crate::data::Dataset;
 use crate::distributed::{ProcessGroup, Shard};
 use crate::model::Model;
-use crate::predictor::{Conditioned, NoisePredictor};
+use crate::predictor::{Conditioned, LabelledPredictor, NoisePredictor};
 use crate::schedule::levels_like;
 use crate::{Error, Result};
 
@@ -215,8 +216,8 @@ fn labels_for(
 /// guidance when it has a weight, its x̂0 clipped when asked. One type, so that the sampler and
 /// [`time_window`] evaluate the same thing.
 struct Predictor<'a> {
-    conditional: Conditioned<'a, Model>,
-    guided: Option<GuidedPair<'a, Model>>,
+    conditional: Conditioned<'a, dyn LabelledPredictor + 'a>,
+    guided: Option<GuidedPair<'a, dyn LabelledPredictor + 'a>>,
     model: &'a Model,
     clip: Option<f64>,
     /// Ranks that share each call, in whole slots of `slot` rows (one per sample of the batch,
@@ -226,9 +227,10 @@ struct Predictor<'a> {
 }
 
 impl<'a> Predictor<'a> {
-    /// The predictor of a batch of `slot` samples with `labels`, its calls shared by `group`.
+    /// The predictor of a batch of `slot` samples with `labels`, from `net`'s calls of `model`,
+    /// its calls shared by `group`.
     fn new(
-        model: &'a Model,
+        (model, net): (&'a Model, &'a (dyn LabelledPredictor + 'a)),
         labels: Option<&[i64]>,
         opts: &SampleOptions,
         device: Device,
@@ -236,12 +238,12 @@ impl<'a> Predictor<'a> {
     ) -> Self {
         let labels = labels.map(|l| Tensor::from_slice(l).to_device(device));
         let guided = labels.as_ref().filter(|_| opts.guidance != 0.0).map(|labels| GuidedPair {
-            model,
+            model: net,
             labels: labels.shallow_clone(),
             null_label: model.num_labels() as i64,
             weight: opts.guidance,
         });
-        Predictor { conditional: Conditioned { model, labels }, guided, model, clip: opts.clip_x0, group, slot }
+        Predictor { conditional: Conditioned { model: net, labels }, guided, model, clip: opts.clip_x0, group, slot }
     }
 
     /// ε̂ of this process's rows.
@@ -276,7 +278,9 @@ pub fn time_windows(model: &Model, n: usize, opts: &SampleOptions, windows: &[us
     let levels = model.schedule().sampling_levels(opts.steps)?;
     let largest = windows.iter().copied().max().unwrap_or(1).min(opts.steps);
     let labels = labels_for(model, opts, 0..n, None);
-    let predictor = Predictor::new(model, labels.as_deref(), opts, device, (on.group, n));
+    let graphed = on.graphs.then(|| GraphedModel::new(model, device));
+    let net: &dyn LabelledPredictor = graphed.as_ref().map_or(model, |g| g);
+    let predictor = Predictor::new((model, net), labels.as_deref(), opts, device, (on.group, n));
     let states = Noise::new(opts.seed, 0, largest * n).normal(model.data_shape(), kind, device);
     let t = super::steps::window_levels(&levels[..largest], n as i64, device);
     let mut seconds = 0.0;
@@ -406,10 +410,13 @@ pub fn draw_from(
     let mut parts = Vec::new();
     let mut traces = Vec::new();
     let mut windows = Vec::new();
+    // One set of graphs for every batch: the labels are among a graph's inputs.
+    let graphed = batches.graphs.then(|| GraphedModel::new(model, device));
+    let net: &dyn LabelledPredictor = graphed.as_ref().map_or(model, |g| g);
     for first in (0..n).step_by(batch) {
         let len = batch.min(n - first);
         let labels = labels.as_ref().map(|l| &l[first..first + len]);
-        let predictor = &Predictor::new(model, labels, opts, device, (batches.group, len));
+        let predictor = &Predictor::new((model, net), labels, opts, device, (batches.group, len));
         // One stream per sample for x_T, and another for the noise of its steps.
         let x_t = match start {
             Some(s) => s.x_t.narrow(0, first as i64, len as i64).to_kind(kind).to_device(device),

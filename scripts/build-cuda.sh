@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# Builds libcdm_nccl.so from csrc/nccl.cpp: c10d's NCCL process group, for ranks on CUDA devices.
-# `cdm` loads it, after libtorch_cuda, from beside its own binary or from $CDM_NCCL_LIBRARY
-# (src/distributed.rs); without it, ranks on GPUs fall back to Gloo through host copies.
+# Builds libcdm_cuda.so, what cdm uses of libtorch_cuda beyond its kernels: c10d's NCCL process
+# group for ranks on CUDA devices (csrc/nccl.cpp) and CUDA graphs (csrc/cuda_graph.cpp).
+# `cdm` loads it, after libtorch_cuda, from beside its own binary or from $CDM_CUDA_LIBRARY
+# (src/device.rs); without it, ranks on GPUs fall back to Gloo through host copies and network
+# calls are not replayed as graphs.
 # It is compiled here, against this checkout's libtorch, for a GPU host that has no compiler
 # (scripts/gpu-bundle.sh calls this). Beyond libtorch's own headers it needs CUDA's runtime
 # headers (crt/ and CCCL's nv/ among them) and nccl.h: they come from the NVIDIA wheels of the
 # versions the torch 2.11.0 wheel pins, of which only the include/ folders are kept, once, in
 # ${XDG_CACHE_HOME:-~/.cache}/cdm/cuda-headers-13.0 (1.2 GB of wheels downloaded, 40 MB kept).
-# Usage: scripts/build-nccl.sh OUT.so
+# Usage: scripts/build-cuda.sh OUT.so
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-out=${1:?usage: build-nccl.sh OUT.so}
+out=${1:?usage: build-cuda.sh OUT.so}
 torch=$(readlink -f "$root/.libtorch")/torch
-[ -f "$torch/lib/libtorch_cuda.so" ] || { echo "build-nccl: no libtorch_cuda.so in $torch/lib: run make setup first" >&2; exit 1; }
+[ -f "$torch/lib/libtorch_cuda.so" ] || { echo "build-cuda: no libtorch_cuda.so in $torch/lib: run make setup first" >&2; exit 1; }
 headers=${XDG_CACHE_HOME:-$HOME/.cache}/cdm/cuda-headers-13.0
 if [ ! -f "$headers/.complete" ]; then
-  echo "build-nccl: fetching the CUDA and NCCL headers into $headers (once)" >&2
+  echo "build-cuda: fetching the CUDA and NCCL headers into $headers (once)" >&2
   wheels=$(mktemp -d)
   trap 'rm -rf "$wheels"' EXIT
   python3 -m pip download --quiet --no-deps -d "$wheels" \
@@ -34,13 +36,18 @@ PY
   mv "$headers.tmp" "$headers"
 fi
 cuda=$headers/nvidia/cu13/include
-object=$(mktemp --suffix .o)
-trap 'rm -f "$object"' EXIT
-c++ -std=c++17 -O2 -fPIC -Wno-interference-size -D_GLIBCXX_USE_CXX11_ABI=1 -DGLOG_USE_GLOG_EXPORT \
-  -I"$torch/include" -I"$torch/include/torch/csrc/api/include" -I"$cuda" -I"$cuda/cccl" \
-  -I"$headers/nvidia/nccl/include" -I"$root/csrc/gloo-names" -c "$root/csrc/nccl.cpp" -o "$object"
+objects=$(mktemp -d)
+trap 'rm -rf "$objects"' EXIT
+pids=()
+for source in nccl cuda_graph; do
+  c++ -std=c++17 -O2 -fPIC -Wno-interference-size -D_GLIBCXX_USE_CXX11_ABI=1 -DGLOG_USE_GLOG_EXPORT \
+    -I"$torch/include" -I"$torch/include/torch/csrc/api/include" -I"$cuda" -I"$cuda/cccl" \
+    -I"$headers/nvidia/nccl/include" -I"$root/csrc/gloo-names" -c "$root/csrc/$source.cpp" -o "$objects/$source.o" &
+  pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
 # libtorch_cuda's own CUDA libraries need not be here: the GPU host has them, and cdm loads
 # libtorch_cuda (and with it them) before this library.
-c++ -shared -o "$out" "$object" -L"$torch/lib" -Wl,--no-as-needed -ltorch_cuda -lc10_cuda -ltorch_cpu -lc10 \
+c++ -shared -o "$out" "$objects"/*.o -L"$torch/lib" -Wl,--no-as-needed -ltorch_cuda -lc10_cuda -ltorch_cpu -lc10 \
   -Wl,--allow-shlib-undefined
-echo "build-nccl: $out" >&2
+echo "build-cuda: $out" >&2
