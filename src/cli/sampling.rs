@@ -36,7 +36,9 @@ pub struct SamplingArgs {
     /// all of them, in about as many iterations (DDIM-50 at P = 16: docs/results.md §13).
     #[arg(long, value_name = "P", value_parser = super::positive::<usize>)]
     pub parallel: Option<usize>,
-    /// Parallel sampling: tolerance τ, in units of each step's noise standard deviation.
+    /// Parallel sampling: tolerance τ, in units of each step's noise standard deviation. The lever
+    /// on evaluations: DDPM-1000 of a 2-D sample takes ≤ 32 iterations at ≤ 1.2× the evaluations at
+    /// P = 44, τ = 0.3, samples as close as at 0.1 (docs/results.md §13.1).
     #[arg(long, default_value_t = 0.1)]
     tol: f64,
     /// Parallel sampling: plain Picard iteration, or with triangular Anderson acceleration.
