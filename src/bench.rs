@@ -249,21 +249,23 @@ fn time_phases(trainer: &mut Trainer, config: &RunConfig, steps: u64, device: De
     Ok(Phases { forward, input_gradient, loss_backward, step })
 }
 
-/// Rust's timings: median milliseconds of a training step and a sampling step, each waited
-/// for; and the mean of a training step in a run of `steps` that reads nothing back but at its
-/// end (the steps queue on a GPU as in a real run).
 /// What one run of the Rust side measures.
 struct RustRun {
     /// Median milliseconds of a training and a sampling step, each waited for.
     timing: Timing,
     /// Milliseconds per training step when steps are queued back to back.
     queued: f64,
+    /// The training step's parts, when the plan profiles.
     phases: Option<Phases>,
     /// Median milliseconds of the sampling step replayed from a CUDA graph (CUDA only; none
     /// when the capture failed, which the log says).
     graphed_sample: Option<f64>,
 }
 
+/// Rust's timings: median milliseconds of a training step and a sampling step, each waited
+/// for (the sampling step also replayed from a CUDA graph on CUDA); and the mean of a training
+/// step in a run of `steps` that reads nothing back but at its end (the steps queue on a GPU as
+/// in a real run).
 fn time_rust(plan: &Plan, device: Device, group: Option<&Arc<ProcessGroup>>) -> Result<RustRun> {
     let (size, steps) = (plan.size, plan.steps);
     let config = run_config_in(size, plan.batch, plan.precision);
@@ -446,7 +448,7 @@ pub fn run(plan: &Plan, device: Device, group: Option<&Arc<ProcessGroup>>) -> Re
         "rust_sample_rate": rate(sample_flops, rust_sample),
     });
     if device.is_cuda() {
-        let graphed = (!graphed.is_empty()).then(|| median(graphed.clone()));
+        let graphed = (!graphed.is_empty()).then(|| median(graphed));
         report["rust_ms_per_sample_step_cuda_graph"] = json!(graphed);
         report["rust_sample_rate_cuda_graph"] = json!(graphed.map(|ms| rate(sample_flops, ms)));
     }

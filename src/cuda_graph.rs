@@ -5,6 +5,7 @@
 //! libtorch's `at::cuda::CUDAGraph` records them, through `csrc/cuda_graph.cpp` in the CUDA
 //! extension library ([`crate::device::EXTENSION_LIBRARY`]).
 use std::cell::{Cell, RefCell};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void};
 use std::ptr::NonNull;
@@ -174,13 +175,12 @@ impl LabelledPredictor for GraphedModel<'_> {
         }
         let shape = CallShape { x: x_t.size(), x_kind: x_t.kind(), t_kind: t.kind(), labelled: labels.is_some() };
         let mut calls = self.calls.borrow_mut();
-        if !calls.contains_key(&shape) {
-            if calls.len() >= MAX_GRAPHS {
-                return self.model.eps(x_t, t, labels);
-            }
-            calls.insert(shape.clone(), Call::Eager(0));
-        }
-        let call = calls.get_mut(&shape).expect("inserted above");
+        let full = calls.len() >= MAX_GRAPHS;
+        let call = match calls.entry(shape) {
+            Entry::Occupied(seen) => seen.into_mut(),
+            Entry::Vacant(_) if full => return self.model.eps(x_t, t, labels),
+            Entry::Vacant(new) => new.insert(Call::Eager(0)),
+        };
         if let Call::Eager(runs) = call {
             if *runs < EAGER_CALLS {
                 *runs += 1;
