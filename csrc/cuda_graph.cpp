@@ -6,7 +6,11 @@
 // A capture runs on a stream of the pool (CUDA refuses to capture the legacy default stream),
 // which first waits for the work already queued on the caller's stream; at its end the caller's
 // stream becomes current again and waits for the capture stream. Replays run on the caller's
-// current stream, in order with everything else it does.
+// current stream, in order with everything else it does. The capture restricts only the calling
+// thread (cudaStreamCaptureModeThreadLocal): a training run's batch loader uploads from a thread
+// of its own, on its own stream, while a step is captured, and CUDA's default (global) mode
+// would fail those uploads and with them the capture. libtorch's autograd runs the backward pass
+// on a thread of its own too, on the stream of the forward pass, so its kernels are captured.
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAStream.h>
@@ -50,7 +54,7 @@ void* cdm_graph_begin(int device, char** error) {
     graph->capture = c10::cuda::getStreamFromPool(false, index);
     order(*graph->ambient, *graph->capture);
     c10::cuda::setCurrentCUDAStream(*graph->capture);
-    graph->graph.capture_begin();
+    graph->graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
     return graph;
   } catch (const std::exception& e) {
     if (graph->ambient) c10::cuda::setCurrentCUDAStream(*graph->ambient);

@@ -10,7 +10,9 @@
 #   bench-SIZE-PREC.json      `cdm bench` against bench/reference.py on the same device, for the
 #                             CIFAR-10 CDM and DDM in bf16 and f32 and the tiny UNet's CDM in
 #                             bf16: times, FLOPs, TFLOP/s (f32 after the training), the
-#                             sampling step also replayed from a CUDA graph
+#                             training and sampling steps also replayed from CUDA graphs
+#   train-short[-graphs].jsonl  make mnist's recipe for 200 steps, as it is and with its steps
+#                             replayed from a CUDA graph: the logs, whose losses should agree
 #   rank-bench-SIZE.json      the CIFAR-10 benches (bf16, Rust only) plain, then as the one rank
 #                             of a launcher's job: collectives on NCCL (Gloo where it could not
 #                             be loaded), the step with its all-reduce and the all-reduce alone
@@ -69,6 +71,18 @@ for size in cifar10-ddm cifar10-cdm; do
   stage "rank-bench-$size" 90 60 bash -c '"$@" && WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 \
     MASTER_PORT=29533 "$@"' _ "$cdm" bench --size "$size" --batch "$cifar_batch" --precision bf16 --no-reference \
     --device "$device" --rounds "$rounds" --steps "$steps" && cp "$out/rank-bench-$size.out" "$out/rank-bench-$size.json"
+done
+
+# make mnist's recipe for a few steps as it is, then with each step's loss and backward pass
+# replayed from a CUDA graph (--cuda-graphs): the time per step, and the same losses.
+short_steps=200
+[ "$device" = cpu ] && short_steps=6
+for graphs in "" graphs; do
+  name=train-short${graphs:+-$graphs}
+  stage "$name" 60 240 "$cdm" train --data mnist --conditional --model cdm --base-per-class --min-snr 5 --preset tiny \
+    --batch 32 --lr 4e-4 --steps "$short_steps" --sample-every 0 --precision bf16 \
+    --device "$device" ${graphs:+--cuda-graphs} --out "$work/$name"
+  cp "$work/$name/log.jsonl" "$out/$name.jsonl" 2>/dev/null
 done
 
 # make mnist's recipe in bf16 (its cosine learning rate ends at --steps), stopped by the clock
@@ -139,14 +153,14 @@ stages = (out / "stages.txt").read_text().split("\n")
 print("\n| stage | exit | seconds |\n|---|---|---|")
 for line in filter(None, stages):
     print("| " + " | ".join(line.split()) + " |")
-print("\n| bench | precision | batch | rust train ms | pytorch train ms | ratio | rust sample ms | from a CUDA graph | pytorch sample ms | ratio | rust train TFLOP/s |\n|---|---|---|---|---|---|---|---|---|---|---|")
+print("\n| bench | precision | batch | rust train ms | queued | from a CUDA graph, queued | pytorch train ms | ratio | rust sample ms | from a CUDA graph | pytorch sample ms | ratio | rust train TFLOP/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for path in sorted(out.glob("bench-*.json")):
     b = load(path.name)
     if b:
         f = lambda k: f"{b[k]:.1f}" if isinstance(b.get(k), (int, float)) else "-"
         r = lambda k: f"{b[k]:.2f}" if isinstance(b.get(k), (int, float)) else "-"
         rate = (b.get("rust_train_rate") or {}).get("tflops")
-        print(f"| {b.get('size')} | {b.get('precision')} | {b.get('batch')} | {f('rust_ms_per_step')} | {f('pytorch_ms_per_step')} | {r('rust_over_pytorch')} | "
+        print(f"| {b.get('size')} | {b.get('precision')} | {b.get('batch')} | {f('rust_ms_per_step')} | {f('rust_ms_per_step_queued')} | {f('rust_ms_per_step_queued_cuda_graph')} | {f('pytorch_ms_per_step')} | {r('rust_over_pytorch')} | "
               f"{f('rust_ms_per_sample_step')} | {f('rust_ms_per_sample_step_cuda_graph')} | {f('pytorch_ms_per_sample_step')} | {r('rust_over_pytorch_sampling')} | {rate if rate is None else round(rate, 1)} |")
 for path in sorted(out.glob("rank-bench-*.json")):
     lines = [json.loads(l) for l in path.read_text().split("\n") if l.strip()]
@@ -155,6 +169,13 @@ for path in sorted(out.glob("rank-bench-*.json")):
         r = rank["ranks"]
         print(f"\n{path.stem}: world of one over {r['backend']}: {rank['rust_ms_per_step']:.1f} ms a step against "
               f"{plain['rust_ms_per_step']:.1f} plain; the all-reduce alone {r['all_reduce_ms']:.2f} ms")
+short = [(name, [json.loads(l) for l in (out / f"{name}.jsonl").read_text().split("\n") if l.strip()])
+         for name in ["train-short", "train-short-graphs"] if (out / f"{name}.jsonl").exists()]
+if short:
+    print("\n| make mnist's recipe, bf16 | steps | loss at each logged step | training s | ms a step after the first logged step |\n|---|---|---|---|---|")
+for name, lines in short:
+    pace = (lines[-1]["seconds"] - lines[0]["seconds"]) / max(lines[-1]["step"] - lines[0]["step"], 1) * 1e3 if len(lines) > 1 else None
+    print(f"| {name} | {lines[-1]['step']} | {', '.join('%.6f' % l['loss'] for l in lines)} | {lines[-1]['seconds']:.2f} | {pace if pace is None else round(pace, 2)} |")
 t = load("train-last.json")
 if t:
     print(f"\nMNIST training (bf16) reached step {t.get('step')} (loss {t.get('loss')}) in {t.get('seconds')} s of training")

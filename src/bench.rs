@@ -260,6 +260,9 @@ struct RustRun {
     /// Median milliseconds of the sampling step replayed from a CUDA graph (CUDA only; none
     /// when the capture failed, which the log says).
     graphed_sample: Option<f64>,
+    /// The training step with its loss and backward pass replayed from a CUDA graph: median
+    /// milliseconds waited for, and queued (CUDA only; none when the capture failed).
+    graphed_train: Option<(f64, f64)>,
 }
 
 /// Rust's timings: median milliseconds of a training step and a sampling step, each waited
@@ -280,13 +283,7 @@ fn time_rust(plan: &Plan, device: Device, group: Option<&Arc<ProcessGroup>>) -> 
         }
     };
     trainer.run_until(3, &mut |_| {})?;
-    let mut train = Vec::new();
-    for _ in 0..steps {
-        let next = trainer.step() + 1;
-        train.push(time_once(device, &mut || trainer.run_until(next, &mut |_| {}))?);
-    }
-    let end = trainer.step() + steps;
-    let queued = time_once(device, &mut || trainer.run_until(end, &mut |_| {}))? / steps as f64;
+    let (train, queued) = time_training(&mut trainer, steps, device)?;
     let shape = [&[config.train.batch_size as i64][..], &config.model.data_shape].concat();
     let x = Rng::new(0).normal(&shape, config.train.precision.kind()).to_device(device);
     let level = Tensor::full([shape[0]], 500, (Kind::Int64, device));
@@ -313,8 +310,31 @@ fn time_rust(plan: &Plan, device: Device, group: Option<&Arc<ProcessGroup>>) -> 
         false => None,
     };
     let phases = plan.profile.then(|| time_phases(&mut trainer, &config, steps, device)).transpose()?;
+    let graphed_train = match device.is_cuda() {
+        true => {
+            trainer.set_cuda_graphs(true);
+            // Two steps as they are, then the capture.
+            trainer.run_until(trainer.step() + EAGER_CALLS as u64 + 1, &mut |_| {})?;
+            let (train, queued) = time_training(&mut trainer, steps, device)?;
+            trainer.steps_graphed().then_some((train, queued))
+        }
+        false => None,
+    };
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(RustRun { timing: (median(train), sample), queued, phases, graphed_sample })
+    Ok(RustRun { timing: (train, sample), queued, phases, graphed_sample, graphed_train })
+}
+
+/// The median milliseconds of `steps` training steps each waited for, then the mean of
+/// `steps` more queued back to back (read back at their end only).
+fn time_training(trainer: &mut Trainer, steps: u64, device: Device) -> Result<(f64, f64)> {
+    let mut train = Vec::new();
+    for _ in 0..steps {
+        let next = trainer.step() + 1;
+        train.push(time_once(device, &mut || trainer.run_until(next, &mut |_| {}))?);
+    }
+    let end = trainer.step() + steps;
+    let queued = time_once(device, &mut || trainer.run_until(end, &mut |_| {}))? / steps as f64;
+    Ok((median(train), queued))
 }
 
 /// What one run of `bench/reference.py` reports.
@@ -393,7 +413,7 @@ pub fn run(plan: &Plan, device: Device, group: Option<&Arc<ProcessGroup>>) -> Re
     let speaks = group.is_none_or(|g| g.rank() == 0);
     let (mut rust, mut queued, mut torch, mut best) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut reference = None;
-    let (mut phases, mut graphed) = (Vec::new(), Vec::new());
+    let (mut phases, mut graphed, mut graphed_train) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..plan.rounds.max(1) {
         // Odd rounds run PyTorch first, so that whatever the first run of a round meets (a
         // cold cache, a clock not yet boosted) falls on both sides alike.
@@ -405,6 +425,7 @@ pub fn run(plan: &Plan, device: Device, group: Option<&Arc<ProcessGroup>>) -> Re
                 queued.push(run.queued);
                 phases.extend(run.phases);
                 graphed.extend(run.graphed_sample);
+                graphed_train.extend(run.graphed_train);
             } else if plan.reference {
                 let run = time_reference(plan, device)?;
                 torch.push(run.timing);
@@ -451,6 +472,12 @@ pub fn run(plan: &Plan, device: Device, group: Option<&Arc<ProcessGroup>>) -> Re
         let graphed = (!graphed.is_empty()).then(|| median(graphed));
         report["rust_ms_per_sample_step_cuda_graph"] = json!(graphed);
         report["rust_sample_rate_cuda_graph"] = json!(graphed.map(|ms| rate(sample_flops, ms)));
+        let (waited, queued): (Vec<f64>, Vec<f64>) = graphed_train.into_iter().unzip();
+        let (waited, queued) =
+            ((!waited.is_empty()).then(|| median(waited)), (!queued.is_empty()).then(|| median(queued)));
+        report["rust_ms_per_step_cuda_graph"] = json!(waited);
+        report["rust_ms_per_step_queued_cuda_graph"] = json!(queued);
+        report["rust_train_rate_queued_cuda_graph"] = json!(queued.map(|ms| rate(train_flops, ms)));
     }
     if !phases.is_empty() {
         let part = |f: fn(&Phases) -> f64| median(phases.iter().map(f).collect());

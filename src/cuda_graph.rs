@@ -78,7 +78,13 @@ impl Graph {
             return Err(torch_error("starting a CUDA graph capture", take_message(error).unwrap_or_default()));
         };
         let graph = Graph { raw, device, api, replayed: Cell::new(false) };
-        let result = work();
+        // tch panics on most libtorch errors, and an operation a capture cannot hold raises one:
+        // caught, so that the capture is ended and the caller can go on without a graph.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+            let why =
+                panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+            Err(torch_error("a libtorch call failed", why.unwrap_or_default()))
+        });
         // SAFETY: the capture begun above; the shim ends it whatever `work` did.
         let ended = take_message(unsafe { (api.end)(raw.as_ptr()) });
         match (result, ended) {

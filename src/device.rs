@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use tch::Device;
+use tch::{Device, Tensor};
 
 use crate::{Error, Result};
 
@@ -242,6 +242,19 @@ fn driver_device_info() -> Option<(String, u64)> {
 pub fn synchronize(device: Device) {
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// `t` moved to `device` without waiting for the device's queue: a plain copy from host memory
+/// to a CUDA device ends with a sync of its stream (the host waits for every kernel queued
+/// before it), and a training step uploads its batch and its draws every step. CUDA copies a
+/// pageable buffer into its own staging memory before the call returns, so `t` may be dropped
+/// at once. Elsewhere the same as `to_device`.
+pub fn upload(t: &Tensor, device: Device) -> Tensor {
+    if device.is_cuda() && t.device() != device {
+        t.to_device_(device, t.kind(), true, false)
+    } else {
+        t.to_device(device)
     }
 }
 

@@ -6,10 +6,11 @@
 //! section 3): the denoiser's own noise classifier, trained to tell data from data noised at
 //! a high log SNR ζ.
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::classifier::Classifier;
 use crate::denoiser::Denoiser;
+use crate::device::upload;
 use crate::distributed::Shard;
 use crate::input::check_labels;
 use crate::likelihood::noise_logits;
@@ -244,16 +245,16 @@ fn stratified_levels_from(batch: usize, prior: &[f64], rng: &mut Rng) -> Tensor 
     Tensor::from_slice(&t)
 }
 
-/// The classes each sample's cross-entropy leaves out, [B, T+2] (true: left out), or `None` for
-/// none: sample i, at level t_i with stride k_i (the strides taken in turn from a random
-/// start), competes only with the levels s ≡ t_i (mod k_i). The softmax over any subset of
-/// levels has the same Bayes logits log p_s(x) + c(x), so the model stays exact; what changes
-/// is how log p_0 − log p_{T+1} gets pinned. With every level in every softmax, only adjacent
-/// levels compete, and the T + 1 learned ratios between them add their errors (at T = 200 a
-/// 2-D mixture is off by 0.09 nats, at T = 10 by 0.03: docs/results.md §1); a stride k makes
-/// a chain of (T + 2)/k ratios, each pinned by a contest between levels far enough apart to be
-/// told apart.
-fn level_subsets(t: &Tensor, classes: usize, strides: &[usize], shard: Shard, rng: &mut Rng) -> Result<Option<Tensor>> {
+/// Each sample's level stride for the subsets of levels its cross-entropy runs over, [n, 1]
+/// Int64, or `None` when every level competes: sample i, at level t_i with stride k_i (the
+/// strides taken in turn from a random start), competes only with the levels s ≡ t_i (mod k_i).
+/// The softmax over any subset of levels has the same Bayes logits log p_s(x) + c(x), so the
+/// model stays exact; what changes is how log p_0 − log p_{T+1} gets pinned. With every level in
+/// every softmax, only adjacent levels compete, and the T + 1 learned ratios between them add
+/// their errors (at T = 200 a 2-D mixture is off by 0.09 nats, at T = 10 by 0.03:
+/// docs/results.md §1); a stride k makes a chain of (T + 2)/k ratios, each pinned by a contest
+/// between levels far enough apart to be told apart.
+fn level_strides(classes: usize, strides: &[usize], shard: Shard, rng: &mut Rng) -> Result<Option<Tensor>> {
     if let Some(&bad) = strides.iter().find(|&&k| k == 0 || k >= classes) {
         return Err(Error::Config(format!("level stride {bad} is outside 1..={}", classes - 1)));
     }
@@ -262,14 +263,146 @@ fn level_subsets(t: &Tensor, classes: usize, strides: &[usize], shard: Shard, rn
     }
     let start = (rng.unit() * strides.len() as f64) as usize;
     let k: Vec<i64> = shard.range().map(|i| strides[(i + start) % strides.len()] as i64).collect();
-    let k = Tensor::from_slice(&k).to_device(t.device()).unsqueeze(1);
-    let levels = Tensor::arange(classes as i64, (Kind::Int64, t.device())).unsqueeze(0);
-    Ok(Some((levels - t.unsqueeze(1)).remainder_tensor(&k).ne(0)))
+    Ok(Some(Tensor::from_slice(&k).unsqueeze(1)))
 }
 
 /// Mean over samples of ‖a - b‖², summed over dimensions: [B, ..] → [B].
 fn squared_error(a: &Tensor, b: &Tensor) -> Tensor {
     (a - b).square().flatten(1, -1).sum_dim_intlist(1, false, a.kind())
+}
+
+/// The random part of one batch's loss for the rows of a shard: the levels, the noise and what
+/// follows from them alone, drawn on the host from the step's stream and uploaded together.
+/// [`cdm_loss`] and [`ddm_loss`] draw it and hand it to [`cdm_loss_given`] or
+/// [`ddm_loss_given`], which compute on the device alone: a training step recorded as a CUDA
+/// graph takes each step's draw as its inputs ([`crate::train::graphed`]).
+pub struct LossDraw {
+    /// Rows in the whole batch (all shards).
+    pub batch: usize,
+    /// The levels [n]: Int64, or fractional in the data's kind (a DDM's continuous levels).
+    pub t: Tensor,
+    /// ε [n, ..], in the data's kind.
+    pub eps: Tensor,
+    /// Each sample's squared-error weight [n], in the data's kind: a CDM's importance
+    /// 1/(π_t·(T+2)), zero at t = 0 and T+1; a DDM's 1/q(γ) over the support's length on
+    /// continuous levels, 1 on integer ones.
+    pub weights: Tensor,
+    /// What the weighted errors of the whole batch are divided by: [], in the data's kind.
+    pub normaliser: Tensor,
+    /// A CDM's log π over its levels, added to the logits: f64 [1, T+2] (none: uniform levels).
+    pub log_prior: Option<Tensor>,
+    /// A CDM's level stride per sample, [n, 1] Int64 (see [`level_strides`]).
+    pub strides: Option<Tensor>,
+}
+
+impl LossDraw {
+    /// Draws t ~ U{0..T+1} (stratified, or from the prior `weights.low_levels` sets) and
+    /// ε ~ N(0, I) for `shard`'s rows `x0` of a batch, for a CDM.
+    pub fn cdm(model: &Classifier, x0: &Tensor, weights: &LossWeights, shard: Shard, rng: &mut Rng) -> Result<Self> {
+        let batch = check_shard(x0, shard)?;
+        let classes = model.schedule().num_classes();
+        if !(0.0..=1.0).contains(&weights.low_levels) {
+            return Err(Error::Config(format!("low_levels is {}; expected a share in [0, 1]", weights.low_levels)));
+        }
+        // Under a prior π the Bayes classifier's logits are log π_t + log p_t(x) + c(x): adding
+        // log π to the logits in the cross-entropy (logit adjustment) leaves the network's own
+        // logits the prior-free log p_t + c that the likelihood and ε̂ read. The squared error is
+        // weighted by 1/π_t (normalised), so its average over levels stays uniform.
+        let prior_values = (weights.low_levels > 0.0).then(|| level_prior(classes, weights.low_levels));
+        let all_levels = match &prior_values {
+            Some(p) => stratified_levels_from(batch, p, rng),
+            None => stratified_levels(batch, 0, classes, rng),
+        };
+        let prior = prior_values.as_deref().map(Tensor::from_slice);
+        let eps = rng.normal_rows(&whole_shape(x0, batch), shard.range(), x0.kind());
+        // The importance 1/(π_t·(T+2)) at the levels that have a squared error (0 < t < T+1).
+        let error_weights = |t: &Tensor| {
+            let importance = match &prior {
+                Some(p) => (p.index_select(0, t) * classes as f64).reciprocal(),
+                None => t.ones_like().to_kind(Kind::Double),
+            };
+            t.gt(0).logical_and(&t.lt(classes as i64 - 1)).to_kind(Kind::Double) * importance
+        };
+        // The whole batch's total normalises every shard's sum.
+        let count = error_weights(&all_levels).sum(Kind::Double).double_value(&[]).max(1e-12);
+        let t = shard.rows(&all_levels);
+        let draw = LossDraw {
+            batch,
+            weights: error_weights(&t).to_kind(x0.kind()),
+            t,
+            eps,
+            normaliser: Tensor::from(count).to_kind(x0.kind()),
+            log_prior: prior.map(|p| p.log().unsqueeze(0)),
+            strides: level_strides(classes, &weights.level_strides, shard, rng)?,
+        };
+        Ok(draw.to_device(x0.device()))
+    }
+
+    /// Draws a level per sample (integer levels: t ~ U{1..T}, stratified; continuous ones: γ
+    /// from the model's truncated logistic, stratified) and ε ~ N(0, I) for `shard`'s rows `x0`
+    /// of a batch, for a DDM.
+    pub fn ddm(model: &Denoiser, x0: &Tensor, weights: &LossWeights, shard: Shard, rng: &mut Rng) -> Result<Self> {
+        if weights.low_levels != 0.0 {
+            return Err(Error::Config("low_levels weighs a CDM's cross-entropy; a DDM has none".into()));
+        }
+        let batch = check_shard(x0, shard)?;
+        let schedule = model.schedule();
+        let kind = x0.kind();
+        let (t, weights) = match schedule.levels() {
+            Levels::Discrete => {
+                let t = shard.rows(&stratified_levels(batch, 1, schedule.timesteps(), rng));
+                let ones = t.ones_like().to_kind(kind);
+                (t, ones)
+            }
+            Levels::Continuous(proposal) => {
+                let (gamma, weight) = proposal.draw(batch, batch, rng, Device::Cpu);
+                let t = schedule.levels_at_logsnr(&shard.rows(&gamma)).to_kind(kind);
+                (t, (shard.rows(&weight) / (2.0 * LOGSNR_CLIP * proposal.scale)).to_kind(kind))
+            }
+        };
+        let eps = rng.normal_rows(&whole_shape(x0, batch), shard.range(), kind);
+        let normaliser = Tensor::from(batch as f64).to_kind(kind);
+        let draw = LossDraw { batch, t, eps, weights, normaliser, log_prior: None, strides: None };
+        Ok(draw.to_device(x0.device()))
+    }
+
+    /// Every tensor on `device` (see [`crate::device::upload`]).
+    pub fn to_device(&self, device: Device) -> Self {
+        self.map(|t| upload(t, device))
+    }
+
+    /// The draw with `f` applied to each tensor.
+    pub fn map(&self, f: impl Fn(&Tensor) -> Tensor) -> Self {
+        LossDraw {
+            batch: self.batch,
+            t: f(&self.t),
+            eps: f(&self.eps),
+            weights: f(&self.weights),
+            normaliser: f(&self.normaliser),
+            log_prior: self.log_prior.as_ref().map(&f),
+            strides: self.strides.as_ref().map(&f),
+        }
+    }
+
+    /// Copies `other`'s values into this draw's tensors, which must match it in shape.
+    pub fn copy_from(&self, other: &LossDraw) -> Result<()> {
+        let pairs = [
+            (Some(&self.t), Some(&other.t)),
+            (Some(&self.eps), Some(&other.eps)),
+            (Some(&self.weights), Some(&other.weights)),
+            (Some(&self.normaliser), Some(&other.normaliser)),
+            (self.log_prior.as_ref(), other.log_prior.as_ref()),
+            (self.strides.as_ref(), other.strides.as_ref()),
+        ];
+        for pair in pairs {
+            match pair {
+                (Some(into), Some(from)) => into.shallow_clone().f_copy_(from)?,
+                (None, None) => {}
+                _ => return Err(Error::Shape("two loss draws of different kinds".into())),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Draws t ~ U{0..T+1} (stratified) and ε ~ N(0, I) for each sample of a batch and returns
@@ -289,50 +422,40 @@ pub fn cdm_loss(
     shard: Shard,
     rng: &mut Rng,
 ) -> Result<Loss> {
-    let batch = check_shard(x0, shard)?;
+    let draw = LossDraw::cdm(model, x0, weights, shard, rng)?;
+    cdm_loss_given(model, x0, labels, &draw, weights)
+}
+
+/// [`cdm_loss`] with its levels and noise drawn: device operations alone (no host read), so
+/// that a CUDA graph can hold them.
+pub fn cdm_loss_given(
+    model: &Classifier,
+    x0: &Tensor,
+    labels: Option<&Tensor>,
+    draw: &LossDraw,
+    weights: &LossWeights,
+) -> Result<Loss> {
     let classes = model.schedule().num_classes();
-    if !(0.0..=1.0).contains(&weights.low_levels) {
-        return Err(Error::Config(format!("low_levels is {}; expected a share in [0, 1]", weights.low_levels)));
-    }
-    // Under a prior π the Bayes classifier's logits are log π_t + log p_t(x) + c(x): adding
-    // log π to the logits in the cross-entropy (logit adjustment) leaves the network's own
-    // logits the prior-free log p_t + c that the likelihood and ε̂ read. The squared error is
-    // weighted by 1/π_t (normalised), so its average over levels stays uniform.
-    let prior_values = (weights.low_levels > 0.0).then(|| level_prior(classes, weights.low_levels));
-    let all_levels = match &prior_values {
-        Some(p) => stratified_levels_from(batch, p, rng),
-        None => stratified_levels(batch, 0, classes, rng),
-    };
-    let prior = prior_values.as_deref().map(Tensor::from_slice);
-    let t = shard.rows(&all_levels).to_device(x0.device());
-    let eps = rng.normal_rows(&whole_shape(x0, batch), shard.range(), x0.kind()).to_device(x0.device());
-    let x_t = model.schedule().add_noise(x0, &eps, &t);
-    // The levels are drawn above; the labels are checked once, here.
+    let t = &draw.t;
+    let x_t = model.schedule().add_noise(x0, &draw.eps, t);
     check_labels(labels, x0.size()[0], model.num_labels())?;
-    let out = model.forward_unchecked(&x_t, &t, labels, true)?;
-    // The weight of each sample's squared error: the importance 1/(π_t·(T+2)) at the levels
-    // that have one (0 < t < T+1). The whole batch's total normalises every shard's sum.
-    let error_weights = |t: &Tensor| {
-        let importance = match &prior {
-            Some(p) => (p.to_device(t.device()).index_select(0, t) * classes as f64).reciprocal(),
-            None => t.ones_like().to_kind(Kind::Double),
-        };
-        t.gt(0).logical_and(&t.lt(classes as i64 - 1)).to_kind(Kind::Double) * importance
-    };
-    let count = error_weights(&all_levels).sum(Kind::Double).double_value(&[]).max(1e-12);
-    let logits = match &prior {
-        Some(p) => out.logits.to_kind(Kind::Double) + p.to_device(x0.device()).log().unsqueeze(0),
+    let out = model.forward_unchecked(&x_t, t, labels, true)?;
+    let logits = match &draw.log_prior {
+        Some(log_prior) => out.logits.to_kind(Kind::Double) + log_prior,
         None => out.logits.to_kind(Kind::Double),
     };
-    let logits = match level_subsets(&t, classes, &weights.level_strides, shard, rng)? {
-        Some(outside) => logits.masked_fill(&outside, f64::NEG_INFINITY),
+    let logits = match &draw.strides {
+        Some(k) => {
+            let levels = Tensor::arange(classes as i64, (Kind::Int64, t.device())).unsqueeze(0);
+            logits.masked_fill(&(levels - t.unsqueeze(1)).remainder_tensor(k).ne(0), f64::NEG_INFINITY)
+        }
         None => logits,
     };
     let log_p = logits.log_softmax(1, Kind::Double).gather(1, &t.unsqueeze(1), false);
-    let ce = (log_p.sum(Kind::Double) / -(batch as f64)).to_kind(x0.kind());
-    let error = squared_error(&out.eps, &eps) * error_weights(&t).to_kind(x0.kind());
-    let mse = error.sum(x0.kind()) / count;
-    let weighted = (error * level_weights(model.schedule(), &t, weights.min_snr, x0)).sum(x0.kind()) / count;
+    let ce = (log_p.sum(Kind::Double) / -(draw.batch as f64)).to_kind(x0.kind());
+    let error = squared_error(&out.eps, &draw.eps) * &draw.weights;
+    let mse = error.sum(x0.kind()) / &draw.normaliser;
+    let weighted = (error * level_weights(model.schedule(), t, weights.min_snr, x0)).sum(x0.kind()) / &draw.normaliser;
     Ok(Loss { total: &ce * weights.ce + weighted * weights.mse, ce: Some(ce), mse, cdl: None })
 }
 
@@ -360,11 +483,10 @@ fn whole_shape(x0: &Tensor, batch: usize) -> Vec<i64> {
 /// Draws a level per sample of a batch and ε ~ N(0, I), and returns the DDM's simple loss of
 /// `shard`'s part of it, `x0` ([shard.len, ..]), as its share of the batch's (see
 /// [`cdm_loss`]); summed over dimensions like the CDM's MSE term, plus the contrastive diffusion
-/// loss with `weights.cdl`, which the shard holding the batch's first samples computes. Integer
-/// levels: t ~ U{1..T} (stratified). Continuous levels: γ from the
-/// model's truncated logistic (stratified), each error weighted by 1/q(γ) over the support's
-/// length, so the loss is the error averaged uniformly over log SNR (the I-MMSE integrand of
-/// Kong et al. 2023, arXiv:2302.03792).
+/// loss with `weights.cdl`, which the shard holding the batch's first samples computes. On
+/// continuous levels each error is weighted by 1/q(γ) over the support's length, so the loss is
+/// the error averaged uniformly over log SNR (the I-MMSE integrand of Kong et al. 2023,
+/// arXiv:2302.03792).
 pub fn ddm_loss(
     model: &Denoiser,
     x0: &Tensor,
@@ -373,49 +495,39 @@ pub fn ddm_loss(
     shard: Shard,
     rng: &mut Rng,
 ) -> Result<Loss> {
-    if weights.low_levels != 0.0 {
-        return Err(Error::Config("low_levels weighs a CDM's cross-entropy; a DDM has none".into()));
-    }
-    let batch = check_shard(x0, shard)?;
+    let draw = LossDraw::ddm(model, x0, weights, shard, rng)?;
+    let loss = ddm_loss_given(model, x0, labels, &draw, weights)?;
+    let Some(cdl) = weights.cdl else { return Ok(loss) };
+    let term = if shard.start > 0 {
+        CdlTerm { loss: Tensor::zeros([], (x0.kind(), x0.device())), accuracy: f64::NAN }
+    } else {
+        if cdl.images > shard.len {
+            return Err(Error::Config(format!(
+                "cdl.images is {}, more than the {} samples of a rank's share of the batch",
+                cdl.images, shard.len
+            )));
+        }
+        // The default number of draws is the batch's size, not the shard's.
+        let draws = if cdl.draws == 0 { draw.batch } else { cdl.draws };
+        cdl_loss(model, x0, labels, &CdlConfig { draws, ..cdl }, true, rng)?
+    };
+    Ok(Loss { total: loss.total + &term.loss * cdl.weight, cdl: Some(term), ..loss })
+}
+
+/// [`ddm_loss`] without the contrastive term, its levels and noise drawn: device operations
+/// alone (no host read), so that a CUDA graph can hold them.
+pub fn ddm_loss_given(
+    model: &Denoiser,
+    x0: &Tensor,
+    labels: Option<&Tensor>,
+    draw: &LossDraw,
+    weights: &LossWeights,
+) -> Result<Loss> {
     let schedule = model.schedule();
-    let (t, importance) = match schedule.levels() {
-        Levels::Discrete => {
-            let t = shard.rows(&stratified_levels(batch, 1, schedule.timesteps(), rng)).to_device(x0.device());
-            let ones = t.ones_like().to_kind(x0.kind());
-            (t, ones)
-        }
-        Levels::Continuous(proposal) => {
-            let (gamma, weight) = proposal.draw(batch, batch, rng, x0.device());
-            let t = schedule.levels_at_logsnr(&shard.rows(&gamma)).to_kind(x0.kind());
-            (t, (shard.rows(&weight) / (2.0 * LOGSNR_CLIP * proposal.scale)).to_kind(x0.kind()))
-        }
-    };
-    let eps = rng.normal_rows(&whole_shape(x0, batch), shard.range(), x0.kind()).to_device(x0.device());
-    let x_t = schedule.add_noise(x0, &eps, &t);
+    let x_t = schedule.add_noise(x0, &draw.eps, &draw.t);
     check_labels(labels, x0.size()[0], model.num_labels())?;
-    let error = squared_error(&model.eps_unchecked(&x_t, &t, labels, true)?, &eps);
-    let denoising =
-        (&error * level_weights(schedule, &t, weights.min_snr, x0) * importance).sum(x0.kind()) / batch as f64;
-    let cdl = weights
-        .cdl
-        .map(|cdl| {
-            if shard.start > 0 {
-                return Ok(CdlTerm { loss: Tensor::zeros([], (x0.kind(), x0.device())), accuracy: f64::NAN });
-            }
-            if cdl.images > shard.len {
-                return Err(Error::Config(format!(
-                    "cdl.images is {}, more than the {} samples of a rank's share of the batch",
-                    cdl.images, shard.len
-                )));
-            }
-            // The default number of draws is the batch's size, not the shard's.
-            let draws = if cdl.draws == 0 { batch } else { cdl.draws };
-            cdl_loss(model, x0, labels, &CdlConfig { draws, ..cdl }, true, rng)
-        })
-        .transpose()?;
-    let total = match (&cdl, &weights.cdl) {
-        (Some(term), Some(settings)) => denoising + &term.loss * settings.weight,
-        _ => denoising,
-    };
-    Ok(Loss { total, ce: None, mse: error.sum(x0.kind()) / batch as f64, cdl })
+    let error = squared_error(&model.eps_unchecked(&x_t, &draw.t, labels, true)?, &draw.eps);
+    let denoising = (&error * level_weights(schedule, &draw.t, weights.min_snr, x0) * &draw.weights).sum(x0.kind())
+        / &draw.normaliser;
+    Ok(Loss { total: denoising, ce: None, mse: error.sum(x0.kind()) / &draw.normaliser, cdl: None })
 }

@@ -10,7 +10,7 @@ use crate::data::MAX_POINT_VALUES;
 use crate::denoiser::Denoiser;
 use crate::distributed::Shard;
 use crate::input::check_shape;
-use crate::loss::{cdm_loss, ddm_loss, Loss, LossWeights};
+use crate::loss::{cdm_loss, cdm_loss_given, ddm_loss, ddm_loss_given, Loss, LossDraw, LossWeights};
 use crate::nets::BackboneConfig;
 use crate::network::NetworkConfig;
 use crate::precision::Precision;
@@ -200,6 +200,30 @@ impl Model {
             }
             Model::Cdm(m) => cdm_loss(m, x0, labels, weights, shard, rng),
             Model::Ddm(m) => ddm_loss(m, x0, labels, weights, shard, rng),
+        }
+    }
+
+    /// The random part of [`Model::loss`] (levels and noise, on `x0`'s device), for
+    /// [`Model::loss_given`]. The contrastive diffusion loss draws its own and is not covered.
+    pub fn draw_loss(&self, x0: &Tensor, weights: &LossWeights, shard: Shard, rng: &mut Rng) -> Result<LossDraw> {
+        match self {
+            Model::Cdm(m) => LossDraw::cdm(m, x0, weights, shard, rng),
+            Model::Ddm(m) => LossDraw::ddm(m, x0, weights, shard, rng),
+        }
+    }
+
+    /// [`Model::loss`] from drawn levels and noise, without the contrastive diffusion loss:
+    /// device operations alone, which a CUDA graph can hold.
+    pub fn loss_given(
+        &self,
+        x0: &Tensor,
+        labels: Option<&Tensor>,
+        draw: &LossDraw,
+        weights: &LossWeights,
+    ) -> Result<Loss> {
+        match self {
+            Model::Cdm(m) => cdm_loss_given(m, x0, labels, draw, weights),
+            Model::Ddm(m) => ddm_loss_given(m, x0, labels, draw, weights),
         }
     }
 }

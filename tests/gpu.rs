@@ -368,3 +368,54 @@ fn cuda_graph_replays_match_the_plain_calls() {
         assert_equivalent(&samples(&Batches { graphs: true, ..plain }), &samples(&plain), F64_TOLERANCE, &what);
     }
 }
+
+/// Training steps replayed from a CUDA graph (`Trainer::set_cuda_graphs`, src/train/graphed.rs)
+/// train as the plain steps do: two runs of one config, one of them replaying from its third
+/// step, report the same loss, cross-entropy, squared error and gradient norm at every step and
+/// end with the same weights, EMA weights and Adam moments, for both kinds in f64 and in bf16. A
+/// replay that read a stale input (the batch, the levels, the noise) or kept the last step's
+/// gradients would be off by O(1). Tolerances as for the network calls' graphs above. With
+/// `CDM_GPU_TEST_DEVICE=cpu` both runs are plain and only the comparison is checked.
+#[test]
+#[ignore = "needs a GPU"]
+fn cuda_graph_training_steps_match_the_plain_steps() {
+    let device = gpu();
+    let steps = 6;
+    for kind in [ModelKind::Cdm, ModelKind::Ddm] {
+        for precision in [Precision::F64, Precision::Bf16] {
+            let mut config = run_config(kind, steps);
+            config.train.precision = precision;
+            let dir = tempfile::tempdir().unwrap();
+            // Both runs start from one checkpoint: the weights' initialisation draws from
+            // libtorch's global generator, which tests running beside this one draw from too.
+            let plain_dir = dir.path().join("false");
+            Trainer::open(&plain_dir, config.clone(), device).unwrap().save().unwrap();
+            copy_dir(&plain_dir, &dir.path().join("true"));
+            let mut reports = Vec::new();
+            for graphs in [false, true] {
+                let mut trainer = Trainer::open(&dir.path().join(graphs.to_string()), config.clone(), device).unwrap();
+                trainer.set_cuda_graphs(graphs);
+                let mut run = Vec::new();
+                for step in 1..=steps {
+                    trainer
+                        .run_until(step, &mut |r| run.extend([r.loss, r.ce.unwrap_or(0.0), r.mse, r.grad_norm]))
+                        .unwrap();
+                }
+                assert_eq!(trainer.steps_graphed(), graphs && device.is_cuda(), "{kind:?} {precision:?}: graphed");
+                reports.push(Tensor::from_slice(&run).reshape([steps as i64, 4]));
+            }
+            let what = format!("{kind:?} {precision:?}");
+            let tol = if precision == Precision::F64 { F64_TOLERANCE } else { BF16_TOLERANCE / 5.0 };
+            assert_equivalent(&reports[1], &reports[0], tol, &format!("{what}: loss, ce, mse, grad norm of each step"));
+            let [plain, graphed] = ["false", "true"].map(|d| TensorFile::load(&paths(&dir.path().join(d)).1).unwrap());
+            let (worst, name) = plain
+                .tensors
+                .iter()
+                .map(|(name, cpu)| (relative_difference(graphed.get(name, dir.path()).unwrap(), cpu, name), name))
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .expect("a checkpoint with tensors");
+            eprintln!("{what}: weights, EMA and moments, worst relative difference {worst:.3e} ({name})");
+            assert!(worst <= tol, "{what}: {name} differs by {worst:e} relative (tolerance {tol:e})");
+        }
+    }
+}

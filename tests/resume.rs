@@ -5,6 +5,7 @@ mod common;
 use cdm::checkpoint::load_model;
 use cdm::model::ModelKind;
 use cdm::nets::{BackboneConfig, MlpConfig};
+use cdm::schedule::{Levels, LogSnrProposal, ScheduleConfig, ScheduleKind};
 use cdm::train::{Precision, RunConfig, TrainConfig, Trainer};
 use common::mlp_config;
 use tch::{Device, Kind};
@@ -41,11 +42,7 @@ fn resume_matches_an_uninterrupted_run() {
 #[test]
 fn resume_matches_with_prefetched_image_batches() {
     let data = tempfile::tempdir().unwrap();
-    for i in 1..=5u8 {
-        let records: Vec<u8> =
-            (0..4u8).flat_map(|r| [vec![r], (0..3072).map(|p| (p % 251) as u8 ^ (i * r)).collect()].concat()).collect();
-        std::fs::write(data.path().join(format!("data_batch_{i}.bin")), records).unwrap();
-    }
+    write_cifar10_batches(data.path());
     let images = |steps: u64| {
         let plain = config(steps);
         RunConfig {
@@ -60,6 +57,15 @@ fn resume_matches_with_prefetched_image_batches() {
         }
     };
     resumes_exactly(&images);
+}
+
+/// Five CIFAR-10 training files of four labelled images each.
+fn write_cifar10_batches(dir: &std::path::Path) {
+    for i in 1..=5u8 {
+        let records: Vec<u8> =
+            (0..4u8).flat_map(|r| [vec![r], (0..3072).map(|p| (p % 251) as u8 ^ (i * r)).collect()].concat()).collect();
+        std::fs::write(dir.join(format!("data_batch_{i}.bin")), records).unwrap();
+    }
 }
 
 /// A run of 12 steps interrupted at step 7 and resumed ends with the weights of an
@@ -83,6 +89,56 @@ fn resumes_exactly(config: &dyn Fn(u64) -> RunConfig) {
         for ((name, a), (_, b)) in weights(whole.path(), ema).iter().zip(weights(split.path(), ema)) {
             let diff = (a - b).abs().max().double_value(&[]);
             assert_eq!(diff, 0.0, "{name} (ema {ema}) differs");
+        }
+    }
+}
+
+/// A trainer asked for CUDA graphs where there are none (the CPU) still runs its steps through
+/// the loss that a graph replays, drawn on the host and then computed (`Model::draw_loss`,
+/// `Model::loss_given`, src/train/graphed.rs): bit for bit the plain loss's weights, for a CDM
+/// with the low-level prior and level strides, a DDM on continuous levels with min-SNR weights,
+/// and a CDM on labelled 8-bit images with label dropout and dequantization.
+#[test]
+fn the_graphable_step_trains_bit_for_bit_as_the_plain_one() {
+    let data = tempfile::tempdir().unwrap();
+    write_cifar10_batches(data.path());
+    let strided = TrainConfig { low_levels: 0.5, level_strides: vec![1, 4], ..config(6).train };
+    let mut continuous =
+        mlp_config(ModelKind::Ddm, 50, MlpConfig { hidden: 16, blocks: 1, ..MlpConfig::default() }, &[2]);
+    continuous.schedule = ScheduleConfig { kind: ScheduleKind::LogSnr, ..continuous.schedule };
+    continuous.schedule.levels = Levels::Continuous(LogSnrProposal { loc: 2.0, scale: 1.5 });
+    let images = mlp_config(
+        ModelKind::Cdm,
+        20,
+        MlpConfig { hidden: 16, blocks: 1, num_labels: 10, ..MlpConfig::default() },
+        &[3, 32, 32],
+    );
+    let cases = [
+        RunConfig { train: strided, ..config(6) },
+        RunConfig { model: continuous, train: TrainConfig { min_snr: Some(5.0), ..config(6).train }, ..config(6) },
+        RunConfig {
+            data: format!("cifar10:{}", data.path().display()),
+            model: images,
+            train: TrainConfig { batch_size: 4, dequantize: true, label_dropout: 0.5, ..config(6).train },
+        },
+    ];
+    for (i, case) in cases.into_iter().enumerate() {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        // Both runs start from one checkpoint: the weights' initialisation draws from libtorch's
+        // global generator, which tests running beside this one draw from too.
+        Trainer::open(dirs[0].path(), case.clone(), Device::Cpu).unwrap().save().unwrap();
+        for file in ["config.json", "checkpoint.safetensors"] {
+            std::fs::copy(dirs[0].path().join(file), dirs[1].path().join(file)).unwrap();
+        }
+        for (graphs, dir) in [false, true].into_iter().zip(&dirs) {
+            let mut trainer = Trainer::open(dir.path(), case.clone(), Device::Cpu).unwrap();
+            trainer.set_cuda_graphs(graphs);
+            trainer.run(&mut |_| {}).unwrap();
+            assert!(!trainer.steps_graphed(), "case {i}: no graphs on the CPU");
+        }
+        let [plain, graphable] = dirs.map(|d| weights(d.path(), false));
+        for ((name, a), (_, b)) in plain.iter().zip(&graphable) {
+            assert!(a.equal(b), "case {i}: {name} differs");
         }
     }
 }

@@ -161,6 +161,13 @@ pub struct TrainArgs {
     init_from: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceArg,
+    /// On a CUDA device, replay each step's loss and backward pass from a CUDA graph after the
+    /// first two steps: one launch instead of one per kernel, for models whose steps the host's
+    /// launches bound. The same draws, so the same training. Needs the CUDA extension library
+    /// (scripts/build-cuda.sh); without it, if a capture fails, or with the contrastive
+    /// diffusion loss, it says so and trains as without.
+    #[arg(long)]
+    cuda_graphs: bool,
     /// Data-parallel ranks to start on this host (one per GPU with CUDA; on a CPU the cores are
     /// split among them); --batch stays the global batch. A launcher's environment (torchrun's
     /// RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) starts a rank without it.
@@ -310,6 +317,7 @@ fn lock_run(args: &TrainArgs) -> Result<RunLock> {
 fn train(args: &TrainArgs, open: impl FnOnce(&indicatif::ProgressBar) -> cdm::Result<Trainer>) -> Result<()> {
     let building = spinner(format!("building the model in {}", args.out.display()));
     let mut trainer = open(&building)?;
+    trainer.set_cuda_graphs(args.cuda_graphs);
     let train = &trainer.config.train;
     if trainer.step() == train.steps {
         tracing::info!(

@@ -26,6 +26,7 @@ use crate::signals::stop_requested;
 use crate::{Error, Result};
 
 pub mod config;
+pub mod graphed;
 pub mod loading;
 pub mod log;
 pub mod monitor;
@@ -38,6 +39,7 @@ pub use log::{read_log, StepReport};
 pub use monitor::FidMonitor;
 
 use crate::checkpoint::run::{build, saved_run, step_of};
+use graphed::{GraphedSteps, StepInputs};
 use loading::{init_weights, BASE_FIT_POINTS};
 use log::LogFile;
 
@@ -111,7 +113,8 @@ pub struct Trainer {
     group: Option<Arc<ProcessGroup>>,
     /// The rows of each step's batch this process computes.
     shard: Shard,
-    /// Held while the run is open: one writer per run folder.
+    /// Training steps replayed from a CUDA graph, when asked for ([`Trainer::set_cuda_graphs`]).
+    graphed: Option<GraphedSteps>,
     /// Held while the run is open (by the writer): one writer per run folder.
     _lock: Option<RunLock>,
 }
@@ -306,6 +309,7 @@ impl Trainer {
             fid: None,
             group: None,
             shard: Shard::whole(config_batch),
+            graphed: None,
             _lock: lock,
         };
         if checkpointed {
@@ -380,6 +384,24 @@ impl Trainer {
         monitor.measure(&self.ema_model, (cfg.precision.kind(), self.device))
     }
 
+    /// Replays the loss and backward pass of every step after the first few from a CUDA graph
+    /// ([`graphed`]), on a CUDA device; anywhere else, or with the contrastive diffusion loss
+    /// (whose draws a graph cannot take), steps run as they are. The same draws, so the same
+    /// training, up to the order of floating-point sums in some kernels.
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        if on && self.config.train.cdl.is_some() && self.device.is_cuda() {
+            tracing::warn!(
+                "training steps run without CUDA graphs: the contrastive diffusion loss draws inside the step"
+            );
+        }
+        self.graphed = (on && self.config.train.cdl.is_none()).then(|| GraphedSteps::new(self.device));
+    }
+
+    /// Whether training steps are being replayed from a CUDA graph.
+    pub fn steps_graphed(&self) -> bool {
+        self.graphed.as_ref().is_some_and(GraphedSteps::is_captured)
+    }
+
     /// The data-parallel job this trainer is a rank of.
     pub fn group(&self) -> Option<&ProcessGroup> {
         self.group.as_deref()
@@ -442,26 +464,31 @@ impl Trainer {
         // sample grids and FIDs are not counted.
         let mut clock = std::time::Instant::now();
         let images = self.config.model.data_shape.len() == 3;
+        let weights = LossWeights {
+            ce: cfg.ce_weight,
+            mse: cfg.mse_weight,
+            min_snr: cfg.min_snr,
+            cdl: cfg.cdl,
+            low_levels: cfg.low_levels,
+            level_strides: cfg.level_strides.clone(),
+        };
         while self.step < stop {
             let k = self.step;
             let Batch { x0, labels } = batches.next(&self.data)?;
             let mut rng = Rng::stream(cfg.seed, k);
-            let loss = self.model.loss(
-                &x0,
-                labels.as_ref(),
-                &LossWeights {
-                    ce: cfg.ce_weight,
-                    mse: cfg.mse_weight,
-                    min_snr: cfg.min_snr,
-                    cdl: cfg.cdl,
-                    low_levels: cfg.low_levels,
-                    level_strides: cfg.level_strides.clone(),
-                },
-                self.shard,
-                &mut rng,
-            )?;
-            self.params.zero_grads();
-            loss.total.backward();
+            let loss = match &mut self.graphed {
+                Some(steps) => {
+                    let draw = self.model.draw_loss(&x0, &weights, self.shard, &mut rng)?;
+                    let inputs = StepInputs { x0: &x0, labels: labels.as_ref(), draw: &draw, weights: &weights };
+                    steps.step(&self.model, &mut self.params, &inputs)?
+                }
+                None => {
+                    let loss = self.model.loss(&x0, labels.as_ref(), &weights, self.shard, &mut rng)?;
+                    self.params.zero_grads();
+                    loss.total.backward();
+                    loss
+                }
+            };
             // Each rank's loss is its share of the batch's: the sum of their gradients is the
             // batch's gradient, the same on every rank, and so is everything computed from it.
             if let Some(group) = &self.group {
