@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use tch::{Device, Kind, Tensor};
 
 use super::{pixels_to_unit, Dataset};
+use crate::device::upload;
 use crate::distributed::Shard;
 use crate::likelihood::{spread_in_bins, spread_points_in_bins};
 use crate::rng::Rng;
@@ -65,16 +66,16 @@ pub fn batch(data: &Dataset, options: &BatchOptions, step: u64) -> Batch {
     let (kind, device) = (options.kind, options.device);
     let mut whole = x.size();
     whole[0] = shard.total as i64;
-    let noise = options.dequantize.then(|| rng.uniform_rows(&whole, shard.range(), kind).to_device(device));
+    let noise = options.dequantize.then(|| upload(&rng.uniform_rows(&whole, shard.range(), kind), device));
     let x0 = if x.kind() == Kind::Uint8 {
         // Bytes travel to the device (a quarter of Float's), and are converted there.
-        let pixels = x.to_device(device).to_kind(kind);
+        let pixels = upload(&x, device).to_kind(kind);
         match noise {
             Some(u) => spread_in_bins(&pixels, &u),
             None => pixels_to_unit(&pixels, kind),
         }
     } else {
-        let x = x.to_kind(kind).to_device(device);
+        let x = upload(&x.to_kind(kind), device);
         match noise {
             Some(u) => spread_points_in_bins(&x, &u),
             None => x,
@@ -82,7 +83,7 @@ pub fn batch(data: &Dataset, options: &BatchOptions, step: u64) -> Batch {
     };
     let labels = labels.zip(options.null_label).map(|(l, null)| {
         let drop = coins(&mut rng).lt(options.label_dropout);
-        l.where_self(&drop.logical_not(), &Tensor::from(null)).to_device(device)
+        upload(&l.where_self(&drop.logical_not(), &Tensor::from(null)), device)
     });
     Batch { x0, labels }
 }
