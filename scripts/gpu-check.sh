@@ -64,6 +64,18 @@ bench() {
 }
 bench bf16
 
+# make mnist's recipe for a few steps as it is, then with each step's loss and backward pass
+# replayed from a CUDA graph (--cuda-graphs): the time per step, and the same losses.
+short_steps=200
+[ "$device" = cpu ] && short_steps=6
+for graphs in "" graphs; do
+  name=train-short${graphs:+-$graphs}
+  stage "$name" 45 230 "$cdm" train --data mnist --conditional --model cdm --base-per-class --min-snr 5 --preset tiny \
+    --batch 32 --lr 4e-4 --steps "$short_steps" --sample-every 0 --precision bf16 \
+    --device "$device" ${graphs:+--cuda-graphs} --out "$work/$name"
+  cp "$work/$name/log.jsonl" "$out/$name.jsonl" 2>/dev/null
+done
+
 # The data-parallel engine with a world of one against the plain step, for the sizes whose
 # gradients are large: its overhead, and the all-reduce of the whole gradient alone. Two JSON
 # lines in rank-bench-SIZE.json: the plain step, then the same as the one rank of a job.
@@ -71,18 +83,6 @@ for size in cifar10-ddm cifar10-cdm; do
   stage "rank-bench-$size" 90 60 bash -c '"$@" && WORLD_SIZE=1 RANK=0 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 \
     MASTER_PORT=29533 "$@"' _ "$cdm" bench --size "$size" --batch "$cifar_batch" --precision bf16 --no-reference \
     --device "$device" --rounds "$rounds" --steps "$steps" && cp "$out/rank-bench-$size.out" "$out/rank-bench-$size.json"
-done
-
-# make mnist's recipe for a few steps as it is, then with each step's loss and backward pass
-# replayed from a CUDA graph (--cuda-graphs): the time per step, and the same losses.
-short_steps=200
-[ "$device" = cpu ] && short_steps=6
-for graphs in "" graphs; do
-  name=train-short${graphs:+-$graphs}
-  stage "$name" 60 240 "$cdm" train --data mnist --conditional --model cdm --base-per-class --min-snr 5 --preset tiny \
-    --batch 32 --lr 4e-4 --steps "$short_steps" --sample-every 0 --precision bf16 \
-    --device "$device" ${graphs:+--cuda-graphs} --out "$work/$name"
-  cp "$work/$name/log.jsonl" "$out/$name.jsonl" 2>/dev/null
 done
 
 # make mnist's recipe in bf16 (its cosine learning rate ends at --steps), stopped by the clock
