@@ -90,12 +90,14 @@ class Model:
         clip_x0: Optional[float] = None,
         unconditional: bool = False,
         batch: int = 1024,
+        cuda_graphs: bool = False,
     ) -> Samples:
         """`n` samples, as `cdm sample` draws them with the same options and seed.
 
         parallel=P refines windows of P steps by fixed-point iteration with tolerance `tol`;
         guidance, class_ and unconditional apply to conditional models; clip_x0 clips each
-        step's x0 estimate to [-clip_x0, clip_x0].
+        step's x0 estimate to [-clip_x0, clip_x0]; cuda_graphs=True replays the network calls
+        from CUDA graphs on a CUDA device (`cdm sample --cuda-graphs`).
         """
 
 def load(
@@ -113,6 +115,7 @@ def train(
     progress: Optional[Callable[[dict[str, Any]], object]] = None,
     device: Literal["auto", "cpu", "cuda"] = "auto",
     restart: bool = False,
+    cuda_graphs: bool = False,
 ) -> int:
     """Trains a run in `out`, or resumes the one there; returns the step reached.
 
@@ -122,5 +125,6 @@ def train(
     `progress` is called with each logged step's report (step, loss, ce, mse, lr, grad_norm,
     seconds, total_steps). An exception in it, or Ctrl-C (noticed at a report), stops training
     as SIGINT stops `cdm train`: after the next step, with a checkpoint of it; then it is
-    raised. restart=True discards the run in `out` first.
+    raised. restart=True discards the run in `out` first. cuda_graphs=True replays each step's
+    loss and backward pass from a CUDA graph on a CUDA device (`cdm train --cuda-graphs`).
     """

@@ -269,10 +269,11 @@ impl Model {
     /// `n` samples and what drawing them cost, as `cdm sample` draws them with the same options
     /// and seed: `sampler` ddpm, ddim, dpm2 or dpmpp2m; `parallel=P` refines windows of P steps
     /// by fixed-point iteration to tolerance `tol`; `class_`, `guidance` and `unconditional` for
-    /// conditional models; `clip_x0` clips each step's x̂0.
+    /// conditional models; `clip_x0` clips each step's x̂0; `cuda_graphs` replays the network
+    /// calls from CUDA graphs on a CUDA device.
     #[pyo3(signature = (
         n, sampler="ddim", steps=50, parallel=None, tol=0.1, guidance=0.0, class_=None, seed=0,
-        eta=0.0, clip_x0=None, unconditional=false, batch=1024
+        eta=0.0, clip_x0=None, unconditional=false, batch=1024, cuda_graphs=false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn sample(
@@ -290,6 +291,7 @@ impl Model {
         clip_x0: Option<f64>,
         unconditional: bool,
         batch: usize,
+        cuda_graphs: bool,
     ) -> PyResult<Samples> {
         let sampler: SamplerKind = named("sampler", sampler, "'ddpm', 'ddim', 'dpm2' or 'dpmpp2m'")?;
         let conditioning = match (unconditional, class_) {
@@ -301,7 +303,7 @@ impl Model {
         let parallel = parallel.map(|window| ParallelOptions { window, tol, ..ParallelOptions::default() });
         let opts = SampleOptions { sampler, steps, eta, seed, conditioning, guidance, clip_x0, parallel };
         lib(cdm::data::check_held("n", n, self.loaded.model.data_shape()))?;
-        let (model, batches) = (&self.loaded.model, self.batches(batch));
+        let (model, batches) = (&self.loaded.model, Batches { graphs: cuda_graphs, ..self.batches(batch) });
         let drawn = lib(without_gil(py, || draw(model, n, &opts, &batches)))?;
         Ok(Samples {
             x: PyTensor(drawn.x).into_pyobject(py)?.unbind(),
@@ -361,9 +363,10 @@ fn config_file(py: Python<'_>, config: Option<&Bound<'_, PyAny>>) -> PyResult<Op
 /// reached. `config`: a dict or the path of a TOML/JSON file in the `--config` format (data,
 /// model, schedule, backbone, train, ...), over the defaults that suit the data; None resumes
 /// the run in `out`. `progress(report)` is called at each logged step; an exception in it, or
-/// Ctrl-C, stops training after the next step with a checkpoint, and is raised.
+/// Ctrl-C, stops training after the next step with a checkpoint, and is raised. `cuda_graphs`
+/// replays each step's loss and backward pass from a CUDA graph on a CUDA device.
 #[pyfunction]
-#[pyo3(signature = (config=None, *, out, progress=None, device="auto", restart=false))]
+#[pyo3(signature = (config=None, *, out, progress=None, device="auto", restart=false, cuda_graphs=false))]
 fn train(
     py: Python<'_>,
     config: Option<&Bound<'_, PyAny>>,
@@ -371,6 +374,7 @@ fn train(
     progress: Option<&Bound<'_, PyAny>>,
     device: &str,
     restart: bool,
+    cuda_graphs: bool,
 ) -> PyResult<u64> {
     let device = choose_device(device)?;
     let in_out = |e| library_error(Some(format!("out {}", out.display())), e);
@@ -389,6 +393,7 @@ fn train(
     cdm::signals::set_received(None);
     let trained = without_gil(py, || {
         let mut trainer = Trainer::open_with_data(lock, run, dataset, device)?;
+        trainer.set_cuda_graphs(cuda_graphs);
         let total = trainer.config.train.steps;
         trainer.run(&mut |report| {
             if raised.is_some() {

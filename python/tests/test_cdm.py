@@ -85,6 +85,8 @@ def test_denoise_is_cdm_denoise_and_eps_its_noise(points_run, points, tmp_path):
         (dict(steps=10, seed=3), ["--steps", 10, "--seed", 3]),
         (dict(sampler="ddpm", steps=10, seed=4), ["--sampler", "ddpm", "--steps", 10, "--seed", 4]),
         (dict(steps=10, parallel=4, tol=0.05, seed=5), ["--steps", 10, "--parallel", 4, "--tol", 0.05, "--seed", 5]),
+        # On the CPU graphs are off: the flag is taken and changes nothing.
+        (dict(steps=10, seed=6, cuda_graphs=True), ["--steps", 10, "--seed", 6, "--cuda-graphs"]),
     ],
 )
 def test_sample_is_cdm_sample(points_run, tmp_path, kwargs, flags):
@@ -156,7 +158,8 @@ def test_train_is_cdm_train_and_resumes(tmp_path):
     reports = []
     half = {**CONFIG, "train": {**CONFIG["train"], "steps": 10}}
     assert cdm.train(half, out=tmp_path / "py", progress=reports.append, device="cpu") == 10
-    assert cdm.train(config, out=tmp_path / "py", progress=reports.append, device="cpu") == 20
+    # Graphs are off on the CPU: the second half trains as without them.
+    assert cdm.train(config, out=tmp_path / "py", progress=reports.append, device="cpu", cuda_graphs=True) == 20
     assert [r["step"] for r in reports] == [5, 10, 15, 20]
     assert reports[-1]["total_steps"] == 20 and reports[-1]["loss"] > 0
     # Finished: resuming without a config trains nothing.

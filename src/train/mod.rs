@@ -389,7 +389,9 @@ impl Trainer {
     /// (whose draws a graph cannot take), steps run as they are. The same draws, so the same
     /// training, up to the order of floating-point sums in some kernels.
     pub fn set_cuda_graphs(&mut self, on: bool) {
-        if on && self.config.train.cdl.is_some() && self.device.is_cuda() {
+        if on && !self.device.is_cuda() {
+            tracing::info!("training steps run without CUDA graphs: {:?} is not a CUDA device", self.device);
+        } else if on && self.config.train.cdl.is_some() {
             tracing::warn!(
                 "training steps run without CUDA graphs: the contrastive diffusion loss draws inside the step"
             );
