@@ -348,7 +348,7 @@ impl LossDraw {
         let batch = check_shard(x0, shard)?;
         let schedule = model.schedule();
         let kind = x0.kind();
-        let (t, weights) = match schedule.levels() {
+        let (t, error_weights) = match schedule.levels() {
             Levels::Discrete => {
                 let t = shard.rows(&stratified_levels(batch, 1, schedule.timesteps(), rng));
                 let ones = t.ones_like().to_kind(kind);
@@ -362,7 +362,7 @@ impl LossDraw {
         };
         let eps = rng.normal_rows(&whole_shape(x0, batch), shard.range(), kind);
         let normaliser = Tensor::from(batch as f64).to_kind(kind);
-        let draw = LossDraw { batch, t, eps, weights, normaliser, log_prior: None, strides: None };
+        let draw = LossDraw { batch, t, eps, weights: error_weights, normaliser, log_prior: None, strides: None };
         Ok(draw.to_device(x0.device()))
     }
 
