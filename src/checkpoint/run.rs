@@ -44,8 +44,26 @@ impl LoadedModel {
     }
 }
 
-/// Builds a fresh classifier on `device` in the run's precision.
+/// Held while a model is built: tch's initialisers draw from libtorch's global generator, so a
+/// build beside a seeded one would change what the seeded one draws.
+static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Builds a fresh model on `device` in the run's precision (its weights drawn from libtorch's
+/// global generator as it stands).
 pub(crate) fn build(config: &RunConfig, device: Device) -> Result<(VarStore, Model)> {
+    let _guard = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    build_unlocked(config, device)
+}
+
+/// Two models built as [`build`] builds, after seeding the global generator with `seed`, with
+/// no other build between: a run's model and its EMA copy, reproducible from the config alone.
+pub(crate) fn build_seeded_pair(config: &RunConfig, device: Device, seed: u64) -> Result<[(VarStore, Model); 2]> {
+    let _guard = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed as i64);
+    Ok([build_unlocked(config, device)?, build_unlocked(config, device)?])
+}
+
+fn build_unlocked(config: &RunConfig, device: Device) -> Result<(VarStore, Model)> {
     let mut vs = VarStore::new(device);
     let mut model = Model::new(&vs.root(), &config.model)?;
     vs.set_kind(config.train.precision.kind());

@@ -38,7 +38,7 @@ pub use loading::data_logsnr_proposal;
 pub use log::{read_log, StepReport};
 pub use monitor::FidMonitor;
 
-use crate::checkpoint::run::{build, saved_run, step_of};
+use crate::checkpoint::run::{build_seeded_pair, saved_run, step_of};
 use graphed::{GraphedSteps, StepInputs};
 use loading::{init_weights, BASE_FIT_POINTS};
 use log::LogFile;
@@ -258,15 +258,7 @@ impl Trainer {
                 ),
             ));
         }
-        // tch's initialisers draw from libtorch's global generator: seed it (under a lock, as
-        // other threads may build models too), so a run is reproducible from its config alone.
-        let (mut vs, model, (mut ema_vs, ema_model)) = {
-            static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-            let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
-            tch::manual_seed(config.train.seed as i64);
-            let (vs, model) = build(&config, device)?;
-            (vs, model, build(&config, device)?)
-        };
+        let [(mut vs, model), (mut ema_vs, ema_model)] = build_seeded_pair(&config, device, config.train.seed)?;
         match (checkpointed, &config.train.init_from) {
             // A resumed run restores its weights and base from the checkpoint below, and the
             // ranks of a job that do not write are sent theirs.
