@@ -179,6 +179,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The median of `v`, or none of an empty one (a measurement no round could take).
+fn median_if_any(v: Vec<f64>) -> Option<f64> {
+    (!v.is_empty()).then(|| median(v))
+}
+
 /// Median milliseconds of one step: (training, sampling).
 type Timing = (f64, f64);
 
@@ -469,12 +474,11 @@ pub fn run(plan: &Plan, device: Device, group: Option<&Arc<ProcessGroup>>) -> Re
         "rust_sample_rate": rate(sample_flops, rust_sample),
     });
     if device.is_cuda() {
-        let graphed = (!graphed.is_empty()).then(|| median(graphed));
+        let graphed = median_if_any(graphed);
         report["rust_ms_per_sample_step_cuda_graph"] = json!(graphed);
         report["rust_sample_rate_cuda_graph"] = json!(graphed.map(|ms| rate(sample_flops, ms)));
         let (waited, queued): (Vec<f64>, Vec<f64>) = graphed_train.into_iter().unzip();
-        let (waited, queued) =
-            ((!waited.is_empty()).then(|| median(waited)), (!queued.is_empty()).then(|| median(queued)));
+        let (waited, queued) = (median_if_any(waited), median_if_any(queued));
         report["rust_ms_per_step_cuda_graph"] = json!(waited);
         report["rust_ms_per_step_queued_cuda_graph"] = json!(queued);
         report["rust_train_rate_queued_cuda_graph"] = json!(queued.map(|ms| rate(train_flops, ms)));
