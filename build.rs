@@ -9,8 +9,9 @@
 //!
 //! It also compiles what tch 0.24 does not bind against libtorch's headers, with the flags
 //! torch-sys compiles its own wrapper with: `csrc/precision.cpp` (autocast to a chosen dtype, the
-//! TF32 switch) and `csrc/distributed.cpp` (c10d's store and Gloo process group). The symbols
-//! they call are in libtorch_cpu.
+//! TF32 switch), `csrc/inference_mode.cpp` (the guard that skips autograd's bookkeeping) and
+//! `csrc/distributed.cpp` (c10d's store and Gloo process group). The symbols they call are in
+//! libtorch_cpu.
 use std::path::{Path, PathBuf};
 
 fn main() {
@@ -45,6 +46,7 @@ fn compile_shim(torch: &Path) {
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/precision.cpp")
+        .file("csrc/inference_mode.cpp")
         .file("csrc/distributed.cpp")
         .compile("cdm_shim");
 }

@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::{Error, Result};
 
@@ -251,11 +251,25 @@ pub fn synchronize(device: Device) {
 /// pageable buffer into its own staging memory before the call returns, so `t` may be dropped
 /// at once. Elsewhere the same as `to_device`.
 pub fn upload(t: &Tensor, device: Device) -> Tensor {
-    if device.is_cuda() && t.device() != device {
+    if t.device() == device {
+        t.shallow_clone()
+    } else if device.is_cuda() {
         t.to_device_(device, t.kind(), true, false)
     } else {
         t.to_device(device)
     }
+}
+
+/// Host values as a tensor of `shape`, `kind` and `device`, converted on the host where the
+/// kind is f32: a sampler uploads small tables every iteration, where each tensor operation
+/// costs more than the arithmetic.
+pub fn host_tensor(values: &[f64], shape: &[i64], kind: Kind, device: Device) -> Tensor {
+    let t = match kind {
+        Kind::Float => Tensor::from_slice(&values.iter().map(|&v| v as f32).collect::<Vec<_>>()),
+        Kind::Double => Tensor::from_slice(values),
+        _ => Tensor::from_slice(values).to_kind(kind),
+    };
+    upload(&t.view(shape), device)
 }
 
 #[cfg(test)]

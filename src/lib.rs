@@ -21,7 +21,7 @@
 //! classifier or denoiser is built from), `input` (checks of a model's inputs), `classifier` (cumsum head, F, ε̂ by
 //! input gradient), `denoiser` (the DDM baseline), `model` (either kind behind one type; it alone depends on both),
 //! `predictor` (the one trait samplers use), `loss`, `likelihood`, `batches` (points through a model in chunks), `eval` (what `cdm eval` reports, as a typed `Report`), `sample` (DDPM, DDIM,
-//! DPM-Solver, guidance, parallel sampling), `train` (and `train::resolve`, a run's settings), `optim` (flat Adam and EMA), `precision` (f32, f64, bf16 autocast), `config_file` (`cdm train --config`), `checkpoint` (and loading a trained run), `run_lock` (one writer per run folder), `signals` (Ctrl-C and SIGTERM stop training at a checkpoint), `data` (files, images, known densities), `metrics`
+//! DPM-Solver, guidance, parallel sampling), `train` (and `train::resolve`, a run's settings), `optim` (flat Adam and EMA), `precision` (f32, f64, bf16 autocast), `inference_mode` (libtorch's guard that skips autograd's bookkeeping), `config_file` (`cdm train --config`), `checkpoint` (and loading a trained run), `run_lock` (one writer per run folder), `signals` (Ctrl-C and SIGTERM stop training at a checkpoint), `data` (files, images, known densities), `metrics`
 //! (AUROC, confusion matrix, FID, MMD), `cache` (downloads kept per user), `plot` (and the figures of `cdm plot`), `bench` (what `cdm bench` times), `device` (CPU or a
 //! GPU, loading libtorch's CUDA backend at run time), `cuda_graph` (network calls replayed as CUDA graphs), `distributed` (data-parallel ranks on c10d).
 pub mod base;
@@ -38,6 +38,7 @@ pub mod device;
 pub mod distributed;
 pub mod error;
 pub mod eval;
+pub mod inference_mode;
 pub mod input;
 pub mod likelihood;
 pub mod loss;

@@ -13,7 +13,9 @@ use cdm::eval::{against_posterior_mean, posterior_mean_levels, score_points, Bat
 use cdm::likelihood::{bits_per_dim, Dequantization};
 use cdm::plot::{image_grid, interleaved_rows, rows_by_class};
 use cdm::precision::Precision;
-use cdm::sample::{draw_from, Conditioning, Latency, Noise, SampleOptions, Samples, SamplingStats, Start};
+use cdm::sample::{
+    draw_from, Conditioning, Latency, Noise, ParallelOptions, SampleOptions, Samples, SamplingStats, Start,
+};
 
 use super::sampling::SamplingArgs;
 use super::{check_count, output_file, progress_bar, DeviceArg};
@@ -287,9 +289,15 @@ pub fn sample(args: SampleArgs) -> Result<()> {
     let batches =
         Batches { group: group.as_ref(), graphs: args.cuda_graphs, ..Batches::new(args.ckpt.batch, loaded.options()) };
     if args.compare_sequential {
-        // One step for one sample first, so neither timed run pays libtorch's warm-up.
-        let warm_up = SampleOptions { steps: 1, ..opts.sequential() };
-        draw_from(&loaded.model, 1, &warm_up, &batches, None, &mut |_| {})?;
+        // A short run of each kind for one sample first (one sequential step, four parallel
+        // steps in windows of two), so that neither timed run pays libtorch's first call of
+        // each of its operations (docs/results.md §13.2).
+        let sequential = SampleOptions { steps: 1, ..opts.sequential() };
+        let window = opts.parallel.map(|p| ParallelOptions { window: 2, ..p });
+        let parallel = SampleOptions { steps: opts.steps.min(4), parallel: window, ..opts.clone() };
+        for warm_up in [sequential, parallel] {
+            draw_from(&loaded.model, 1, &warm_up, &batches, None, &mut |_| {})?;
+        }
     }
     let drawn = draw_samples(&loaded, args.n, &opts, &batches, start, writes)?;
     let mut report = json!({"n": args.n, "options": opts, "cost": drawn.stats});

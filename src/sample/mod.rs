@@ -49,28 +49,28 @@ impl Noise {
 
     /// One N(0, I) draw per sample: [n, ..shape].
     pub fn normal(&mut self, shape: &[i64], kind: Kind, device: Device) -> Tensor {
-        self.steps(&[true], shape, kind, device).squeeze_dim(0)
+        self.steps(&[1.0], shape, kind, device).squeeze_dim(0)
     }
 
-    /// The noise of k consecutive steps, [k, n, ..shape]: step i's rows are N(0, I) draws where
-    /// `draws[i]`, zeros where the step draws none. Each sample's stream gives its steps' values
-    /// in step order, so this is [`Noise::normal`] called for each drawing step in turn, filled
-    /// into one buffer on the host and uploaded as one tensor (not one small tensor per sample
-    /// or step, stacked).
-    pub fn steps(&mut self, draws: &[bool], shape: &[i64], kind: Kind, device: Device) -> Tensor {
+    /// The noise of k consecutive steps scaled by their standard deviations `stds`,
+    /// [k, n, ..shape]: step i's rows are stds[i]·N(0, I) draws, zeros where stds[i] = 0 (a step
+    /// that draws none). Each sample's stream gives its steps' values in step order, so this is
+    /// [`Noise::normal`] called for each drawing step in turn, filled into one buffer on the
+    /// host and uploaded as one tensor (not one small tensor per sample or step, stacked).
+    pub fn steps(&mut self, stds: &[f64], shape: &[i64], kind: Kind, device: Device) -> Tensor {
         let (per_sample, n) = (shape.iter().product::<i64>() as usize, self.streams.len());
-        let mut values = vec![0.0; draws.len() * n * per_sample];
+        let mut values = vec![0.0; stds.len() * n * per_sample];
         let mut row = Vec::with_capacity(per_sample);
         for (s, stream) in self.streams.iter_mut().enumerate() {
-            for (i, _) in draws.iter().enumerate().filter(|(_, &d)| d) {
+            for (i, &std) in stds.iter().enumerate().filter(|(_, &std)| std > 0.0) {
                 row.clear();
                 stream.extend_normal(&mut row, per_sample);
                 let at = (i * n + s) * per_sample;
-                values[at..at + per_sample].copy_from_slice(&row);
+                values[at..at + per_sample].iter_mut().zip(&row).for_each(|(v, z)| *v = std * z);
             }
         }
-        let full_shape = [&[draws.len() as i64, n as i64][..], shape].concat();
-        Tensor::from_slice(&values).reshape(full_shape).to_kind(kind).to_device(device)
+        let full_shape = [&[stds.len() as i64, n as i64][..], shape].concat();
+        crate::device::host_tensor(&values, &full_shape, kind, device)
     }
 }
 
@@ -95,13 +95,15 @@ impl<'a> Step<'a> {
         Step { i, t, states, x0s, row }
     }
 
-    /// The state after the step: [n, ..].
+    /// The state after the step: [n, ..]. A copy, as [`Step::x0`] is: a sampler's block is a
+    /// view of buffers that its next step overwrites, or an inference tensor
+    /// ([`crate::inference_mode`]), and a copy made here is neither.
     pub fn x_t(&self) -> Tensor {
-        self.states.get(self.row)
+        self.states.get(self.row).copy()
     }
 
-    /// The denoised estimate x̂0 at level `t`: [n, ..].
+    /// The denoised estimate x̂0 at level `t`: [n, ..], a copy.
     pub fn x0(&self) -> Tensor {
-        self.x0s.get(self.row)
+        self.x0s.get(self.row).copy()
     }
 }

@@ -24,6 +24,8 @@ use tch::{Kind, Tensor};
 
 use super::steps::StepTable;
 use super::{Noise, Step};
+use crate::device::host_tensor;
+use crate::inference_mode::InferenceMode;
 use crate::predictor::NoisePredictor;
 use crate::{Error, Result};
 
@@ -269,14 +271,13 @@ impl Window {
         let at = self.offset + self.width as i64;
         let state_shape = &self.states.size()[1..];
         let range = first..first + k as usize;
-        let draws: Vec<bool> = range.clone().map(|j| table.draws_noise(j)).collect();
+        let stds: Vec<f64> = range.clone().map(|j| table.noise_std(j)).collect();
         let (kind, device) = (self.states.kind(), self.states.device());
-        let z = noise.steps(&draws, &state_shape[1..], kind, device);
+        let z = noise.steps(&stds, &state_shape[1..], kind, device);
         self.noises.narrow(0, at, k).copy_(&z);
-        let map = Tensor::from_slice(&table.held_x0_map(range, moves)).reshape([k, k + 3]).to_device(device);
+        let map = host_tensor(&table.held_x0_map(range, moves), &[k, k + 3], kind, device);
         let inputs = Tensor::cat(&[self.states.narrow(0, at, 1), x0.shallow_clone(), memory.shallow_clone(), z], 0);
-        let guess = map.to_kind(kind).matmul(&inputs.reshape([k + 3, -1]));
-        self.states.narrow(0, at + 1, k).copy_(&guess.reshape([&[k][..], state_shape].concat()));
+        let _ = map.matmul_out(&self.states.narrow(0, at + 1, k).view([k, -1]), &inputs.view([k + 3, -1]));
         self.width = width;
     }
 }
@@ -286,10 +287,11 @@ impl Window {
 /// [`super::sequential`] returns; `on_step` sees each step once it has converged.
 ///
 /// An iteration is a fixed handful of batched device operations whatever the window's width:
-/// the network call, the drifts, their cumulative sum (or the Newton sweep's scan), the
-/// residuals and the stopping rule, then one read of two integers (how many states converged,
-/// and whether the first is finite), and for the steps entering the window one upload of their
-/// noise and guess map. No loop runs over the window's steps but the `on_step` calls.
+/// the network call, the drifts, their cumulative sum (or the Newton sweep's scan) and the
+/// residuals, then one read of the residuals (w numbers, from which the host finds the run of
+/// converged states), and for the steps entering the window one upload of their noise and
+/// guess map. No loop runs over the window's steps but the `on_step` calls. On a small
+/// network every operation counts: the CPU spends microseconds on each whatever its size.
 pub fn parallel(
     model: &dyn NoisePredictor,
     table: &StepTable,
@@ -311,6 +313,9 @@ pub fn parallel(
     let n = x_t.size()[0];
     let levels = table.levels();
     let columns = table.columns(&x_t);
+    // 1/(D·v_j): the squared residual at the state after step j in units of that step's noise.
+    let dim = x_t.size()[1..].iter().product::<i64>() as f64;
+    let inv_scale: Vec<f64> = (0..num_steps).map(|j| 1.0 / (dim * table.tolerance_scale(j))).collect();
     let mut stats = ParallelStats::default();
     let mut trace = Vec::new();
     let mut windows = Vec::new();
@@ -328,6 +333,9 @@ pub fn parallel(
         let (begin, w) = (window.begin, window.width as i64);
         let x = window.starts();
         let eps = model.eps(&x.flatten(0, 1), &columns.levels(begin, w))?.view_as(&x);
+        // The sampler's arithmetic runs in inference mode, the network call, the buffers and
+        // what `on_step` and the caller get outside it (see crate::inference_mode).
+        let arithmetic = InferenceMode::enter();
         let x0 = columns.x0(begin, &x, &eps);
         stats.iterations += 1;
         stats.evaluations += w as usize;
@@ -338,7 +346,7 @@ pub fn parallel(
             let before = carried.as_ref().map_or_else(|| zeros.shallow_clone(), Tensor::shallow_clone);
             Tensor::cat(&[before, out.narrow(0, 0, w - 1)], 0)
         });
-        let drift = columns.apply(begin, &x, &eps, memory.as_ref(), Some(&window.noise())) - &x;
+        let drift = columns.drift(begin, &x, &eps, memory.as_ref(), Some(&window.noise()));
         let mut ends = window.ends();
         // The solver's image of the window: Picard's x_{j+1} = x_b + Σ_{k=b..j} drift_k, or
         // the quasi-Newton sweep's x_{j+1} + d_{j+1} with d_{j+1} = J_j·d_j + Φ_j(x_j) − x_{j+1}.
@@ -350,22 +358,21 @@ pub fn parallel(
             _ => x.narrow(0, 0, 1) + drift.cumsum(0, drift.kind()),
         };
         let moved = anderson.as_mut().map(|acc| acc.next(&ends.copy(), &image));
-        // The residual of each state in units of its step's noise, worst sample: [w]. It is zero
+        // Each state's squared residual, worst sample: [w], the iteration's one read. It is zero
         // exactly at the fixed point, whichever solver proposed the next iterate; NaN counts as
-        // not converged. The leading run of converged states, and whether x_{b+1} (taken in
-        // any case) is finite, come back in one read.
-        let errors =
-            (&image - &ends).square().reshape([w, n, -1]).sum_dim_intlist(2, false, Kind::Double).amax(1, false)
-                * columns.inv_scale(begin, w);
-        let converged = errors.le(opts.tol * opts.tol).to_kind(Kind::Int64).cumprod(0, Kind::Int64).sum(Kind::Int64);
-        let finite = image.get(0).isfinite().all().to_kind(Kind::Int64);
-        let read = Vec::<i64>::try_from(Tensor::stack(&[converged, finite], 0).to_device(tch::Device::Cpu))?;
-        if read[1] == 0 {
+        // not converged. A finite residual has a finite image, so x_{b+1} (taken in any case)
+        // needs a check of its own only where its residual is not finite.
+        let residuals = Vec::<f64>::try_from(
+            (&image - &ends).reshape([w, n, -1]).square().sum_dim_intlist(2, false, Kind::Double).amax(1, false),
+        )?;
+        if !residuals[0].is_finite() && image.get(0).isfinite().all().int64_value(&[]) == 0 {
             return Err(Error::NonFiniteSample { step: begin, level: levels[begin] });
         }
+        let tol2 = opts.tol * opts.tol;
+        let converged = residuals.iter().zip(&inv_scale[begin..]).take_while(|&(r, v)| r * v <= tol2).count();
         // Converged states take their image (exact given the states before them), the others
-        // the solver's next iterate; a converged image is finite, as its residual is.
-        let stride = (read[0] as usize).max(1);
+        // the solver's next iterate.
+        let stride = converged.max(1);
         let s = stride as i64;
         match &moved {
             Some(moved) => {
@@ -374,7 +381,8 @@ pub fn parallel(
             }
             None => ends.copy_(&image),
         }
-        let done = ends.narrow(0, 0, s).copy();
+        drop(arithmetic);
+        let done = ends.narrow(0, 0, s);
         for k in 0..stride {
             on_step(&Step::new(begin + k, levels[begin + k], &done, &x0, k as i64));
         }
@@ -383,10 +391,11 @@ pub fn parallel(
             trace.push(ends.get(w - 1).copy());
         }
         if begin + stride == num_steps {
-            return Ok(ParallelRun { x: done.get(s - 1), stats, trace, windows });
+            return Ok(ParallelRun { x: done.get(s - 1).copy(), stats, trace, windows });
         }
         // Slide past the converged steps; a new step's state starts from the one before it
         // moved by that step with x̂0 held at the window's last estimate (no network call).
+        let _arithmetic = InferenceMode::enter();
         window.slide(stride);
         let width = opts.window.min(num_steps - window.begin);
         let last_memory = outputs.map_or_else(|| zeros.shallow_clone(), |out| out.narrow(0, w - 1, 1));

@@ -4,6 +4,7 @@ use tch::Tensor;
 
 use super::steps::StepTable;
 use super::{Noise, SamplerKind, Step};
+use crate::inference_mode::InferenceMode;
 use crate::predictor::NoisePredictor;
 use crate::schedule::Schedule;
 use crate::{Error, Result};
@@ -31,16 +32,20 @@ pub fn sequential(
     on_step: &mut dyn FnMut(&Step),
 ) -> Result<Tensor> {
     let columns = table.columns(&x_t);
-    let mut x = x_t.unsqueeze(0);
+    // One state buffer updated in place, outside inference mode, so that the network (a
+    // classifier's ε̂ needs autograd) never sees an inference tensor.
+    let mut x = x_t.unsqueeze(0).copy();
     let mut memory: Option<Tensor> = None;
     for (i, &t) in table.levels()[..table.num_steps()].iter().enumerate() {
         let eps = model.eps(&x.squeeze_dim(0), &columns.levels(i, 1))?.unsqueeze(0);
+        let arithmetic = InferenceMode::enter();
         let x0 = columns.x0(i, &x, &eps);
-        let z = table.draws_noise(i).then(|| noise.steps(&[true], &x.size()[2..], x.kind(), x.device()));
+        let z = table.draws_noise(i).then(|| noise.steps(&[table.noise_std(i)], &x.size()[2..], x.kind(), x.device()));
         let next = columns.apply(i, &x, &eps, memory.as_ref(), z.as_ref());
         check_finite(&next, i, t)?;
         memory = table.memory(&eps, &x0);
-        x = next;
+        x.copy_(&next);
+        drop(arithmetic);
         on_step(&Step::new(i, t, &x, &x0, 0));
     }
     Ok(x.squeeze_dim(0))

@@ -153,6 +153,12 @@ impl StepTable {
         self.noise_std[j] > 0.0
     }
 
+    /// The standard deviation of step `j`'s fresh noise (0 where it draws none): the scale
+    /// [`super::Noise::steps`] draws it at, so that the update adds it as it is.
+    pub fn noise_std(&self, j: usize) -> f64 {
+        self.noise_std[j]
+    }
+
     /// The scale that Picard's error at the state after step `j` is measured in: the DDPM
     /// posterior variance of step j (ParaDiGMS uses it for DDIM too). The last step onto
     /// level 0 has none, so it takes the one before (the noise that state last received).
@@ -174,10 +180,11 @@ impl StepTable {
 
     /// The states after the steps of `range` taken in turn from a state x_e, each with x̂0 held
     /// at one estimate (its ε̂ re-derived from it, so x_{j+1} = A_j·x_j + B_j·x̂0 + C_j·m + S_j·z_j
-    /// with A_j = a_j + b_j/σ_j and B_j = −b_j·√ᾱ_j/σ_j), or copying the state before where
-    /// `moves(j)` is false: a parallel sampler's guess for steps it has not refined yet. As the
-    /// rows of a [k, 3 + k] matrix over the inputs (x_e, x̂0, m, z_e, …, z_{e+k−1}), so that
-    /// the k dependent steps are one matrix product on the device.
+    /// with A_j = a_j + b_j/σ_j and B_j = −b_j·√ᾱ_j/σ_j, S_j·z_j the scaled draw of
+    /// [`super::Noise::steps`]), or copying the state before where `moves(j)` is false: a
+    /// parallel sampler's guess for steps it has not refined yet. As the rows of a [k, 3 + k]
+    /// matrix over the inputs (x_e, x̂0, m, S_e·z_e, …, S_{e+k−1}·z_{e+k−1}), so that the k
+    /// dependent steps are one matrix product on the device.
     pub(crate) fn held_x0_map(&self, range: Range<usize>, moves: &dyn Fn(usize) -> bool) -> Vec<f64> {
         let inputs = 3 + range.len();
         let mut row = vec![0.0; inputs];
@@ -190,7 +197,7 @@ impl StepTable {
                 row.iter_mut().for_each(|v| *v *= a);
                 row[1] -= self.b[j] * alpha / sigma;
                 row[2] += self.c[j];
-                row[3 + i] += self.noise_std[j];
+                row[3 + i] += 1.0;
             }
             rows.extend_from_slice(&row);
         }
@@ -201,25 +208,23 @@ impl StepTable {
     pub(crate) fn columns(&self, like: &Tensor) -> Columns<'_> {
         let (kind, device, n) = (like.kind(), like.device(), like.size()[0]);
         let steps = self.num_steps() as i64;
-        let alpha: Vec<f64> = self.alpha_bar.iter().map(|a| a.sqrt()).collect();
-        let sigma: Vec<f64> = self.alpha_bar.iter().map(|a| (1.0 - a).sqrt()).collect();
-        let rows = [&self.a, &self.b, &self.c, &self.noise_std, &alpha, &sigma].map(|r| r.as_slice()).concat();
+        let a_minus_one: Vec<f64> = self.a.iter().map(|a| a - 1.0).collect();
+        let x0_x: Vec<f64> = self.alpha_bar.iter().map(|a| 1.0 / a.sqrt()).collect();
+        let x0_eps: Vec<f64> = self.alpha_bar.iter().map(|a| -((1.0 - a) / a).sqrt()).collect();
+        let rows = [&self.a, &a_minus_one, &self.b, &self.c, &x0_x, &x0_eps].map(|r| r.as_slice()).concat();
         let mut shape = vec![steps];
         shape.resize(like.dim() + 1, 1);
         let table = Tensor::from_slice(&rows).reshape([6, steps]).to_device(device).to_kind(kind);
-        let [a, b, c, noise_std, alpha, sigma] = [0, 1, 2, 3, 4, 5].map(|r| table.get(r).reshape(&shape[..]));
-        let dim = like.size()[1..].iter().product::<i64>() as f64;
-        let inv_scale: Vec<f64> = (0..self.num_steps()).map(|j| 1.0 / (dim * self.tolerance_scale(j))).collect();
+        let [a, a_minus_one, b, c, x0_x, x0_eps] = [0, 1, 2, 3, 4, 5].map(|r| table.get(r).reshape(&shape[..]));
         Columns {
             table: self,
             a,
+            a_minus_one,
             b,
             c,
-            noise_std,
-            alpha,
-            sigma,
+            x0_x,
+            x0_eps,
             levels: window_levels(&self.levels[..self.num_steps()], n, device).reshape([steps, n]),
-            inv_scale: Tensor::from_slice(&inv_scale).to_device(device),
         }
     }
 }
@@ -230,17 +235,15 @@ impl StepTable {
 pub(crate) struct Columns<'a> {
     table: &'a StepTable,
     a: Tensor,
+    /// a − 1, for a step's drift Φ_j(x) − x.
+    a_minus_one: Tensor,
     b: Tensor,
     c: Tensor,
-    noise_std: Tensor,
-    /// √ᾱ and √(1 − ᾱ) at the level each step starts from.
-    alpha: Tensor,
-    sigma: Tensor,
+    /// x̂0 = x0_x·x + x0_eps·ε̂ at the level each step starts from: 1/√ᾱ and −√(1 − ᾱ)/√ᾱ.
+    x0_x: Tensor,
+    x0_eps: Tensor,
     /// Each step's level for each of the n samples: [N, n] Int64.
     levels: Tensor,
-    /// 1/(D·v_j), Picard's squared residual at the state after step j in units of that
-    /// step's noise ([`StepTable::tolerance_scale`]): [N] Double.
-    inv_scale: Tensor,
 }
 
 impl Columns<'_> {
@@ -252,30 +255,52 @@ impl Columns<'_> {
 
     /// x̂0 = (x − √(1 − ᾱ)·ε̂)/√ᾱ of steps `first..first + W`, `x` and `eps` [W, n, ..].
     pub(crate) fn x0(&self, first: usize, x: &Tensor, eps: &Tensor) -> Tensor {
-        let w = x.size()[0];
-        (x - eps * self.sigma.narrow(0, first as i64, w)) / self.alpha.narrow(0, first as i64, w)
-    }
-
-    /// 1/(D·v_j) of steps `first..first + w`: [w] Double.
-    pub(crate) fn inv_scale(&self, first: usize, w: i64) -> Tensor {
-        self.inv_scale.narrow(0, first as i64, w)
+        let at = |c: &Tensor| c.narrow(0, first as i64, x.size()[0]);
+        (x * at(&self.x0_x)).addcmul_(eps, &at(&self.x0_eps))
     }
 
     /// d x_{j+1} / d x_j of steps `first..first + w` if the data were N(0, λI), `lambda` a
     /// scalar tensor: then ε̂ = σ_t x/(ᾱ_t λ + σ_t²), so the step's Jacobian is
-    /// a_j + b_j·σ_t/(ᾱ_t λ + σ_t²) (the multistep memory ignored). [w, 1, ..].
+    /// a_j + b_j·σ_t/(ᾱ_t λ + σ_t²) = a_j − b_j·x0_eps·x0_x/(λ + x0_eps²) (the multistep
+    /// memory ignored). [w, 1, ..].
     pub(crate) fn gaussian_jacobian(&self, first: usize, w: i64, lambda: &Tensor) -> Tensor {
         let at = |c: &Tensor| c.narrow(0, first as i64, w);
-        let sigma = at(&self.sigma);
-        at(&self.a) + at(&self.b) * &sigma / (at(&self.alpha).square() * lambda + sigma.square())
+        let x0_eps = at(&self.x0_eps);
+        at(&self.a) - at(&self.b) * &x0_eps * at(&self.x0_x) / (x0_eps.square() + lambda)
     }
 
     /// Steps `first..first + W` at once. `x`, `eps`: [W, n, ..], the states at their levels and
     /// their ε̂; `memory`: [W, n, ..], what each step remembers from the step before (unused by
-    /// single-step samplers and by the first step); `noise`: [W, n, ..] draws z_j (read only
-    /// where the step draws noise). Returns the states after each step, [W, n, ..].
+    /// single-step samplers and by the first step); `noise`: [W, n, ..], each step's draw
+    /// already scaled by its standard deviation ([`super::Noise::steps`]; read only where a
+    /// step draws noise). Returns the states after each step, [W, n, ..].
     pub(crate) fn apply(
         &self,
+        first: usize,
+        x: &Tensor,
+        eps: &Tensor,
+        memory: Option<&Tensor>,
+        noise: Option<&Tensor>,
+    ) -> Tensor {
+        self.affine(&self.a, first, x, eps, memory, noise)
+    }
+
+    /// What [`Columns::apply`] adds to each state, Φ_j(x_j) − x_j: a parallel sampler's drift.
+    pub(crate) fn drift(
+        &self,
+        first: usize,
+        x: &Tensor,
+        eps: &Tensor,
+        memory: Option<&Tensor>,
+        noise: Option<&Tensor>,
+    ) -> Tensor {
+        self.affine(&self.a_minus_one, first, x, eps, memory, noise)
+    }
+
+    /// gain·x + b·ε̂ + c·m + z in fused multiply-adds, the terms a window does not use left out.
+    fn affine(
+        &self,
+        gain: &Tensor,
         first: usize,
         x: &Tensor,
         eps: &Tensor,
@@ -285,12 +310,13 @@ impl Columns<'_> {
         let w = x.size()[0];
         let range = first..first + w as usize;
         let at = |c: &Tensor| c.narrow(0, first as i64, w);
-        let mut next = x * at(&self.a) + eps * at(&self.b);
-        if let Some(m) = memory.filter(|_| self.table.c[range.clone()].iter().any(|&c| c != 0.0)) {
-            next += m * at(&self.c);
-        }
-        if let Some(z) = noise.filter(|_| self.table.noise_std[range].iter().any(|&s| s > 0.0)) {
-            next += z * at(&self.noise_std);
+        let mut next = match noise.filter(|_| self.table.noise_std[range.clone()].iter().any(|&s| s > 0.0)) {
+            Some(z) => z.addcmul(x, &at(gain)),
+            None => x * at(gain),
+        };
+        next = next.addcmul_(eps, &at(&self.b));
+        if let Some(m) = memory.filter(|_| self.table.c[range].iter().any(|&c| c != 0.0)) {
+            next = next.addcmul_(m, &at(&self.c));
         }
         next
     }
