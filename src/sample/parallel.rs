@@ -316,6 +316,7 @@ pub fn parallel(
     // 1/(D·v_j): the squared residual at the state after step j in units of that step's noise.
     let dim = x_t.size()[1..].iter().product::<i64>() as f64;
     let inv_scale: Vec<f64> = (0..num_steps).map(|j| 1.0 / (dim * table.tolerance_scale(j))).collect();
+    let tol2 = opts.tol * opts.tol;
     let mut stats = ParallelStats::default();
     let mut trace = Vec::new();
     let mut windows = Vec::new();
@@ -368,7 +369,6 @@ pub fn parallel(
         if !residuals[0].is_finite() && image.get(0).isfinite().all().int64_value(&[]) == 0 {
             return Err(Error::NonFiniteSample { step: begin, level: levels[begin] });
         }
-        let tol2 = opts.tol * opts.tol;
         let converged = residuals.iter().zip(&inv_scale[begin..]).take_while(|&(r, v)| r * v <= tol2).count();
         // Converged states take their image (exact given the states before them), the others
         // the solver's next iterate.

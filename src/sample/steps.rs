@@ -18,6 +18,7 @@ use std::ops::Range;
 use tch::{Kind, Tensor};
 
 use super::SamplerKind;
+use crate::device::host_tensor;
 use crate::schedule::Schedule;
 use crate::{Error, Result};
 
@@ -214,7 +215,7 @@ impl StepTable {
         let rows = [&self.a, &a_minus_one, &self.b, &self.c, &x0_x, &x0_eps].map(|r| r.as_slice()).concat();
         let mut shape = vec![steps];
         shape.resize(like.dim() + 1, 1);
-        let table = Tensor::from_slice(&rows).reshape([6, steps]).to_device(device).to_kind(kind);
+        let table = host_tensor(&rows, &[6, steps], kind, device);
         let [a, a_minus_one, b, c, x0_x, x0_eps] = [0, 1, 2, 3, 4, 5].map(|r| table.get(r).reshape(&shape[..]));
         Columns {
             table: self,
